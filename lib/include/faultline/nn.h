@@ -1,0 +1,201 @@
+/* faultline nn: the numeric core.
+ *
+ * Plain functions over float32 arrays in the manner of llm.c: each layer is a
+ * forward/backward pair, shapes are given in the comments, and the caller owns
+ * every buffer.  Layouts are batch-major and match PyTorch:
+ *
+ *   dense            x (B, I)        W (O, I)           b (O)     y (B, O)
+ *   conv1d           x (B, Cin, T)   W (Cout, Cin, K)   b (Cout)  y (B, Cout, T')
+ *   conv-transpose1d x (B, Cin, T)   W (Cin, Cout, K)   b (Cout)  y (B, Cout, T')
+ *
+ * Backward functions ACCUMULATE into weight and bias gradients (dW += ...,
+ * db += ...), so a caller zeroes them once per step, and OVERWRITE the input
+ * gradient dx.  Any gradient pointer may be NULL to skip that gradient.
+ *
+ * Forward functions check their input for NaN and Inf and return
+ * FL_ENONFINITE rather than propagate them: missing values are the model's
+ * business (it masks and fills them) and never reach a layer.
+ *
+ * Threading: the heavy loops call cblas_sgemm; how many threads OpenBLAS uses
+ * is the caller's choice (openblas_set_num_threads).  Results are deterministic
+ * for a given seed and thread count. */
+#ifndef FAULTLINE_NN_H
+#define FAULTLINE_NN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- random numbers ---------------------------------------------------- */
+
+/* xoshiro256** seeded through splitmix64: small, fast, reproducible. */
+typedef struct {
+  uint64_t s[4];
+} fl_rng;
+
+void fl_rng_seed(fl_rng *r, uint64_t seed);
+uint64_t fl_rng_u64(fl_rng *r);
+/* Uniform in [0, 1). */
+float fl_rng_uniform(fl_rng *r);
+/* Standard normal (Box-Muller). */
+float fl_rng_normal(fl_rng *r);
+/* Uniform integer in [0, n). */
+uint32_t fl_rng_below(fl_rng *r, uint32_t n);
+
+/* ---- utilities --------------------------------------------------------- */
+
+/* Returns FL_ENONFINITE if any of the n values is NaN or Inf, else 0. */
+int fl_check_finite(const float *x, size_t n);
+
+/* Kaiming-uniform initialisation as PyTorch's default for Linear and Conv:
+ * w ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (a = sqrt(5)), same bound for b. */
+void fl_init_uniform(float *w, size_t n, int fan_in, fl_rng *r);
+
+/* ---- dense ------------------------------------------------------------- */
+
+/* y (B, O) = x (B, I) W^T + b.  b may be NULL. */
+int fl_dense_forward(float *y, const float *x, const float *w, const float *b,
+                     int B, int I, int O);
+
+/* dx (B, I) = dy W;  dW (O, I) += dy^T x;  db (O) += sum over B of dy. */
+int fl_dense_backward(float *dx, float *dw, float *db, const float *dy,
+                      const float *x, const float *w, int B, int I, int O);
+
+/* ---- 1-D convolutions -------------------------------------------------- */
+
+typedef struct {
+  int cin, cout;  /* channels in and out */
+  int k;          /* kernel size */
+  int stride;     /* >= 1 */
+  int pad;        /* zero padding on both ends, >= 0 */
+  int dil;        /* dilation, >= 1 */
+  int out_pad;    /* conv-transpose only: extra length at the end, < stride or < dil */
+} fl_conv;
+
+/* Output length, or a negative error code if the shape is impossible.
+ *   conv1d:  (T + 2 pad - dil (k - 1) - 1) / stride + 1
+ *   convt1d: (T - 1) stride - 2 pad + dil (k - 1) + out_pad + 1 */
+int fl_conv1d_len(const fl_conv *c, int tin);
+int fl_convt1d_len(const fl_conv *c, int tin);
+
+/* Floats of scratch memory one call needs for a batch of B inputs of length
+ * tin.  Passing work == NULL makes the call allocate (and free) it itself. */
+size_t fl_conv1d_workspace(const fl_conv *c, int B, int tin);
+size_t fl_convt1d_workspace(const fl_conv *c, int B, int tin);
+
+/* y (B, cout, tout) = conv1d(x (B, cin, tin), W (cout, cin, k)) + b. */
+int fl_conv1d_forward(float *y, const float *x, const float *w, const float *b,
+                      const fl_conv *c, int B, int tin, float *work);
+/* dx (B, cin, tin);  dW (cout, cin, k) +=;  db (cout) +=.  dy (B, cout, tout). */
+int fl_conv1d_backward(float *dx, float *dw, float *db, const float *dy,
+                       const float *x, const float *w, const fl_conv *c, int B,
+                       int tin, float *work);
+
+/* y (B, cout, tout) = conv_transpose1d(x (B, cin, tin), W (cin, cout, k)) + b. */
+int fl_convt1d_forward(float *y, const float *x, const float *w, const float *b,
+                       const fl_conv *c, int B, int tin, float *work);
+/* dx (B, cin, tin);  dW (cin, cout, k) +=;  db (cout) +=.  dy (B, cout, tout). */
+int fl_convt1d_backward(float *dx, float *dw, float *db, const float *dy,
+                        const float *x, const float *w, const fl_conv *c, int B,
+                        int tin, float *work);
+
+/* ---- activations ------------------------------------------------------- */
+
+typedef enum {
+  FL_ACT_IDENTITY = 0,
+  FL_ACT_RELU,
+  FL_ACT_LEAKY_RELU, /* slope alpha below zero */
+  FL_ACT_TANH,
+} fl_act;
+
+/* y = act(x) elementwise over n values; y == x (in place) is allowed. */
+int fl_act_forward(fl_act a, float alpha, float *y, const float *x, size_t n);
+/* dx = dy * act'(x).  x is the forward input, y its output; tanh reads y,
+ * the others read x.  dx == dy (in place) is allowed. */
+int fl_act_backward(fl_act a, float alpha, float *dx, const float *dy,
+                    const float *x, const float *y, size_t n);
+/* The activation's Lipschitz constant (1 for all of these when alpha <= 1). */
+float fl_act_lipschitz(fl_act a, float alpha);
+
+/* ---- losses ------------------------------------------------------------ */
+
+/* Mean squared error over the elements whose mask is non-zero (mask NULL:
+ * all).  loss = sum m (p - t)^2 / sum m;  dpred = 2 m (p - t) / sum m
+ * (dpred may be NULL).  With no element counted, loss and gradient are 0.
+ * Masked-out elements of pred and target are never read as numbers, so they
+ * may hold NaN. */
+int fl_mse_loss(float *loss, float *dpred, const float *pred,
+                const float *target, const float *mask, size_t n);
+
+/* Row-wise L2 normalisation: y (B, D) = x / max(||x||, 1e-12).
+ * norms (B) receives the norms for the backward pass. */
+int fl_l2norm_forward(float *y, float *norms, const float *x, int B, int D);
+int fl_l2norm_backward(float *dx, const float *dy, const float *y,
+                       const float *norms, int B, int D);
+
+/* NT-Xent in its supervised form over L2-normalised embeddings z (B, D):
+ *
+ *   loss = mean over anchors i of
+ *          -1/|P(i)| sum_{p in P(i)} log( exp(s_ip/tau) / sum_{a != i} exp(s_ia/tau) )
+ *
+ * with s the cosine similarity (dot product of unit rows).  P(i) holds the
+ * samples j != i with label[j] == label[i].  A sample with a negative label
+ * is never an anchor and never a positive, only a negative: the design's
+ * clean-anchored form gives clean windows label 0 and faulted ones -1, so
+ * clean windows attract each other and faulted ones are only pushed away.
+ * Anchors without positives are skipped; with no anchor, loss and dz are 0.
+ * dz (B, D) may be NULL.  work needs B * B floats (NULL: allocated). */
+int fl_ntxent_loss(float *loss, float *dz, const float *z, const int *label,
+                   int B, int D, float tau, float *work);
+
+/* ---- optimiser --------------------------------------------------------- */
+
+/* A named block of parameters and their gradients, n floats each, with the
+ * optimiser state m and v (n floats each, zeroed by the owner). */
+typedef struct {
+  const char *name;
+  float *w, *g, *m, *v;
+  size_t n;
+} fl_param;
+
+/* Adam with bias correction; weight_decay > 0 makes it AdamW (decoupled). */
+typedef struct {
+  float lr, beta1, beta2, eps, weight_decay;
+  long t; /* steps taken */
+} fl_adam;
+
+/* lr as given, beta (0.9, 0.999), eps 1e-8, no weight decay, t = 0. */
+void fl_adam_init(fl_adam *opt, float lr);
+/* Advances the step count; call once per optimiser step, before the updates. */
+void fl_adam_tick(fl_adam *opt);
+/* Updates one parameter block with its gradient. */
+int fl_adam_update(const fl_adam *opt, fl_param *p);
+
+/* Clips a group of parameter blocks by their global gradient norm: if
+ * ||g|| > max_norm > 0, every gradient is scaled by max_norm / ||g||.
+ * norm_out (may be NULL) receives the norm before clipping. */
+int fl_clip_grad_norm(fl_param *ps, int count, float max_norm, float *norm_out);
+
+/* ---- spectral norms and Lipschitz projection --------------------------- */
+
+/* Largest singular value of a layer's linear operator by power iteration,
+ * run until the estimate changes by less than tol (relative) or iters pass.
+ * v holds the right singular vector estimate between calls (a warm start
+ * makes repeated calls during training cheap); v == NULL starts from a fixed
+ * seeded vector.  Its length is the operator's input size:
+ *   dense:   I                  (operator W, (O, I))
+ *   conv1d:  cin * tin          (the convolution on inputs of length tin)
+ *   convt1d: cin * tin
+ * For convolutions this is the norm of the convolution operator itself, with
+ * its padding and stride, not of the reshaped kernel. */
+int fl_spectral_dense(float *sigma, const float *w, int O, int I, int iters,
+                      float tol, float *v);
+int fl_spectral_conv1d(float *sigma, const float *w, const fl_conv *c, int tin,
+                       int iters, float tol, float *v);
+int fl_spectral_convt1d(float *sigma, const float *w, const fl_conv *c, int tin,
+                        int iters, float tol, float *v);
+
+/* W <- W * min(1, target / sigma).  Returns the scale applied (1 when the
+ * layer is already within its target, or when target <= 0: no constraint). */
+float fl_lipschitz_project(float *w, size_t n, float sigma, float target);
+
+#endif
