@@ -49,3 +49,633 @@ float fl_rng_normal(fl_rng *r) {
 uint32_t fl_rng_below(fl_rng *r, uint32_t n) {
   return n ? (uint32_t)(((fl_rng_u64(r) >> 32) * (uint64_t)n) >> 32) : 0;
 }
+
+/* ---- utilities --------------------------------------------------------- */
+
+int fl_check_finite(const float *x, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (!isfinite(x[i])) return FL_ENONFINITE;
+  return 0;
+}
+
+void fl_init_uniform(float *w, size_t n, int fan_in, fl_rng *r) {
+  float bound = fan_in > 0 ? 1.0f / sqrtf((float)fan_in) : 0.0f;
+  for (size_t i = 0; i < n; i++) w[i] = (2.0f * fl_rng_uniform(r) - 1.0f) * bound;
+}
+
+/* ---- dense ------------------------------------------------------------- */
+
+int fl_dense_forward(float *y, const float *x, const float *w, const float *b,
+                     int B, int nin, int nout) {
+  if (!y || !x || !w) return FL_EINVAL;
+  if (B <= 0 || nin <= 0 || nout <= 0) return FL_ESHAPE;
+  if (fl_check_finite(x, (size_t)B * nin)) return FL_ENONFINITE;
+  /* Start from the bias so that one sgemm with beta = 1 does the rest. */
+  for (int i = 0; i < B; i++) {
+    float *yi = y + (size_t)i * nout;
+    if (b) memcpy(yi, b, sizeof(float) * nout);
+    else memset(yi, 0, sizeof(float) * nout);
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, nout, nin, 1.0f, x, nin, w, nin,
+              1.0f, y, nout);
+  return 0;
+}
+
+int fl_dense_backward(float *dx, float *dw, float *db, const float *dy,
+                      const float *x, const float *w, int B, int nin, int nout) {
+  if (!dy || (dw && !x) || (dx && !w)) return FL_EINVAL;
+  if (B <= 0 || nin <= 0 || nout <= 0) return FL_ESHAPE;
+  if (dx) /* dx (B, nin) = dy (B, nout) W (nout, nin) */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, nin, nout, 1.0f, dy, nout, w,
+                nin, 0.0f, dx, nin);
+  if (dw) /* dW (nout, nin) += dy^T (nout, B) x (B, nin) */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nout, nin, B, 1.0f, dy, nout, x, nin,
+                1.0f, dw, nin);
+  if (db)
+    for (int i = 0; i < B; i++)
+      for (int o = 0; o < nout; o++) db[o] += dy[(size_t)i * nout + o];
+  return 0;
+}
+
+/* ---- 1-D convolutions -------------------------------------------------- */
+
+/* Both convolutions are lowered to one sgemm over the whole batch.  The
+ * column matrix has one row per (channel, tap) and one column per
+ * (sample, output position):
+ *
+ *   cols (C * k, B * tout)   cols[c k + j][b tout + t] = x[b][c][t s - p + j d]
+ *
+ * with zeros where the index falls into the padding.  A single large GEMM
+ * runs far closer to sgemm's peak than B small ones would. */
+
+static int fl__conv_check(const fl_conv *c) {
+  if (!c) return FL_EINVAL;
+  if (c->cin <= 0 || c->cout <= 0 || c->k <= 0 || c->stride <= 0 || c->dil <= 0 ||
+      c->pad < 0 || c->out_pad < 0)
+    return FL_ESHAPE;
+  return 0;
+}
+
+int fl_conv1d_len(const fl_conv *c, int tin) {
+  int err = fl__conv_check(c);
+  if (err) return err;
+  if (tin <= 0) return FL_ESHAPE;
+  long span = (long)tin + 2L * c->pad - (long)c->dil * (c->k - 1) - 1;
+  if (span < 0) return FL_ESHAPE;
+  return (int)(span / c->stride + 1);
+}
+
+int fl_convt1d_len(const fl_conv *c, int tin) {
+  int err = fl__conv_check(c);
+  if (err) return err;
+  if (tin <= 0) return FL_ESHAPE;
+  /* PyTorch's rule: output padding must be smaller than stride or dilation. */
+  if (c->out_pad >= c->stride && c->out_pad >= c->dil) return FL_ESHAPE;
+  long len = (long)(tin - 1) * c->stride - 2L * c->pad + (long)c->dil * (c->k - 1) +
+             c->out_pad + 1;
+  if (len <= 0) return FL_ESHAPE;
+  return (int)len;
+}
+
+/* cols (C k, B tout) from x (B, C, tin); see the layout above. */
+static void fl__im2col(float *cols, const float *x, int B, int C, int tin, int k,
+                       int s, int p, int d, int tout) {
+  size_t ld = (size_t)B * tout;
+  for (int c = 0; c < C; c++)
+    for (int j = 0; j < k; j++) {
+      float *row = cols + (size_t)(c * k + j) * ld;
+      for (int b = 0; b < B; b++) {
+        const float *xb = x + ((size_t)b * C + c) * tin;
+        float *r = row + (size_t)b * tout;
+        int off = j * d - p;
+        for (int t = 0; t < tout; t++) {
+          int i = t * s + off;
+          r[t] = (i >= 0 && i < tin) ? xb[i] : 0.0f;
+        }
+      }
+    }
+}
+
+/* x (B, C, tin) = sum of cols (C k, B tout) scattered back: the adjoint of
+ * fl__im2col.  x is overwritten. */
+static void fl__col2im(float *x, const float *cols, int B, int C, int tin, int k,
+                       int s, int p, int d, int tout) {
+  size_t ld = (size_t)B * tout;
+  memset(x, 0, sizeof(float) * (size_t)B * C * tin);
+  for (int c = 0; c < C; c++)
+    for (int j = 0; j < k; j++) {
+      const float *row = cols + (size_t)(c * k + j) * ld;
+      for (int b = 0; b < B; b++) {
+        float *xb = x + ((size_t)b * C + c) * tin;
+        const float *r = row + (size_t)b * tout;
+        int off = j * d - p;
+        for (int t = 0; t < tout; t++) {
+          int i = t * s + off;
+          if (i >= 0 && i < tin) xb[i] += r[t];
+        }
+      }
+    }
+}
+
+/* (C, B T) <-> (B, C, T): the GEMMs work channel-major over the batch. */
+static void fl__to_cbt(float *dst, const float *src, int B, int C, int T) {
+  for (int b = 0; b < B; b++)
+    for (int c = 0; c < C; c++)
+      memcpy(dst + ((size_t)c * B + b) * T, src + ((size_t)b * C + c) * T,
+             sizeof(float) * T);
+}
+
+static void fl__to_bct(float *dst, const float *src, const float *bias, int B, int C,
+                       int T) {
+  for (int b = 0; b < B; b++)
+    for (int c = 0; c < C; c++) {
+      float *o = dst + ((size_t)b * C + c) * T;
+      const float *i = src + ((size_t)c * B + b) * T;
+      float bc = bias ? bias[c] : 0.0f;
+      for (int t = 0; t < T; t++) o[t] = i[t] + bc;
+    }
+}
+
+static void fl__bias_grad(float *db, const float *dy, int B, int C, int T) {
+  for (int b = 0; b < B; b++)
+    for (int c = 0; c < C; c++) {
+      const float *g = dy + ((size_t)b * C + c) * T;
+      double s = 0.0;
+      for (int t = 0; t < T; t++) s += g[t];
+      db[c] += (float)s;
+    }
+}
+
+size_t fl_conv1d_workspace(const fl_conv *c, int B, int tin) {
+  int tout = fl_conv1d_len(c, tin);
+  if (tout <= 0 || B <= 0) return 0;
+  /* The column matrix plus the channel-major output (or output gradient). */
+  return (size_t)B * tout * ((size_t)c->cin * c->k + c->cout);
+}
+
+size_t fl_convt1d_workspace(const fl_conv *c, int B, int tin) {
+  int tout = fl_convt1d_len(c, tin);
+  if (tout <= 0 || B <= 0) return 0;
+  /* Columns over the output taps plus the channel-major input. */
+  return (size_t)B * tin * ((size_t)c->cout * c->k + c->cin);
+}
+
+/* Returns work, or a fresh buffer in *owned when the caller passed none. */
+static float *fl__work(float *work, size_t n, float **owned) {
+  *owned = NULL;
+  if (work) return work;
+  *owned = malloc(sizeof(float) * (n ? n : 1));
+  return *owned;
+}
+
+int fl_conv1d_forward(float *y, const float *x, const float *w, const float *b,
+                      const fl_conv *c, int B, int tin, float *work) {
+  if (!y || !x || !w) return FL_EINVAL;
+  int tout = fl_conv1d_len(c, tin);
+  if (tout < 0) return tout;
+  if (B <= 0) return FL_ESHAPE;
+  if (fl_check_finite(x, (size_t)B * c->cin * tin)) return FL_ENONFINITE;
+  float *owned, *ws = fl__work(work, fl_conv1d_workspace(c, B, tin), &owned);
+  if (!ws) return FL_ENOMEM;
+  int K = c->cin * c->k, N = B * tout;
+  float *cols = ws;                  // (cin k, B tout)
+  float *yc = ws + (size_t)K * N;    // (cout, B tout)
+  fl__im2col(cols, x, B, c->cin, tin, c->k, c->stride, c->pad, c->dil, tout);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c->cout, N, K, 1.0f, w, K,
+              cols, N, 0.0f, yc, N);
+  fl__to_bct(y, yc, b, B, c->cout, tout);
+  free(owned);
+  return 0;
+}
+
+int fl_conv1d_backward(float *dx, float *dw, float *db, const float *dy,
+                       const float *x, const float *w, const fl_conv *c, int B,
+                       int tin, float *work) {
+  if (!dy || (dw && !x) || (dx && !w)) return FL_EINVAL;
+  int tout = fl_conv1d_len(c, tin);
+  if (tout < 0) return tout;
+  if (B <= 0) return FL_ESHAPE;
+  if (db) fl__bias_grad(db, dy, B, c->cout, tout);
+  if (!dx && !dw) return 0;
+  float *owned, *ws = fl__work(work, fl_conv1d_workspace(c, B, tin), &owned);
+  if (!ws) return FL_ENOMEM;
+  int K = c->cin * c->k, N = B * tout;
+  float *cols = ws;                  // (cin k, B tout)
+  float *gc = ws + (size_t)K * N;    // (cout, B tout)
+  fl__to_cbt(gc, dy, B, c->cout, tout);
+  if (dw) { /* dW (cout, cin k) += dY (cout, N) cols^T (N, cin k) */
+    fl__im2col(cols, x, B, c->cin, tin, c->k, c->stride, c->pad, c->dil, tout);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c->cout, K, N, 1.0f, gc, N,
+                cols, N, 1.0f, dw, K);
+  }
+  if (dx) { /* dcols (cin k, N) = W^T (cin k, cout) dY (cout, N), then scatter */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, N, c->cout, 1.0f, w, K,
+                gc, N, 0.0f, cols, N);
+    fl__col2im(dx, cols, B, c->cin, tin, c->k, c->stride, c->pad, c->dil, tout);
+  }
+  free(owned);
+  return 0;
+}
+
+/* The transposed convolution is the adjoint of a conv1d whose input is this
+ * layer's output: its forward pass is that conv's data gradient, and its data
+ * gradient is that conv's forward pass.  W (cin, cout, k) is, row-major, the
+ * matrix (cin, cout k). */
+
+int fl_convt1d_forward(float *y, const float *x, const float *w, const float *b,
+                       const fl_conv *c, int B, int tin, float *work) {
+  if (!y || !x || !w) return FL_EINVAL;
+  int tout = fl_convt1d_len(c, tin);
+  if (tout < 0) return tout;
+  if (B <= 0) return FL_ESHAPE;
+  if (fl_check_finite(x, (size_t)B * c->cin * tin)) return FL_ENONFINITE;
+  float *owned, *ws = fl__work(work, fl_convt1d_workspace(c, B, tin), &owned);
+  if (!ws) return FL_ENOMEM;
+  int K = c->cout * c->k, N = B * tin;
+  float *cols = ws;                  // (cout k, B tin)
+  float *xc = ws + (size_t)K * N;    // (cin, B tin)
+  fl__to_cbt(xc, x, B, c->cin, tin);
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, N, c->cin, 1.0f, w, K, xc,
+              N, 0.0f, cols, N);
+  fl__col2im(y, cols, B, c->cout, tout, c->k, c->stride, c->pad, c->dil, tin);
+  if (b)
+    for (int i = 0; i < B; i++)
+      for (int o = 0; o < c->cout; o++) {
+        float *r = y + ((size_t)i * c->cout + o) * tout;
+        for (int t = 0; t < tout; t++) r[t] += b[o];
+      }
+  free(owned);
+  return 0;
+}
+
+int fl_convt1d_backward(float *dx, float *dw, float *db, const float *dy,
+                        const float *x, const float *w, const fl_conv *c, int B,
+                        int tin, float *work) {
+  if (!dy || (dw && !x) || (dx && !w)) return FL_EINVAL;
+  int tout = fl_convt1d_len(c, tin);
+  if (tout < 0) return tout;
+  if (B <= 0) return FL_ESHAPE;
+  if (db) fl__bias_grad(db, dy, B, c->cout, tout);
+  if (!dx && !dw) return 0;
+  float *owned, *ws = fl__work(work, fl_convt1d_workspace(c, B, tin), &owned);
+  if (!ws) return FL_ENOMEM;
+  int K = c->cout * c->k, N = B * tin;
+  float *cols = ws;                  // (cout k, B tin)
+  float *xc = ws + (size_t)K * N;    // (cin, B tin)
+  fl__im2col(cols, dy, B, c->cout, tout, c->k, c->stride, c->pad, c->dil, tin);
+  if (dw) { /* dW (cin, cout k) += X (cin, N) cols^T (N, cout k) */
+    fl__to_cbt(xc, x, B, c->cin, tin);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c->cin, K, N, 1.0f, xc, N,
+                cols, N, 1.0f, dw, K);
+  }
+  if (dx) { /* dX (cin, N) = W (cin, cout k) cols (cout k, N) */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c->cin, N, K, 1.0f, w, K,
+                cols, N, 0.0f, xc, N);
+    fl__to_bct(dx, xc, NULL, B, c->cin, tin);
+  }
+  free(owned);
+  return 0;
+}
+
+/* ---- activations ------------------------------------------------------- */
+
+int fl_act_forward(fl_act a, float alpha, float *y, const float *x, size_t n) {
+  if (!y || !x) return FL_EINVAL;
+  switch (a) {
+  case FL_ACT_IDENTITY:
+    if (y != x) memmove(y, x, sizeof(float) * n);
+    return 0;
+  case FL_ACT_RELU:
+    for (size_t i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+    return 0;
+  case FL_ACT_LEAKY_RELU:
+    for (size_t i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : alpha * x[i];
+    return 0;
+  case FL_ACT_TANH:
+    for (size_t i = 0; i < n; i++) y[i] = tanhf(x[i]);
+    return 0;
+  }
+  return FL_EINVAL;
+}
+
+int fl_act_backward(fl_act a, float alpha, float *dx, const float *dy,
+                    const float *x, const float *y, size_t n) {
+  if (!dx || !dy) return FL_EINVAL;
+  switch (a) {
+  case FL_ACT_IDENTITY:
+    if (dx != dy) memmove(dx, dy, sizeof(float) * n);
+    return 0;
+  case FL_ACT_RELU:
+    if (!x) return FL_EINVAL;
+    for (size_t i = 0; i < n; i++) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
+    return 0;
+  case FL_ACT_LEAKY_RELU:
+    if (!x) return FL_EINVAL;
+    for (size_t i = 0; i < n; i++) dx[i] = x[i] > 0.0f ? dy[i] : alpha * dy[i];
+    return 0;
+  case FL_ACT_TANH:
+    if (!y) return FL_EINVAL;
+    for (size_t i = 0; i < n; i++) dx[i] = dy[i] * (1.0f - y[i] * y[i]);
+    return 0;
+  }
+  return FL_EINVAL;
+}
+
+float fl_act_lipschitz(fl_act a, float alpha) {
+  if (a == FL_ACT_LEAKY_RELU) return fabsf(alpha) > 1.0f ? fabsf(alpha) : 1.0f;
+  return 1.0f;
+}
+
+/* ---- losses ------------------------------------------------------------ */
+
+int fl_mse_loss(float *loss, float *dpred, const float *pred,
+                const float *target, const float *mask, size_t n) {
+  if (!loss || !pred || !target) return FL_EINVAL;
+  double sum = 0.0, count = 0.0;
+  for (size_t i = 0; i < n; i++) {
+    float m = mask ? mask[i] : 1.0f;
+    if (m == 0.0f) continue;
+    double e = (double)pred[i] - target[i];
+    sum += m * e * e;
+    count += m;
+  }
+  if (!isfinite(sum)) return FL_ENONFINITE;
+  *loss = count > 0.0 ? (float)(sum / count) : 0.0f;
+  if (dpred) {
+    float scale = count > 0.0 ? (float)(2.0 / count) : 0.0f;
+    for (size_t i = 0; i < n; i++) {
+      float m = mask ? mask[i] : 1.0f;
+      dpred[i] = m == 0.0f ? 0.0f : scale * m * (pred[i] - target[i]);
+    }
+  }
+  return 0;
+}
+
+int fl_l2norm_forward(float *y, float *norms, const float *x, int B, int D) {
+  if (!y || !norms || !x) return FL_EINVAL;
+  if (B <= 0 || D <= 0) return FL_ESHAPE;
+  if (fl_check_finite(x, (size_t)B * D)) return FL_ENONFINITE;
+  for (int i = 0; i < B; i++) {
+    const float *xi = x + (size_t)i * D;
+    double s = 0.0;
+    for (int j = 0; j < D; j++) s += (double)xi[j] * xi[j];
+    float n = (float)sqrt(s);
+    if (n < 1e-12f) n = 1e-12f;
+    norms[i] = n;
+    for (int j = 0; j < D; j++) y[(size_t)i * D + j] = xi[j] / n;
+  }
+  return 0;
+}
+
+int fl_l2norm_backward(float *dx, const float *dy, const float *y,
+                       const float *norms, int B, int D) {
+  if (!dx || !dy || !y || !norms) return FL_EINVAL;
+  if (B <= 0 || D <= 0) return FL_ESHAPE;
+  /* d(x/|x|) = (nin - y y^T) / |x|: the radial part of dy is removed. */
+  for (int i = 0; i < B; i++) {
+    const float *yi = y + (size_t)i * D, *gi = dy + (size_t)i * D;
+    double dot = 0.0;
+    for (int j = 0; j < D; j++) dot += (double)yi[j] * gi[j];
+    for (int j = 0; j < D; j++)
+      dx[(size_t)i * D + j] = (gi[j] - (float)dot * yi[j]) / norms[i];
+  }
+  return 0;
+}
+
+int fl_ntxent_loss(float *loss, float *dz, const float *z, const int *label,
+                   int B, int D, float tau, float *work) {
+  if (!loss || !z || !label || !(tau > 0.0f)) return FL_EINVAL;
+  if (B <= 0 || D <= 0) return FL_ESHAPE;
+  if (fl_check_finite(z, (size_t)B * D)) return FL_ENONFINITE;
+  float *owned, *S = fl__work(work, (size_t)B * B, &owned); // (B, B)
+  if (!S) return FL_ENOMEM;
+  /* S = z z^T / tau; row i then becomes the gradient of the loss wrt S[i]. */
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, B, D, 1.0f / tau, z, D, z, D,
+              0.0f, S, B);
+  int anchors = 0;
+  for (int i = 0; i < B; i++) {
+    if (label[i] < 0) continue;
+    for (int j = 0; j < B; j++)
+      if (j != i && label[j] == label[i]) { anchors++; break; }
+  }
+  double total = 0.0;
+  for (int i = 0; i < B; i++) {
+    float *Si = S + (size_t)i * B;
+    int npos = 0;
+    if (label[i] >= 0)
+      for (int j = 0; j < B; j++) npos += (j != i && label[j] == label[i]);
+    if (npos == 0) {
+      memset(Si, 0, sizeof(float) * B);
+      continue;
+    }
+    float mx = -INFINITY;
+    for (int j = 0; j < B; j++)
+      if (j != i && Si[j] > mx) mx = Si[j];
+    double se = 0.0;
+    for (int j = 0; j < B; j++)
+      if (j != i) se += exp((double)Si[j] - mx);
+    double lse = mx + log(se), possum = 0.0;
+    for (int j = 0; j < B; j++)
+      if (j != i && label[j] == label[i]) possum += Si[j];
+    total += lse - possum / npos;
+    /* dL/dS_ij = (softmax_ij - [j positive] / |P|) / anchors. */
+    for (int j = 0; j < B; j++) {
+      if (j == i) { Si[j] = 0.0f; continue; }
+      double g = exp((double)Si[j] - lse);
+      if (label[j] == label[i]) g -= 1.0 / npos;
+      Si[j] = (float)(g / anchors);
+    }
+  }
+  *loss = anchors ? (float)(total / anchors) : 0.0f;
+  if (dz) /* S = z z^T / tau, so dz = (G + G^T) z / tau. */
+  {
+    for (int i = 0; i < B; i++)
+      for (int j = i + 1; j < B; j++) {
+        float s = S[(size_t)i * B + j] + S[(size_t)j * B + i];
+        S[(size_t)i * B + j] = S[(size_t)j * B + i] = s;
+      }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, D, B, 1.0f / tau, S, B, z,
+                D, 0.0f, dz, D);
+  }
+  free(owned);
+  return 0;
+}
+
+/* ---- optimiser --------------------------------------------------------- */
+
+void fl_adam_init(fl_adam *opt, float lr) {
+  opt->lr = lr;
+  opt->beta1 = 0.9f;
+  opt->beta2 = 0.999f;
+  opt->eps = 1e-8f;
+  opt->weight_decay = 0.0f;
+  opt->t = 0;
+}
+
+void fl_adam_tick(fl_adam *opt) { opt->t++; }
+
+int fl_adam_update(const fl_adam *opt, fl_param *p) {
+  if (!opt || !p || !p->w || !p->g || !p->m || !p->v || opt->t <= 0) return FL_EINVAL;
+  float b1 = opt->beta1, b2 = opt->beta2;
+  float c1 = 1.0f - powf(b1, (float)opt->t), c2 = 1.0f - powf(b2, (float)opt->t);
+  float decay = 1.0f - opt->lr * opt->weight_decay; /* AdamW, as PyTorch orders it */
+  for (size_t i = 0; i < p->n; i++) {
+    float g = p->g[i];
+    p->m[i] = b1 * p->m[i] + (1.0f - b1) * g;
+    p->v[i] = b2 * p->v[i] + (1.0f - b2) * g * g;
+    float mhat = p->m[i] / c1, vhat = p->v[i] / c2;
+    p->w[i] = p->w[i] * decay - opt->lr * mhat / (sqrtf(vhat) + opt->eps);
+  }
+  return 0;
+}
+
+int fl_clip_grad_norm(fl_param *ps, int count, float max_norm, float *norm_out) {
+  if (!ps || count < 0) return FL_EINVAL;
+  double s = 0.0;
+  for (int k = 0; k < count; k++)
+    for (size_t i = 0; i < ps[k].n; i++) s += (double)ps[k].g[i] * ps[k].g[i];
+  double norm = sqrt(s);
+  if (norm_out) *norm_out = (float)norm;
+  if (!isfinite(norm)) return FL_ENONFINITE;
+  if (max_norm > 0.0f && norm > max_norm) {
+    float scale = (float)(max_norm / norm);
+    for (int k = 0; k < count; k++)
+      for (size_t i = 0; i < ps[k].n; i++) ps[k].g[i] *= scale;
+  }
+  return 0;
+}
+
+/* ---- spectral norms and Lipschitz projection --------------------------- */
+
+/* A linear operator as a pair of callbacks: apply A (n_in -> n_out) and its
+ * adjoint A^T.  Power iteration needs nothing else, so dense and both
+ * convolutions share one loop. */
+typedef struct {
+  int n_in, n_out;
+  int (*apply)(const void *op, float *out, const float *in, float *work);
+  int (*adjoint)(const void *op, float *out, const float *in, float *work);
+  size_t work_floats;
+  const float *w;
+  const fl_conv *c;
+  int tin, nout, nin;
+} fl__linop;
+
+static double fl__norm(const float *x, int n) {
+  double s = 0.0;
+  for (int i = 0; i < n; i++) s += (double)x[i] * x[i];
+  return sqrt(s);
+}
+
+static int fl__power(float *sigma, const fl__linop *op, int iters, float tol, float *v) {
+  if (!sigma || iters <= 0) return FL_EINVAL;
+  int err = 0;
+  float *u = malloc(sizeof(float) * op->n_out);
+  float *vv = malloc(sizeof(float) * op->n_in);
+  float *work = op->work_floats ? malloc(sizeof(float) * op->work_floats) : NULL;
+  if (!u || !vv || (op->work_floats && !work)) { err = FL_ENOMEM; goto done; }
+  if (v) memcpy(vv, v, sizeof(float) * op->n_in);
+  double nv = v ? fl__norm(vv, op->n_in) : 0.0;
+  if (!(nv > 0.0) || !isfinite(nv)) {
+    /* A fixed seed keeps the estimate reproducible from run to run. */
+    fl_rng r;
+    fl_rng_seed(&r, 0x5eedULL);
+    for (int i = 0; i < op->n_in; i++) vv[i] = fl_rng_normal(&r);
+    nv = fl__norm(vv, op->n_in);
+  }
+  for (int i = 0; i < op->n_in; i++) vv[i] = (float)(vv[i] / nv);
+  double est = 0.0;
+  for (int it = 0; it < iters; it++) {
+    if ((err = op->apply(op, u, vv, work))) goto done;
+    double s = fl__norm(u, op->n_out); /* ||A v|| with ||v|| = 1 */
+    if (!(s > 0.0)) { est = 0.0; break; }
+    if ((err = op->adjoint(op, vv, u, work))) goto done;
+    double nw = fl__norm(vv, op->n_in);
+    if (!(nw > 0.0)) { est = s; break; }
+    for (int i = 0; i < op->n_in; i++) vv[i] = (float)(vv[i] / nw);
+    double prev = est;
+    est = s;
+    if (it > 0 && fabs(est - prev) <= tol * est) break;
+  }
+  /* One more application gives the estimate of the final vector. */
+  if ((err = op->apply(op, u, vv, work))) goto done;
+  double last = fl__norm(u, op->n_out);
+  *sigma = (float)(last > est ? last : est);
+  if (v) memcpy(v, vv, sizeof(float) * op->n_in);
+done:
+  free(u);
+  free(vv);
+  free(work);
+  return err;
+}
+
+static int fl__dense_apply(const void *p, float *out, const float *in, float *work) {
+  const fl__linop *op = p;
+  cblas_sgemv(CblasRowMajor, CblasNoTrans, op->nout, op->nin, 1.0f, op->w, op->nin, in, 1,
+              0.0f, out, 1);
+  return 0;
+}
+static int fl__dense_adjoint(const void *p, float *out, const float *in, float *work) {
+  const fl__linop *op = p;
+  cblas_sgemv(CblasRowMajor, CblasTrans, op->nout, op->nin, 1.0f, op->w, op->nin, in, 1, 0.0f,
+              out, 1);
+  return 0;
+}
+static int fl__conv_apply(const void *p, float *out, const float *in, float *work) {
+  const fl__linop *op = p;
+  return fl_conv1d_forward(out, in, op->w, NULL, op->c, 1, op->tin, work);
+}
+static int fl__conv_adjoint(const void *p, float *out, const float *in, float *work) {
+  const fl__linop *op = p;
+  return fl_conv1d_backward(out, NULL, NULL, in, NULL, op->w, op->c, 1, op->tin, work);
+}
+static int fl__convt_apply(const void *p, float *out, const float *in, float *work) {
+  const fl__linop *op = p;
+  return fl_convt1d_forward(out, in, op->w, NULL, op->c, 1, op->tin, work);
+}
+static int fl__convt_adjoint(const void *p, float *out, const float *in, float *work) {
+  const fl__linop *op = p;
+  return fl_convt1d_backward(out, NULL, NULL, in, NULL, op->w, op->c, 1, op->tin, work);
+}
+
+int fl_spectral_dense(float *sigma, const float *w, int nout, int nin, int iters,
+                      float tol, float *v) {
+  if (!w) return FL_EINVAL;
+  if (nout <= 0 || nin <= 0) return FL_ESHAPE;
+  if (fl_check_finite(w, (size_t)nout * nin)) return FL_ENONFINITE;
+  fl__linop op = {.n_in = nin, .n_out = nout, .apply = fl__dense_apply,
+                  .adjoint = fl__dense_adjoint, .w = w, .nout = nout, .nin = nin};
+  return fl__power(sigma, &op, iters, tol, v);
+}
+
+int fl_spectral_conv1d(float *sigma, const float *w, const fl_conv *c, int tin,
+                       int iters, float tol, float *v) {
+  if (!w) return FL_EINVAL;
+  int tout = fl_conv1d_len(c, tin);
+  if (tout < 0) return tout;
+  if (fl_check_finite(w, (size_t)c->cout * c->cin * c->k)) return FL_ENONFINITE;
+  fl__linop op = {.n_in = c->cin * tin, .n_out = c->cout * tout,
+                  .apply = fl__conv_apply, .adjoint = fl__conv_adjoint,
+                  .work_floats = fl_conv1d_workspace(c, 1, tin), .w = w, .c = c,
+                  .tin = tin};
+  return fl__power(sigma, &op, iters, tol, v);
+}
+
+int fl_spectral_convt1d(float *sigma, const float *w, const fl_conv *c, int tin,
+                        int iters, float tol, float *v) {
+  if (!w) return FL_EINVAL;
+  int tout = fl_convt1d_len(c, tin);
+  if (tout < 0) return tout;
+  if (fl_check_finite(w, (size_t)c->cout * c->cin * c->k)) return FL_ENONFINITE;
+  fl__linop op = {.n_in = c->cin * tin, .n_out = c->cout * tout,
+                  .apply = fl__convt_apply, .adjoint = fl__convt_adjoint,
+                  .work_floats = fl_convt1d_workspace(c, 1, tin), .w = w, .c = c,
+                  .tin = tin};
+  return fl__power(sigma, &op, iters, tol, v);
+}
+
+float fl_lipschitz_project(float *w, size_t n, float sigma, float target) {
+  if (!w || !(target > 0.0f) || !(sigma > target)) return 1.0f;
+  float scale = target / sigma;
+  for (size_t i = 0; i < n; i++) w[i] *= scale;
+  return scale;
+}

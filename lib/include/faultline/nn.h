@@ -4,7 +4,7 @@
  * forward/backward pair, shapes are given in the comments, and the caller owns
  * every buffer.  Layouts are batch-major and match PyTorch:
  *
- *   dense            x (B, I)        W (O, I)           b (O)     y (B, O)
+ *   dense            x (B, nin)      W (nout, nin)      b (nout)  y (B, nout)
  *   conv1d           x (B, Cin, T)   W (Cout, Cin, K)   b (Cout)  y (B, Cout, T')
  *   conv-transpose1d x (B, Cin, T)   W (Cin, Cout, K)   b (Cout)  y (B, Cout, T')
  *
@@ -52,13 +52,13 @@ void fl_init_uniform(float *w, size_t n, int fan_in, fl_rng *r);
 
 /* ---- dense ------------------------------------------------------------- */
 
-/* y (B, O) = x (B, I) W^T + b.  b may be NULL. */
+/* y (B, nout) = x (B, nin) W^T + b.  b may be NULL. */
 int fl_dense_forward(float *y, const float *x, const float *w, const float *b,
-                     int B, int I, int O);
+                     int B, int nin, int nout);
 
-/* dx (B, I) = dy W;  dW (O, I) += dy^T x;  db (O) += sum over B of dy. */
+/* dx (B, nin) = dy W;  dW (nout, nin) += dy^T x;  db (nout) += sum over B of dy. */
 int fl_dense_backward(float *dx, float *dw, float *db, const float *dy,
-                      const float *x, const float *w, int B, int I, int O);
+                      const float *x, const float *w, int B, int nin, int nout);
 
 /* ---- 1-D convolutions -------------------------------------------------- */
 
@@ -182,12 +182,12 @@ int fl_clip_grad_norm(fl_param *ps, int count, float max_norm, float *norm_out);
  * v holds the right singular vector estimate between calls (a warm start
  * makes repeated calls during training cheap); v == NULL starts from a fixed
  * seeded vector.  Its length is the operator's input size:
- *   dense:   I                  (operator W, (O, I))
+ *   dense:   nin                  (operator W, (nout, nin))
  *   conv1d:  cin * tin          (the convolution on inputs of length tin)
  *   convt1d: cin * tin
  * For convolutions this is the norm of the convolution operator itself, with
  * its padding and stride, not of the reshaped kernel. */
-int fl_spectral_dense(float *sigma, const float *w, int O, int I, int iters,
+int fl_spectral_dense(float *sigma, const float *w, int nout, int nin, int iters,
                       float tol, float *v);
 int fl_spectral_conv1d(float *sigma, const float *w, const fl_conv *c, int tin,
                        int iters, float tol, float *v);
