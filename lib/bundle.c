@@ -1,0 +1,264 @@
+/* faultline bundle: see include/faultline/bundle.h for the contracts. */
+#include "faultline/bundle.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "faultline/error.h"
+#include "faultline/safetensors.h"
+
+#define FL__FORMAT "faultline-model-1"
+
+static const char *fl__target_key[FL_MOD_COUNT] = {"encoder", "decoder", "block", "head"};
+
+static char *fl__spec_json(const fl_model_spec *s) {
+  json_t *mods = json_array(), *targets = json_object();
+  for (int i = 0; i < s->n_mod; i++) {
+    json_t *ch = json_array();
+    for (int c = 0; c < s->mod[i].channels; c++)
+      json_array_append_new(ch, json_string(s->mod[i].channel[c]));
+    json_array_append_new(mods, json_pack("{s:s, s:i, s:o}", "name", s->mod[i].name, "rate",
+                                          s->mod[i].rate, "channels", ch));
+  }
+  for (int k = 0; k < FL_MOD_COUNT; k++)
+    json_object_set_new(targets, fl__target_key[k], json_real(s->target[k]));
+  json_t *o = json_pack("{s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:o, s:o}", "window",
+                        s->window, "enc1", s->enc1, "enc2", s->enc2, "kernel", s->kernel,
+                        "hidden", s->hidden, "head_hidden", s->head_hidden, "emb", s->emb,
+                        "leak", (double)s->leak, "targets", targets, "modalities", mods);
+  char *str = o ? json_dumps(o, JSON_COMPACT) : NULL;
+  json_decref(o);
+  return str;
+}
+
+static int fl__spec_parse(const char *text, fl_model_spec *s, char *err, size_t errlen) {
+  json_error_t je;
+  json_t *o = json_loads(text, 0, &je), *mods = NULL, *targets = NULL;
+  double leak = 0;
+  fl_model_spec_defaults(s);
+  if (!o || json_unpack_ex(o, &je, 0, "{s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:F, s:o, s:o}",
+                           "window", &s->window, "enc1", &s->enc1, "enc2", &s->enc2,
+                           "kernel", &s->kernel, "hidden", &s->hidden, "head_hidden",
+                           &s->head_hidden, "emb", &s->emb, "leak", &leak, "targets",
+                           &targets, "modalities", &mods) ||
+      !json_is_array(mods) || !json_is_object(targets)) {
+    snprintf(err, errlen, "model spec metadata is malformed: %s", je.text);
+    json_decref(o);
+    return FL_EFORMAT;
+  }
+  s->leak = (float)leak;
+  for (int k = 0; k < FL_MOD_COUNT; k++) {
+    json_t *t = json_object_get(targets, fl__target_key[k]);
+    if (json_is_number(t)) s->target[k] = (float)json_number_value(t);
+  }
+  size_t i;
+  json_t *md;
+  json_array_foreach(mods, i, md) {
+    const char *name;
+    int rate;
+    json_t *ch;
+    const char *names[FL_MAX_CHANNELS];
+    if (json_unpack(md, "{s:s, s:i, s:o}", "name", &name, "rate", &rate, "channels", &ch) ||
+        !json_is_array(ch) || json_array_size(ch) == 0 ||
+        json_array_size(ch) > FL_MAX_CHANNELS) {
+      snprintf(err, errlen, "modality %zu in the model spec is malformed", i);
+      json_decref(o);
+      return FL_EFORMAT;
+    }
+    for (size_t c = 0; c < json_array_size(ch); c++) {
+      names[c] = json_string_value(json_array_get(ch, c));
+      if (!names[c]) {
+        snprintf(err, errlen, "modality %s: channel %zu is not a string", name, c);
+        json_decref(o);
+        return FL_EFORMAT;
+      }
+    }
+    if (fl_model_spec_add(s, name, rate, (int)json_array_size(ch), names)) {
+      snprintf(err, errlen, "modality %s in the model spec is invalid", name);
+      json_decref(o);
+      return FL_EFORMAT;
+    }
+  }
+  json_decref(o);
+  if (fl_model_spec_check(s)) {
+    snprintf(err, errlen, "model spec is invalid (sizes, window or modalities)");
+    return FL_EFORMAT;
+  }
+  return 0;
+}
+
+/* The PyTorch shape of a layer's weight. */
+static int fl__wshape(const fl_layer *l, int64_t shape[3]) {
+  if (l->kind == FL_LAYER_DENSE) {
+    shape[0] = l->nout;
+    shape[1] = l->nin;
+    return 2;
+  }
+  shape[0] = l->kind == FL_LAYER_CONV ? l->conv.cout : l->conv.cin;
+  shape[1] = l->kind == FL_LAYER_CONV ? l->conv.cin : l->conv.cout;
+  shape[2] = l->conv.k;
+  return 3;
+}
+
+int fl_bundle_save(const fl_bundle *b, const char *path, char *err, size_t errlen) {
+  char dummy[8];
+  if (!err) { err = dummy; errlen = sizeof dummy; }
+  if (!b || !b->model || !path) return FL_EINVAL;
+  fl_model *m = b->model;
+  fl_st *st = fl_st_new();
+  if (!st) return FL_ENOMEM;
+  int rc = 0;
+  char name[FL_NAME_MAX + 16];
+  for (int i = 0; i < fl_model_layer_count(m) && !rc; i++) {
+    const fl_layer *l = fl_model_layer(m, i);
+    int64_t shape[3], bshape[1] = {(int64_t)l->nb};
+    int nd = fl__wshape(l, shape);
+    snprintf(name, sizeof name, "%s.weight", l->name);
+    rc = fl_st_add(st, name, l->w, shape, nd);
+    snprintf(name, sizeof name, "%s.bias", l->name);
+    if (!rc) rc = fl_st_add(st, name, l->b, bshape, 1);
+  }
+  int64_t nch[1] = {fl_model_channels(m)}, ne[1] = {b->calib.emb};
+  if (!rc) rc = fl_st_add(st, "norm.mean", fl_model_mean(m), nch, 1);
+  if (!rc) rc = fl_st_add(st, "norm.std", fl_model_std(m), nch, 1);
+  if (!rc) rc = fl_st_add(st, "calib.res_mu", b->calib.res_mu, nch, 1);
+  if (!rc) rc = fl_st_add(st, "calib.res_sd", b->calib.res_sd, nch, 1);
+  if (!rc) rc = fl_st_add(st, "calib.var_mu", b->calib.var_mu, nch, 1);
+  if (!rc) rc = fl_st_add(st, "calib.var_sd", b->calib.var_sd, nch, 1);
+  if (!rc) rc = fl_st_add(st, "calib.centroid", b->calib.centroid, ne, 1);
+  char *spec = fl__spec_json(fl_model_spec_of(m));
+  json_t *det = json_pack("{s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:i, s:i, s:f}", "tail",
+                          b->calib.tail, "threshold", (double)b->calib.threshold,
+                          "chan_threshold", (double)b->calib.chan_threshold, "emb_mu",
+                          (double)b->calib.emb_mu, "emb_sd", (double)b->calib.emb_sd,
+                          "w_emb", (double)b->calib.w_emb, "quantile",
+                          (double)b->detect.quantile, "margin", (double)b->detect.margin,
+                          "on", b->detect.on, "off", b->detect.off, "clamp",
+                          (double)b->clamp);
+  char *dets = det ? json_dumps(det, JSON_COMPACT) : NULL;
+  json_decref(det);
+  if (!rc && (!spec || !dets)) rc = FL_ENOMEM;
+  if (!rc) rc = fl_st_set_meta(st, "format", "pt");
+  if (!rc) rc = fl_st_set_meta(st, "faultline.format", FL__FORMAT);
+  if (!rc) rc = fl_st_set_meta(st, "faultline.spec", spec);
+  if (!rc) rc = fl_st_set_meta(st, "faultline.detect", dets);
+  if (!rc) rc = fl_st_set_meta(st, "faultline.lineage", b->lineage[0] ? b->lineage : "{}");
+  free(spec);
+  free(dets);
+  if (rc) snprintf(err, errlen, "cannot assemble the model file: %s", fl_strerror(rc));
+  else rc = fl_st_write(st, path, err, errlen);
+  fl_st_free(st);
+  return rc;
+}
+
+static int fl__get(const fl_st *st, const char *name, float *dst, int64_t n, char *err,
+                   size_t errlen) {
+  int rc = fl_st_get(st, name, dst, &n, 1, err, errlen);
+  if (rc == FL_ENOTFOUND) snprintf(err, errlen, "tensor \"%s\" is missing", name);
+  return rc;
+}
+
+int fl_bundle_load(fl_bundle *b, const char *path, char *err, size_t errlen) {
+  char dummy[8];
+  if (!err) { err = dummy; errlen = sizeof dummy; }
+  if (!b || !path) return FL_EINVAL;
+  memset(b, 0, sizeof *b);
+  fl_st *st = NULL;
+  int rc = fl_st_read(path, &st, err, errlen);
+  if (rc) return rc;
+  const char *fmt = fl_st_meta(st, "faultline.format");
+  const char *spec_s = fl_st_meta(st, "faultline.spec");
+  const char *det_s = fl_st_meta(st, "faultline.detect");
+  fl_model_spec spec;
+  if (!fmt || strcmp(fmt, FL__FORMAT) || !spec_s || !det_s) {
+    snprintf(err, errlen, "%s is a safetensors file but not a faultline model (%s)", path,
+             !fmt ? "no faultline.format metadata" : "unknown format or missing metadata");
+    rc = FL_EMISMATCH;
+    goto fail;
+  }
+  if ((rc = fl__spec_parse(spec_s, &spec, err, errlen))) goto fail;
+  if ((rc = fl_model_create(&b->model, &spec, 0))) {
+    snprintf(err, errlen, "cannot build the model its spec describes: %s", fl_strerror(rc));
+    goto fail;
+  }
+  fl_model *m = b->model;
+  char name[FL_NAME_MAX + 16];
+  for (int i = 0; i < fl_model_layer_count(m); i++) {
+    fl_layer *l = fl_model_layer(m, i);
+    int64_t shape[3];
+    int nd = fl__wshape(l, shape);
+    snprintf(name, sizeof name, "%s.weight", l->name);
+    if ((rc = fl_st_get(st, name, l->w, shape, nd, err, errlen))) {
+      if (rc == FL_ENOTFOUND) snprintf(err, errlen, "tensor \"%s\" is missing", name);
+      goto fail;
+    }
+    snprintf(name, sizeof name, "%s.bias", l->name);
+    if ((rc = fl__get(st, name, l->b, (int64_t)l->nb, err, errlen))) goto fail;
+  }
+  int nch = fl_model_channels(m);
+  fl_calib *cal = &b->calib;
+  cal->nch = nch;
+  cal->emb = spec.emb;
+  if (spec.emb > 256) { rc = FL_EFORMAT; snprintf(err, errlen, "embedding too large"); goto fail; }
+  if ((rc = fl__get(st, "norm.mean", fl_model_mean(m), nch, err, errlen)) ||
+      (rc = fl__get(st, "norm.std", fl_model_std(m), nch, err, errlen)) ||
+      (rc = fl__get(st, "calib.res_mu", cal->res_mu, nch, err, errlen)) ||
+      (rc = fl__get(st, "calib.res_sd", cal->res_sd, nch, err, errlen)) ||
+      (rc = fl__get(st, "calib.var_mu", cal->var_mu, nch, err, errlen)) ||
+      (rc = fl__get(st, "calib.var_sd", cal->var_sd, nch, err, errlen)) ||
+      (rc = fl__get(st, "calib.centroid", cal->centroid, spec.emb, err, errlen)))
+    goto fail;
+  for (int c = 0; c < nch; c++)
+    if (!(fl_model_std(m)[c] > 0.0f)) {
+      snprintf(err, errlen, "norm.std[%d] is not positive", c);
+      rc = FL_EFORMAT;
+      goto fail;
+    }
+  json_error_t je;
+  json_t *d = json_loads(det_s, 0, &je);
+  double thr, cthr, emu, esd, wemb, q, margin, clamp;
+  fl_detect_defaults(&b->detect);
+  if (!d || json_unpack_ex(d, &je, 0, "{s:i, s:F, s:F, s:F, s:F, s:F, s:F, s:F, s:i, s:i, s:F}",
+                           "tail", &cal->tail, "threshold", &thr, "chan_threshold", &cthr,
+                           "emb_mu", &emu, "emb_sd", &esd, "w_emb", &wemb, "quantile", &q,
+                           "margin", &margin, "on", &b->detect.on, "off", &b->detect.off,
+                           "clamp", &clamp)) {
+    snprintf(err, errlen, "detector metadata is malformed: %s", je.text);
+    json_decref(d);
+    rc = FL_EFORMAT;
+    goto fail;
+  }
+  json_decref(d);
+  cal->threshold = (float)thr;
+  cal->chan_threshold = (float)cthr;
+  cal->emb_mu = (float)emu;
+  cal->emb_sd = (float)esd;
+  cal->w_emb = (float)wemb;
+  b->detect.tail = cal->tail;
+  b->detect.quantile = (float)q;
+  b->detect.margin = (float)margin;
+  b->detect.w_emb = (float)wemb;
+  b->clamp = (float)clamp;
+  if (cal->tail <= 0 || cal->tail > spec.window || !(b->clamp > 0.0f)) {
+    snprintf(err, errlen, "detector metadata is out of range (tail %d, clamp %g)", cal->tail,
+             (double)b->clamp);
+    rc = FL_EFORMAT;
+    goto fail;
+  }
+  const char *lin = fl_st_meta(st, "faultline.lineage");
+  snprintf(b->lineage, sizeof b->lineage, "%s", lin ? lin : "{}");
+  fl_st_free(st);
+  return 0;
+fail:
+  fl_st_free(st);
+  fl_bundle_free(b);
+  return rc;
+}
+
+void fl_bundle_free(fl_bundle *b) {
+  if (!b) return;
+  fl_model_free(b->model);
+  memset(b, 0, sizeof *b);
+}

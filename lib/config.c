@@ -1,0 +1,227 @@
+/* faultline config: see include/faultline/config.h for the contracts. */
+#include "faultline/config.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "faultline/error.h"
+
+void fl_config_defaults(fl_config *c) {
+  memset(c, 0, sizeof *c);
+  fl_model_spec_defaults(&c->spec);
+  fl_train_defaults(&c->train);
+  fl_detect_defaults(&c->detect);
+}
+
+typedef struct {
+  fl_config *c;
+  char *err;
+  size_t errlen;
+  int failed;
+} fl__parse;
+
+static int fl__num(const char *v, double *out) {
+  char *end;
+  errno = 0;
+  double d = strtod(v, &end);
+  while (*end == ' ' || *end == '\t') end++;
+  if (end == v || *end || errno) return -1;
+  *out = d;
+  return 0;
+}
+
+/* The daemon's sections, parsed by it, not here. */
+static int fl__foreign(const char *section) {
+  static const char *names[] = {"input", "output", "metrics", "security", "tune", "log"};
+  for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+    if (!strcmp(section, names[i])) return 1;
+  return 0;
+}
+
+static int fl__faults(fl_train_config *t, const char *v) {
+  char buf[512];
+  snprintf(buf, sizeof buf, "%s", v);
+  t->ntypes = 0;
+  for (char *tok = strtok(buf, ", \t"); tok; tok = strtok(NULL, ", \t")) {
+    fl_fault_type ft;
+    if (fl_fault_parse(tok, &ft) || t->ntypes >= FL_FAULT_COUNT) return -1;
+    t->types[t->ntypes++] = ft;
+  }
+  return t->ntypes > 0 ? 0 : -1;
+}
+
+static int fl__modality(fl_model_spec *s, const char *name, const char *key, const char *v) {
+  int i;
+  for (i = 0; i < s->n_mod; i++)
+    if (!strcmp(s->mod[i].name, name)) break;
+  if (i == s->n_mod) {
+    if (s->n_mod >= FL_MAX_MODALITIES || strlen(name) >= FL_NAME_MAX || !*name) return -1;
+    memset(&s->mod[i], 0, sizeof s->mod[i]);
+    snprintf(s->mod[i].name, FL_NAME_MAX, "%s", name);
+    s->mod[i].rate = 1;
+    s->n_mod++;
+  }
+  fl_modality *md = &s->mod[i];
+  if (!strcmp(key, "rate")) {
+    double d;
+    if (fl__num(v, &d) || d < 1 || d > 1000 || d != (int)d) return -1;
+    md->rate = (int)d;
+    return 0;
+  }
+  if (!strcmp(key, "channels")) {
+    md->channels = 0;
+    const char *p = v;
+    while (*p) {
+      while (*p == ' ' || *p == '\t') p++;
+      const char *e = strchr(p, ',');
+      size_t n = e ? (size_t)(e - p) : strlen(p);
+      while (n && (p[n - 1] == ' ' || p[n - 1] == '\t')) n--;
+      if (!n || n >= FL_NAME_MAX || md->channels >= FL_MAX_CHANNELS) return -1;
+      memcpy(md->channel[md->channels], p, n);
+      md->channel[md->channels][n] = 0;
+      md->channels++;
+      if (!e) break;
+      p = e + 1;
+    }
+    return md->channels ? 0 : -1;
+  }
+  return -2;
+}
+
+#define FL__I(sec, k, field)                                                             \
+  if (!strcmp(section, sec) && !strcmp(key, k)) {                                        \
+    if (fl__num(value, &d) || d != (long)d) goto bad;                                   \
+    field = (int)d;                                                                      \
+    return 1;                                                                            \
+  }
+#define FL__F(sec, k, field)                                                             \
+  if (!strcmp(section, sec) && !strcmp(key, k)) {                                        \
+    if (fl__num(value, &d)) goto bad;                                                   \
+    field = (float)d;                                                                    \
+    return 1;                                                                            \
+  }
+
+static int fl__handler(void *user, const char *section, const char *key, const char *value) {
+  fl__parse *p = user;
+  fl_config *c = p->c;
+  double d;
+  if (p->failed) return 0;
+  if (!strncmp(section, "modality.", 9)) {
+    int r = fl__modality(&c->spec, section + 9, key, value);
+    if (r == -2) goto unknown;
+    if (r) goto bad;
+    return 1;
+  }
+  FL__I("model", "window", c->spec.window)
+  FL__I("model", "enc1", c->spec.enc1)
+  FL__I("model", "enc2", c->spec.enc2)
+  FL__I("model", "kernel", c->spec.kernel)
+  FL__I("model", "hidden", c->spec.hidden)
+  FL__I("model", "head_hidden", c->spec.head_hidden)
+  FL__I("model", "embedding", c->spec.emb)
+  FL__F("model", "leak", c->spec.leak)
+  FL__F("model", "target_encoder", c->spec.target[FL_MOD_ENC])
+  FL__F("model", "target_decoder", c->spec.target[FL_MOD_DEC])
+  FL__F("model", "target_block", c->spec.target[FL_MOD_BLOCK])
+  FL__F("model", "target_head", c->spec.target[FL_MOD_HEAD])
+  FL__I("train", "seed", c->train.seed)
+  FL__I("train", "batch", c->train.batch)
+  FL__I("train", "stride", c->train.stride)
+  FL__F("train", "val_fraction", c->train.val_fraction)
+  FL__F("train", "clamp", c->train.clamp)
+  FL__I("train", "patience", c->train.patience)
+  FL__I("train", "epochs1", c->train.epochs1)
+  FL__F("train", "lr1", c->train.lr1)
+  FL__I("train", "epochs2", c->train.epochs2)
+  FL__F("train", "lr2", c->train.lr2)
+  FL__F("train", "lr_decoder2", c->train.lr_dec2)
+  FL__F("train", "p_clean", c->train.p_clean)
+  FL__F("train", "temperature", c->train.tau)
+  FL__F("train", "w_contrast", c->train.w_contrast)
+  FL__F("train", "clip_encoder", c->train.clip[FL_MOD_ENC])
+  FL__F("train", "clip_decoder", c->train.clip[FL_MOD_DEC])
+  FL__F("train", "clip_block", c->train.clip[FL_MOD_BLOCK])
+  FL__F("train", "clip_head", c->train.clip[FL_MOD_HEAD])
+  if (!strcmp(section, "train") && !strcmp(key, "faults")) {
+    if (fl__faults(&c->train, value)) goto bad;
+    return 1;
+  }
+  FL__I("detect", "tail", c->detect.tail)
+  FL__F("detect", "quantile", c->detect.quantile)
+  FL__F("detect", "margin", c->detect.margin)
+  FL__F("detect", "channel_quantile", c->detect.chan_quantile)
+  FL__F("detect", "embedding_weight", c->detect.w_emb)
+  FL__I("detect", "hysteresis_on", c->detect.on)
+  FL__I("detect", "hysteresis_off", c->detect.off)
+  if (fl__foreign(section)) return 1;
+unknown:
+  snprintf(p->err, p->errlen, "unknown key \"%s\" in section [%s]", key, section);
+  p->failed = FL_EINVAL;
+  return 0;
+bad:
+  snprintf(p->err, p->errlen, "[%s] %s = \"%s\" is not a valid value", section, key, value);
+  p->failed = FL_EINVAL;
+  return 0;
+}
+
+static int fl__finish(fl_config *c, fl__parse *p, int rc, char *err, size_t errlen) {
+  if (p->failed) {
+    /* inih returns the line of the first error, which is the handler's. */
+    char msg[400];
+    snprintf(msg, sizeof msg, "%s", p->err);
+    snprintf(err, errlen, "line %d: %s", rc, msg);
+    return p->failed;
+  }
+  if (rc > 0) {
+    snprintf(err, errlen, "line %d: not a section, key = value or comment", rc);
+    return FL_EFORMAT;
+  }
+  if (rc < 0) {
+    snprintf(err, errlen, "cannot read the file");
+    return FL_EIO;
+  }
+  for (int i = 0; i < c->spec.n_mod; i++)
+    if (c->spec.mod[i].channels == 0) {
+      snprintf(err, errlen, "[modality.%s] has no channels", c->spec.mod[i].name);
+      return FL_EINVAL;
+    }
+  if (c->detect.tail <= 0 || c->detect.tail > c->spec.window || c->train.batch <= 0 ||
+      !(c->detect.quantile > 0 && c->detect.quantile <= 1) || c->detect.on < 1 ||
+      c->detect.off < 1) {
+    snprintf(err, errlen, "detect.tail, train.batch, detect.quantile or hysteresis out of range");
+    return FL_EINVAL;
+  }
+  if (c->spec.n_mod && fl_model_spec_check(&c->spec)) {
+    snprintf(err, errlen, "[model] sizes are invalid (window must be a multiple of 4 >= 8, "
+                          "kernel odd, sizes positive)");
+    return FL_EINVAL;
+  }
+  return 0;
+}
+
+int fl_config_load(fl_config *c, const char *path, char *err, size_t errlen) {
+  char buf[512], dummy[8];
+  if (!err) { err = dummy; errlen = sizeof dummy; }
+  fl__parse p = {c, buf, sizeof buf, 0};
+  FILE *f = fopen(path, "r");
+  if (!f) {
+    snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    return FL_EIO;
+  }
+  int rc = ini_parse_file(f, fl__handler, &p);
+  fclose(f);
+  rc = fl__finish(c, &p, rc, buf, sizeof buf);
+  if (rc) snprintf(err, errlen, "%s: %s", path, buf);
+  return rc;
+}
+
+int fl_config_parse(fl_config *c, const char *text, char *err, size_t errlen) {
+  char dummy[8];
+  if (!err) { err = dummy; errlen = sizeof dummy; }
+  fl__parse p = {c, err, errlen, 0};
+  int rc = ini_parse_string(text, fl__handler, &p);
+  return fl__finish(c, &p, rc, err, errlen);
+}

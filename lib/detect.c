@@ -1,0 +1,279 @@
+/* faultline detect: see include/faultline/detect.h for the contracts. */
+#include "faultline/detect.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "faultline/error.h"
+
+/* Added to a channel's score per unit share of missing samples: a channel
+ * with gaps is always worth a look, and its gaps are always filled. */
+#define FL__MISSING_PENALTY 20.0f
+#define FL__LOG_EPS 1e-4
+
+void fl_detect_defaults(fl_detect_config *c) {
+  c->tail = 15;
+  c->quantile = 0.99f;
+  c->margin = 1.0f;
+  c->chan_quantile = 0.99f;
+  c->w_emb = 1.0f;
+  c->on = 2;
+  c->off = 3;
+}
+
+int fl_hyst_update(fl_hyst *h, int above, int on, int off) {
+  if (above != h->state) {
+    h->count++;
+    if (h->count >= (above ? on : off)) {
+      h->state = above;
+      h->count = 0;
+    }
+  } else {
+    h->count = 0;
+  }
+  return h->state;
+}
+
+static float fl__z(float v, float mu, float sd) { return (v - mu) / (sd > 1e-6f ? sd : 1e-6f); }
+
+int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
+                    fl_window_score *out, float *raw) {
+  if (!m || !ctx || B <= 0) return FL_EINVAL;
+  const fl_model_spec *s = fl_model_spec_of(m);
+  int nch = fl_model_channels(m), err;
+  int tail = cal && cal->tail > 0 ? cal->tail : s->window / 4;
+  if (tail > s->window) tail = s->window;
+  int calibrated = cal && cal->nch == nch;
+  if ((err = fl_model_forward(m, ctx, B, 0, 1))) return err;
+  const float *emb = fl_ctx_embedding(ctx);
+  for (int b = 0; b < B; b++) {
+    fl_window_score *o = out ? &out[b] : NULL;
+    float *rw = raw ? raw + (size_t)b * (2 * nch + 1) : NULL;
+    if (o) {
+      memset(o, 0, sizeof *o);
+      o->modality = -1;
+      o->score = -INFINITY;
+    }
+    int off = 0;
+    for (int i = 0; i < s->n_mod; i++) {
+      int C = s->mod[i].channels, T = s->window * s->mod[i].rate;
+      int t0 = (s->window - tail) * s->mod[i].rate;
+      const float *x = fl_ctx_input(ctx, i) + (size_t)b * C * T;
+      const float *mk = fl_ctx_mask(ctx, i) + (size_t)b * C * T;
+      const float *y = fl_ctx_output(ctx, i) + (size_t)b * C * T;
+      float mscore = -INFINITY;
+      for (int c = 0; c < C; c++, off++) {
+        double se = 0, sum = 0, sq = 0;
+        int n = 0, miss = 0;
+        for (int t = t0; t < T; t++) {
+          size_t k = (size_t)c * T + t;
+          if (mk[k] == 0.0f) { miss++; continue; }
+          double e = (double)x[k] - y[k];
+          se += e * e;
+          sum += x[k];
+          sq += (double)x[k] * x[k];
+          n++;
+        }
+        double mse = n ? se / n : 0.0, mu = n ? sum / n : 0.0;
+        double var = n ? sq / n - mu * mu : 0.0;
+        float r = (float)log(mse + FL__LOG_EPS), v = (float)log((var > 0 ? var : 0) + FL__LOG_EPS);
+        if (rw) {
+          rw[off] = r;
+          rw[nch + off] = v;
+        }
+        if (!o) continue;
+        o->resid[off] = (float)sqrt(mse);
+        float sc = 0.0f;
+        if (calibrated) {
+          float zr = fl__z(r, cal->res_mu[off], cal->res_sd[off]);
+          float zv = fabsf(fl__z(v, cal->var_mu[off], cal->var_sd[off]));
+          sc = zr > zv ? zr : zv;
+        }
+        sc += FL__MISSING_PENALTY * (float)miss / (float)(T - t0);
+        o->chan[off] = sc;
+        if (sc > mscore) mscore = sc;
+      }
+      if (o) {
+        o->mod_score[i] = mscore;
+        if (mscore > o->score) {
+          o->score = mscore;
+          o->modality = i;
+        }
+      }
+    }
+    const float *e = emb + (size_t)b * s->emb;
+    if (calibrated || rw) {
+      double dot = 0;
+      for (int k = 0; k < s->emb; k++) dot += (double)e[k] * (cal ? cal->centroid[k] : 0.0f);
+      float d = 1.0f - (float)dot;
+      if (rw) rw[2 * nch] = d;
+      if (o && calibrated && cal->w_emb > 0.0f) {
+        o->emb_score = fl__z(d, cal->emb_mu, cal->emb_sd);
+        if (o->emb_score > o->score) o->score = o->emb_score;
+      }
+    }
+  }
+  /* The corrected estimate, for gating; the features above used stage 1's. */
+  return fl_model_forward(m, ctx, B, 1, 0);
+}
+
+static int fl__cmp(const void *a, const void *b) {
+  float x = *(const float *)a, y = *(const float *)b;
+  return (x > y) - (x < y);
+}
+
+/* Quantile q of n values (sorted in place), linear interpolation. */
+static float fl__quantile(float *v, int n, float q) {
+  qsort(v, n, sizeof(float), fl__cmp);
+  float pos = q * (n - 1);
+  int i = (int)pos;
+  if (i >= n - 1) return v[n - 1];
+  float f = pos - i;
+  return v[i] * (1 - f) + v[i + 1] * f;
+}
+
+static void fl__mean_sd(const float *v, int n, int stride, float *mu, float *sd) {
+  double s = 0, q = 0;
+  for (int i = 0; i < n; i++) {
+    s += v[(size_t)i * stride];
+    q += (double)v[(size_t)i * stride] * v[(size_t)i * stride];
+  }
+  double m = s / n, var = q / n - m * m;
+  *mu = (float)m;
+  /* A floor keeps a feature that never moved on the clean windows from
+   * turning any change at all into an alarm. */
+  *sd = (float)sqrt(var > 0 ? var : 0) + 0.05f;
+}
+
+int fl_detect_calibrate(fl_model *m, fl_calib *cal, const fl_series *s, int ns,
+                        const fl_train_config *cfg, const fl_detect_config *dcfg) {
+  if (!m || !cal || !s || ns <= 0 || !cfg || !dcfg) return FL_EINVAL;
+  const fl_model_spec *spec = fl_model_spec_of(m);
+  int nch = fl_model_channels(m), nf = 2 * nch + 1, err = FL_ENOMEM;
+  if (spec->emb > 256) return FL_EINVAL;
+  int total = 0;
+  for (int k = 0; k < ns; k++) total += s[k].rows + 1;
+  int *ends = malloc(sizeof(int) * total), nw = 0;
+  int *wk = malloc(sizeof(int) * total);
+  int *we = malloc(sizeof(int) * total);
+  fl_ctx *ctx = NULL;
+  float *raw = NULL, *emb = NULL, *buf = NULL, *rw[FL_MAX_MODALITIES] = {0};
+  fl_window_score *sc = NULL;
+  if (!ends || !wk || !we) goto done;
+  for (int k = 0; k < ns; k++) {
+    if (s[k].rows < spec->window) continue;
+    int ntr, n = fl_train_windows(&s[k], spec, cfg, ends, &ntr);
+    /* With no held-out windows (a tiny recording), the training ones serve. */
+    int from = ntr < n ? ntr : 0;
+    for (int j = from; j < n; j++) {
+      wk[nw] = k;
+      we[nw++] = ends[j];
+    }
+  }
+  if (nw < 2) {
+    err = FL_EINVAL;
+    goto done;
+  }
+  int Bmax = cfg->batch > 0 ? cfg->batch : 64;
+  if ((err = fl_ctx_create(&ctx, m, Bmax))) goto done;
+  err = FL_ENOMEM;
+  raw = malloc(sizeof(float) * (size_t)nw * nf);
+  emb = malloc(sizeof(float) * (size_t)nw * spec->emb);
+  buf = malloc(sizeof(float) * nw);
+  sc = malloc(sizeof(fl_window_score) * Bmax);
+  if (!raw || !emb || !buf || !sc) goto done;
+  for (int i = 0; i < spec->n_mod; i++)
+    if (!(rw[i] = malloc(sizeof(float) * spec->mod[i].channels * spec->window *
+                         spec->mod[i].rate)))
+      goto done;
+
+  memset(cal, 0, sizeof *cal);
+  cal->nch = nch;
+  cal->emb = spec->emb;
+  cal->tail = dcfg->tail;
+  cal->w_emb = dcfg->w_emb;
+  /* Pass 1: raw features and embeddings of every held-out window. */
+  for (int pass = 0; pass < 2; pass++) {
+    for (int j = 0; j < nw; j += Bmax) {
+      int B = nw - j < Bmax ? nw - j : Bmax;
+      for (int b = 0; b < B; b++) {
+        if ((err = fl_series_window(&s[wk[j + b]], spec, we[j + b], rw))) goto done;
+        for (int i = 0; i < spec->n_mod; i++)
+          if ((err = fl_model_normalise(m, ctx, b, i, rw[i], cfg->clamp))) goto done;
+      }
+      if (pass == 0) {
+        /* Uncalibrated: features only (cal->nch is reset below). */
+        cal->nch = 0;
+        err = fl_detect_score(m, cal, ctx, B, NULL, raw + (size_t)j * nf);
+        cal->nch = nch;
+        if (err) goto done;
+        /* fl_detect_score's second pass overwrote nothing the head wrote. */
+        memcpy(emb + (size_t)j * spec->emb, fl_ctx_embedding(ctx),
+               sizeof(float) * B * spec->emb);
+      } else {
+        if ((err = fl_detect_score(m, cal, ctx, B, sc, NULL))) goto done;
+        for (int b = 0; b < B; b++) {
+          buf[j + b] = sc[b].score;
+          for (int c = 0; c < nch; c++) raw[(size_t)(j + b) * nf + c] = sc[b].chan[c];
+        }
+      }
+    }
+    if (pass == 0) {
+      for (int c = 0; c < nch; c++) {
+        fl__mean_sd(raw + c, nw, nf, &cal->res_mu[c], &cal->res_sd[c]);
+        fl__mean_sd(raw + nch + c, nw, nf, &cal->var_mu[c], &cal->var_sd[c]);
+      }
+      double norm = 0;
+      for (int k = 0; k < spec->emb; k++) {
+        double a = 0;
+        for (int j = 0; j < nw; j++) a += emb[(size_t)j * spec->emb + k];
+        cal->centroid[k] = (float)(a / nw);
+        norm += (double)cal->centroid[k] * cal->centroid[k];
+      }
+      norm = sqrt(norm);
+      for (int k = 0; k < spec->emb; k++) cal->centroid[k] = (float)(cal->centroid[k] / (norm > 1e-12 ? norm : 1e-12));
+      /* The distances with the final centroid. */
+      for (int j = 0; j < nw; j++) {
+        double dot = 0;
+        for (int k = 0; k < spec->emb; k++) dot += (double)emb[(size_t)j * spec->emb + k] * cal->centroid[k];
+        buf[j] = 1.0f - (float)dot;
+      }
+      fl__mean_sd(buf, nw, 1, &cal->emb_mu, &cal->emb_sd);
+    }
+  }
+  /* Pass 2 left window scores in buf and channel scores in raw. */
+  cal->threshold = dcfg->margin * fl__quantile(buf, nw, dcfg->quantile);
+  float *chan = malloc(sizeof(float) * (size_t)nw * nch);
+  if (!chan) { err = FL_ENOMEM; goto done; }
+  for (int j = 0; j < nw; j++)
+    for (int c = 0; c < nch; c++) chan[(size_t)j * nch + c] = raw[(size_t)j * nf + c];
+  cal->chan_threshold = dcfg->margin * fl__quantile(chan, nw * nch, dcfg->chan_quantile);
+  free(chan);
+  err = 0;
+done:
+  for (int i = 0; i < FL_MAX_MODALITIES; i++) free(rw[i]);
+  free(ends); free(wk); free(we); free(raw); free(emb); free(buf); free(sc);
+  fl_ctx_free(ctx);
+  return err;
+}
+
+int fl_detect_correct(const fl_model *m, fl_ctx *ctx, int b, int i, const float *raw,
+                      const int *faulty, float *corrected) {
+  if (!m || !ctx || !raw || !corrected) return FL_EINVAL;
+  const fl_model_spec *s = fl_model_spec_of(m);
+  if (i < 0 || i >= s->n_mod) return FL_EINVAL;
+  int C = s->mod[i].channels, T = s->window * s->mod[i].rate, off = 0;
+  for (int j = 0; j < i; j++) off += s->mod[j].channels;
+  const float *y = fl_ctx_output(ctx, i) + (size_t)b * C * T;
+  const float *mean = fl_model_mean((fl_model *)m), *std = fl_model_std((fl_model *)m);
+  for (int c = 0; c < C; c++) {
+    int replace = faulty && faulty[c];
+    for (int t = 0; t < T; t++) {
+      size_t k = (size_t)c * T + t;
+      float est = y[k] * std[off + c] + mean[off + c];
+      corrected[k] = (replace || isnan(raw[k])) ? est : raw[k];
+    }
+  }
+  return 0;
+}

@@ -1,0 +1,90 @@
+/* faultline detect: window scores, thresholds, localisation and gated
+ * correction.
+ *
+ * For every window and channel c the detector measures, over the window's
+ * newest `tail` base ticks (where a fault that has just begun shows):
+ *   r_c  log of the mean squared residual of the input against the stage-1
+ *        reconstruction (the high-fidelity estimate: block bypassed);
+ *   v_c  log of the input's variance, which a dead sensor (stuck, saturated)
+ *        collapses and noise inflates;
+ *   n_c  the share of missing samples.
+ * and for the window the embedding's cosine distance d to the clean centroid.
+ * Each feature is standardised by its mean and spread on clean held-out
+ * windows (the calibration).  A channel's score is max(z(r_c), |z(v_c)|) plus
+ * a penalty for missing samples; a modality's score is its channels' maximum;
+ * the window's score is the maximum of the modality scores and z(d).  The
+ * window is flagged when its score exceeds the threshold, a quantile of clean
+ * held-out window scores; the faulty modality is the one with the largest
+ * score.
+ *
+ * Correction is gated: the corrected output equals the input on channels
+ * judged healthy and the model's corrected estimate (compute block on) on
+ * channels judged faulty and on every missing value. */
+#ifndef FAULTLINE_DETECT_H
+#define FAULTLINE_DETECT_H
+
+#include "faultline/model.h"
+#include "faultline/train.h"
+
+#define FL_MAX_TOTAL_CHANNELS (FL_MAX_MODALITIES * FL_MAX_CHANNELS)
+
+typedef struct {
+  int tail;         /* base ticks at the window's end that features measure (15) */
+  float quantile;   /* threshold quantile of clean held-out scores (0.99) */
+  float margin;     /* threshold = margin * quantile score (1.0) */
+  float chan_quantile; /* channel threshold quantile (0.99) */
+  float w_emb;      /* 1: the embedding distance takes part in the score, 0: not */
+  int on, off;      /* hysteresis: windows above (below) to raise (clear) a flag */
+} fl_detect_config;
+
+void fl_detect_defaults(fl_detect_config *c);
+
+/* Calibration: what "clean" looks like, stored in the model file. */
+typedef struct {
+  int nch, emb;
+  float res_mu[FL_MAX_TOTAL_CHANNELS], res_sd[FL_MAX_TOTAL_CHANNELS];
+  float var_mu[FL_MAX_TOTAL_CHANNELS], var_sd[FL_MAX_TOTAL_CHANNELS];
+  float centroid[256];
+  float emb_mu, emb_sd;
+  float threshold, chan_threshold;
+  int tail;
+  float w_emb;
+} fl_calib;
+
+typedef struct {
+  float score;
+  int modality;                           /* largest modality score, -1 if none */
+  float mod_score[FL_MAX_MODALITIES];
+  float chan[FL_MAX_TOTAL_CHANNELS];      /* channel scores, model channel order */
+  float resid[FL_MAX_TOTAL_CHANNELS];     /* RMS residual over the tail, std units */
+  float emb_score;
+} fl_window_score;
+
+/* Scores the B windows whose standardised inputs and masks are in the
+ * context (see fl_model_normalise).  Runs the model twice (stage-1 estimate
+ * with the head, then the corrected estimate): afterwards fl_ctx_output holds
+ * the corrected estimate, standardised.  cal may be uncalibrated (threshold
+ * 0) during calibration itself: raw features then go to raw (B, 2 nch + 1)
+ * if it is non-NULL, in the order r_c..., v_c..., d. */
+int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
+                    fl_window_score *out, float *raw);
+
+/* Calibrates on the held-out windows of the recordings (the trainer's split,
+ * cfg) and sets the thresholds from dcfg. */
+int fl_detect_calibrate(fl_model *m, fl_calib *cal, const fl_series *s, int ns,
+                        const fl_train_config *cfg, const fl_detect_config *dcfg);
+
+/* Gated correction of one window's modality i: corrected (C_i, T_i) raw
+ * units, from the raw input (C_i, T_i) and the context's slot b after
+ * fl_detect_score.  faulty[c] (C_i) says which channels are replaced. */
+int fl_detect_correct(const fl_model *m, fl_ctx *ctx, int b, int i, const float *raw,
+                      const int *faulty, float *corrected);
+
+/* Hysteresis over a stream of window decisions. */
+typedef struct {
+  int state, count;
+} fl_hyst;
+/* Feeds one window's raw decision; returns the debounced flag. */
+int fl_hyst_update(fl_hyst *h, int above, int on, int off);
+
+#endif

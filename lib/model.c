@@ -1,0 +1,651 @@
+/* faultline model: see include/faultline/model.h for the contracts. */
+#include "faultline/model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "faultline/error.h"
+
+/* Layer order in the table: per modality two encoder convolutions, then per
+ * modality two decoder convolutions, then the block's three dense layers,
+ * then the head's two. */
+#define FL__MAX_LAYERS (4 * FL_MAX_MODALITIES + 5)
+
+struct fl_model {
+  fl_model_spec spec;
+  int L, Z, nch;          /* latent length, |z|, sum of C_m */
+  int nlayers;
+  fl_layer layer[FL__MAX_LAYERS];
+  int enc[FL_MAX_MODALITIES][2], dec[FL_MAX_MODALITIES][2], blk[3], head[2];
+  size_t nparams;
+  float *params, *grads, *adam_m, *adam_v; /* (nparams) each */
+  float *vbuf;                             /* power-iteration vectors */
+  float *mean, *std;                       /* (nch) */
+  fl_param *groups[FL_MOD_COUNT];
+  int ngroup[FL_MOD_COUNT];
+};
+
+struct fl_ctx {
+  int maxB;
+  /* Per modality (B, C, T) input and output, encoder and decoder activations. */
+  float *x[FL_MAX_MODALITIES], *out[FL_MAX_MODALITIES], *dout[FL_MAX_MODALITIES];
+  float *mask[FL_MAX_MODALITIES];
+  float *a1[FL_MAX_MODALITIES], *h1[FL_MAX_MODALITIES]; // (B, e1, 2L)
+  float *a2[FL_MAX_MODALITIES];                          // (B, e2, L)
+  float *zin[FL_MAX_MODALITIES];                         // (B, e2, L) slice of z'
+  float *d1[FL_MAX_MODALITIES], *e1[FL_MAX_MODALITIES];  // (B, e1, 2L)
+  float *z, *z2, *u1, *g1, *u2, *g2, *u3;                // (B, Z) and (B, H)
+  float *p1, *q1, *p2, *emb, *norms;                     // head
+  float *dz, *dz2, *dh, *dh2, *dhz;                      // gradient scratch
+  float *gA, *gB, *gC;                                   // per-layer scratch
+  float *demb;
+  float *work;
+  int used_block;
+};
+
+void fl_model_spec_defaults(fl_model_spec *s) {
+  memset(s, 0, sizeof *s);
+  s->window = 60;
+  s->enc1 = 16;
+  s->enc2 = 32;
+  s->kernel = 5;
+  s->hidden = 256;
+  s->head_hidden = 128;
+  s->emb = 32;
+  s->leak = 0.1f;
+  s->target[FL_MOD_ENC] = 2.0f;
+  s->target[FL_MOD_HEAD] = 2.0f;
+  s->target[FL_MOD_DEC] = 2.0f;
+  s->target[FL_MOD_BLOCK] = 1.0f;
+}
+
+int fl_model_spec_add(fl_model_spec *s, const char *name, int rate, int channels,
+                      const char *const *names) {
+  if (!s || !name || !names || s->n_mod >= FL_MAX_MODALITIES) return FL_EINVAL;
+  if (channels <= 0 || channels > FL_MAX_CHANNELS || rate <= 0) return FL_EINVAL;
+  if (strlen(name) >= FL_NAME_MAX) return FL_ERANGE;
+  fl_modality *md = &s->mod[s->n_mod];
+  memset(md, 0, sizeof *md);
+  snprintf(md->name, sizeof md->name, "%s", name);
+  md->channels = channels;
+  md->rate = rate;
+  for (int c = 0; c < channels; c++) {
+    if (!names[c] || strlen(names[c]) >= FL_NAME_MAX) return FL_ERANGE;
+    snprintf(md->channel[c], FL_NAME_MAX, "%s", names[c]);
+  }
+  s->n_mod++;
+  return 0;
+}
+
+int fl_model_spec_check(const fl_model_spec *s) {
+  if (!s || s->n_mod <= 0 || s->n_mod > FL_MAX_MODALITIES) return FL_EINVAL;
+  if (s->window < 8 || s->window % 4) return FL_EINVAL;
+  if (s->enc1 <= 0 || s->enc2 <= 0 || s->hidden <= 0 || s->head_hidden <= 0 ||
+      s->emb <= 0 || s->kernel < 1 || s->kernel % 2 == 0)
+    return FL_EINVAL;
+  if (!(s->leak >= 0.0f && s->leak <= 1.0f)) return FL_EINVAL;
+  for (int m = 0; m < s->n_mod; m++) {
+    const fl_modality *md = &s->mod[m];
+    if (md->channels <= 0 || md->channels > FL_MAX_CHANNELS || md->rate <= 0 ||
+        md->rate > 1000 || !md->name[0])
+      return FL_EINVAL;
+    for (int j = 0; j < m; j++)
+      if (!strcmp(s->mod[j].name, md->name)) return FL_EINVAL;
+  }
+  return 0;
+}
+
+const char *fl_module_name(fl_module m) {
+  static const char *names[FL_MOD_COUNT] = {"encoder", "decoder", "block", "head"};
+  return (unsigned)m < FL_MOD_COUNT ? names[m] : "?";
+}
+
+/* The first encoder convolution of a modality at rate r: stride 2r and a
+ * kernel of 2r + 1 taps (k for r = 1), so every sample is seen and every
+ * modality reaches the same length 2L = window / 2. */
+static fl_conv fl__first_conv(const fl_model_spec *s, int cin, int cout, int r) {
+  fl_conv c = {.cin = cin, .cout = cout, .k = r > 1 ? 2 * r + 1 : s->kernel,
+               .stride = 2 * r, .pad = r > 1 ? r : s->kernel / 2, .dil = 1};
+  return c;
+}
+
+static void fl__add_layer(fl_model *m, int *slot, const char *name, int kind,
+                          fl_module mod, int modality, fl_conv conv, int tin, int nin,
+                          int nout, fl_act act) {
+  fl_layer *l = &m->layer[m->nlayers];
+  *slot = m->nlayers++;
+  memset(l, 0, sizeof *l);
+  snprintf(l->name, sizeof l->name, "%s", name);
+  l->kind = kind;
+  l->module = mod;
+  l->modality = modality;
+  l->conv = conv;
+  l->tin = tin;
+  l->nin = nin;
+  l->nout = nout;
+  l->act = act;
+  l->target = m->spec.target[mod];
+  if (kind == FL_LAYER_DENSE) {
+    l->nw = (size_t)nin * nout;
+    l->nb = nout;
+  } else {
+    l->nw = (size_t)conv.cin * conv.cout * conv.k;
+    l->nb = conv.cout;
+  }
+}
+
+/* Input size of a layer's operator: the length of its power-iteration vector. */
+static size_t fl__op_in(const fl_layer *l) {
+  return l->kind == FL_LAYER_DENSE ? (size_t)l->nin : (size_t)l->conv.cin * l->tin;
+}
+
+int fl_model_create(fl_model **out, const fl_model_spec *spec, unsigned long seed) {
+  if (!out) return FL_EINVAL;
+  *out = NULL;
+  int err = fl_model_spec_check(spec);
+  if (err) return err;
+  fl_model *m = calloc(1, sizeof *m);
+  if (!m) return FL_ENOMEM;
+  m->spec = *spec;
+  const fl_model_spec *s = &m->spec;
+  m->L = s->window / 4;
+  m->Z = s->n_mod * s->enc2 * m->L;
+  char name[FL_NAME_MAX];
+  fl_conv none = {0};
+  for (int i = 0; i < s->n_mod; i++) {
+    const fl_modality *md = &s->mod[i];
+    m->nch += md->channels;
+    fl_conv c1 = fl__first_conv(s, md->channels, s->enc1, md->rate);
+    fl_conv c2 = {.cin = s->enc1, .cout = s->enc2, .k = 5, .stride = 2, .pad = 2, .dil = 1};
+    snprintf(name, sizeof name, "enc.%s.0", md->name);
+    fl__add_layer(m, &m->enc[i][0], name, FL_LAYER_CONV, FL_MOD_ENC, i, c1,
+                  s->window * md->rate, 0, 0, FL_ACT_LEAKY_RELU);
+    snprintf(name, sizeof name, "enc.%s.1", md->name);
+    fl__add_layer(m, &m->enc[i][1], name, FL_LAYER_CONV, FL_MOD_ENC, i, c2, 2 * m->L, 0,
+                  0, FL_ACT_LEAKY_RELU);
+  }
+  for (int i = 0; i < s->n_mod; i++) {
+    const fl_modality *md = &s->mod[i];
+    /* The mirror of the encoder; output padding restores the exact lengths. */
+    fl_conv t1 = {.cin = s->enc2, .cout = s->enc1, .k = 5, .stride = 2, .pad = 2,
+                  .dil = 1, .out_pad = 1};
+    fl_conv t2 = fl__first_conv(s, s->enc1, md->channels, md->rate);
+    t2.out_pad = 2 * md->rate - 1;
+    snprintf(name, sizeof name, "dec.%s.0", md->name);
+    fl__add_layer(m, &m->dec[i][0], name, FL_LAYER_CONVT, FL_MOD_DEC, i, t1, m->L, 0, 0,
+                  FL_ACT_LEAKY_RELU);
+    snprintf(name, sizeof name, "dec.%s.1", md->name);
+    fl__add_layer(m, &m->dec[i][1], name, FL_LAYER_CONVT, FL_MOD_DEC, i, t2, 2 * m->L, 0,
+                  0, FL_ACT_IDENTITY);
+  }
+  fl__add_layer(m, &m->blk[0], "block.0", FL_LAYER_DENSE, FL_MOD_BLOCK, -1, none, 0, m->Z,
+                s->hidden, FL_ACT_LEAKY_RELU);
+  fl__add_layer(m, &m->blk[1], "block.1", FL_LAYER_DENSE, FL_MOD_BLOCK, -1, none, 0,
+                s->hidden, s->hidden, FL_ACT_LEAKY_RELU);
+  fl__add_layer(m, &m->blk[2], "block.2", FL_LAYER_DENSE, FL_MOD_BLOCK, -1, none, 0,
+                s->hidden, m->Z, FL_ACT_IDENTITY);
+  fl__add_layer(m, &m->head[0], "head.0", FL_LAYER_DENSE, FL_MOD_HEAD, -1, none, 0, m->Z,
+                s->head_hidden, FL_ACT_LEAKY_RELU);
+  fl__add_layer(m, &m->head[1], "head.1", FL_LAYER_DENSE, FL_MOD_HEAD, -1, none, 0,
+                s->head_hidden, s->emb, FL_ACT_IDENTITY);
+
+  /* Check the geometry once, so that no forward pass can meet a bad shape. */
+  for (int i = 0; i < s->n_mod; i++) {
+    int T = s->window * s->mod[i].rate;
+    if (fl_conv1d_len(&m->layer[m->enc[i][0]].conv, T) != 2 * m->L ||
+        fl_convt1d_len(&m->layer[m->dec[i][1]].conv, 2 * m->L) != T) {
+      free(m);
+      return FL_ESHAPE;
+    }
+  }
+
+  size_t nv = 0;
+  for (int i = 0; i < m->nlayers; i++) {
+    m->nparams += m->layer[i].nw + m->layer[i].nb;
+    nv += fl__op_in(&m->layer[i]);
+  }
+  m->params = calloc(m->nparams, sizeof(float));
+  m->grads = calloc(m->nparams, sizeof(float));
+  m->adam_m = calloc(m->nparams, sizeof(float));
+  m->adam_v = calloc(m->nparams, sizeof(float));
+  m->vbuf = calloc(nv, sizeof(float));
+  m->mean = calloc(m->nch, sizeof(float));
+  m->std = calloc(m->nch, sizeof(float));
+  for (int k = 0; k < FL_MOD_COUNT; k++)
+    m->groups[k] = calloc(2 * FL__MAX_LAYERS, sizeof(fl_param));
+  if (!m->params || !m->grads || !m->adam_m || !m->adam_v || !m->vbuf || !m->mean ||
+      !m->std || !m->groups[FL_MOD_COUNT - 1]) {
+    fl_model_free(m);
+    return FL_ENOMEM;
+  }
+  for (int c = 0; c < m->nch; c++) m->std[c] = 1.0f;
+
+  fl_rng rng;
+  fl_rng_seed(&rng, seed);
+  size_t off = 0, voff = 0;
+  for (int i = 0; i < m->nlayers; i++) {
+    fl_layer *l = &m->layer[i];
+    l->w = m->params + off;
+    l->gw = m->grads + off;
+    fl_param pw = {l->name, l->w, l->gw, m->adam_m + off, m->adam_v + off, l->nw};
+    off += l->nw;
+    l->b = m->params + off;
+    l->gb = m->grads + off;
+    fl_param pb = {l->name, l->b, l->gb, m->adam_m + off, m->adam_v + off, l->nb};
+    off += l->nb;
+    l->v = m->vbuf + voff;
+    voff += fl__op_in(l);
+    /* PyTorch's fan-in: a Conv1d's is cin k, a ConvTranspose1d's is cout k
+     * (weight.size(1) * k). */
+    int fan_in = l->kind == FL_LAYER_DENSE ? l->nin
+                 : l->kind == FL_LAYER_CONV ? l->conv.cin * l->conv.k
+                                            : l->conv.cout * l->conv.k;
+    fl_init_uniform(l->w, l->nw, fan_in, &rng);
+    fl_init_uniform(l->b, l->nb, fan_in, &rng);
+    fl_param *g = m->groups[l->module];
+    g[m->ngroup[l->module]++] = pw;
+    g[m->ngroup[l->module]++] = pb;
+  }
+  /* A zero last layer makes the residual block the identity at the start of
+   * stage 2: it begins from the stage-1 reconstruction, not from noise. */
+  fl_layer *last = &m->layer[m->blk[2]];
+  memset(last->w, 0, sizeof(float) * last->nw);
+  memset(last->b, 0, sizeof(float) * last->nb);
+  *out = m;
+  return 0;
+}
+
+void fl_model_free(fl_model *m) {
+  if (!m) return;
+  free(m->params);
+  free(m->grads);
+  free(m->adam_m);
+  free(m->adam_v);
+  free(m->vbuf);
+  free(m->mean);
+  free(m->std);
+  for (int k = 0; k < FL_MOD_COUNT; k++) free(m->groups[k]);
+  free(m);
+}
+
+const fl_model_spec *fl_model_spec_of(const fl_model *m) { return &m->spec; }
+int fl_model_latent_len(const fl_model *m) { return m->L; }
+int fl_model_latent_size(const fl_model *m) { return m->Z; }
+int fl_model_channels(const fl_model *m) { return m->nch; }
+float *fl_model_mean(fl_model *m) { return m->mean; }
+float *fl_model_std(fl_model *m) { return m->std; }
+size_t fl_model_param_count(const fl_model *m) { return m->nparams; }
+int fl_model_layer_count(const fl_model *m) { return m->nlayers; }
+fl_layer *fl_model_layer(fl_model *m, int i) {
+  return i >= 0 && i < m->nlayers ? &m->layer[i] : NULL;
+}
+float *fl_model_param_block(fl_model *m) { return m->params; }
+
+int fl_model_input_size(const fl_model *m) {
+  int n = 0;
+  for (int i = 0; i < m->spec.n_mod; i++)
+    n += m->spec.mod[i].channels * m->spec.window * m->spec.mod[i].rate;
+  return n;
+}
+
+int fl_model_params(fl_model *m, fl_module mod, fl_param **ps, int *count) {
+  if (!m || (unsigned)mod >= FL_MOD_COUNT || !ps || !count) return FL_EINVAL;
+  *ps = m->groups[mod];
+  *count = m->ngroup[mod];
+  return 0;
+}
+
+void fl_model_zero_grad(fl_model *m) { memset(m->grads, 0, sizeof(float) * m->nparams); }
+
+int fl_model_copy_params(fl_model *dst, const fl_model *src) {
+  if (!dst || !src || dst->nparams != src->nparams || dst->nch != src->nch)
+    return FL_EMISMATCH;
+  memcpy(dst->params, src->params, sizeof(float) * src->nparams);
+  memcpy(dst->mean, src->mean, sizeof(float) * src->nch);
+  memcpy(dst->std, src->std, sizeof(float) * src->nch);
+  return 0;
+}
+
+/* ---- context ----------------------------------------------------------- */
+
+void fl_ctx_free(fl_ctx *c) {
+  if (!c) return;
+  for (int i = 0; i < FL_MAX_MODALITIES; i++) {
+    free(c->x[i]); free(c->mask[i]); free(c->out[i]); free(c->dout[i]); free(c->a1[i]); free(c->h1[i]);
+    free(c->a2[i]); free(c->zin[i]); free(c->d1[i]); free(c->e1[i]);
+  }
+  free(c->z); free(c->z2); free(c->u1); free(c->g1); free(c->u2); free(c->g2);
+  free(c->u3); free(c->p1); free(c->q1); free(c->p2); free(c->emb); free(c->norms);
+  free(c->dz); free(c->dz2); free(c->dh); free(c->dh2); free(c->dhz); free(c->gA);
+  free(c->gB); free(c->gC); free(c->demb); free(c->work);
+  free(c);
+}
+
+int fl_ctx_create(fl_ctx **out, const fl_model *m, int max_batch) {
+  if (!out || !m || max_batch <= 0) return FL_EINVAL;
+  fl_ctx *c = calloc(1, sizeof *c);
+  if (!c) return FL_ENOMEM;
+  c->maxB = max_batch;
+  size_t B = (size_t)max_batch;
+  const fl_model_spec *s = &m->spec;
+  size_t big = 0, work = 0;
+  int ok = 1;
+#define FL__ALLOC(p, n) ok &= ((p) = malloc(sizeof(float) * (n))) != NULL
+  for (int i = 0; i < s->n_mod; i++) {
+    size_t T = (size_t)s->window * s->mod[i].rate, C = s->mod[i].channels;
+    FL__ALLOC(c->x[i], B * C * T);
+    FL__ALLOC(c->mask[i], B * C * T);
+    FL__ALLOC(c->out[i], B * C * T);
+    FL__ALLOC(c->dout[i], B * C * T);
+    FL__ALLOC(c->a1[i], B * s->enc1 * 2 * m->L);
+    FL__ALLOC(c->h1[i], B * s->enc1 * 2 * m->L);
+    FL__ALLOC(c->a2[i], B * s->enc2 * m->L);
+    FL__ALLOC(c->zin[i], B * s->enc2 * m->L);
+    FL__ALLOC(c->d1[i], B * s->enc1 * 2 * m->L);
+    FL__ALLOC(c->e1[i], B * s->enc1 * 2 * m->L);
+    if (C * T > big) big = C * T;
+  }
+  if ((size_t)s->enc1 * 2 * m->L > big) big = (size_t)s->enc1 * 2 * m->L;
+  for (int i = 0; i < m->nlayers; i++) {
+    const fl_layer *l = &m->layer[i];
+    size_t w = l->kind == FL_LAYER_CONV    ? fl_conv1d_workspace(&l->conv, max_batch, l->tin)
+               : l->kind == FL_LAYER_CONVT ? fl_convt1d_workspace(&l->conv, max_batch, l->tin)
+                                           : 0;
+    if (w > work) work = w;
+  }
+  size_t Z = m->Z, H = s->hidden > s->head_hidden ? s->hidden : s->head_hidden;
+  FL__ALLOC(c->z, B * Z); FL__ALLOC(c->z2, B * Z); FL__ALLOC(c->u3, B * Z);
+  FL__ALLOC(c->u1, B * H); FL__ALLOC(c->g1, B * H); FL__ALLOC(c->u2, B * H);
+  FL__ALLOC(c->g2, B * H);
+  FL__ALLOC(c->p1, B * s->head_hidden); FL__ALLOC(c->q1, B * s->head_hidden);
+  FL__ALLOC(c->p2, B * s->emb); FL__ALLOC(c->emb, B * s->emb); FL__ALLOC(c->norms, B);
+  FL__ALLOC(c->demb, B * s->emb);
+  FL__ALLOC(c->dz, B * Z); FL__ALLOC(c->dz2, B * Z); FL__ALLOC(c->dhz, B * Z);
+  FL__ALLOC(c->dh, B * H); FL__ALLOC(c->dh2, B * H);
+  FL__ALLOC(c->gA, B * big); FL__ALLOC(c->gB, B * big); FL__ALLOC(c->gC, B * big);
+  FL__ALLOC(c->work, work ? work : 1);
+#undef FL__ALLOC
+  if (!ok) {
+    fl_ctx_free(c);
+    return FL_ENOMEM;
+  }
+  *out = c;
+  return 0;
+}
+
+float *fl_ctx_input(fl_ctx *c, int i) { return c->x[i]; }
+float *fl_ctx_output(fl_ctx *c, int i) { return c->out[i]; }
+float *fl_ctx_mask(fl_ctx *c, int i) { return c->mask[i]; }
+float *fl_ctx_doutput(fl_ctx *c, int i) { return c->dout[i]; }
+float *fl_ctx_latent(fl_ctx *c) { return c->z; }
+float *fl_ctx_latent2(fl_ctx *c) { return c->z2; }
+float *fl_ctx_embedding(fl_ctx *c) { return c->emb; }
+float *fl_ctx_dembedding(fl_ctx *c) { return c->demb; }
+
+/* ---- forward ------------------------------------------------------------ */
+
+/* y = act(layer(x)) for a batch; pre receives the pre-activation. */
+static int fl__layer_fwd(const fl_model *m, fl_ctx *c, const fl_layer *l, float *pre,
+                         float *post, const float *x, int B) {
+  int err;
+  if (l->kind == FL_LAYER_DENSE)
+    err = fl_dense_forward(pre, x, l->w, l->b, B, l->nin, l->nout);
+  else if (l->kind == FL_LAYER_CONV)
+    err = fl_conv1d_forward(pre, x, l->w, l->b, &l->conv, B, l->tin, c->work);
+  else
+    err = fl_convt1d_forward(pre, x, l->w, l->b, &l->conv, B, l->tin, c->work);
+  if (err) return err;
+  size_t n = (size_t)B * (l->kind == FL_LAYER_DENSE
+                              ? (size_t)l->nout
+                              : (size_t)l->conv.cout *
+                                    (l->kind == FL_LAYER_CONV
+                                         ? (size_t)fl_conv1d_len(&l->conv, l->tin)
+                                         : (size_t)fl_convt1d_len(&l->conv, l->tin)));
+  return post ? fl_act_forward(l->act, m->spec.leak, post, pre, n) : 0;
+}
+
+/* dx = layer^T(act'(pre) * dpost), accumulating weight gradients.  dpost is
+ * overwritten (it becomes the pre-activation gradient). */
+static int fl__layer_bwd(const fl_model *m, fl_ctx *c, const fl_layer *l, float *dx,
+                         float *dpost, const float *pre, const float *x, int B) {
+  size_t n = (size_t)B * (l->kind == FL_LAYER_DENSE
+                              ? (size_t)l->nout
+                              : (size_t)l->conv.cout *
+                                    (l->kind == FL_LAYER_CONV
+                                         ? (size_t)fl_conv1d_len(&l->conv, l->tin)
+                                         : (size_t)fl_convt1d_len(&l->conv, l->tin)));
+  int err = fl_act_backward(l->act, m->spec.leak, dpost, dpost, pre, NULL, n);
+  if (err) return err;
+  if (l->kind == FL_LAYER_DENSE)
+    return fl_dense_backward(dx, l->gw, l->gb, dpost, x, l->w, B, l->nin, l->nout);
+  if (l->kind == FL_LAYER_CONV)
+    return fl_conv1d_backward(dx, l->gw, l->gb, dpost, x, l->w, &l->conv, B, l->tin,
+                              c->work);
+  return fl_convt1d_backward(dx, l->gw, l->gb, dpost, x, l->w, &l->conv, B, l->tin,
+                             c->work);
+}
+
+int fl_model_forward(fl_model *m, fl_ctx *c, int B, int use_block, int with_head) {
+  if (!m || !c || B <= 0 || B > c->maxB) return FL_EINVAL;
+  const fl_model_spec *s = &m->spec;
+  int err, seg = s->enc2 * m->L, Z = m->Z;
+  for (int i = 0; i < s->n_mod; i++) {
+    const fl_layer *l0 = &m->layer[m->enc[i][0]], *l1 = &m->layer[m->enc[i][1]];
+    if ((err = fl__layer_fwd(m, c, l0, c->a1[i], c->h1[i], c->x[i], B))) return err;
+    /* The second layer's output goes through gA, then into its slot of z. */
+    if ((err = fl__layer_fwd(m, c, l1, c->a2[i], c->gA, c->h1[i], B))) return err;
+    for (int b = 0; b < B; b++)
+      memcpy(c->z + (size_t)b * Z + (size_t)i * seg, c->gA + (size_t)b * seg,
+             sizeof(float) * seg);
+  }
+  c->used_block = use_block;
+  if (use_block) {
+    const fl_layer *b0 = &m->layer[m->blk[0]], *b1 = &m->layer[m->blk[1]],
+                   *b2 = &m->layer[m->blk[2]];
+    if ((err = fl__layer_fwd(m, c, b0, c->u1, c->g1, c->z, B))) return err;
+    if ((err = fl__layer_fwd(m, c, b1, c->u2, c->g2, c->g1, B))) return err;
+    if ((err = fl__layer_fwd(m, c, b2, c->u3, NULL, c->g2, B))) return err;
+    for (size_t k = 0; k < (size_t)B * Z; k++) c->z2[k] = c->z[k] + c->u3[k];
+  } else {
+    memcpy(c->z2, c->z, sizeof(float) * (size_t)B * Z);
+  }
+  for (int i = 0; i < s->n_mod; i++) {
+    const fl_layer *l0 = &m->layer[m->dec[i][0]], *l1 = &m->layer[m->dec[i][1]];
+    for (int b = 0; b < B; b++)
+      memcpy(c->zin[i] + (size_t)b * seg, c->z2 + (size_t)b * Z + (size_t)i * seg,
+             sizeof(float) * seg);
+    if ((err = fl__layer_fwd(m, c, l0, c->d1[i], c->e1[i], c->zin[i], B))) return err;
+    if ((err = fl__layer_fwd(m, c, l1, c->out[i], NULL, c->e1[i], B))) return err;
+  }
+  if (with_head) {
+    const fl_layer *h0 = &m->layer[m->head[0]], *h1 = &m->layer[m->head[1]];
+    if ((err = fl__layer_fwd(m, c, h0, c->p1, c->q1, c->z, B))) return err;
+    if ((err = fl__layer_fwd(m, c, h1, c->p2, NULL, c->q1, B))) return err;
+    if ((err = fl_l2norm_forward(c->emb, c->norms, c->p2, B, s->emb))) return err;
+  }
+  return 0;
+}
+
+/* ---- backward ----------------------------------------------------------- */
+
+/* Propagates dz (B, |z|) through every encoder into the weight gradients. */
+static int fl__encoder_bwd(fl_model *m, fl_ctx *c, const float *dz, int B) {
+  const fl_model_spec *s = &m->spec;
+  int err, seg = s->enc2 * m->L;
+  for (int i = 0; i < s->n_mod; i++) {
+    const fl_layer *l0 = &m->layer[m->enc[i][0]], *l1 = &m->layer[m->enc[i][1]];
+    for (int b = 0; b < B; b++)
+      memcpy(c->gA + (size_t)b * seg, dz + (size_t)b * m->Z + (size_t)i * seg,
+             sizeof(float) * seg);
+    if ((err = fl__layer_bwd(m, c, l1, c->gB, c->gA, c->a2[i], c->h1[i], B))) return err;
+    if ((err = fl__layer_bwd(m, c, l0, NULL, c->gB, c->a1[i], c->x[i], B))) return err;
+  }
+  return 0;
+}
+
+int fl_model_backward_recon(fl_model *m, fl_ctx *c, int B, int into_encoder) {
+  if (!m || !c || B <= 0 || B > c->maxB) return FL_EINVAL;
+  const fl_model_spec *s = &m->spec;
+  int err, seg = s->enc2 * m->L, Z = m->Z;
+  for (int i = 0; i < s->n_mod; i++) {
+    const fl_layer *l0 = &m->layer[m->dec[i][0]], *l1 = &m->layer[m->dec[i][1]];
+    size_t n = (size_t)B * s->mod[i].channels * s->window * s->mod[i].rate;
+    memcpy(c->gA, c->dout[i], sizeof(float) * n); /* dout stays the caller's */
+    if ((err = fl__layer_bwd(m, c, l1, c->gB, c->gA, c->out[i], c->e1[i], B))) return err;
+    if ((err = fl__layer_bwd(m, c, l0, c->gC, c->gB, c->d1[i], c->zin[i], B))) return err;
+    for (int b = 0; b < B; b++)
+      memcpy(c->dz2 + (size_t)b * Z + (size_t)i * seg, c->gC + (size_t)b * seg,
+             sizeof(float) * seg);
+  }
+  /* z' = z + block(z): the residual passes dz' straight through. */
+  memcpy(c->dz, c->dz2, sizeof(float) * (size_t)B * Z);
+  if (c->used_block) {
+    const fl_layer *b0 = &m->layer[m->blk[0]], *b1 = &m->layer[m->blk[1]],
+                   *b2 = &m->layer[m->blk[2]];
+    memcpy(c->dhz, c->dz2, sizeof(float) * (size_t)B * Z);
+    if ((err = fl__layer_bwd(m, c, b2, c->dh2, c->dhz, c->u3, c->g2, B))) return err;
+    if ((err = fl__layer_bwd(m, c, b1, c->dh, c->dh2, c->u2, c->g1, B))) return err;
+    if ((err = fl__layer_bwd(m, c, b0, into_encoder ? c->dhz : NULL, c->dh, c->u1, c->z,
+                             B)))
+      return err;
+    if (into_encoder)
+      for (size_t k = 0; k < (size_t)B * Z; k++) c->dz[k] += c->dhz[k];
+  }
+  return into_encoder ? fl__encoder_bwd(m, c, c->dz, B) : 0;
+}
+
+int fl_model_backward_head(fl_model *m, fl_ctx *c, int B, int into_encoder) {
+  if (!m || !c || B <= 0 || B > c->maxB) return FL_EINVAL;
+  const fl_model_spec *s = &m->spec;
+  const fl_layer *h0 = &m->layer[m->head[0]], *h1 = &m->layer[m->head[1]];
+  int err;
+  if ((err = fl_l2norm_backward(c->gA, c->demb, c->emb, c->norms, B, s->emb))) return err;
+  if ((err = fl__layer_bwd(m, c, h1, c->dh, c->gA, c->p2, c->q1, B))) return err;
+  if ((err = fl__layer_bwd(m, c, h0, into_encoder ? c->dhz : NULL, c->dh, c->p1, c->z,
+                           B)))
+    return err;
+  return into_encoder ? fl__encoder_bwd(m, c, c->dhz, B) : 0;
+}
+
+/* ---- Lipschitz ---------------------------------------------------------- */
+
+int fl_model_layer_norm(fl_model *m, int i, float *sigma) {
+  if (!m || i < 0 || i >= m->nlayers || !sigma) return FL_EINVAL;
+  fl_layer *l = &m->layer[i];
+  if (l->kind == FL_LAYER_DENSE)
+    return fl_spectral_dense(sigma, l->w, l->nout, l->nin, 200, 1e-5f, l->v);
+  if (l->kind == FL_LAYER_CONV)
+    return fl_spectral_conv1d(sigma, l->w, &l->conv, l->tin, 200, 1e-5f, l->v);
+  return fl_spectral_convt1d(sigma, l->w, &l->conv, l->tin, 200, 1e-5f, l->v);
+}
+
+int fl_model_project(fl_model *m, fl_module mod, float *sigma_out) {
+  if (!m) return FL_EINVAL;
+  float worst = 0.0f;
+  for (int i = 0; i < m->nlayers; i++) {
+    fl_layer *l = &m->layer[i];
+    if (l->module != mod || !(l->target > 0.0f)) continue;
+    float sigma;
+    int err = fl_model_layer_norm(m, i, &sigma);
+    if (err) return err;
+    float scale = fl_lipschitz_project(l->w, l->nw, sigma, l->target);
+    sigma *= scale;
+    if (sigma > worst) worst = sigma;
+  }
+  if (sigma_out) *sigma_out = worst;
+  return 0;
+}
+
+/* ---- data --------------------------------------------------------------- */
+
+int fl_model_column_name(const fl_model_spec *spec, int i, int c, int k, char *buf,
+                         size_t len) {
+  if (!spec || i < 0 || i >= spec->n_mod || c < 0 || c >= spec->mod[i].channels || k < 0 ||
+      k >= spec->mod[i].rate)
+    return FL_EINVAL;
+  int n = spec->mod[i].rate == 1
+              ? snprintf(buf, len, "%s", spec->mod[i].channel[c])
+              : snprintf(buf, len, "%s.%d", spec->mod[i].channel[c], k);
+  return n < 0 || (size_t)n >= len ? FL_ERANGE : 0;
+}
+
+void fl_series_free(fl_series *s) {
+  if (!s) return;
+  for (int i = 0; i < FL_MAX_MODALITIES; i++) free(s->x[i]);
+  memset(s, 0, sizeof *s);
+}
+
+int fl_series_from_table(fl_series *s, const fl_model_spec *spec, const fl_table *t,
+                         char *err, size_t errlen) {
+  if (!s || !spec || !t) return FL_EINVAL;
+  memset(s, 0, sizeof *s);
+  s->rows = t->rows;
+  s->n_mod = spec->n_mod;
+  char name[2 * FL_NAME_MAX];
+  for (int i = 0; i < spec->n_mod; i++) {
+    const fl_modality *md = &spec->mod[i];
+    size_t T = (size_t)t->rows * md->rate;
+    s->x[i] = malloc(sizeof(float) * (T ? T : 1) * md->channels);
+    if (!s->x[i]) {
+      fl_series_free(s);
+      return FL_ENOMEM;
+    }
+    for (int c = 0; c < md->channels; c++)
+      for (int k = 0; k < md->rate; k++) {
+        fl_model_column_name(spec, i, c, k, name, sizeof name);
+        int col = fl_table_col(t, name);
+        if (col < 0) {
+          if (err)
+            snprintf(err, errlen, "column \"%s\" (modality %s) is not in the data", name,
+                     md->name);
+          fl_series_free(s);
+          return FL_ENOTFOUND;
+        }
+        float *dst = s->x[i] + (size_t)c * T;
+        for (int r = 0; r < t->rows; r++)
+          dst[(size_t)r * md->rate + k] = t->data[(size_t)r * t->cols + col];
+      }
+  }
+  return 0;
+}
+
+int fl_series_window(const fl_series *s, const fl_model_spec *spec, int end,
+                     float *const raw[FL_MAX_MODALITIES]) {
+  if (!s || !spec || end < spec->window || end > s->rows) return FL_EINVAL;
+  for (int i = 0; i < spec->n_mod; i++) {
+    int r = spec->mod[i].rate, T = spec->window * r;
+    size_t len = (size_t)s->rows * r, start = (size_t)(end - spec->window) * r;
+    for (int c = 0; c < spec->mod[i].channels; c++)
+      memcpy(raw[i] + (size_t)c * T, s->x[i] + (size_t)c * len + start, sizeof(float) * T);
+  }
+  return 0;
+}
+
+int fl_model_normalise(const fl_model *m, fl_ctx *c, int b, int i, const float *raw,
+                       float clamp) {
+  if (!m || !c || !raw || b < 0 || b >= c->maxB || i < 0 || i >= m->spec.n_mod)
+    return FL_EINVAL;
+  const fl_modality *md = &m->spec.mod[i];
+  int T = m->spec.window * md->rate, C = md->channels, off = 0;
+  for (int j = 0; j < i; j++) off += m->spec.mod[j].channels;
+  float *x = c->x[i] + (size_t)b * C * T, *mk = c->mask[i] + (size_t)b * C * T;
+  for (int ch = 0; ch < C; ch++) {
+    float mu = m->mean[off + ch], inv = 1.0f / m->std[off + ch];
+    for (int t = 0; t < T; t++) {
+      float v = raw[(size_t)ch * T + t];
+      size_t k = (size_t)ch * T + t;
+      if (isnan(v)) {
+        x[k] = 0.0f;
+        mk[k] = 0.0f;
+        continue;
+      }
+      v = (v - mu) * inv;
+      /* Clamping keeps a reading of 0 or full scale from swamping a loss. */
+      x[k] = v > clamp ? clamp : v < -clamp ? -clamp : v;
+      mk[k] = 1.0f;
+    }
+  }
+  return 0;
+}
