@@ -341,6 +341,9 @@ int fl_convt1d_backward(float *dx, float *dw, float *db, const float *dy,
 
 int fl_act_forward(fl_act a, float alpha, float *y, const float *x, size_t n) {
   if (!y || !x) return FL_EINVAL;
+  /* The header's rule for forward functions: refuse NaN and Inf rather
+   * than pass them on (checked before writing, since y may be x). */
+  if (fl_check_finite(x, n)) return FL_ENONFINITE;
   switch (a) {
   case FL_ACT_IDENTITY:
     if (y != x) memmove(y, x, sizeof(float) * n);
