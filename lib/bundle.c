@@ -19,8 +19,9 @@ static char *fl__spec_json(const fl_model_spec *s) {
     json_t *ch = json_array();
     for (int c = 0; c < s->mod[i].channels; c++)
       json_array_append_new(ch, json_string(s->mod[i].channel[c]));
-    json_array_append_new(mods, json_pack("{s:s, s:i, s:o}", "name", s->mod[i].name, "rate",
-                                          s->mod[i].rate, "channels", ch));
+    json_array_append_new(mods, json_pack("{s:s, s:i, s:i, s:o}", "name", s->mod[i].name,
+                                          "rate", s->mod[i].rate, "drifts", s->mod[i].drifts,
+                                          "channels", ch));
   }
   for (int k = 0; k < FL_MOD_COUNT; k++)
     json_object_set_new(targets, fl__target_key[k], json_real(s->target[k]));
@@ -80,6 +81,8 @@ static int fl__spec_parse(const char *text, fl_model_spec *s, char *err, size_t 
       json_decref(o);
       return FL_EFORMAT;
     }
+    json_t *dr = json_object_get(md, "drifts");
+    s->mod[s->n_mod - 1].drifts = json_is_integer(dr) && json_integer_value(dr) == 1;
   }
   json_decref(o);
   if (fl_model_spec_check(s)) {

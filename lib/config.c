@@ -71,6 +71,12 @@ static int fl__modality(fl_model_spec *s, const char *name, const char *key, con
     md->rate = (int)d;
     return 0;
   }
+  if (!strcmp(key, "drifts")) {
+    double d;
+    if (fl__num(v, &d) || (d != 0 && d != 1)) return -1;
+    md->drifts = (int)d;
+    return 0;
+  }
   if (!strcmp(key, "channels")) {
     md->channels = 0;
     const char *p = v;

@@ -64,18 +64,27 @@ int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
       const float *y = fl_ctx_output(ctx, i) + (size_t)b * C * T;
       float mscore = -INFINITY;
       for (int c = 0; c < C; c++, off++) {
-        double se = 0, sum = 0, sq = 0;
+        double se = 0, sre = 0, sum = 0, sq = 0;
         int n = 0, miss = 0;
         for (int t = t0; t < T; t++) {
           size_t k = (size_t)c * T + t;
           if (mk[k] == 0.0f) { miss++; continue; }
           double e = (double)x[k] - y[k];
           se += e * e;
+          sre += e;
           sum += x[k];
           sq += (double)x[k] * x[k];
           n++;
         }
         double mse = n ? se / n : 0.0, mu = n ? sum / n : 0.0;
+        /* A drifting modality's residual carries the model's error at levels
+         * it never saw as a bias over the window; its spread is the shape
+         * error that a fault leaves. */
+        if (s->mod[i].drifts && n) {
+          double me = sre / n;
+          mse -= me * me;
+          if (mse < 0) mse = 0;
+        }
         double var = n ? sq / n - mu * mu : 0.0;
         float r = (float)log(mse + FL__LOG_EPS), v = (float)log((var > 0 ? var : 0) + FL__LOG_EPS);
         if (rw) {
@@ -266,12 +275,13 @@ int fl_detect_correct(const fl_model *m, fl_ctx *ctx, int b, int i, const float 
   int C = s->mod[i].channels, T = s->window * s->mod[i].rate, off = 0;
   for (int j = 0; j < i; j++) off += s->mod[j].channels;
   const float *y = fl_ctx_output(ctx, i) + (size_t)b * C * T;
+  const float *level = fl_ctx_level(ctx, i) + (size_t)b * C;
   const float *mean = fl_model_mean((fl_model *)m), *std = fl_model_std((fl_model *)m);
   for (int c = 0; c < C; c++) {
     int replace = faulty && faulty[c];
     for (int t = 0; t < T; t++) {
       size_t k = (size_t)c * T + t;
-      float est = y[k] * std[off + c] + mean[off + c];
+      float est = (y[k] + level[c]) * std[off + c] + mean[off + c];
       corrected[k] = (replace || isnan(raw[k])) ? est : raw[k];
     }
   }

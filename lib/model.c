@@ -32,6 +32,7 @@ struct fl_ctx {
   /* Per modality (B, C, T) input and output, encoder and decoder activations. */
   float *x[FL_MAX_MODALITIES], *out[FL_MAX_MODALITIES], *dout[FL_MAX_MODALITIES];
   float *mask[FL_MAX_MODALITIES];
+  float *level[FL_MAX_MODALITIES]; /* (B, C) window mean removed from a drifting modality */
   float *a1[FL_MAX_MODALITIES], *h1[FL_MAX_MODALITIES]; // (B, e1, 2L)
   float *a2[FL_MAX_MODALITIES];                          // (B, e2, L)
   float *zin[FL_MAX_MODALITIES];                         // (B, e2, L) slice of z'
@@ -313,7 +314,7 @@ int fl_model_copy_params(fl_model *dst, const fl_model *src) {
 void fl_ctx_free(fl_ctx *c) {
   if (!c) return;
   for (int i = 0; i < FL_MAX_MODALITIES; i++) {
-    free(c->x[i]); free(c->mask[i]); free(c->out[i]); free(c->dout[i]); free(c->a1[i]); free(c->h1[i]);
+    free(c->x[i]); free(c->mask[i]); free(c->level[i]); free(c->out[i]); free(c->dout[i]); free(c->a1[i]); free(c->h1[i]);
     free(c->a2[i]); free(c->zin[i]); free(c->d1[i]); free(c->e1[i]);
   }
   free(c->z); free(c->z2); free(c->u1); free(c->g1); free(c->u2); free(c->g2);
@@ -337,6 +338,7 @@ int fl_ctx_create(fl_ctx **out, const fl_model *m, int max_batch) {
     size_t T = (size_t)s->window * s->mod[i].rate, C = s->mod[i].channels;
     FL__ALLOC(c->x[i], B * C * T);
     FL__ALLOC(c->mask[i], B * C * T);
+    FL__ALLOC(c->level[i], B * C);
     FL__ALLOC(c->out[i], B * C * T);
     FL__ALLOC(c->dout[i], B * C * T);
     FL__ALLOC(c->a1[i], B * s->enc1 * 2 * m->L);
@@ -378,6 +380,7 @@ int fl_ctx_create(fl_ctx **out, const fl_model *m, int max_batch) {
 float *fl_ctx_input(fl_ctx *c, int i) { return c->x[i]; }
 float *fl_ctx_output(fl_ctx *c, int i) { return c->out[i]; }
 float *fl_ctx_mask(fl_ctx *c, int i) { return c->mask[i]; }
+float *fl_ctx_level(fl_ctx *c, int i) { return c->level[i]; }
 float *fl_ctx_doutput(fl_ctx *c, int i) { return c->dout[i]; }
 float *fl_ctx_latent(fl_ctx *c) { return c->z; }
 float *fl_ctx_latent2(fl_ctx *c) { return c->z2; }
@@ -645,6 +648,22 @@ int fl_model_normalise(const fl_model *m, fl_ctx *c, int b, int i, const float *
       /* Clamping keeps a reading of 0 or full scale from swamping a loss. */
       x[k] = v > clamp ? clamp : v < -clamp ? -clamp : v;
       mk[k] = 1.0f;
+    }
+    /* A drifting modality is seen relative to its own window mean: its
+     * level is normal wherever it is, and the model judges its shape. */
+    float *lv = c->level[i] + (size_t)b * C + ch;
+    *lv = 0.0f;
+    if (md->drifts) {
+      double s = 0;
+      int n = 0;
+      for (int t = 0; t < T; t++)
+        if (mk[(size_t)ch * T + t] != 0.0f) {
+          s += x[(size_t)ch * T + t];
+          n++;
+        }
+      *lv = n ? (float)(s / n) : 0.0f;
+      for (int t = 0; t < T; t++)
+        if (mk[(size_t)ch * T + t] != 0.0f) x[(size_t)ch * T + t] -= *lv;
     }
   }
   return 0;

@@ -1,0 +1,39 @@
+/* The `faultline` command: shared helpers of the subcommands. */
+#ifndef FAULTLINE_CLI_H
+#define FAULTLINE_CLI_H
+
+#include <stdio.h>
+
+#include "faultline/bundle.h"
+#include "faultline/config.h"
+#include "faultline/csv.h"
+
+/* Prints "faultline <cmd>: <message>" to stderr and returns 1 (exit code). */
+int cli_fail(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Reads a CSV or fails with the parser's line-and-column message. */
+int cli_read_csv(const char *cmd, const char *path, fl_table *t);
+
+/* Loads the config, or the defaults when path is NULL. */
+int cli_load_config(const char *cmd, const char *path, fl_config *c);
+
+/* Without modalities in the config: every numeric column except the label
+ * columns forms one modality "all". */
+int cli_default_modality(const char *cmd, fl_config *c, const fl_table *t);
+
+/* Is this a label column (anomaly, changepoint, anomaly_kind)? */
+int cli_is_label(const char *name);
+
+/* Trains a bundle on the tables (both stages and calibration); progress to
+ * stderr unless quiet. */
+int cli_train(const char *cmd, fl_config *c, const fl_table *tables, int n, fl_bundle *out,
+              int quiet);
+
+int cmd_simulate(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_score(int argc, char **argv);
+int cmd_detect(int argc, char **argv);
+int cmd_inject(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+
+#endif

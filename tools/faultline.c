@@ -1,0 +1,163 @@
+/* faultline: train, evaluate and run the fault monitor's models offline. */
+#include <stdarg.h>
+#include <stdlib.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cblas.h>
+
+#include "cli.h"
+#include "faultline/error.h"
+
+static const struct {
+  const char *name;
+  int (*fn)(int, char **);
+  const char *help;
+} cmds[] = {
+    {"simulate", cmd_simulate, "write the built-in water-pump plant's data as CSV"},
+    {"train", cmd_train, "train a model (stage 1, stage 2, calibration) on CSV files"},
+    {"score", cmd_score, "score a CSV file: score, flag, modality, corrected channels"},
+    {"detect", cmd_detect, "train on one CSV and write 0/1 per row of another (SKAB runner)"},
+    {"inject", cmd_inject, "inject labelled faults into a clean CSV"},
+    {"eval", cmd_eval, "evaluate detection, localisation and correction per fault type"},
+};
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: faultline COMMAND [OPTIONS]   (faultline COMMAND --help for each)\n\n"
+             "commands:\n");
+  for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++)
+    fprintf(f, "  %-9s %s\n", cmds[i].name, cmds[i].help);
+  fprintf(f, "\nfaultline %s\n", "0.1.0");
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+    usage(stdout);
+    return 0;
+  }
+  if (!strcmp(argv[1], "--version")) {
+    printf("faultline 0.1.0\n");
+    return 0;
+  }
+  /* Offline work is many small GEMMs: one thread unless the user says more. */
+  if (!getenv("OPENBLAS_NUM_THREADS")) openblas_set_num_threads(1);
+  for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++)
+    if (!strcmp(argv[1], cmds[i].name)) return cmds[i].fn(argc - 1, argv + 1);
+  fprintf(stderr, "faultline: unknown command \"%s\"\n\n", argv[1]);
+  usage(stderr);
+  return 2;
+}
+
+int cli_fail(const char *cmd, const char *fmt, ...) {
+  va_list ap;
+  fprintf(stderr, "faultline %s: ", cmd);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+  return 1;
+}
+
+int cli_read_csv(const char *cmd, const char *path, fl_table *t) {
+  char err[512];
+  memset(t, 0, sizeof *t);
+  if (fl_csv_read(path, t, err, sizeof err)) return cli_fail(cmd, "%s", err);
+  return 0;
+}
+
+int cli_load_config(const char *cmd, const char *path, fl_config *c) {
+  char err[512];
+  fl_config_defaults(c);
+  if (path && fl_config_load(c, path, err, sizeof err)) return cli_fail(cmd, "%s", err);
+  return 0;
+}
+
+int cli_is_label(const char *name) {
+  return !strcmp(name, "anomaly") || !strcmp(name, "changepoint") ||
+         !strcmp(name, "anomaly_kind");
+}
+
+int cli_default_modality(const char *cmd, fl_config *c, const fl_table *t) {
+  if (c->spec.n_mod > 0) return 0;
+  const char *names[FL_MAX_CHANNELS];
+  int n = 0;
+  for (int j = 0; j < t->cols; j++) {
+    if (cli_is_label(t->names[j])) continue;
+    if (n == FL_MAX_CHANNELS)
+      return cli_fail(cmd, "more than %d columns: group them into modalities with --config",
+                      FL_MAX_CHANNELS);
+    names[n++] = t->names[j];
+  }
+  if (!n) return cli_fail(cmd, "the data has no numeric sensor column");
+  if (fl_model_spec_add(&c->spec, "all", 1, n, names))
+    return cli_fail(cmd, "a column name is longer than %d characters", FL_NAME_MAX - 1);
+  return 0;
+}
+
+typedef struct {
+  int quiet, tty;
+} cli_progress;
+
+static void cli_progress_cb(const fl_train_progress *p, void *user) {
+  cli_progress *cp = user;
+  if (cp->quiet) return;
+  if (cp->tty) {
+    int width = 24, fill = p->epochs ? width * p->epoch / p->epochs : width;
+    char bar[32];
+    for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '.';
+    bar[width] = 0;
+    fprintf(stderr, "\rstage %d [%s] epoch %3d/%-3d loss %.4f val %.4f ETA %4.0fs ", p->stage,
+            bar, p->epoch, p->epochs, (double)p->train_loss, (double)p->val_loss, p->eta);
+    if (p->done) fprintf(stderr, "\n");
+  } else {
+    fprintf(stderr, "stage %d epoch %d/%d loss %.5f val %.5f elapsed %.1fs%s\n", p->stage,
+            p->epoch, p->epochs, (double)p->train_loss, (double)p->val_loss, p->elapsed,
+            p->done ? " (done)" : "");
+  }
+}
+
+int cli_train(const char *cmd, fl_config *c, const fl_table *tables, int n, fl_bundle *out,
+              int quiet) {
+  char err[512];
+  fl_series s[16];
+  if (n > 16) return cli_fail(cmd, "at most 16 data files");
+  memset(out, 0, sizeof *out);
+  memset(s, 0, sizeof s);
+  int rc = 1, e, k;
+  for (k = 0; k < n; k++)
+    if (fl_series_from_table(&s[k], &c->spec, &tables[k], err, sizeof err)) {
+      cli_fail(cmd, "data file %d: %s", k + 1, err);
+      goto done;
+    }
+  if ((e = fl_model_create(&out->model, &c->spec, c->train.seed))) {
+    cli_fail(cmd, "cannot build the model: %s", fl_strerror(e));
+    goto done;
+  }
+  if ((e = fl_train_normalise(out->model, s, n, &c->train))) {
+    cli_fail(cmd, "not enough data to normalise: %s (need more rows than one window of %d)",
+             fl_strerror(e), c->spec.window);
+    goto done;
+  }
+  cli_progress cp = {quiet, isatty(2)};
+  if ((e = fl_train_stage1(out->model, s, n, &c->train, cli_progress_cb, &cp)) ||
+      (e = fl_train_stage2(out->model, s, n, &c->train, cli_progress_cb, &cp))) {
+    cli_fail(cmd, "training failed: %s", fl_strerror(e));
+    goto done;
+  }
+  if ((e = fl_detect_calibrate(out->model, &out->calib, s, n, &c->train, &c->detect))) {
+    cli_fail(cmd, "calibration failed: %s", fl_strerror(e));
+    goto done;
+  }
+  out->detect = c->detect;
+  out->clamp = c->train.clamp;
+  rc = 0;
+done:
+  for (k = 0; k < n; k++) fl_series_free(&s[k]);
+  if (rc) fl_bundle_free(out);
+  return rc;
+}
