@@ -2,6 +2,7 @@
 #include "faultline/config.h"
 
 #include <errno.h>
+#include <math.h>
 #include <ini.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -121,6 +122,14 @@ static int fl__handler(void *user, const char *section, const char *key, const c
     if (r) goto bad;
     return 1;
   }
+  /* Sizes are checked at their key, so that the error names its line. */
+  if (!strcmp(section, "model") &&
+      (!strcmp(key, "window") || !strcmp(key, "kernel") || !strcmp(key, "enc1") ||
+       !strcmp(key, "enc2") || !strcmp(key, "hidden") || !strcmp(key, "head_hidden") ||
+       !strcmp(key, "embedding")) &&
+      (fl__num(value, &d) || d < 1 || (!strcmp(key, "window") && (d < 8 || fmod(d, 4) != 0)) ||
+       (!strcmp(key, "kernel") && fmod(d, 2) != 1)))
+    goto bad;
   FL__I("model", "window", c->spec.window)
   FL__I("model", "enc1", c->spec.enc1)
   FL__I("model", "enc2", c->spec.enc2)
@@ -173,7 +182,21 @@ bad:
   return 0;
 }
 
-static int fl__finish(fl_config *c, fl__parse *p, int rc, char *err, size_t errlen) {
+/* The 1-based line of the header [section] in text, or 0. */
+static int fl__section_line(const char *text, const char *section) {
+  int line = 1;
+  size_t n = strlen(section);
+  for (const char *p = text; p && *p; line++) {
+    while (*p == ' ' || *p == '\t') p++;
+    if (*p == '[' && !strncmp(p + 1, section, n) && p[1 + n] == ']') return line;
+    p = strchr(p, '\n');
+    if (p) p++;
+  }
+  return 0;
+}
+
+static int fl__finish(fl_config *c, fl__parse *p, int rc, char *err, size_t errlen,
+                      const char *text) {
   if (p->failed) {
     /* inih returns the line of the first error, which is the handler's. */
     char msg[400];
@@ -191,7 +214,10 @@ static int fl__finish(fl_config *c, fl__parse *p, int rc, char *err, size_t errl
   }
   for (int i = 0; i < c->spec.n_mod; i++)
     if (c->spec.mod[i].channels == 0) {
-      snprintf(err, errlen, "[modality.%s] has no channels", c->spec.mod[i].name);
+      char sec[FL_NAME_MAX + 16];
+      snprintf(sec, sizeof sec, "modality.%s", c->spec.mod[i].name);
+      snprintf(err, errlen, "line %d: [%s] has no channels",
+               text ? fl__section_line(text, sec) : 0, sec);
       return FL_EINVAL;
     }
   if (c->detect.tail <= 0 || c->detect.tail > c->spec.window || c->train.batch <= 0 ||
@@ -218,8 +244,16 @@ int fl_config_load(fl_config *c, const char *path, char *err, size_t errlen) {
     return FL_EIO;
   }
   int rc = ini_parse_file(f, fl__handler, &p);
+  /* The text again, for errors found after parsing that name a line. */
+  char *text = NULL;
+  long size = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+  if (size >= 0 && fseek(f, 0, SEEK_SET) == 0 && (text = malloc((size_t)size + 1))) {
+    size_t got = fread(text, 1, (size_t)size, f);
+    text[got] = 0;
+  }
   fclose(f);
-  rc = fl__finish(c, &p, rc, buf, sizeof buf);
+  rc = fl__finish(c, &p, rc, buf, sizeof buf, text);
+  free(text);
   if (rc) snprintf(err, errlen, "%s: %s", path, buf);
   return rc;
 }
@@ -229,5 +263,5 @@ int fl_config_parse(fl_config *c, const char *text, char *err, size_t errlen) {
   if (!err) { err = dummy; errlen = sizeof dummy; }
   fl__parse p = {c, err, errlen, 0};
   int rc = ini_parse_string(text, fl__handler, &p);
-  return fl__finish(c, &p, rc, err, errlen);
+  return fl__finish(c, &p, rc, err, errlen, text);
 }

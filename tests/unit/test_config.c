@@ -1,0 +1,237 @@
+/* Unit tests for the configuration reader (lib/config.c) against its contract
+ * in faultline/config.h: every key sets its field, errors name their line,
+ * and the shipped SKAB configuration loads. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "faultline/config.h"
+#include "faultline/error.h"
+#include "faultline/faults.h"
+
+static const char *full_config =
+    "; every key the library reads\n"
+    "[model]\n"
+    "window = 24\n"
+    "enc1 = 6\n"
+    "enc2 = 10\n"
+    "kernel = 7\n"
+    "hidden = 33\n"
+    "head_hidden = 17\n"
+    "embedding = 9\n"
+    "leak = 0.2\n"
+    "target_encoder = 1.5\n"
+    "target_decoder = 1.25\n"
+    "target_block = 0.75\n"
+    "target_head = 3.5\n"
+    "\n"
+    "[train]\n"
+    "seed = 12345\n"
+    "batch = 20\n"
+    "stride = 3\n"
+    "val_fraction = 0.3\n"
+    "clamp = 7.5\n"
+    "patience = 4\n"
+    "epochs1 = 11\n"
+    "lr1 = 0.004\n"
+    "epochs2 = 13\n"
+    "lr2 = 0.0005\n"
+    "lr_decoder2 = 0.00002\n"
+    "p_clean = 0.4\n"
+    "temperature = 0.15\n"
+    "w_contrast = 0.7\n"
+    "clip_encoder = 2.5\n"
+    "clip_decoder = 3.5\n"
+    "clip_block = 4.5\n"
+    "clip_head = 5.5\n"
+    "faults = step, spike ,stuck\n"
+    "\n"
+    "[detect]\n"
+    "tail = 10\n"
+    "quantile = 0.95\n"
+    "margin = 1.2\n"
+    "channel_quantile = 0.9\n"
+    "embedding_weight = 0\n"
+    "hysteresis_on = 4\n"
+    "hysteresis_off = 6\n"
+    "\n"
+    "[modality.mech]\n"
+    "rate = 1\n"
+    "channels = Accel X, accel_y\n"
+    "\n"
+    "[modality.elec]\n"
+    "rate = 3\n"
+    "drifts = 1\n"
+    "channels = current\n"
+    "\n"
+    "[input]\n"
+    "anything = left to the daemon\n";
+
+static void test_full(void **state) {
+  (void)state;
+  fl_config c;
+  char err[512] = "";
+  fl_config_defaults(&c);
+  int rc = fl_config_parse(&c, full_config, err, sizeof err);
+  if (rc) print_error("%s\n", err);
+  assert_int_equal(rc, 0);
+  const fl_model_spec *s = &c.spec;
+  assert_int_equal(s->window, 24);
+  assert_int_equal(s->enc1, 6);
+  assert_int_equal(s->enc2, 10);
+  assert_int_equal(s->kernel, 7);
+  assert_int_equal(s->hidden, 33);
+  assert_int_equal(s->head_hidden, 17);
+  assert_int_equal(s->emb, 9);
+  assert_float_equal(s->leak, 0.2, 1e-7);
+  assert_float_equal(s->target[FL_MOD_ENC], 1.5, 1e-7);
+  assert_float_equal(s->target[FL_MOD_DEC], 1.25, 1e-7);
+  assert_float_equal(s->target[FL_MOD_BLOCK], 0.75, 1e-7);
+  assert_float_equal(s->target[FL_MOD_HEAD], 3.5, 1e-7);
+  const fl_train_config *t = &c.train;
+  assert_true(t->seed == 12345);
+  assert_int_equal(t->batch, 20);
+  assert_int_equal(t->stride, 3);
+  assert_float_equal(t->val_fraction, 0.3, 1e-7);
+  assert_float_equal(t->clamp, 7.5, 1e-7);
+  assert_int_equal(t->patience, 4);
+  assert_int_equal(t->epochs1, 11);
+  assert_float_equal(t->lr1, 0.004, 1e-9);
+  assert_int_equal(t->epochs2, 13);
+  assert_float_equal(t->lr2, 0.0005, 1e-9);
+  assert_float_equal(t->lr_dec2, 0.00002, 1e-10);
+  assert_float_equal(t->p_clean, 0.4, 1e-7);
+  assert_float_equal(t->tau, 0.15, 1e-7);
+  assert_float_equal(t->w_contrast, 0.7, 1e-7);
+  assert_float_equal(t->clip[FL_MOD_ENC], 2.5, 1e-7);
+  assert_float_equal(t->clip[FL_MOD_DEC], 3.5, 1e-7);
+  assert_float_equal(t->clip[FL_MOD_BLOCK], 4.5, 1e-7);
+  assert_float_equal(t->clip[FL_MOD_HEAD], 5.5, 1e-7);
+  assert_int_equal(t->ntypes, 3);
+  assert_int_equal(t->types[0], FL_FAULT_STEP);
+  assert_int_equal(t->types[1], FL_FAULT_SPIKE);
+  assert_int_equal(t->types[2], FL_FAULT_STUCK);
+  const fl_detect_config *d = &c.detect;
+  assert_int_equal(d->tail, 10);
+  assert_float_equal(d->quantile, 0.95, 1e-7);
+  assert_float_equal(d->margin, 1.2, 1e-7);
+  assert_float_equal(d->chan_quantile, 0.9, 1e-7);
+  assert_float_equal(d->w_emb, 0.0, 0);
+  assert_int_equal(d->on, 4);
+  assert_int_equal(d->off, 6);
+  assert_int_equal(s->n_mod, 2);
+  assert_string_equal(s->mod[0].name, "mech");
+  assert_int_equal(s->mod[0].rate, 1);
+  assert_int_equal(s->mod[0].drifts, 0);
+  assert_int_equal(s->mod[0].channels, 2);
+  assert_string_equal(s->mod[0].channel[0], "Accel X");
+  assert_string_equal(s->mod[0].channel[1], "accel_y");
+  assert_string_equal(s->mod[1].name, "elec");
+  assert_int_equal(s->mod[1].rate, 3);
+  assert_int_equal(s->mod[1].drifts, 1);
+  assert_int_equal(s->mod[1].channels, 1);
+  assert_string_equal(s->mod[1].channel[0], "current");
+  assert_int_equal(fl_model_spec_check(s), 0);
+}
+
+/* Parses text and expects an error whose message holds "line <line>". */
+static void expect_error(const char *text, int line, const char *also) {
+  fl_config c;
+  char err[512] = "", want[32];
+  fl_config_defaults(&c);
+  int rc = fl_config_parse(&c, text, err, sizeof err);
+  snprintf(want, sizeof want, "line %d", line);
+  if (rc >= 0 || !strstr(err, want) || (also && !strstr(err, also)))
+    print_error("rc %d, err \"%s\", wanted \"%s\" and \"%s\"\n", rc, err, want,
+                also ? also : "");
+  assert_true(rc < 0);
+  assert_non_null(strstr(err, want));
+  if (also) assert_non_null(strstr(err, also));
+}
+
+static void test_errors(void **state) {
+  (void)state;
+  const char *mod = "[modality.m]\nchannels = x\n";
+  char buf[512];
+  snprintf(buf, sizeof buf, "%s[model]\nwindow = 8\nbogus = 1\n", mod);
+  expect_error(buf, 5, "bogus");
+  snprintf(buf, sizeof buf, "%s\n[nosuch]\nkey = 1\n", mod);
+  expect_error(buf, 5, "nosuch");
+  snprintf(buf, sizeof buf, "%s[train]\nbatch = 1\nlr1 = fast\n", mod);
+  expect_error(buf, 5, "lr1");
+  snprintf(buf, sizeof buf, "%s[train]\nepochs1 = 2.5\n", mod);
+  expect_error(buf, 4, "epochs1");
+  snprintf(buf, sizeof buf, "%s[train]\nfaults = step, nosuchfault\n", mod);
+  expect_error(buf, 4, "faults");
+  snprintf(buf, sizeof buf, "%s[modality.m]\nrate = 0\n", mod);
+  expect_error(buf, 4, "rate");
+  /* A modality without channels: the error names its section's line. */
+  snprintf(buf, sizeof buf, "%s\n[modality.empty]\nrate = 2\n", mod);
+  expect_error(buf, 4, "empty");
+  /* A window that is not a multiple of 4 (or below 8). */
+  snprintf(buf, sizeof buf, "%s[model]\nenc1 = 4\nwindow = 30\n", mod);
+  expect_error(buf, 5, "window");
+  snprintf(buf, sizeof buf, "%s[model]\nwindow = 4\n", mod);
+  expect_error(buf, 4, "window");
+  snprintf(buf, sizeof buf, "%s[model]\nkernel = 4\n", mod);
+  expect_error(buf, 4, "kernel");
+  /* Not an INI line at all. */
+  snprintf(buf, sizeof buf, "%s[model]\nthis is not a key\n", mod);
+  expect_error(buf, 4, NULL);
+}
+
+static void test_skab(void **state) {
+  (void)state;
+  fl_config c;
+  char err[512] = "";
+  fl_config_defaults(&c);
+  int rc = fl_config_load(&c, "config/skab.ini", err, sizeof err);
+  if (rc) print_error("%s\n", err);
+  assert_int_equal(rc, 0);
+  assert_int_equal(c.spec.n_mod, 4);
+  assert_int_equal(c.spec.window, 60);
+  assert_string_equal(c.spec.mod[2].channel[1], "Volume Flow RateRMS");
+  assert_int_equal(c.spec.mod[3].drifts, 1);
+  assert_int_equal(fl_model_spec_check(&c.spec), 0);
+  /* A missing file is an I/O error naming the file. */
+  fl_config_defaults(&c);
+  err[0] = 0;
+  assert_int_equal(fl_config_load(&c, "config/no-such-file.ini", err, sizeof err), FL_EIO);
+  assert_non_null(strstr(err, "no-such-file.ini"));
+}
+
+static void test_load_error_names_file_and_line(void **state) {
+  (void)state;
+  char path[] = "/tmp/fl_test_config_XXXXXX";
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  FILE *f = fdopen(fd, "w");
+  assert_non_null(f);
+  fputs("[modality.m]\nchannels = x\n\n[modality.nochan]\nrate = 1\n", f);
+  fclose(f);
+  fl_config c;
+  char err[512] = "";
+  fl_config_defaults(&c);
+  assert_true(fl_config_load(&c, path, err, sizeof err) < 0);
+  if (!strstr(err, "line 4")) print_error("%s\n", err);
+  assert_non_null(strstr(err, path));
+  assert_non_null(strstr(err, "line 4"));
+  remove(path);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_full),
+      cmocka_unit_test(test_errors),
+      cmocka_unit_test(test_skab),
+      cmocka_unit_test(test_load_error_names_file_and_line),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
