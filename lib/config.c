@@ -130,6 +130,9 @@ static int fl__handler(void *user, const char *section, const char *key, const c
       (fl__num(value, &d) || d < 1 || (!strcmp(key, "window") && (d < 8 || fmod(d, 4) != 0)) ||
        (!strcmp(key, "kernel") && fmod(d, 2) != 1)))
     goto bad;
+  /* The model file is the daemon's to read; a training run ignores it so
+   * that one file serves both. */
+  if (!strcmp(section, "model") && !strcmp(key, "file")) return 1;
   FL__I("model", "window", c->spec.window)
   FL__I("model", "enc1", c->spec.enc1)
   FL__I("model", "enc2", c->spec.enc2)
@@ -169,6 +172,7 @@ static int fl__handler(void *user, const char *section, const char *key, const c
   FL__F("detect", "margin", c->detect.margin)
   FL__F("detect", "channel_quantile", c->detect.chan_quantile)
   FL__F("detect", "embedding_weight", c->detect.w_emb)
+  FL__F("detect", "min_spread", c->detect.min_spread)
   FL__I("detect", "hysteresis_on", c->detect.on)
   FL__I("detect", "hysteresis_off", c->detect.off)
   if (fl__foreign(section)) return 1;

@@ -35,5 +35,7 @@ int cmd_score(int argc, char **argv);
 int cmd_detect(int argc, char **argv);
 int cmd_inject(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
+int cmd_replay(int argc, char **argv);
+int cmd_tail(int argc, char **argv);
 
 #endif

@@ -21,6 +21,8 @@ static const struct {
     {"detect", cmd_detect, "train on one CSV and write 0/1 per row of another (SKAB runner)"},
     {"inject", cmd_inject, "inject labelled faults into a clean CSV"},
     {"eval", cmd_eval, "evaluate detection, localisation and correction per fault type"},
+    {"replay", cmd_replay, "stream a CSV to faultlined as frames (optionally with a fault)"},
+    {"tail", cmd_tail, "print the reports faultlined publishes"},
 };
 
 static void usage(FILE *f) {

@@ -2,7 +2,8 @@
  * training and detection.  Sections: [model], [train], [detect], and one
  * [modality.NAME] per modality (in file order) with `rate` and `channels`
  * (comma-separated column names).  The daemon's sections ([input],
- * [output], [metrics], [security], [tune]) are accepted and left to it.
+ * [output], [metrics], [security], [tune], [log]) and [model] file are accepted
+ * and left to it.
  * Every key is documented in config/faultline.ini. */
 #ifndef FAULTLINE_CONFIG_H
 #define FAULTLINE_CONFIG_H

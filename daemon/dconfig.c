@@ -1,0 +1,225 @@
+/* faultlined configuration: see fld.h.  The library parses the model,
+ * training and detection sections; this file parses the daemon's own with a
+ * second pass of libinih over the same file, so that an error in either
+ * makes the whole file invalid (and a SIGHUP with it keeps the old one). */
+#include <errno.h>
+#include <ini.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "faultline/error.h"
+#include "fld.h"
+
+void fld_config_defaults(fld_config *c) {
+  memset(c, 0, sizeof *c);
+  c->in_type = FLD_IN_SUB;
+  c->in_bind = 1;
+  snprintf(c->in_topic, sizeof c->in_topic, "frame/");
+  c->max_streams = 64;
+  c->max_message_bytes = 65536;
+  c->drain_budget = 256;
+  c->rcvhwm = 100000;
+  c->out_bind = 1;
+  c->stride = 15;
+  c->batch = 32;
+  c->sndhwm = 100000;
+  snprintf(c->metrics_listen, sizeof c->metrics_listen, "127.0.0.1:9108");
+  c->status_interval = 10.0;
+  c->log_level = FLD_INFO;
+}
+
+typedef struct {
+  fld_config *c;
+  char *err;
+  size_t errlen;
+  int failed;
+  int have_in, have_out;
+} fld__parse;
+
+static int fld__long(const char *v, long lo, long hi, long *out) {
+  char *end;
+  errno = 0;
+  long x = strtol(v, &end, 10);
+  while (*end == ' ' || *end == '\t') end++;
+  if (end == v || *end || errno || x < lo || x > hi) return -1;
+  *out = x;
+  return 0;
+}
+
+static int fld__bool(const char *v, int *out) {
+  if (!strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "on")) {
+    *out = 1;
+    return 0;
+  }
+  if (!strcmp(v, "0") || !strcmp(v, "false") || !strcmp(v, "no") || !strcmp(v, "off")) {
+    *out = 0;
+    return 0;
+  }
+  return -1;
+}
+
+/* Splits a comma-separated list of endpoints. */
+static int fld__endpoints(const char *v, char dst[][FLD_ENDPOINT_MAX], int *n) {
+  *n = 0;
+  const char *p = v;
+  while (*p) {
+    while (*p == ' ' || *p == '\t') p++;
+    const char *e = strchr(p, ',');
+    size_t len = e ? (size_t)(e - p) : strlen(p);
+    while (len && (p[len - 1] == ' ' || p[len - 1] == '\t')) len--;
+    if (!len || len >= FLD_ENDPOINT_MAX || *n >= FLD_MAX_ENDPOINTS) return -1;
+    memcpy(dst[*n], p, len);
+    dst[*n][len] = 0;
+    (*n)++;
+    if (!e) break;
+    p = e + 1;
+  }
+  return *n ? 0 : -1;
+}
+
+static int fld__copy(char *dst, size_t cap, const char *v) {
+  if (strlen(v) >= cap) return -1;
+  snprintf(dst, cap, "%s", v);
+  return 0;
+}
+
+static int fld__handler(void *user, const char *section, const char *key, const char *value) {
+  fld__parse *p = user;
+  fld_config *c = p->c;
+  long l;
+  if (p->failed) return 0;
+#define IS(s, k) (!strcmp(section, s) && !strcmp(key, k))
+  if (IS("model", "file")) {
+    if (fld__copy(c->model_file, sizeof c->model_file, value) || !*value) goto bad;
+  } else if (!strcmp(section, "model") || !strcmp(section, "train") ||
+             !strncmp(section, "modality.", 9)) {
+    /* The library's keys, checked by fl_config_load. */
+  } else if (IS("detect", "hysteresis_on")) {
+    if (fld__long(value, 1, 1000, &l)) goto bad;
+    c->hyst_on = (int)l;
+  } else if (IS("detect", "hysteresis_off")) {
+    if (fld__long(value, 1, 1000, &l)) goto bad;
+    c->hyst_off = (int)l;
+  } else if (!strcmp(section, "detect")) {
+  } else if (IS("input", "type")) {
+    if (!strcmp(value, "sub")) c->in_type = FLD_IN_SUB;
+    else if (!strcmp(value, "pull")) c->in_type = FLD_IN_PULL;
+    else goto bad;
+  } else if (IS("input", "bind")) {
+    if (fld__bool(value, &c->in_bind)) goto bad;
+  } else if (IS("input", "endpoint")) {
+    if (fld__endpoints(value, c->in_endpoint, &c->n_in)) goto bad;
+    p->have_in = 1;
+  } else if (IS("input", "topic")) {
+    if (fld__copy(c->in_topic, sizeof c->in_topic, value)) goto bad;
+  } else if (IS("input", "max_streams")) {
+    if (fld__long(value, 1, 100000, &l)) goto bad;
+    c->max_streams = (int)l;
+  } else if (IS("input", "max_message_bytes")) {
+    if (fld__long(value, 256, 256L << 20, &l)) goto bad;
+    c->max_message_bytes = l;
+  } else if (IS("input", "drain_budget")) {
+    if (fld__long(value, 1, 1000000, &l)) goto bad;
+    c->drain_budget = (int)l;
+  } else if (IS("input", "rcvhwm")) {
+    if (fld__long(value, 0, 100000000, &l)) goto bad;
+    c->rcvhwm = (int)l;
+  } else if (IS("output", "endpoint")) {
+    if (fld__endpoints(value, c->out_endpoint, &c->n_out)) goto bad;
+    p->have_out = 1;
+  } else if (IS("output", "bind")) {
+    if (fld__bool(value, &c->out_bind)) goto bad;
+  } else if (IS("output", "stride")) {
+    if (fld__long(value, 1, 100000, &l)) goto bad;
+    c->stride = (int)l;
+  } else if (IS("output", "batch")) {
+    if (fld__long(value, 1, FLD_MAX_BATCH, &l)) goto bad;
+    c->batch = (int)l;
+  } else if (IS("output", "sndhwm")) {
+    if (fld__long(value, 0, 100000000, &l)) goto bad;
+    c->sndhwm = (int)l;
+  } else if (IS("metrics", "listen")) {
+    if (fld__copy(c->metrics_listen, sizeof c->metrics_listen, value)) goto bad;
+  } else if (IS("metrics", "status_interval")) {
+    char *end;
+    double d = strtod(value, &end);
+    if (end == value || *end || !(d >= 0.1 && d <= 3600)) goto bad;
+    c->status_interval = d;
+  } else if (IS("security", "curve")) {
+    if (fld__bool(value, &c->curve)) goto bad;
+  } else if (IS("security", "secret_key")) {
+    if (fld__copy(c->secret_key_file, sizeof c->secret_key_file, value)) goto bad;
+  } else if (IS("security", "authorized_keys")) {
+    if (fld__copy(c->authorized_keys, sizeof c->authorized_keys, value)) goto bad;
+  } else if (IS("log", "level")) {
+    if (fld_log_parse_level(value, &c->log_level)) goto bad;
+  } else {
+    snprintf(p->err, p->errlen, "unknown key \"%s\" in section [%s]", key, section);
+    p->failed = FL_EINVAL;
+    return 0;
+  }
+#undef IS
+  return 1;
+bad:
+  snprintf(p->err, p->errlen, "[%s] %s = \"%s\" is not a valid value", section, key, value);
+  p->failed = FL_EINVAL;
+  return 0;
+}
+
+int fld_config_load(fld_config *c, const char *path, char *err, size_t errlen) {
+  fl_config lib;
+  fl_config_defaults(&lib);
+  /* The library's sections first: its message is the better one for them. */
+  int rc = fl_config_load(&lib, path, err, errlen);
+  if (rc) return rc;
+  fld_config_defaults(c);
+  char buf[400];
+  fld__parse p = {c, buf, sizeof buf, 0, 0, 0};
+  FILE *f = fopen(path, "r");
+  if (!f) {
+    snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    return FL_EIO;
+  }
+  int line = ini_parse_file(f, fld__handler, &p);
+  fclose(f);
+  if (p.failed) {
+    snprintf(err, errlen, "%s: line %d: %s", path, line, buf);
+    return p.failed;
+  }
+  if (line) {
+    snprintf(err, errlen, "%s: line %d: cannot parse", path, line);
+    return FL_EFORMAT;
+  }
+  if (!c->model_file[0]) {
+    snprintf(err, errlen, "%s: [model] file is required", path);
+    return FL_EINVAL;
+  }
+  if (!p.have_in || !p.have_out) {
+    snprintf(err, errlen, "%s: [input] endpoint and [output] endpoint are required", path);
+    return FL_EINVAL;
+  }
+  if (c->curve && (!c->secret_key_file[0] || !c->authorized_keys[0])) {
+    snprintf(err, errlen, "%s: [security] curve = 1 needs secret_key and authorized_keys", path);
+    return FL_EINVAL;
+  }
+  if (c->metrics_listen[0] && !strrchr(c->metrics_listen, ':')) {
+    snprintf(err, errlen, "%s: [metrics] listen must be ADDRESS:PORT", path);
+    return FL_EINVAL;
+  }
+  /* A relative model path is relative to the configuration's directory, so
+   * that a config and its model can move together. */
+  if (c->model_file[0] != '/') {
+    const char *slash = strrchr(path, '/');
+    if (slash) {
+      char full[PATH_MAX];
+      int n = snprintf(full, sizeof full, "%.*s/%s", (int)(slash - path), path, c->model_file);
+      if (n < 0 || (size_t)n >= sizeof full) {
+        snprintf(err, errlen, "%s: [model] file path is too long", path);
+        return FL_EINVAL;
+      }
+      memcpy(c->model_file, full, (size_t)n + 1);
+    }
+  }
+  return 0;
+}

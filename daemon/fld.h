@@ -1,0 +1,293 @@
+/* faultlined: the streaming daemon's internal interfaces.
+ *
+ * The daemon is glue around libfaultline: one libuv loop owns every socket,
+ * timer and signal; frames come in over ZeroMQ, windows go through the
+ * library's model and detector, reports go out over ZeroMQ, and health is
+ * served over HTTP.  Internal names are `fld_<concern>_<verb>`; functions
+ * return 0 or a negative code (FL_E... from the library, or -errno).  Nothing
+ * here calls exit() outside main(). */
+#ifndef FLD_H
+#define FLD_H
+
+#include <limits.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+#include <zmq.h>
+
+#include "faultline.pb-c.h"
+#include "faultline/bundle.h"
+#include "faultline/config.h"
+
+#define FLD_VERSION "0.1.0"
+
+/* ---- log.c --------------------------------------------------------------
+ * Lines on stderr with the syslog priority prefix "<N>" that journald reads
+ * (sd-daemon(3)); lines above the configured level are not written. */
+enum { FLD_ERR = 3, FLD_WARNING = 4, FLD_NOTICE = 5, FLD_INFO = 6, FLD_DEBUG = 7 };
+void fld_log_set_level(int level);
+/* Parses "err", "warning", "notice", "info", "debug" (or 3..7). */
+int fld_log_parse_level(const char *s, int *level);
+void fld_log(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- dconfig.c ----------------------------------------------------------
+ * The daemon's configuration: the sections the library leaves to it
+ * ([input], [output], [metrics], [security], [tune], [log]) and [model]
+ * file / [detect] hysteresis.  The library's sections are validated by
+ * fl_config_load on the same file, so one file serves `faultline train` and
+ * the daemon.  Every key is documented in config/faultline.ini. */
+#define FLD_MAX_ENDPOINTS 8
+#define FLD_ENDPOINT_MAX 256
+
+enum { FLD_IN_SUB = 0, FLD_IN_PULL = 1 };
+
+typedef struct {
+  char model_file[PATH_MAX];
+  /* [input] */
+  int in_type;                  /* FLD_IN_SUB or FLD_IN_PULL */
+  int in_bind;                  /* 1: bind the endpoints, 0: connect to them */
+  int n_in;
+  char in_endpoint[FLD_MAX_ENDPOINTS][FLD_ENDPOINT_MAX];
+  char in_topic[128];           /* SUB: subscription prefix */
+  int max_streams;
+  long max_message_bytes;
+  int drain_budget;             /* messages per loop turn before yielding */
+  int rcvhwm;
+  /* [output] */
+  int out_bind;
+  int n_out;
+  char out_endpoint[FLD_MAX_ENDPOINTS][FLD_ENDPOINT_MAX];
+  int stride;                   /* base ticks between windows */
+  int batch;                    /* windows per model call at most */
+  int sndhwm;
+  /* [detect] overrides of the model's hysteresis; 0 keeps the model's */
+  int hyst_on, hyst_off;
+  /* [metrics] */
+  char metrics_listen[128];     /* "ADDR:PORT"; empty: no HTTP endpoint */
+  double status_interval;       /* seconds between STATUS= updates */
+  /* [security] */
+  int curve;
+  char secret_key_file[PATH_MAX];
+  char authorized_keys[PATH_MAX]; /* directory of client public keys */
+  /* [log] */
+  int log_level;
+} fld_config;
+
+void fld_config_defaults(fld_config *c);
+/* Loads and validates path (library sections included); err names the file,
+ * line and key of the first problem. */
+int fld_config_load(fld_config *c, const char *path, char *err, size_t errlen);
+
+/* ---- metrics.c ----------------------------------------------------------
+ * Counters the loop updates and the HTTP endpoint reads, in the same thread
+ * (the HTTP server is polled by the loop), so they need no locks. */
+enum {
+  FLD_REJ_UNDECODABLE = 0,
+  FLD_REJ_BAD_STREAM,
+  FLD_REJ_UNKNOWN_MODALITY,
+  FLD_REJ_INCONSISTENT_MODALITY,
+  FLD_REJ_CHANNEL_COUNT,
+  FLD_REJ_NONFINITE,
+  FLD_REJ_OVERSIZE,
+  FLD_REJ_DUPLICATE,
+  FLD_REJ_OLD,
+  FLD_REJ_COUNT
+};
+enum { FLD_DROP_STREAM_LIMIT = 0, FLD_DROP_COUNT };
+const char *fld_reject_name(int reason);
+const char *fld_drop_name(int reason);
+
+#define FLD_LAT_BUCKETS 14
+#define FLD_MAX_MODNAMES 32
+
+typedef struct {
+  uint64_t received, processed;
+  uint64_t rejected[FLD_REJ_COUNT];
+  uint64_t dropped[FLD_DROP_COUNT];
+  uint64_t gaps, gap_ticks, stream_resets;
+  uint64_t reports, reports_failed, windows_flagged;
+  /* anomalies by modality name, names kept across model reloads so that a
+   * counter never disappears while the process lives */
+  int n_modnames;
+  char modname[FLD_MAX_MODNAMES][FL_NAME_MAX];
+  uint64_t anomalies[FLD_MAX_MODNAMES];
+  /* processing latency histogram, seconds */
+  uint64_t lat_bucket[FLD_LAT_BUCKETS + 1];
+  double lat_sum;
+  uint64_t lat_count;
+  /* event-loop lag: the latest sample and the largest since start, seconds */
+  double lag_last, lag_max;
+  uint64_t reloads_ok, reloads_failed;
+  uint64_t zap_allowed, zap_denied, input_disconnects;
+  int64_t subscriptions;
+  double start_time;
+} fld_metrics;
+
+int fld_metrics_modality(fld_metrics *m, const char *name);
+void fld_metrics_latency(fld_metrics *m, double seconds);
+
+struct fld_app;
+/* Starts the HTTP endpoint (libmicrohttpd in external-poll epoll mode,
+ * driven by a uv_poll on its epoll fd) on cfg.metrics_listen. */
+int fld_http_start(struct fld_app *app);
+void fld_http_stop(struct fld_app *app);
+/* Renders /metrics in the Prometheus text format into a malloc'ed string. */
+char *fld_metrics_render(struct fld_app *app, size_t *len);
+
+/* ---- zsock.c ------------------------------------------------------------
+ * A ZeroMQ socket in the loop.  ZMQ_FD is edge-triggered: it becomes
+ * readable when the socket's state changes, not while messages wait.  So on
+ * every wake-up the watcher drains until ZMQ_EVENTS no longer says
+ * ZMQ_POLLIN, and when it stops early (budget spent, to keep the loop fair)
+ * it schedules itself again with a uv_idle instead of waiting for an edge
+ * that will never come. */
+typedef struct fld_zwatch fld_zwatch;
+/* Receives at most budget messages with ZMQ_DONTWAIT; returns the count
+ * handled (0 when the socket had nothing). */
+typedef int (*fld_zdrain_fn)(fld_zwatch *w, int budget);
+/* Called once after a drain pass, e.g. to flush batched work. */
+typedef void (*fld_zafter_fn)(fld_zwatch *w);
+struct fld_zwatch {
+  void *sock;
+  void *user;
+  int budget;
+  fld_zdrain_fn drain;
+  fld_zafter_fn after;
+  uv_poll_t poll;
+  uv_idle_t idle;
+  int active, idle_on, closing;
+  uint64_t wakeups, continuations;
+};
+int fld_zwatch_start(fld_zwatch *w, uv_loop_t *loop, void *sock, int budget,
+                     fld_zdrain_fn drain, fld_zafter_fn after, void *user);
+/* Stops watching; the handles close asynchronously (the loop must run once). */
+void fld_zwatch_stop(fld_zwatch *w);
+/* Re-checks ZMQ_EVENTS, e.g. after a send on a socket that is also read. */
+void fld_zwatch_kick(fld_zwatch *w);
+
+/* Receives one multipart message (up to max parts) without blocking.
+ * Returns the number of parts, 0 on EAGAIN, a negative code on error or
+ * when it has more parts than max (the rest is discarded; *overflow = 1). */
+int fld_zrecv(void *sock, zmq_msg_t *parts, int max, int *overflow);
+void fld_zclose_parts(zmq_msg_t *parts, int n);
+
+/* CurveZMQ: loads the server keys and authorised client keys and starts
+ * the ZAP handler (a REP socket on inproc://zeromq.zap.01 in the loop). */
+int fld_curve_start(struct fld_app *app, char *err, size_t errlen);
+/* Makes sock a CURVE server with the daemon's key. */
+int fld_curve_apply(struct fld_app *app, void *sock);
+/* Re-reads the authorised keys directory (SIGHUP). */
+int fld_curve_reload(struct fld_app *app, char *err, size_t errlen);
+void fld_curve_stop(struct fld_app *app);
+
+/* ---- engine.c -----------------------------------------------------------
+ * A loaded model and the scratch it needs to score a batch of windows. */
+#define FLD_MAX_BATCH 64
+
+typedef struct {
+  fl_bundle b;
+  fl_ctx *ctx;
+  int batch;
+  float *raw[FLD_MAX_BATCH][FL_MAX_MODALITIES]; /* (C_i, T_i) raw windows */
+  fl_window_score sc[FLD_MAX_BATCH];
+  size_t maxct;                               /* largest C_i T_i */
+  float *corr;                                /* (n_mod, maxct): corrected windows */
+  float *rep;                                 /* (n_mod, maxct): report rows */
+  char version[17];                           /* hex of a 64-bit file hash */
+  double load_time;                           /* Unix seconds */
+  int n_layers;
+  char (*layer_name)[FL_NAME_MAX];
+  float *layer_norm, *layer_target;
+  int hyst_on, hyst_off;
+} fld_engine;
+
+int fld_engine_load(fld_engine **out, const char *path, const fld_config *cfg, char *err,
+                    size_t errlen);
+void fld_engine_free(fld_engine *e);
+/* Do two engines take the same frames (same window, modalities, channels,
+ * rates)?  Streams survive a reload only then. */
+int fld_engine_compatible(const fld_engine *a, const fld_engine *b);
+
+/* ---- stream.c -----------------------------------------------------------
+ * Per-stream state: the last `window` ticks of every modality in a ring
+ * (channel-major, each modality at its own rate), sequence tracking and the
+ * hysteresis of its flags. */
+typedef struct {
+  char name[65];
+  int have_seq;
+  uint64_t last_seq;
+  int64_t last_ts;
+  uint64_t ticks;      /* ticks held since the last reset */
+  int head;            /* ring slot of the next tick */
+  float *ring[FL_MAX_MODALITIES]; /* (C_i, window * rate_i) */
+  fl_hyst hyst, mhyst[FL_MAX_MODALITIES];
+  uint64_t report_seq;
+  uint64_t frames;
+} fld_stream;
+
+/* A window waiting in the batch: its stream and what the report needs. */
+typedef struct {
+  fld_stream *st;
+  uint64_t end_seq;
+  int64_t end_ts;
+  uint64_t t_recv; /* uv_hrtime() at the arrival of its newest frame */
+  int missing;
+} fld_slot;
+
+/* ---- main.c: the application ------------------------------------------- */
+typedef struct fld_app {
+  uv_loop_t *loop;
+  char config_path[PATH_MAX];
+  fld_config cfg;
+  void *zctx;
+  void *in_sock, *out_sock, *mon_sock;
+  fld_zwatch in_w, out_w, mon_w;
+  fld_engine *eng;
+  fld_stream **streams;
+  int n_streams;
+  fld_slot pending[FLD_MAX_BATCH];
+  int n_pending;
+  fld_metrics m;
+  /* HTTP */
+  struct MHD_Daemon *mhd;
+  uv_poll_t mhd_poll;
+  uv_timer_t mhd_timer;
+  int mhd_on;
+  /* CurveZMQ */
+  void *zap_sock;
+  fld_zwatch zap_w;
+  char server_secret[41], server_public[41];
+  int n_keys;
+  char (*keys)[41];
+  /* life cycle */
+  uv_signal_t sig_hup, sig_term, sig_int;
+  uv_timer_t t_watchdog, t_status, t_lag;
+  uint64_t lag_expect;
+  int stopping;
+  int exit_code;
+  uint64_t status_frames, status_reports;
+  double status_at;
+} fld_app;
+
+/* ingest.c: handles one received message (the parts of one frame). */
+void fld_ingest_message(fld_app *app, zmq_msg_t *parts, int nparts, uint64_t t_recv);
+/* Scores the pending windows and publishes their reports. */
+void fld_ingest_flush(fld_app *app);
+/* Frees every stream (model change with another layout, shutdown). */
+void fld_streams_clear(fld_app *app);
+
+/* report.c: builds and sends the report of slot k of the scored batch. */
+int fld_report_publish(fld_app *app, int k, const fld_slot *slot, int flag, const int *mflag,
+                       float *const corrected[FL_MAX_MODALITIES]);
+
+/* notify.c: sd_notify life cycle (no-ops without NOTIFY_SOCKET). */
+void fld_notify_ready(fld_app *app);
+void fld_notify_reloading(void);
+void fld_notify_stopping(void);
+int fld_notify_start_timers(fld_app *app);
+void fld_notify_stop_timers(fld_app *app);
+
+double fld_now(void); /* Unix time, seconds */
+
+#endif

@@ -1,0 +1,258 @@
+/* faultlined ingest: frames in, windows out.  See fld.h.
+ *
+ * Every frame received ends in exactly one of: processed (its tick entered
+ * the stream's ring), rejected (by reason, nothing of it kept) or dropped
+ * (valid, but no room for a new stream).  A frame is validated completely
+ * before anything of it is stored, so a rejected frame never half-updates a
+ * stream. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "faultline/error.h"
+#include "fld.h"
+
+static void fld__stream_free(fld_stream *st) {
+  if (!st) return;
+  for (int i = 0; i < FL_MAX_MODALITIES; i++) free(st->ring[i]);
+  free(st);
+}
+
+void fld_streams_clear(fld_app *app) {
+  /* Pending windows point at streams: score them first. */
+  if (app->n_pending) fld_ingest_flush(app);
+  for (int s = 0; s < app->n_streams; s++) fld__stream_free(app->streams[s]);
+  app->n_streams = 0;
+}
+
+static fld_stream *fld__stream_new(fld_app *app, const char *name) {
+  const fl_model_spec *spec = fl_model_spec_of(app->eng->b.model);
+  fld_stream *st = calloc(1, sizeof *st);
+  if (!st) return NULL;
+  snprintf(st->name, sizeof st->name, "%s", name);
+  for (int i = 0; i < spec->n_mod; i++) {
+    size_t n = (size_t)spec->mod[i].channels * spec->window * spec->mod[i].rate;
+    if (!(st->ring[i] = malloc(sizeof(float) * n))) {
+      fld__stream_free(st);
+      return NULL;
+    }
+  }
+  return st;
+}
+
+/* Finds the stream or creates it while there is room; NULL when full. */
+static fld_stream *fld__stream_get(fld_app *app, const char *name) {
+  for (int s = 0; s < app->n_streams; s++)
+    if (!strcmp(app->streams[s]->name, name)) return app->streams[s];
+  if (app->n_streams >= app->cfg.max_streams) return NULL;
+  if (!app->streams) {
+    app->streams = calloc((size_t)app->cfg.max_streams, sizeof *app->streams);
+    if (!app->streams) return NULL;
+  }
+  fld_stream *st = fld__stream_new(app, name);
+  if (!st) return NULL;
+  app->streams[app->n_streams++] = st;
+  fld_log(FLD_INFO, "new stream \"%s\" (%d of at most %d)", name, app->n_streams,
+          app->cfg.max_streams);
+  return st;
+}
+
+/* Stream ids go into topics and logs: keep them short and printable. */
+static int fld__valid_name(const char *s) {
+  size_t n = strlen(s);
+  if (n < 1 || n > 64) return 0;
+  for (size_t i = 0; i < n; i++) {
+    char c = s[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+          c == '_' || c == '.' || c == ':' || c == '-'))
+      return 0;
+  }
+  return 1;
+}
+
+static void fld__reject(fld_app *app, int reason, const char *stream) {
+  app->m.rejected[reason]++;
+  /* Debug only: a flood of bad frames must not flood the journal; the
+   * counters carry the news. */
+  fld_log(FLD_DEBUG, "frame rejected (%s)%s%s", fld_reject_name(reason), stream ? " from " : "",
+          stream ? stream : "");
+}
+
+/* Copies the stream's window (oldest tick first) into the engine's slot k,
+ * standardises it into the context and queues it. */
+static void fld__enqueue(fld_app *app, fld_stream *st, uint64_t seq, int64_t ts,
+                         uint64_t t_recv) {
+  fld_engine *e = app->eng;
+  const fl_model_spec *spec = fl_model_spec_of(e->b.model);
+  int k = app->n_pending, W = spec->window, missing = 0;
+  for (int i = 0; i < spec->n_mod; i++) {
+    int C = spec->mod[i].channels, r = spec->mod[i].rate, T = W * r;
+    size_t head = (size_t)st->head * r, tail = (size_t)T - head;
+    float *raw = e->raw[k][i];
+    for (int c = 0; c < C; c++) {
+      const float *ring = st->ring[i] + (size_t)c * T;
+      memcpy(raw + (size_t)c * T, ring + head, sizeof(float) * tail);
+      memcpy(raw + (size_t)c * T + tail, ring, sizeof(float) * head);
+    }
+    for (size_t j = 0; j < (size_t)C * T; j++) missing += isnan(raw[j]) != 0;
+    int rc = fl_model_normalise(e->b.model, e->ctx, k, i, raw, e->b.clamp);
+    if (rc) {
+      /* Frames were validated, so this is a bug, not bad input: say so. */
+      fld_log(FLD_ERR, "cannot standardise a window of \"%s\": %s", st->name, fl_strerror(rc));
+      return;
+    }
+  }
+  app->pending[k] = (fld_slot){st, seq, ts, t_recv, missing};
+  app->n_pending++;
+  if (app->n_pending >= e->batch) fld_ingest_flush(app);
+}
+
+/* Stores one tick (blocks[i] NULL: modality i missing) and queues a window
+ * when one is due. */
+static void fld__push(fld_app *app, fld_stream *st, Faultline__Block *const *blocks,
+                      uint64_t seq, int64_t ts, uint64_t t_recv) {
+  const fl_model_spec *spec = fl_model_spec_of(app->eng->b.model);
+  int W = spec->window, h = st->head;
+  for (int i = 0; i < spec->n_mod; i++) {
+    int C = spec->mod[i].channels, r = spec->mod[i].rate, T = W * r;
+    const Faultline__Block *b = blocks ? blocks[i] : NULL;
+    for (int c = 0; c < C; c++) {
+      float *dst = st->ring[i] + (size_t)c * T + (size_t)h * r;
+      for (int q = 0; q < r; q++) dst[q] = b ? b->samples[(size_t)q * C + c] : NAN;
+    }
+  }
+  st->head = (h + 1) % W;
+  st->ticks++;
+  st->last_seq = seq;
+  st->last_ts = ts;
+  st->have_seq = 1;
+  if (st->ticks >= (uint64_t)W && (st->ticks - (uint64_t)W) % (uint64_t)app->cfg.stride == 0)
+    fld__enqueue(app, st, seq, ts, t_recv);
+}
+
+void fld_ingest_message(fld_app *app, zmq_msg_t *parts, int nparts, uint64_t t_recv) {
+  app->m.received++;
+  /* [payload] (PULL) or [topic][payload]. */
+  zmq_msg_t *payload = &parts[nparts - 1];
+  size_t total = 0;
+  for (int p = 0; p < nparts; p++) total += zmq_msg_size(&parts[p]);
+  if ((long)total > app->cfg.max_message_bytes) {
+    fld__reject(app, FLD_REJ_OVERSIZE, NULL);
+    return;
+  }
+  Faultline__Frame *f =
+      faultline__frame__unpack(NULL, zmq_msg_size(payload), zmq_msg_data(payload));
+  if (!f) {
+    fld__reject(app, FLD_REJ_UNDECODABLE, NULL);
+    return;
+  }
+  const fl_model_spec *spec = fl_model_spec_of(app->eng->b.model);
+  Faultline__Block *by_mod[FL_MAX_MODALITIES] = {0};
+  int reason = -1;
+  if (!fld__valid_name(f->stream)) reason = FLD_REJ_BAD_STREAM;
+  for (size_t j = 0; reason < 0 && j < f->n_blocks; j++) {
+    Faultline__Block *b = f->blocks[j];
+    int i;
+    for (i = 0; i < spec->n_mod; i++)
+      if (!strcmp(spec->mod[i].name, b->modality)) break;
+    if (i == spec->n_mod) { reason = FLD_REJ_UNKNOWN_MODALITY; break; }
+    if (by_mod[i]) { reason = FLD_REJ_INCONSISTENT_MODALITY; break; }
+    if ((int)b->channels != spec->mod[i].channels) { reason = FLD_REJ_CHANNEL_COUNT; break; }
+    /* The samples must be exactly one tick at the modality's rate. */
+    if (b->n_samples != (size_t)spec->mod[i].rate * spec->mod[i].channels) {
+      reason = FLD_REJ_INCONSISTENT_MODALITY;
+      break;
+    }
+    for (size_t s = 0; s < b->n_samples; s++)
+      if (isinf(b->samples[s])) { reason = FLD_REJ_NONFINITE; break; }
+    by_mod[i] = b;
+  }
+  if (reason >= 0) {
+    fld__reject(app, reason, reason == FLD_REJ_BAD_STREAM ? NULL : f->stream);
+    faultline__frame__free_unpacked(f, NULL);
+    return;
+  }
+  fld_stream *st = fld__stream_get(app, f->stream);
+  if (!st) {
+    app->m.dropped[FLD_DROP_STREAM_LIMIT]++;
+    if (app->m.dropped[FLD_DROP_STREAM_LIMIT] == 1)
+      fld_log(FLD_WARNING, "stream \"%s\" dropped: the limit of %d streams is reached",
+              f->stream, app->cfg.max_streams);
+    faultline__frame__free_unpacked(f, NULL);
+    return;
+  }
+  uint64_t seq = f->seq;
+  if (st->have_seq && seq <= st->last_seq) {
+    fld__reject(app, seq == st->last_seq ? FLD_REJ_DUPLICATE : FLD_REJ_OLD, st->name);
+    faultline__frame__free_unpacked(f, NULL);
+    return;
+  }
+  int W = spec->window;
+  if (st->have_seq && seq > st->last_seq + 1) {
+    uint64_t gap = seq - st->last_seq - 1;
+    app->m.gaps++;
+    app->m.gap_ticks += gap;
+    if (gap >= (uint64_t)W) {
+      /* Nothing of the old window would be left: start the stream over
+       * rather than score windows of nothing but gap. */
+      st->ticks = 0;
+      st->head = 0;
+      app->m.stream_resets++;
+      fld_log(FLD_NOTICE, "stream \"%s\": %llu ticks lost, history restarted", st->name,
+              (unsigned long long)gap);
+    } else {
+      /* A short gap is missing data: the ticks are masked and filled by the
+       * model's estimate, and the window schedule stays on the tick count. */
+      int64_t ts0 = st->last_ts, dts = (f->timestamp_ns - ts0) / (int64_t)(gap + 1);
+      for (uint64_t g = 1; g <= gap; g++)
+        fld__push(app, st, NULL, st->last_seq + 1, ts0 + (int64_t)g * dts, t_recv);
+    }
+  }
+  fld__push(app, st, by_mod, seq, f->timestamp_ns, t_recv);
+  st->frames++;
+  app->m.processed++;
+  faultline__frame__free_unpacked(f, NULL);
+}
+
+void fld_ingest_flush(fld_app *app) {
+  int B = app->n_pending;
+  if (!B) return;
+  app->n_pending = 0;
+  fld_engine *e = app->eng;
+  const fl_model_spec *spec = fl_model_spec_of(e->b.model);
+  int rc = fl_detect_score(e->b.model, &e->b.calib, e->ctx, B, e->sc, NULL);
+  if (rc) {
+    /* Inputs are validated and clamped: a failure here is the model's. */
+    fld_log(FLD_ERR, "scoring %d windows failed: %s", B, fl_strerror(rc));
+    app->m.reports_failed += (uint64_t)B;
+    return;
+  }
+  float thr = e->b.calib.threshold;
+  for (int k = 0; k < B; k++) {
+    fld_slot *sl = &app->pending[k];
+    fl_window_score *sc = &e->sc[k];
+    int flag = fl_hyst_update(&sl->st->hyst, sc->score > thr, e->hyst_on, e->hyst_off);
+    int mflag[FL_MAX_MODALITIES] = {0};
+    float *corr[FL_MAX_MODALITIES] = {0};
+    int off = 0;
+    for (int i = 0; i < spec->n_mod; i++) {
+      int C = spec->mod[i].channels;
+      mflag[i] = fl_hyst_update(&sl->st->mhyst[i], sc->mod_score[i] > thr, e->hyst_on,
+                                e->hyst_off);
+      int faulty[FL_MAX_CHANNELS];
+      for (int c = 0; c < C; c++)
+        faulty[c] = flag && sc->chan[off + c] > e->b.calib.chan_threshold;
+      off += C;
+      corr[i] = e->corr + (size_t)i * e->maxct;
+      if ((rc = fl_detect_correct(e->b.model, e->ctx, k, i, e->raw[k][i], faulty, corr[i]))) {
+        fld_log(FLD_ERR, "correcting a window of \"%s\" failed: %s", sl->st->name,
+                fl_strerror(rc));
+        memcpy(corr[i], e->raw[k][i],
+               sizeof(float) * (size_t)C * spec->window * spec->mod[i].rate);
+      }
+      if (mflag[i]) app->m.anomalies[fld_metrics_modality(&app->m, spec->mod[i].name)]++;
+    }
+    if (flag) app->m.windows_flagged++;
+    fld_report_publish(app, k, sl, flag, mflag, corr);
+  }
+}

@@ -1,0 +1,128 @@
+/* faultlined ZeroMQ sockets in the libuv loop: see fld.h.
+ *
+ * ZMQ_FD is an edge-triggered notification fd: libzmq makes it readable when
+ * something changed inside the socket and resets it when the application
+ * reads ZMQ_EVENTS or receives.  Two mistakes hang a daemon: reading one
+ * message per wake-up (the rest wait for an edge that never comes), and
+ * stopping at a budget without arranging to come back.  So the watcher
+ * drains until ZMQ_EVENTS lacks ZMQ_POLLIN, and when the budget runs out
+ * first it keeps a uv_idle running, which makes the loop call it again on its
+ * next turn after serving timers, signals and HTTP. */
+#include <errno.h>
+#include <string.h>
+
+#include "faultline/error.h"
+#include "fld.h"
+
+static int fld__pollin(void *sock) {
+  int ev = 0;
+  size_t len = sizeof ev;
+  if (zmq_getsockopt(sock, ZMQ_EVENTS, &ev, &len)) return 0;
+  return (ev & ZMQ_POLLIN) != 0;
+}
+
+static void fld__idle_cb(uv_idle_t *h);
+
+/* Drains with the budget; leaves the idle handle on if messages remain. */
+static void fld__run(fld_zwatch *w) {
+  if (w->closing) return;
+  int left = w->budget;
+  while (left > 0 && !w->closing) {
+    int n = w->drain(w, left);
+    if (n <= 0) break;
+    left -= n;
+  }
+  if (w->after && !w->closing) w->after(w);
+  if (w->closing) return;
+  /* ZMQ_EVENTS both tells what is pending and re-arms the edge. */
+  int more = fld__pollin(w->sock);
+  if (more && !w->idle_on) {
+    uv_idle_start(&w->idle, fld__idle_cb);
+    w->idle_on = 1;
+  } else if (!more && w->idle_on) {
+    uv_idle_stop(&w->idle);
+    w->idle_on = 0;
+  }
+  if (more) w->continuations++;
+}
+
+static void fld__poll_cb(uv_poll_t *h, int status, int events) {
+  fld_zwatch *w = h->data;
+  (void)events;
+  if (status < 0) fld_log(FLD_WARNING, "poll on a ZeroMQ socket failed: %s", uv_strerror(status));
+  w->wakeups++;
+  fld__run(w);
+}
+
+static void fld__idle_cb(uv_idle_t *h) { fld__run(h->data); }
+
+int fld_zwatch_start(fld_zwatch *w, uv_loop_t *loop, void *sock, int budget,
+                     fld_zdrain_fn drain, fld_zafter_fn after, void *user) {
+  memset(w, 0, sizeof *w);
+  w->sock = sock;
+  w->user = user;
+  w->budget = budget > 0 ? budget : 1;
+  w->drain = drain;
+  w->after = after;
+  int fd;
+  size_t len = sizeof fd;
+  if (zmq_getsockopt(sock, ZMQ_FD, &fd, &len)) return -errno;
+  int rc = uv_poll_init(loop, &w->poll, fd);
+  if (rc) return rc;
+  uv_idle_init(loop, &w->idle);
+  w->poll.data = w;
+  w->idle.data = w;
+  if ((rc = uv_poll_start(&w->poll, UV_READABLE, fld__poll_cb))) return rc;
+  w->active = 1;
+  /* Messages may already be queued (a connect completes before the loop
+   * runs): without an edge they would wait, so look once now. */
+  uv_idle_start(&w->idle, fld__idle_cb);
+  w->idle_on = 1;
+  return 0;
+}
+
+void fld_zwatch_kick(fld_zwatch *w) {
+  if (w->active && !w->closing && !w->idle_on) {
+    uv_idle_start(&w->idle, fld__idle_cb);
+    w->idle_on = 1;
+  }
+}
+
+void fld_zwatch_stop(fld_zwatch *w) {
+  if (!w->active) return;
+  w->closing = 1;
+  w->active = 0;
+  uv_poll_stop(&w->poll);
+  uv_idle_stop(&w->idle);
+  uv_close((uv_handle_t *)&w->poll, NULL);
+  uv_close((uv_handle_t *)&w->idle, NULL);
+}
+
+void fld_zclose_parts(zmq_msg_t *parts, int n) {
+  for (int i = 0; i < n; i++) zmq_msg_close(&parts[i]);
+}
+
+int fld_zrecv(void *sock, zmq_msg_t *parts, int max, int *overflow) {
+  int n = 0, more = 1;
+  *overflow = 0;
+  while (more) {
+    zmq_msg_t tmp, *m = n < max ? &parts[n] : &tmp;
+    zmq_msg_init(m);
+    /* Only the first part may be absent: the rest of a multipart message is
+     * delivered atomically with it. */
+    if (zmq_msg_recv(m, sock, ZMQ_DONTWAIT) < 0) {
+      int e = errno;
+      zmq_msg_close(m);
+      if (e == EAGAIN && n == 0) return 0;
+      fld_zclose_parts(parts, n < max ? n : max);
+      return e == EAGAIN ? FL_ETRUNC : -e;
+    }
+    more = zmq_msg_more(m);
+    if (n < max) n++;
+    else {
+      zmq_msg_close(m);
+      *overflow = 1;
+    }
+  }
+  return n;
+}
