@@ -944,8 +944,9 @@ int cmd_eval(int argc, char **argv) {
           "          across each labelled run (an oracle that knows the labels), the\n"
           "          stage-1 estimate (compute block bypassed) and the corrected estimate\n"
           "          (block on, ungated), each the newest tick of its window\n"
-          "  RMSE    (clean rows) of the corrected output against the input on rows with\n"
-          "          no label: gating should leave them untouched; RMSEw on settled rows\n\n"
+          "  clean   RMSE of the corrected output against the input on the clean rows\n"
+          "          (no label), std units: gating should leave them untouched; RMSEw\n"
+          "          on the settled clean rows only\n\n"
           "  --episodes N  episodes per fault type (default 20)\n"
           "  --fault TYPE  evaluate one fault type only\n"
           "  --config FILE the model's configuration: its modalities must match the\n"
@@ -962,7 +963,7 @@ int cmd_eval(int argc, char **argv) {
   fl_config cfg;
   if (cli_load_config("eval", config, &cfg)) return 1;
   fl_bundle b;
-  if (fl_bundle_load(&b, model, err, sizeof err)) return cli_fail("eval", "%s: %s", model, err);
+  if (fl_bundle_load(&b, model, err, sizeof err)) return cli_fail("eval", "%s", err);
   const fl_model_spec *spec = fl_model_spec_of(b.model);
   int rc = 1, e;
   fl_table t = {0};
