@@ -1,0 +1,240 @@
+"""Helpers of the faultlined process tests: the wire protocol's Python classes
+(generated from proto/faultline.proto with protoc at test time), the plant's
+modality layout, a daemon under test, publishers and subscribers on loopback.
+"""
+import configparser
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import zmq
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+failures = []
+
+
+def check(cond, what):
+    if not cond:
+        failures.append(what)
+        print("FAIL:", what, file=sys.stderr, flush=True)
+    return cond
+
+
+def finish(name):
+    if failures:
+        print(f"{name}: {len(failures)} checks failed", file=sys.stderr)
+        sys.exit(1)
+    print(f"{name}: all checks passed")
+
+
+def load_proto(tmp):
+    """Compiles proto/faultline.proto for Python into tmp and imports it."""
+    subprocess.run(["protoc", "--proto_path=" + os.path.join(ROOT, "proto"),
+                    "--python_out=" + tmp, os.path.join(ROOT, "proto", "faultline.proto")],
+                   check=True)
+    sys.path.insert(0, tmp)
+    import faultline_pb2  # noqa: E402
+    return faultline_pb2
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def modalities(config):
+    """[(name, rate, [channels])] from a config's [modality.NAME] sections."""
+    cp = configparser.ConfigParser(inline_comment_prefixes=(";", "#"), strict=False)
+    cp.read(config)
+    out = []
+    for sec in cp.sections():
+        if sec.startswith("modality."):
+            chans = [c.strip() for c in cp[sec]["channels"].split(",")]
+            out.append((sec[9:], int(cp[sec].get("rate", "1")), chans))
+    return out
+
+
+def read_csv(path):
+    import csv
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    head = rows[0]
+    def num(v):
+        try:
+            return float(v) if v not in ("", "nan", "NaN") else math.nan
+        except ValueError:  # datetime and other text columns
+            return math.nan
+    return head, [[num(v) for v in r] for r in rows[1:]]
+
+
+class Table:
+    """A CSV recording as per-modality blocks of each row."""
+
+    def __init__(self, path, mods):
+        self.head, self.rows = read_csv(path)
+        self.mods = mods
+        col = {n: i for i, n in enumerate(self.head)}
+        self.idx = []  # per modality: (rate, C, [column index of (q, c)])
+        for name, rate, chans in mods:
+            cols = []
+            for q in range(rate):
+                for c in chans:
+                    cols.append(col[c] if rate == 1 else col[f"{c}.{q}"])
+            self.idx.append(cols)
+
+    def column(self, name):
+        return self.head.index(name)
+
+    def frame(self, pb, stream, seq, row, ts=None):
+        f = pb.Frame(stream=stream, seq=seq, timestamp_ns=ts if ts is not None else seq * 10**9)
+        r = self.rows[row]
+        for (name, rate, chans), cols in zip(self.mods, self.idx):
+            f.blocks.add(modality=name, channels=len(chans), samples=[r[j] for j in cols])
+        return f
+
+
+def write_config(path, base, overrides):
+    """base's text followed by override sections (later keys win)."""
+    with open(base) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(text)
+        f.write("\n")
+        for sec, kv in overrides.items():
+            f.write(f"[{sec}]\n")
+            for k, v in kv.items():
+                f.write(f"{k} = {v}\n")
+
+
+class Daemon:
+    def __init__(self, exe, config, env=None, log=None):
+        self.exe, self.config = exe, config
+        self.log = open(log or config + ".log", "w")
+        self.logpath = self.log.name
+        e = dict(os.environ)
+        e.update(env or {})
+        self.p = subprocess.Popen([exe, "--config", config], stdout=self.log, stderr=self.log,
+                                  env=e)
+
+    def metrics_url(self, port):
+        return f"http://127.0.0.1:{port}"
+
+    def wait_http(self, port, timeout=30):
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            if self.p.poll() is not None:
+                raise RuntimeError(f"faultlined exited {self.p.returncode}:\n" + self.logtext())
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("faultlined did not come up:\n" + self.logtext())
+
+    def logtext(self):
+        self.log.flush()
+        with open(self.logpath) as f:
+            return f.read()
+
+    def signal(self, sig):
+        self.p.send_signal(sig)
+
+    def stop(self, timeout=20):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.log.close()
+        return self.p.returncode
+
+
+def http_get(port, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+        return r.status, r.read().decode()
+
+
+def metrics(port):
+    """/metrics as {name{labels}: value}."""
+    _, text = http_get(port, "/metrics")
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        k, v = line.rsplit(" ", 1)
+        out[k] = float(v)
+    return out, text
+
+
+def wait_metric(port, key, pred, timeout=30):
+    t0 = time.time()
+    v = None
+    while time.time() - t0 < timeout:
+        m, _ = metrics(port)
+        v = m.get(key)
+        if v is not None and pred(v):
+            return v
+        time.sleep(0.05)
+    return v
+
+
+def publisher(ctx, endpoint, bind=False, kind=zmq.XPUB, curve=None, wait=10.0):
+    """An XPUB (it sees the daemon's subscription, so the test knows frames
+    will not fall into the slow-joiner gap) or a PUSH socket: (socket, whether
+    the daemon subscribed within wait seconds)."""
+    s = ctx.socket(kind)
+    s.setsockopt(zmq.LINGER, 2000)
+    s.setsockopt(zmq.SNDHWM, 0)
+    if curve:
+        s.curve_secretkey, s.curve_publickey, s.curve_serverkey = curve
+    if bind:
+        s.bind(endpoint)
+    else:
+        s.connect(endpoint)
+    if kind == zmq.XPUB:
+        s.setsockopt(zmq.RCVTIMEO, int(wait * 1000))
+        try:
+            s.recv()
+        except zmq.Again:
+            return s, False
+    return s, True
+
+
+def subscriber(ctx, endpoint, prefix=b"report/", curve=None):
+    s = ctx.socket(zmq.SUB)
+    s.setsockopt(zmq.RCVHWM, 0)
+    if curve:
+        s.curve_secretkey, s.curve_publickey, s.curve_serverkey = curve
+    s.setsockopt(zmq.SUBSCRIBE, prefix)
+    s.connect(endpoint)
+    return s
+
+
+def collect(sock, pb, n, timeout=60):
+    """Up to n reports (or until timeout): [(topic, Report)]."""
+    out = []
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    t_end = time.time() + timeout
+    while len(out) < n and time.time() < t_end:
+        if not poller.poll(200):
+            continue
+        topic, payload = sock.recv_multipart()
+        r = pb.Report()
+        r.ParseFromString(payload)
+        out.append((topic.decode(), r))
+    return out
