@@ -309,6 +309,9 @@ int main(int argc, char **argv) {
     return 0;
   }
   app.m.start_time = fld_now();
+  /* Anomaly counters in the model's modality order, each from 0. */
+  for (int i = 0; i < fl_model_spec_of(app.eng->b.model)->n_mod; i++)
+    fld_metrics_modality(&app.m, fl_model_spec_of(app.eng->b.model)->mod[i].name);
   app.loop = uv_default_loop();
   app.zctx = zmq_ctx_new();
   rc = 1;
