@@ -132,11 +132,12 @@ int fl_bundle_save(const fl_bundle *b, const char *path, char *err, size_t errle
   if (!rc) rc = fl_st_add(st, "calib.var_sd", b->calib.var_sd, nch, 1);
   if (!rc) rc = fl_st_add(st, "calib.centroid", b->calib.centroid, ne, 1);
   char *spec = fl__spec_json(fl_model_spec_of(m));
-  json_t *det = json_pack("{s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:i, s:i, s:f}", "tail",
+  json_t *det = json_pack("{s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:i, s:i, s:f}", "tail",
                           b->calib.tail, "threshold", (double)b->calib.threshold,
                           "chan_threshold", (double)b->calib.chan_threshold, "emb_mu",
                           (double)b->calib.emb_mu, "emb_sd", (double)b->calib.emb_sd,
-                          "w_emb", (double)b->calib.w_emb, "quantile",
+                          "w_emb", (double)b->calib.w_emb, "w_var", (double)b->calib.w_var,
+                          "quantile",
                           (double)b->detect.quantile, "margin", (double)b->detect.margin,
                           "on", b->detect.on, "off", b->detect.off, "clamp",
                           (double)b->clamp);
@@ -221,11 +222,12 @@ int fl_bundle_load(fl_bundle *b, const char *path, char *err, size_t errlen) {
     }
   json_error_t je;
   json_t *d = json_loads(det_s, 0, &je);
-  double thr, cthr, emu, esd, wemb, q, margin, clamp;
+  double thr, cthr, emu, esd, wemb, wvar, q, margin, clamp;
   fl_detect_defaults(&b->detect);
-  if (!d || json_unpack_ex(d, &je, 0, "{s:i, s:F, s:F, s:F, s:F, s:F, s:F, s:F, s:i, s:i, s:F}",
+  if (!d || json_unpack_ex(d, &je, 0, "{s:i, s:F, s:F, s:F, s:F, s:F, s:F, s:F, s:F, s:i, s:i, s:F}",
                            "tail", &cal->tail, "threshold", &thr, "chan_threshold", &cthr,
-                           "emb_mu", &emu, "emb_sd", &esd, "w_emb", &wemb, "quantile", &q,
+                           "emb_mu", &emu, "emb_sd", &esd, "w_emb", &wemb, "w_var", &wvar,
+                           "quantile", &q,
                            "margin", &margin, "on", &b->detect.on, "off", &b->detect.off,
                            "clamp", &clamp)) {
     snprintf(err, errlen, "detector metadata is malformed: %s", je.text);
@@ -239,6 +241,8 @@ int fl_bundle_load(fl_bundle *b, const char *path, char *err, size_t errlen) {
   cal->emb_mu = (float)emu;
   cal->emb_sd = (float)esd;
   cal->w_emb = (float)wemb;
+  cal->w_var = (float)wvar;
+  b->detect.w_var = (float)wvar;
   b->detect.tail = cal->tail;
   b->detect.quantile = (float)q;
   b->detect.margin = (float)margin;

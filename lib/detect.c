@@ -18,6 +18,8 @@ void fl_detect_defaults(fl_detect_config *c) {
   c->margin = 1.0f;
   c->chan_quantile = 0.99f;
   c->w_emb = 1.0f;
+  c->min_spread = 0.75f;
+  c->w_var = 1.0f;
   c->on = 2;
   c->off = 3;
 }
@@ -96,7 +98,10 @@ int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
         float sc = 0.0f;
         if (calibrated) {
           float zr = fl__z(r, cal->res_mu[off], cal->res_sd[off]);
-          float zv = fabsf(fl__z(v, cal->var_mu[off], cal->var_sd[off]));
+          /* Only a collapse of variance counts: it is what a dead sensor
+           * (stuck, saturated) leaves, which residuals cannot see; a rise
+           * is noise, which the residual already measures. */
+          float zv = cal->w_var > 0.0f ? -fl__z(v, cal->var_mu[off], cal->var_sd[off]) : 0.0f;
           sc = zr > zv ? zr : zv;
         }
         sc += FL__MISSING_PENALTY * (float)miss / (float)(T - t0);
@@ -142,7 +147,8 @@ static float fl__quantile(float *v, int n, float q) {
   return v[i] * (1 - f) + v[i + 1] * f;
 }
 
-static void fl__mean_sd(const float *v, int n, int stride, float *mu, float *sd) {
+static void fl__mean_sd(const float *v, int n, int stride, float floor_sd, float *mu,
+                        float *sd) {
   double s = 0, q = 0;
   for (int i = 0; i < n; i++) {
     s += v[(size_t)i * stride];
@@ -150,9 +156,11 @@ static void fl__mean_sd(const float *v, int n, int stride, float *mu, float *sd)
   }
   double m = s / n, var = q / n - m * m;
   *mu = (float)m;
-  /* A floor keeps a feature that never moved on the clean windows from
+  /* Held-out windows overlap, so they show less of a feature's spread than
+   * new data will; a floor keeps a feature that barely moved on them from
    * turning any change at all into an alarm. */
-  *sd = (float)sqrt(var > 0 ? var : 0) + 0.05f;
+  float spread = (float)sqrt(var > 0 ? var : 0);
+  *sd = spread > floor_sd ? spread : floor_sd;
 }
 
 int fl_detect_calibrate(fl_model *m, fl_calib *cal, const fl_series *s, int ns,
@@ -202,6 +210,7 @@ int fl_detect_calibrate(fl_model *m, fl_calib *cal, const fl_series *s, int ns,
   cal->emb = spec->emb;
   cal->tail = dcfg->tail;
   cal->w_emb = dcfg->w_emb;
+  cal->w_var = dcfg->w_var;
   /* Pass 1: raw features and embeddings of every held-out window. */
   for (int pass = 0; pass < 2; pass++) {
     for (int j = 0; j < nw; j += Bmax) {
@@ -230,8 +239,8 @@ int fl_detect_calibrate(fl_model *m, fl_calib *cal, const fl_series *s, int ns,
     }
     if (pass == 0) {
       for (int c = 0; c < nch; c++) {
-        fl__mean_sd(raw + c, nw, nf, &cal->res_mu[c], &cal->res_sd[c]);
-        fl__mean_sd(raw + nch + c, nw, nf, &cal->var_mu[c], &cal->var_sd[c]);
+        fl__mean_sd(raw + c, nw, nf, dcfg->min_spread, &cal->res_mu[c], &cal->res_sd[c]);
+        fl__mean_sd(raw + nch + c, nw, nf, dcfg->min_spread, &cal->var_mu[c], &cal->var_sd[c]);
       }
       double norm = 0;
       for (int k = 0; k < spec->emb; k++) {
@@ -248,7 +257,7 @@ int fl_detect_calibrate(fl_model *m, fl_calib *cal, const fl_series *s, int ns,
         for (int k = 0; k < spec->emb; k++) dot += (double)emb[(size_t)j * spec->emb + k] * cal->centroid[k];
         buf[j] = 1.0f - (float)dot;
       }
-      fl__mean_sd(buf, nw, 1, &cal->emb_mu, &cal->emb_sd);
+      fl__mean_sd(buf, nw, 1, 0.01f, &cal->emb_mu, &cal->emb_sd);
     }
   }
   /* Pass 2 left window scores in buf and channel scores in raw. */
@@ -275,13 +284,14 @@ int fl_detect_correct(const fl_model *m, fl_ctx *ctx, int b, int i, const float 
   int C = s->mod[i].channels, T = s->window * s->mod[i].rate, off = 0;
   for (int j = 0; j < i; j++) off += s->mod[j].channels;
   const float *y = fl_ctx_output(ctx, i) + (size_t)b * C * T;
-  const float *level = fl_ctx_level(ctx, i) + (size_t)b * C;
+  const float *level = fl_ctx_level(ctx, i) + (size_t)b * C * 2;
   const float *mean = fl_model_mean((fl_model *)m), *std = fl_model_std((fl_model *)m);
   for (int c = 0; c < C; c++) {
     int replace = faulty && faulty[c];
     for (int t = 0; t < T; t++) {
       size_t k = (size_t)c * T + t;
-      float est = (y[k] + level[c]) * std[off + c] + mean[off + c];
+      float trend = level[2 * c] + level[2 * c + 1] * (t - 0.5f * (T - 1));
+      float est = (y[k] + trend) * std[off + c] + mean[off + c];
       corrected[k] = (replace || isnan(raw[k])) ? est : raw[k];
     }
   }

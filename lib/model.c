@@ -32,7 +32,7 @@ struct fl_ctx {
   /* Per modality (B, C, T) input and output, encoder and decoder activations. */
   float *x[FL_MAX_MODALITIES], *out[FL_MAX_MODALITIES], *dout[FL_MAX_MODALITIES];
   float *mask[FL_MAX_MODALITIES];
-  float *level[FL_MAX_MODALITIES]; /* (B, C) window mean removed from a drifting modality */
+  float *level[FL_MAX_MODALITIES]; /* (B, C, 2) window trend removed from a drifting modality */
   float *a1[FL_MAX_MODALITIES], *h1[FL_MAX_MODALITIES]; // (B, e1, 2L)
   float *a2[FL_MAX_MODALITIES];                          // (B, e2, L)
   float *zin[FL_MAX_MODALITIES];                         // (B, e2, L) slice of z'
@@ -338,7 +338,7 @@ int fl_ctx_create(fl_ctx **out, const fl_model *m, int max_batch) {
     size_t T = (size_t)s->window * s->mod[i].rate, C = s->mod[i].channels;
     FL__ALLOC(c->x[i], B * C * T);
     FL__ALLOC(c->mask[i], B * C * T);
-    FL__ALLOC(c->level[i], B * C);
+    FL__ALLOC(c->level[i], B * C * 2);
     FL__ALLOC(c->out[i], B * C * T);
     FL__ALLOC(c->dout[i], B * C * T);
     FL__ALLOC(c->a1[i], B * s->enc1 * 2 * m->L);
@@ -649,21 +649,28 @@ int fl_model_normalise(const fl_model *m, fl_ctx *c, int b, int i, const float *
       x[k] = v > clamp ? clamp : v < -clamp ? -clamp : v;
       mk[k] = 1.0f;
     }
-    /* A drifting modality is seen relative to its own window mean: its
-     * level is normal wherever it is, and the model judges its shape. */
-    float *lv = c->level[i] + (size_t)b * C + ch;
-    *lv = 0.0f;
+    /* A drifting modality is seen relative to its own window trend (the
+     * least-squares line through the window): its level and slow slope are
+     * normal wherever they are, and the model judges what is left. */
+    float *lv = c->level[i] + ((size_t)b * C + ch) * 2;
+    lv[0] = lv[1] = 0.0f;
     if (md->drifts) {
-      double s = 0;
-      int n = 0;
-      for (int t = 0; t < T; t++)
-        if (mk[(size_t)ch * T + t] != 0.0f) {
-          s += x[(size_t)ch * T + t];
-          n++;
-        }
-      *lv = n ? (float)(s / n) : 0.0f;
-      for (int t = 0; t < T; t++)
-        if (mk[(size_t)ch * T + t] != 0.0f) x[(size_t)ch * T + t] -= *lv;
+      double n = 0, st = 0, sx = 0, stt = 0, stx = 0;
+      for (int t = 0; t < T; t++) {
+        size_t k = (size_t)ch * T + t;
+        if (mk[k] == 0.0f) continue;
+        double u = t - 0.5 * (T - 1);
+        n++; st += u; sx += x[k]; stt += u * u; stx += u * x[k];
+      }
+      double den = n * stt - st * st;
+      double slope = n > 1 && den > 0 ? (n * stx - st * sx) / den : 0.0;
+      double icpt = n > 0 ? (sx - slope * st) / n : 0.0;
+      lv[0] = (float)icpt;
+      lv[1] = (float)slope;
+      for (int t = 0; t < T; t++) {
+        size_t k = (size_t)ch * T + t;
+        if (mk[k] != 0.0f) x[k] -= (float)(icpt + slope * (t - 0.5 * (T - 1)));
+      }
     }
   }
   return 0;

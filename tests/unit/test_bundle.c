@@ -84,6 +84,7 @@ static void make_bundle(fl_bundle *b) {
   b->calib.chan_threshold = 3.5f;
   b->calib.tail = 6;
   b->calib.w_emb = 0.0f;
+  b->calib.w_var = 0.5f;
   fl_detect_defaults(&b->detect);
   b->detect.tail = 6;
   b->detect.quantile = 0.97f;
@@ -128,6 +129,7 @@ static void test_roundtrip(void **state) {
   assert_float_equal(r.calib.threshold, b.calib.threshold, 1e-6);
   assert_float_equal(r.calib.chan_threshold, b.calib.chan_threshold, 1e-6);
   assert_float_equal(r.calib.w_emb, b.calib.w_emb, 1e-6);
+  assert_float_equal(r.calib.w_var, b.calib.w_var, 1e-6);
   assert_int_equal(r.calib.tail, b.calib.tail);
   assert_int_equal(r.detect.tail, b.calib.tail);
   assert_float_equal(r.detect.quantile, b.detect.quantile, 1e-6);

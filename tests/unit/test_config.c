@@ -59,6 +59,8 @@ static const char *full_config =
     "margin = 1.2\n"
     "channel_quantile = 0.9\n"
     "embedding_weight = 0\n"
+    "min_spread = 0.4\n"
+    "variance_weight = 0\n"
     "hysteresis_on = 4\n"
     "hysteresis_off = 6\n"
     "\n"
@@ -124,6 +126,8 @@ static void test_full(void **state) {
   assert_float_equal(d->margin, 1.2, 1e-7);
   assert_float_equal(d->chan_quantile, 0.9, 1e-7);
   assert_float_equal(d->w_emb, 0.0, 0);
+  assert_float_equal(d->min_spread, 0.4, 1e-6);
+  assert_float_equal(d->w_var, 0.0, 0);
   assert_int_equal(d->on, 4);
   assert_int_equal(d->off, 6);
   assert_int_equal(s->n_mod, 2);

@@ -34,6 +34,8 @@ typedef struct {
   float margin;     /* threshold = margin * quantile score (1.0) */
   float chan_quantile; /* channel threshold quantile (0.99) */
   float w_emb;      /* 1: the embedding distance takes part in the score, 0: not */
+  float min_spread; /* floor on a feature's clean spread, log units (0.75) */
+  float w_var;      /* 1: the variance feature takes part in the score, 0: not */
   int on, off;      /* hysteresis: windows above (below) to raise (clear) a flag */
 } fl_detect_config;
 
@@ -48,7 +50,7 @@ typedef struct {
   float emb_mu, emb_sd;
   float threshold, chan_threshold;
   int tail;
-  float w_emb;
+  float w_emb, w_var;
 } fl_calib;
 
 typedef struct {

@@ -30,7 +30,7 @@ typedef struct {
   char name[FL_NAME_MAX];
   int channels; /* C_m */
   int rate;     /* samples per base tick, >= 1 */
-  int drifts;   /* 1: its level drifts in normal operation; judge shape, not level */
+  int drifts;   /* 1: its level drifts in normal operation; judge shape, not trend */
   char channel[FL_MAX_CHANNELS][FL_NAME_MAX]; /* column names, see fl_model_columns */
 } fl_modality;
 
@@ -175,8 +175,8 @@ int fl_series_window(const fl_series *s, const fl_model_spec *spec, int end,
 int fl_model_normalise(const fl_model *m, fl_ctx *c, int b, int modality,
                        const float *raw, float clamp);
 float *fl_ctx_mask(fl_ctx *c, int modality);
-/* (B, C_i): the standardised window mean removed from a drifting modality
- * (0 for the others); the corrected estimate adds it back. */
+/* (B, C_i, 2): the trend (a, b) removed from a drifting modality's window,
+ * standardised units (0 for the others); the corrected estimate adds it back. */
 float *fl_ctx_level(fl_ctx *c, int modality);
 
 /* Copies parameters (not gradients) between two models of the same spec. */
