@@ -23,6 +23,7 @@ void fld_config_defaults(fld_config *c) {
   c->out_bind = 1;
   c->stride = 15;
   c->batch = 32;
+  c->score = 1;
   c->sndhwm = 100000;
   snprintf(c->metrics_listen, sizeof c->metrics_listen, "127.0.0.1:9108");
   c->status_interval = 10.0;
@@ -136,6 +137,8 @@ static int fld__handler(void *user, const char *section, const char *key, const 
   } else if (IS("output", "batch")) {
     if (fld__long(value, 1, FLD_MAX_BATCH, &l)) goto bad;
     c->batch = (int)l;
+  } else if (IS("output", "score")) {
+    if (fld__bool(value, &c->score)) goto bad;
   } else if (IS("output", "sndhwm")) {
     if (fld__long(value, 0, 100000000, &l)) goto bad;
     c->sndhwm = (int)l;

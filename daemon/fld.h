@@ -60,6 +60,7 @@ typedef struct {
   char out_endpoint[FLD_MAX_ENDPOINTS][FLD_ENDPOINT_MAX];
   int stride;                   /* base ticks between windows */
   int batch;                    /* windows per model call at most */
+  int score;                    /* 0: ingest only, no window is scored */
   int sndhwm;
   /* [detect] overrides of the model's hysteresis; 0 keeps the model's */
   int hyst_on, hyst_off;

@@ -126,7 +126,7 @@ static void fld__push(fld_app *app, fld_stream *st, Faultline__Block *const *blo
   st->last_seq = seq;
   st->last_ts = ts;
   st->have_seq = 1;
-  if (st->ticks >= (uint64_t)W && (st->ticks - (uint64_t)W) % (uint64_t)app->cfg.stride == 0)
+  if (app->cfg.score && st->ticks >= (uint64_t)W && (st->ticks - (uint64_t)W) % (uint64_t)app->cfg.stride == 0)
     fld__enqueue(app, st, seq, ts, t_recv);
 }
 
