@@ -116,6 +116,10 @@ static int fld__open_sockets(fld_app *app, char *err, size_t errlen) {
   zmq_setsockopt(app->in_sock, ZMQ_RCVHWM, &c->rcvhwm, sizeof c->rcvhwm);
   zmq_setsockopt(app->in_sock, ZMQ_LINGER, &zero, sizeof zero);
   zmq_setsockopt(app->out_sock, ZMQ_SNDHWM, &c->sndhwm, sizeof c->sndhwm);
+  /* Every subscribe and unsubscribe, not only a topic's first and last, so
+   * that the gauge counts subscribers' subscriptions. */
+  int one = 1;
+  zmq_setsockopt(app->out_sock, ZMQ_XPUB_VERBOSER, &one, sizeof one);
   /* Reports queued at a stop get two seconds to leave. */
   int linger = 2000;
   zmq_setsockopt(app->out_sock, ZMQ_LINGER, &linger, sizeof linger);

@@ -559,6 +559,35 @@ def scenario_curve():
         pub.send_multipart([b"frame/good", tab.frame(pb, "good", i, i).SerializeToString()])
     got = T.collect(evil_sub, pb, 1, timeout=3)
     check(not got, "curve: an unauthorised subscriber receives no report")
+    # The C tools as CurveZMQ clients: replay and tail with the authorised key.
+    ckey = os.path.join(TMP, "client.key_secret")
+    with open(ckey, "w") as f:
+        f.write('curve\n    public-key = "%s"\n    secret-key = "%s"\n'
+                % (cli_pub.decode(), cli_sec.decode()))
+    skey = os.path.join(TMP, "server.key")
+    with open(skey, "w") as f:
+        f.write(srv_pub.decode() + "\n")
+    csv = os.path.join(TMP, "short.csv")
+    with open(EPISODE) as f, open(csv, "w") as g:
+        for i, line in enumerate(f):
+            if i > 90:
+                break
+            g.write(line)
+    out = open(os.path.join(TMP, "tail.txt"), "w")
+    tail = subprocess.Popen([FL, "tail", "--connect", f"tcp://127.0.0.1:{ports['out']}",
+                             "--stream", "tools", "--count", str(expected_windows(90)),
+                             "--timeout", "20", "--curve-key", ckey, "--curve-server-key", skey],
+                            stdout=out)
+    check(T.wait_metric(ports["http"], "faultline_report_subscriptions",
+                        lambda v: v >= 2, timeout=10) >= 2, "curve: tail is subscribed")
+    rp = subprocess.run([FL, "replay", "--in", csv, "--connect", f"tcp://127.0.0.1:{ports['in']}",
+                         "--config", CONFIG, "--stream", "tools", "--curve-key", ckey,
+                         "--curve-server-key", skey, "--wait", "10"],
+                        capture_output=True, text=True)
+    check(rp.returncode == 0 and "no subscriber" not in rp.stderr,
+          "curve: replay with the authorised key is subscribed to: " + rp.stderr.strip())
+    check(tail.wait(40) == 0, "curve: tail with the authorised key gets every report")
+    out.close()
     check(d.stop() == 0, "curve: clean exit")
     ctx.destroy(linger=0)
 

@@ -1,0 +1,177 @@
+#!/usr/bin/python3
+"""faultlined speed: ingest, windows per second against the offline scan,
+and latency under a steady 10k frames/s.
+
+usage: bench_daemon.py FAULTLINED FAULTLINE MODEL EPISODE_CSV CONFIG [--quick]
+
+  ingest    frames/s with scoring off ([output] score = 0): the daemon is
+            stopped (SIGSTOP) while the frames are queued, then resumed and
+            timed until /metrics counts them all, so the sender's speed does
+            not enter the number
+  windows   windows/s with stride 1, measured the same way, beside
+            `faultline score` (stride 1, the same rows) offline
+  latency   p50/p99 of the reports' processing latency (and of the time from
+            a frame's timestamp to its report's arrival here) with 10 streams
+            paced at 10k frames/s in total, stride 15
+
+Prints one line per measurement.
+"""
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "daemon"))
+import zmq  # noqa: E402
+
+import fldtest as T  # noqa: E402
+
+FLD, FL, MODEL, EPISODE, CONFIG = map(os.path.abspath, sys.argv[1:6])
+QUICK = "--quick" in sys.argv
+TMP = tempfile.mkdtemp(prefix="fld-bench-")
+pb = T.load_proto(TMP)
+MODS = T.modalities(CONFIG)
+
+
+def daemon(name, **sections):
+    ports = {"in": T.free_port(), "out": T.free_port(), "http": T.free_port()}
+    over = {"model": {"file": MODEL},
+            "input": {"endpoint": f"tcp://127.0.0.1:{ports['in']}", "rcvhwm": 0,
+                      "max_streams": 64},
+            "output": {"endpoint": f"tcp://127.0.0.1:{ports['out']}", "sndhwm": 0},
+            "metrics": {"listen": f"127.0.0.1:{ports['http']}"}, "log": {"level": "notice"}}
+    for s, kv in sections.items():
+        over.setdefault(s, {}).update(kv)
+    path = os.path.join(TMP, name + ".ini")
+    T.write_config(path, CONFIG, over)
+    d = T.Daemon(FLD, path)
+    d.wait_http(ports["http"])
+    return d, ports
+
+
+def frames(tab, n, streams=1, ts=None):
+    out = []
+    for i in range(n):
+        s = i % streams
+        seq = i // streams
+        name = f"b{s}"
+        out.append([f"frame/{name}".encode(),
+                    tab.frame(pb, name, seq, seq % len(tab.rows)).SerializeToString()])
+    return out
+
+
+def timed_drain(d, ports, msgs, key):
+    """Queues msgs while the daemon is stopped, resumes it, and times until
+    the metric key reaches its target."""
+    ctx = zmq.Context()
+    pub, ok = T.publisher(ctx, f"tcp://127.0.0.1:{ports['in']}")
+    os.kill(d.p.pid, signal.SIGSTOP)
+    for m in msgs:
+        pub.send_multipart(m)
+    time.sleep(0.5)
+    target = key[1]
+    t0 = time.perf_counter()
+    os.kill(d.p.pid, signal.SIGCONT)
+    while True:
+        m, _ = T.metrics(ports["http"])
+        if m.get(key[0], 0) >= target:
+            break
+        time.sleep(0.002)
+    dt = time.perf_counter() - t0
+    ctx.destroy(linger=0)
+    return dt
+
+
+def bench_ingest(tab):
+    n = 50000 if QUICK else 200000
+    msgs = frames(tab, n, streams=8)
+    d, ports = daemon("ingest", output={"score": 0})
+    dt = timed_drain(d, ports, msgs, ("faultline_frames_processed_total", n))
+    d.stop()
+    print(f"ingest: {n} frames in {dt:.3f} s = {n / dt:,.0f} frames/s (scoring off)")
+
+
+def bench_windows(tab):
+    n = 1200
+    msgs = frames(tab, n, streams=1)
+    d, ports = daemon("windows", output={"stride": 1, "batch": 64})
+    k = n - 59
+    dt = timed_drain(d, ports, msgs, ("faultline_reports_total", k))
+    d.stop()
+    t0 = time.perf_counter()
+    subprocess.run([FL, "score", "--model", MODEL, "--in", EPISODE, "--out",
+                    os.path.join(TMP, "scored.csv")], check=True)
+    off = time.perf_counter() - t0
+    print(f"windows: daemon {k} windows in {dt:.3f} s = {k / dt:,.0f} windows/s (stride 1, "
+          f"batch 64); offline faultline score {k} windows in {off:.3f} s = {k / off:,.0f} "
+          f"windows/s (CSV read and write included)")
+
+
+def pct(v, p):
+    v = sorted(v)
+    return v[min(len(v) - 1, int(p / 100 * len(v)))]
+
+
+def bench_latency(tab):
+    rate, streams, secs = 10000, 10, 3 if QUICK else 6
+    d, ports = daemon("latency", output={"stride": 15})
+    ctx = zmq.Context()
+    sub = T.subscriber(ctx, f"tcp://127.0.0.1:{ports['out']}")
+    T.wait_metric(ports["http"], "faultline_report_subscriptions", lambda v: v >= 1)
+    pub, ok = T.publisher(ctx, f"tcp://127.0.0.1:{ports['in']}")
+    poller = zmq.Poller()
+    poller.register(sub, zmq.POLLIN)
+    lat, e2e = [], []
+    n = rate * secs
+    payload = [tab.frame(pb, f"l{s}", 0, 0) for s in range(streams)]
+    t0 = time.perf_counter()
+    sent = 0
+    while sent < n:
+        due = t0 + sent / rate
+        now = time.perf_counter()
+        if now < due:
+            # Read reports while waiting for the next frame's slot.
+            for _ in range(8):
+                if not poller.poll(0):
+                    break
+                _, p = sub.recv_multipart()
+                r = pb.Report()
+                r.ParseFromString(p)
+                lat.append(r.latency_ns / 1e6)
+                e2e.append((time.time_ns() - r.end_timestamp_ns) / 1e6)
+            continue
+        s = sent % streams
+        f = payload[s]
+        f.seq = sent // streams
+        f.timestamp_ns = time.time_ns()
+        row = tab.rows[f.seq % len(tab.rows)]
+        for (name, rate_m, chans), cols, b in zip(tab.mods, tab.idx, f.blocks):
+            b.samples[:] = [row[j] for j in cols]
+        pub.send_multipart([f"frame/l{s}".encode(), f.SerializeToString()])
+        sent += 1
+    elapsed = time.perf_counter() - t0
+    t_end = time.time() + 5
+    while time.time() < t_end:
+        if not poller.poll(200):
+            break
+        _, p = sub.recv_multipart()
+        r = pb.Report()
+        r.ParseFromString(p)
+        lat.append(r.latency_ns / 1e6)
+        e2e.append((time.time_ns() - r.end_timestamp_ns) / 1e6)
+    m, _ = T.metrics(ports["http"])
+    d.stop()
+    ctx.destroy(linger=0)
+    print(f"latency: {sent} frames in {elapsed:.2f} s ({sent / elapsed:,.0f} frames/s, "
+          f"{streams} streams, stride 15), {len(lat)} reports: processing p50 "
+          f"{pct(lat, 50):.2f} ms p99 {pct(lat, 99):.2f} ms; frame-to-subscriber p50 "
+          f"{pct(e2e, 50):.2f} ms p99 {pct(e2e, 99):.2f} ms; loop lag max "
+          f"{m.get('faultline_event_loop_lag_max_seconds', 0) * 1e3:.1f} ms")
+
+
+tab = T.Table(EPISODE, MODS)
+bench_ingest(tab)
+bench_windows(tab)
+bench_latency(tab)
