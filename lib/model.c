@@ -103,11 +103,14 @@ const char *fl_module_name(fl_module m) {
   return (unsigned)m < FL_MOD_COUNT ? names[m] : "?";
 }
 
-/* The first encoder convolution of a modality at rate r: stride 2r and a
- * kernel of 2r + 1 taps (k for r = 1), so every sample is seen and every
- * modality reaches the same length 2L = window / 2. */
+/* The first encoder convolution of a modality at rate r: stride 2r, so that
+ * every modality reaches the same length 2L = window / 2.  At r > 1 the
+ * kernel spans 3r samples with r of padding, so that the taps of the 2L
+ * outputs cover every input sample, the newest included (a kernel of 2r + 1
+ * would leave the last r - 1 samples of the window unseen, and unwritten by
+ * the mirrored decoder). */
 static fl_conv fl__first_conv(const fl_model_spec *s, int cin, int cout, int r) {
-  fl_conv c = {.cin = cin, .cout = cout, .k = r > 1 ? 2 * r + 1 : s->kernel,
+  fl_conv c = {.cin = cin, .cout = cout, .k = r > 1 ? 3 * r : s->kernel,
                .stride = 2 * r, .pad = r > 1 ? r : s->kernel / 2, .dil = 1};
   return c;
 }
@@ -173,7 +176,8 @@ int fl_model_create(fl_model **out, const fl_model_spec *spec, unsigned long see
     fl_conv t1 = {.cin = s->enc2, .cout = s->enc1, .k = 5, .stride = 2, .pad = 2,
                   .dil = 1, .out_pad = 1};
     fl_conv t2 = fl__first_conv(s, s->enc1, md->channels, md->rate);
-    t2.out_pad = 2 * md->rate - 1;
+    /* Output padding makes up what the strided transpose falls short of T. */
+    t2.out_pad = s->window * md->rate - fl_convt1d_len(&t2, 2 * m->L);
     snprintf(name, sizeof name, "dec.%s.0", md->name);
     fl__add_layer(m, &m->dec[i][0], name, FL_LAYER_CONVT, FL_MOD_DEC, i, t1, m->L, 0, 0,
                   FL_ACT_LEAKY_RELU);

@@ -84,8 +84,12 @@ int fl_scan(fl_bundle *b, const fl_series *s, int stride, fl_scan_result *out) {
       for (int i = 0; i < spec->n_mod; i++) {
         int C = spec->mod[i].channels, rate = spec->mod[i].rate, T = W * rate;
         int faulty[FL_MAX_CHANNELS];
+        /* Correction follows the window's own decision, not the debounced
+         * flag: hysteresis keeps an alarm from flapping, but a sensor that
+         * reads 0 V must not reach the output while the flag makes up its
+         * mind. */
         for (int c = 0; c < C; c++)
-          faulty[c] = flag && sc[k].chan[off + c] > b->calib.chan_threshold;
+          faulty[c] = (flag || above) && sc[k].chan[off + c] > b->calib.chan_threshold;
         off += C;
         if ((err = fl_detect_correct(m, ctx, k, i, raw[k][i], faulty, corr))) goto fail;
         /* Only the newest ticks this window decides for are written. */

@@ -186,6 +186,45 @@ static int check_layers(fixture *f, unsigned check, unsigned zero) {
 
 #define BIT(m) (1u << (m))
 
+/* At every rate the first encoder layer reads, and the last decoder layer
+ * writes, every sample of the window: with positive weights, an input that is
+ * 1 everywhere gives a non-zero input gradient at every sample, and the
+ * decoder's output (bias 0) is non-zero at every sample. */
+static void test_every_sample_covered(void **state) {
+  (void)state;
+  for (int r = 1; r <= 12; r++) {
+    fl_model_spec s;
+    fl_model_spec_defaults(&s);
+    const char *names[] = {"a"};
+    assert_int_equal(fl_model_spec_add(&s, "m", r, 1, names), 0);
+    fl_model *m;
+    fl_ctx *c;
+    assert_int_equal(fl_model_create(&m, &s, 1), 0);
+    assert_int_equal(fl_ctx_create(&c, m, 1), 0);
+    for (int i = 0; i < fl_model_layer_count(m); i++) {
+      fl_layer *l = fl_model_layer(m, i);
+      for (size_t k = 0; k < l->nw; k++) l->w[k] = 0.01f;
+      for (size_t k = 0; k < l->nb; k++) l->b[k] = 0.0f;
+    }
+    int T = s.window * r;
+    for (int t = 0; t < T; t++) fl_ctx_input(c, 0)[t] = 1.0f;
+    assert_int_equal(fl_model_forward(m, c, 1, 0, 0), 0);
+    for (int t = 0; t < T; t++) assert_true(fl_ctx_output(c, 0)[t] > 0.0f);
+    /* The encoder's first layer: its data gradient for dy = 1 everywhere. */
+    fl_layer *e0 = fl_model_layer(m, 0);
+    int tout = fl_conv1d_len(&e0->conv, T);
+    assert_int_equal(tout, s.window / 2);
+    float *dy = malloc(sizeof(float) * e0->conv.cout * tout), *dx = malloc(sizeof(float) * T);
+    for (int k = 0; k < e0->conv.cout * tout; k++) dy[k] = 1.0f;
+    assert_int_equal(fl_conv1d_backward(dx, NULL, NULL, dy, NULL, e0->w, &e0->conv, 1, T, NULL), 0);
+    for (int t = 0; t < T; t++) assert_true(dx[t] > 0.0f);
+    free(dy);
+    free(dx);
+    fl_ctx_free(c);
+    fl_model_free(m);
+  }
+}
+
 static void test_grad_recon_block(void **state) {
   (void)state;
   fixture f;
@@ -378,6 +417,7 @@ static void test_normalise(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_every_sample_covered),
       cmocka_unit_test(test_grad_recon_block),
       cmocka_unit_test(test_grad_recon_no_block),
       cmocka_unit_test(test_grad_head),

@@ -2,6 +2,7 @@
  *
  *   x_m (B, C_m, T_m), T_m = window * rate_m, standardised per channel
  *   E_m:  Conv1d(C_m->e1, k, stride 2 rate_m) LeakyReLU Conv1d(e1->e2, k5, s2) LeakyReLU
+ *         (k = 5 at rate 1, 3 rate_m taps with rate_m padding above)
  *         -> z_m (B, e2, L), L = window / 4 for every modality
  *   z  (B, M e2 L): the modality maps stacked along channels (flattened)
  *   B:    z' = z + Dense(hid) LReLU Dense(hid) LReLU Dense(|z|)       (compute block)
