@@ -48,7 +48,8 @@ int fld_engine_load(fld_engine **out, const char *path, const fld_config *cfg, c
   char msg[400];
   int rc = fl_bundle_load(&e->b, path, msg, sizeof msg);
   if (rc) {
-    snprintf(err, errlen, "%s: %s", path, msg);
+    /* The bundle's message names the file already. */
+    snprintf(err, errlen, "%s", msg);
     free(e);
     return rc;
   }

@@ -429,6 +429,21 @@ class NotifyListener:
 
 def scenario_lifecycle():
     tab, _, _ = faulty_table()
+    # The command line: --check-config says ok or why not, --version.
+    good, _ = make_config("check")
+    p = subprocess.run([FLD, "--check-config", good], capture_output=True, text=True)
+    check(p.returncode == 0 and "ok (model" in p.stdout, "lifecycle: --check-config accepts")
+    broken = os.path.join(TMP, "broken.ini")
+    T.write_config(broken, good, {"output": {"stride": 0}})
+    p = subprocess.run([FLD, "--check-config", broken], capture_output=True, text=True)
+    check(p.returncode == 1 and "stride" in p.stderr and p.stderr.startswith("<3>"),
+          "lifecycle: --check-config refuses a bad value and names it: " + p.stderr.strip())
+    T.write_config(broken, good, {"model": {"file": os.path.join(TMP, "none.model")}})
+    p = subprocess.run([FLD, "--check-config", broken], capture_output=True, text=True)
+    check(p.returncode == 1 and "none.model" in p.stderr,
+          "lifecycle: --check-config refuses a missing model")
+    p = subprocess.run([FLD, "--version"], capture_output=True, text=True)
+    check(p.returncode == 0 and p.stdout.startswith("faultlined "), "lifecycle: --version")
     nl = NotifyListener(os.path.join(TMP, "notify.sock"))
     env = {"NOTIFY_SOCKET": os.path.join(TMP, "notify.sock"), "WATCHDOG_USEC": "400000"}
     d, cfg, ports = start("life", env=env)
