@@ -279,8 +279,9 @@ void fld_ingest_flush(fld_app *app);
 void fld_streams_clear(fld_app *app);
 
 /* report.c: builds and sends the report of slot k of the scored batch. */
-int fld_report_publish(fld_app *app, int k, const fld_slot *slot, int flag, const int *mflag,
-                       float *const corrected[FL_MAX_MODALITIES]);
+/* gate: the window may replace channels (its own decision or the flag). */
+int fld_report_publish(fld_app *app, int k, const fld_slot *slot, int flag, int gate,
+                       const int *mflag, float *const corrected[FL_MAX_MODALITIES]);
 
 /* notify.c: sd_notify life cycle (no-ops without NOTIFY_SOCKET). */
 void fld_notify_ready(fld_app *app);

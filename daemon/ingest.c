@@ -231,7 +231,12 @@ void fld_ingest_flush(fld_app *app) {
   for (int k = 0; k < B; k++) {
     fld_slot *sl = &app->pending[k];
     fl_window_score *sc = &e->sc[k];
-    int flag = fl_hyst_update(&sl->st->hyst, sc->score > thr, e->hyst_on, e->hyst_off);
+    int above = sc->score > thr;
+    int flag = fl_hyst_update(&sl->st->hyst, above, e->hyst_on, e->hyst_off);
+    /* As the offline scan: correction follows the window's own decision as
+     * well as the debounced flag, so that a dead sensor's readings do not
+     * reach the output while the flag makes up its mind. */
+    int gate = flag || above;
     int mflag[FL_MAX_MODALITIES] = {0};
     float *corr[FL_MAX_MODALITIES] = {0};
     int off = 0;
@@ -241,7 +246,7 @@ void fld_ingest_flush(fld_app *app) {
                                 e->hyst_off);
       int faulty[FL_MAX_CHANNELS];
       for (int c = 0; c < C; c++)
-        faulty[c] = flag && sc->chan[off + c] > e->b.calib.chan_threshold;
+        faulty[c] = gate && sc->chan[off + c] > e->b.calib.chan_threshold;
       off += C;
       corr[i] = e->corr + (size_t)i * e->maxct;
       if ((rc = fl_detect_correct(e->b.model, e->ctx, k, i, e->raw[k][i], faulty, corr[i]))) {
@@ -253,6 +258,6 @@ void fld_ingest_flush(fld_app *app) {
       if (mflag[i]) app->m.anomalies[fld_metrics_modality(&app->m, spec->mod[i].name)]++;
     }
     if (flag) app->m.windows_flagged++;
-    fld_report_publish(app, k, sl, flag, mflag, corr);
+    fld_report_publish(app, k, sl, flag, gate, mflag, corr);
   }
 }

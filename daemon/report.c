@@ -8,8 +8,8 @@
 #include "faultline/error.h"
 #include "fld.h"
 
-int fld_report_publish(fld_app *app, int k, const fld_slot *slot, int flag, const int *mflag,
-                       float *const corrected[FL_MAX_MODALITIES]) {
+int fld_report_publish(fld_app *app, int k, const fld_slot *slot, int flag, int gate,
+                       const int *mflag, float *const corrected[FL_MAX_MODALITIES]) {
   fld_engine *e = app->eng;
   const fl_model_spec *spec = fl_model_spec_of(e->b.model);
   const fl_window_score *sc = &e->sc[k];
@@ -45,7 +45,7 @@ int fld_report_publish(fld_app *app, int k, const fld_slot *slot, int flag, cons
     for (int c = 0; c < C; c++) {
       resid[off + c] = sc->resid[off + c];
       cscore[off + c] = sc->chan[off + c];
-      cfaulty[off + c] = flag && sc->chan[off + c] > e->b.calib.chan_threshold;
+      cfaulty[off + c] = gate && sc->chan[off + c] > e->b.calib.chan_threshold;
     }
     m->n_residuals = m->n_channel_scores = m->n_channel_faulty = (size_t)C;
     m->residuals = resid + off;

@@ -216,6 +216,12 @@ def scenario_stream():
             if i > n3:
                 break
             g.write(line)
+    # With a fault in it, so that gated correction is compared too.
+    faulted = os.path.join(TMP, "parity_faulted.csv")
+    subprocess.run([FL, "inject", "--in", csv, "--out", faulted, "--labels",
+                    os.path.join(TMP, "parity_labels.csv"), "--fault", "offset", "--count", "1",
+                    "--from", "150", "--config", CONFIG], check=True, capture_output=True)
+    csv = faulted
     scored = os.path.join(TMP, "parity_scored.csv")
     subprocess.run([FL, "score", "--model", MODEL, "--in", csv, "--out", scored], check=True)
     head, rows = T.read_csv(scored)
@@ -244,6 +250,8 @@ def scenario_stream():
     check(worst < 1e-4, f"parity: scores match faultline score (worst relative {worst:.2g})")
     check(flags == 0, f"parity: flags match faultline score ({flags} differ)")
     check(corr_bad == 0, f"parity: corrected samples match faultline score ({corr_bad} differ)")
+    print("parity: windows with a replaced channel:",
+          sum(any(any(m.channel_faulty) for m in r.modalities) for _, r in reps))
     check(d.stop() == 0, "parity: clean exit")
     ctx.destroy(linger=0)
 
