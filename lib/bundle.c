@@ -130,13 +130,16 @@ int fl_bundle_save(const fl_bundle *b, const char *path, char *err, size_t errle
   if (!rc) rc = fl_st_add(st, "calib.res_sd", b->calib.res_sd, nch, 1);
   if (!rc) rc = fl_st_add(st, "calib.var_mu", b->calib.var_mu, nch, 1);
   if (!rc) rc = fl_st_add(st, "calib.var_sd", b->calib.var_sd, nch, 1);
+  if (!rc) rc = fl_st_add(st, "calib.cor_mu", b->calib.cor_mu, nch, 1);
+  if (!rc) rc = fl_st_add(st, "calib.cor_sd", b->calib.cor_sd, nch, 1);
   if (!rc) rc = fl_st_add(st, "calib.centroid", b->calib.centroid, ne, 1);
   char *spec = fl__spec_json(fl_model_spec_of(m));
-  json_t *det = json_pack("{s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:i, s:i, s:f}", "tail",
+  json_t *det = json_pack("{s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:i, s:i, s:f}", "tail",
                           b->calib.tail, "threshold", (double)b->calib.threshold,
                           "chan_threshold", (double)b->calib.chan_threshold, "emb_mu",
                           (double)b->calib.emb_mu, "emb_sd", (double)b->calib.emb_sd,
                           "w_emb", (double)b->calib.w_emb, "w_var", (double)b->calib.w_var,
+                          "w_corr", (double)b->calib.w_corr,
                           "quantile",
                           (double)b->detect.quantile, "margin", (double)b->detect.margin,
                           "on", b->detect.on, "off", b->detect.off, "clamp",
@@ -212,6 +215,8 @@ int fl_bundle_load(fl_bundle *b, const char *path, char *err, size_t errlen) {
       (rc = fl__get(st, "calib.res_sd", cal->res_sd, nch, err, errlen)) ||
       (rc = fl__get(st, "calib.var_mu", cal->var_mu, nch, err, errlen)) ||
       (rc = fl__get(st, "calib.var_sd", cal->var_sd, nch, err, errlen)) ||
+      (rc = fl__get(st, "calib.cor_mu", cal->cor_mu, nch, err, errlen)) ||
+      (rc = fl__get(st, "calib.cor_sd", cal->cor_sd, nch, err, errlen)) ||
       (rc = fl__get(st, "calib.centroid", cal->centroid, spec.emb, err, errlen)))
     goto fail;
   for (int c = 0; c < nch; c++)
@@ -222,11 +227,12 @@ int fl_bundle_load(fl_bundle *b, const char *path, char *err, size_t errlen) {
     }
   json_error_t je;
   json_t *d = json_loads(det_s, 0, &je);
-  double thr, cthr, emu, esd, wemb, wvar, q, margin, clamp;
+  double thr, cthr, emu, esd, wemb, wvar, wcorr, q, margin, clamp;
   fl_detect_defaults(&b->detect);
-  if (!d || json_unpack_ex(d, &je, 0, "{s:i, s:F, s:F, s:F, s:F, s:F, s:F, s:F, s:F, s:i, s:i, s:F}",
+  if (!d || json_unpack_ex(d, &je, 0, "{s:i, s:F, s:F, s:F, s:F, s:F, s:F, s:F, s:F, s:F, s:i, s:i, s:F}",
                            "tail", &cal->tail, "threshold", &thr, "chan_threshold", &cthr,
                            "emb_mu", &emu, "emb_sd", &esd, "w_emb", &wemb, "w_var", &wvar,
+                           "w_corr", &wcorr,
                            "quantile", &q,
                            "margin", &margin, "on", &b->detect.on, "off", &b->detect.off,
                            "clamp", &clamp)) {
@@ -242,6 +248,8 @@ int fl_bundle_load(fl_bundle *b, const char *path, char *err, size_t errlen) {
   cal->emb_sd = (float)esd;
   cal->w_emb = (float)wemb;
   cal->w_var = (float)wvar;
+  cal->w_corr = (float)wcorr;
+  b->detect.w_corr = (float)wcorr;
   b->detect.w_var = (float)wvar;
   b->detect.tail = cal->tail;
   b->detect.quantile = (float)q;

@@ -20,6 +20,7 @@ void fl_detect_defaults(fl_detect_config *c) {
   c->w_emb = 1.0f;
   c->min_spread = 0.75f;
   c->w_var = 1.0f;
+  c->w_corr = 0.0f;
   c->on = 2;
   c->off = 3;
 }
@@ -46,12 +47,18 @@ int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
   int nch = fl_model_channels(m), err;
   int tail = cal && cal->tail > 0 ? cal->tail : s->window / 4;
   if (tail > s->window) tail = s->window;
-  int calibrated = cal && cal->nch == nch;
+  int calibrated = cal && cal->nch == nch, nf = 3 * nch + 1;
+  /* The corrected estimate first (block on), kept aside for gating and for
+   * its own residual; then the stage-1 estimate and the embedding. */
+  if ((err = fl_model_forward(m, ctx, B, 1, 0))) return err;
+  for (int i = 0; i < s->n_mod; i++)
+    memcpy(fl_ctx_estimate(ctx, i), fl_ctx_output(ctx, i),
+           sizeof(float) * B * s->mod[i].channels * s->window * s->mod[i].rate);
   if ((err = fl_model_forward(m, ctx, B, 0, 1))) return err;
   const float *emb = fl_ctx_embedding(ctx);
   for (int b = 0; b < B; b++) {
     fl_window_score *o = out ? &out[b] : NULL;
-    float *rw = raw ? raw + (size_t)b * (2 * nch + 1) : NULL;
+    float *rw = raw ? raw + (size_t)b * nf : NULL;
     if (o) {
       memset(o, 0, sizeof *o);
       o->modality = -1;
@@ -64,9 +71,10 @@ int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
       const float *x = fl_ctx_input(ctx, i) + (size_t)b * C * T;
       const float *mk = fl_ctx_mask(ctx, i) + (size_t)b * C * T;
       const float *y = fl_ctx_output(ctx, i) + (size_t)b * C * T;
+      const float *yc = fl_ctx_estimate(ctx, i) + (size_t)b * C * T;
       float mscore = -INFINITY;
       for (int c = 0; c < C; c++, off++) {
-        double se = 0, sre = 0, sum = 0, sq = 0;
+        double se = 0, sre = 0, sum = 0, sq = 0, sc2 = 0, src = 0;
         int n = 0, miss = 0;
         for (int t = t0; t < T; t++) {
           size_t k = (size_t)c * T + t;
@@ -74,24 +82,31 @@ int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
           double e = (double)x[k] - y[k];
           se += e * e;
           sre += e;
+          double ec = (double)x[k] - yc[k];
+          sc2 += ec * ec;
+          src += ec;
           sum += x[k];
           sq += (double)x[k] * x[k];
           n++;
         }
-        double mse = n ? se / n : 0.0, mu = n ? sum / n : 0.0;
+        double mse = n ? se / n : 0.0, mu = n ? sum / n : 0.0, cse = n ? sc2 / n : 0.0;
         /* A drifting modality's residual carries the model's error at levels
          * it never saw as a bias over the window; its spread is the shape
          * error that a fault leaves. */
         if (s->mod[i].drifts && n) {
-          double me = sre / n;
+          double me = sre / n, mc = src / n;
           mse -= me * me;
           if (mse < 0) mse = 0;
+          cse -= mc * mc;
+          if (cse < 0) cse = 0;
         }
         double var = n ? sq / n - mu * mu : 0.0;
         float r = (float)log(mse + FL__LOG_EPS), v = (float)log((var > 0 ? var : 0) + FL__LOG_EPS);
+        float q = (float)log(cse + FL__LOG_EPS);
         if (rw) {
           rw[off] = r;
           rw[nch + off] = v;
+          rw[2 * nch + off] = q;
         }
         if (!o) continue;
         o->resid[off] = (float)sqrt(mse);
@@ -102,7 +117,12 @@ int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
            * (stuck, saturated) leaves, which residuals cannot see; a rise
            * is noise, which the residual already measures. */
           float zv = cal->w_var > 0.0f ? -fl__z(v, cal->var_mu[off], cal->var_sd[off]) : 0.0f;
+          /* The corrected estimate is what the channel should read given
+           * the other modalities: its residual sees the level faults that
+           * the stage-1 autoencoder reproduces. */
+          float zq = cal->w_corr > 0.0f ? fl__z(q, cal->cor_mu[off], cal->cor_sd[off]) : 0.0f;
           sc = zr > zv ? zr : zv;
+          if (zq > sc) sc = zq;
         }
         sc += FL__MISSING_PENALTY * (float)miss / (float)(T - t0);
         o->chan[off] = sc;
@@ -121,15 +141,14 @@ int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
       double dot = 0;
       for (int k = 0; k < s->emb; k++) dot += (double)e[k] * (cal ? cal->centroid[k] : 0.0f);
       float d = 1.0f - (float)dot;
-      if (rw) rw[2 * nch] = d;
+      if (rw) rw[3 * nch] = d;
       if (o && calibrated && cal->w_emb > 0.0f) {
         o->emb_score = fl__z(d, cal->emb_mu, cal->emb_sd);
         if (o->emb_score > o->score) o->score = o->emb_score;
       }
     }
   }
-  /* The corrected estimate, for gating; the features above used stage 1's. */
-  return fl_model_forward(m, ctx, B, 1, 0);
+  return 0;
 }
 
 static int fl__cmp(const void *a, const void *b) {
@@ -167,7 +186,7 @@ int fl_detect_calibrate(fl_model *m, fl_calib *cal, const fl_series *s, int ns,
                         const fl_train_config *cfg, const fl_detect_config *dcfg) {
   if (!m || !cal || !s || ns <= 0 || !cfg || !dcfg) return FL_EINVAL;
   const fl_model_spec *spec = fl_model_spec_of(m);
-  int nch = fl_model_channels(m), nf = 2 * nch + 1, err = FL_ENOMEM;
+  int nch = fl_model_channels(m), nf = 3 * nch + 1, err = FL_ENOMEM;
   if (spec->emb > 256) return FL_EINVAL;
   int total = 0;
   for (int k = 0; k < ns; k++) total += s[k].rows + 1;
@@ -211,6 +230,7 @@ int fl_detect_calibrate(fl_model *m, fl_calib *cal, const fl_series *s, int ns,
   cal->tail = dcfg->tail;
   cal->w_emb = dcfg->w_emb;
   cal->w_var = dcfg->w_var;
+  cal->w_corr = dcfg->w_corr;
   /* Pass 1: raw features and embeddings of every held-out window. */
   for (int pass = 0; pass < 2; pass++) {
     for (int j = 0; j < nw; j += Bmax) {
@@ -226,7 +246,6 @@ int fl_detect_calibrate(fl_model *m, fl_calib *cal, const fl_series *s, int ns,
         err = fl_detect_score(m, cal, ctx, B, NULL, raw + (size_t)j * nf);
         cal->nch = nch;
         if (err) goto done;
-        /* fl_detect_score's second pass overwrote nothing the head wrote. */
         memcpy(emb + (size_t)j * spec->emb, fl_ctx_embedding(ctx),
                sizeof(float) * B * spec->emb);
       } else {
@@ -241,6 +260,7 @@ int fl_detect_calibrate(fl_model *m, fl_calib *cal, const fl_series *s, int ns,
       for (int c = 0; c < nch; c++) {
         fl__mean_sd(raw + c, nw, nf, dcfg->min_spread, &cal->res_mu[c], &cal->res_sd[c]);
         fl__mean_sd(raw + nch + c, nw, nf, dcfg->min_spread, &cal->var_mu[c], &cal->var_sd[c]);
+        fl__mean_sd(raw + 2 * nch + c, nw, nf, dcfg->min_spread, &cal->cor_mu[c], &cal->cor_sd[c]);
       }
       double norm = 0;
       for (int k = 0; k < spec->emb; k++) {
@@ -283,7 +303,7 @@ int fl_detect_correct(const fl_model *m, fl_ctx *ctx, int b, int i, const float 
   if (i < 0 || i >= s->n_mod) return FL_EINVAL;
   int C = s->mod[i].channels, T = s->window * s->mod[i].rate, off = 0;
   for (int j = 0; j < i; j++) off += s->mod[j].channels;
-  const float *y = fl_ctx_output(ctx, i) + (size_t)b * C * T;
+  const float *y = fl_ctx_estimate(ctx, i) + (size_t)b * C * T;
   const float *level = fl_ctx_level(ctx, i) + (size_t)b * C * 2;
   const float *mean = fl_model_mean((fl_model *)m), *std = fl_model_std((fl_model *)m);
   for (int c = 0; c < C; c++) {

@@ -32,6 +32,7 @@ struct fl_ctx {
   /* Per modality (B, C, T) input and output, encoder and decoder activations. */
   float *x[FL_MAX_MODALITIES], *out[FL_MAX_MODALITIES], *dout[FL_MAX_MODALITIES];
   float *mask[FL_MAX_MODALITIES];
+  float *est[FL_MAX_MODALITIES]; /* (B, C, T) the detector's corrected estimate */
   float *level[FL_MAX_MODALITIES]; /* (B, C, 2) window trend removed from a drifting modality */
   float *a1[FL_MAX_MODALITIES], *h1[FL_MAX_MODALITIES]; // (B, e1, 2L)
   float *a2[FL_MAX_MODALITIES];                          // (B, e2, L)
@@ -318,7 +319,7 @@ int fl_model_copy_params(fl_model *dst, const fl_model *src) {
 void fl_ctx_free(fl_ctx *c) {
   if (!c) return;
   for (int i = 0; i < FL_MAX_MODALITIES; i++) {
-    free(c->x[i]); free(c->mask[i]); free(c->level[i]); free(c->out[i]); free(c->dout[i]); free(c->a1[i]); free(c->h1[i]);
+    free(c->x[i]); free(c->mask[i]); free(c->est[i]); free(c->level[i]); free(c->out[i]); free(c->dout[i]); free(c->a1[i]); free(c->h1[i]);
     free(c->a2[i]); free(c->zin[i]); free(c->d1[i]); free(c->e1[i]);
   }
   free(c->z); free(c->z2); free(c->u1); free(c->g1); free(c->u2); free(c->g2);
@@ -342,6 +343,7 @@ int fl_ctx_create(fl_ctx **out, const fl_model *m, int max_batch) {
     size_t T = (size_t)s->window * s->mod[i].rate, C = s->mod[i].channels;
     FL__ALLOC(c->x[i], B * C * T);
     FL__ALLOC(c->mask[i], B * C * T);
+    FL__ALLOC(c->est[i], B * C * T);
     FL__ALLOC(c->level[i], B * C * 2);
     FL__ALLOC(c->out[i], B * C * T);
     FL__ALLOC(c->dout[i], B * C * T);
@@ -384,6 +386,7 @@ int fl_ctx_create(fl_ctx **out, const fl_model *m, int max_batch) {
 float *fl_ctx_input(fl_ctx *c, int i) { return c->x[i]; }
 float *fl_ctx_output(fl_ctx *c, int i) { return c->out[i]; }
 float *fl_ctx_mask(fl_ctx *c, int i) { return c->mask[i]; }
+float *fl_ctx_estimate(fl_ctx *c, int i) { return c->est[i]; }
 float *fl_ctx_level(fl_ctx *c, int i) { return c->level[i]; }
 float *fl_ctx_doutput(fl_ctx *c, int i) { return c->dout[i]; }
 float *fl_ctx_latent(fl_ctx *c) { return c->z; }

@@ -137,6 +137,17 @@ int fl_convt1d_len(const fl_conv *c, int tin) {
   return (int)len;
 }
 
+/* The output positions t whose tap (at offset off = j d - p) falls inside
+ * the input: t s + off in [0, tin).  Hoisting this range out of the inner
+ * loops leaves them branch-free, which is most of im2col's cost. */
+static void fl__tap_range(int off, int s, int tin, int tout, int *lo, int *hi) {
+  int a = off >= 0 ? 0 : (-off + s - 1) / s;
+  int b = tin - off <= 0 ? 0 : (tin - off - 1) / s + 1;
+  *lo = a < tout ? a : tout;
+  *hi = b < tout ? b : tout;
+  if (*hi < *lo) *hi = *lo;
+}
+
 /* cols (C k, B tout) from x (B, C, tin); see the layout above. */
 static void fl__im2col(float *cols, const float *x, int B, int C, int tin, int k,
                        int s, int p, int d, int tout) {
@@ -144,14 +155,16 @@ static void fl__im2col(float *cols, const float *x, int B, int C, int tin, int k
   for (int c = 0; c < C; c++)
     for (int j = 0; j < k; j++) {
       float *row = cols + (size_t)(c * k + j) * ld;
+      int off = j * d - p, lo, hi;
+      fl__tap_range(off, s, tin, tout, &lo, &hi);
       for (int b = 0; b < B; b++) {
         const float *xb = x + ((size_t)b * C + c) * tin;
         float *r = row + (size_t)b * tout;
-        int off = j * d - p;
-        for (int t = 0; t < tout; t++) {
-          int i = t * s + off;
-          r[t] = (i >= 0 && i < tin) ? xb[i] : 0.0f;
-        }
+        for (int t = 0; t < lo; t++) r[t] = 0.0f;
+        if (s == 1) memcpy(r + lo, xb + lo + off, sizeof(float) * (hi - lo));
+        else
+          for (int t = lo; t < hi; t++) r[t] = xb[t * s + off];
+        for (int t = hi; t < tout; t++) r[t] = 0.0f;
       }
     }
 }
@@ -165,14 +178,12 @@ static void fl__col2im(float *x, const float *cols, int B, int C, int tin, int k
   for (int c = 0; c < C; c++)
     for (int j = 0; j < k; j++) {
       const float *row = cols + (size_t)(c * k + j) * ld;
+      int off = j * d - p, lo, hi;
+      fl__tap_range(off, s, tin, tout, &lo, &hi);
       for (int b = 0; b < B; b++) {
         float *xb = x + ((size_t)b * C + c) * tin;
         const float *r = row + (size_t)b * tout;
-        int off = j * d - p;
-        for (int t = 0; t < tout; t++) {
-          int i = t * s + off;
-          if (i >= 0 && i < tin) xb[i] += r[t];
-        }
+        for (int t = lo; t < hi; t++) xb[t * s + off] += r[t];
       }
     }
 }

@@ -603,6 +603,10 @@ static int ev_estimates(fl_bundle *b, const ev_data *d, const fl_series *s,
     }
     for (int pass = 0; pass < 2; pass++) {
       if ((e = fl_model_forward(m, ctx, nb, pass, 0))) goto done;
+      /* fl_detect_correct substitutes the detector's estimate slot. */
+      for (int i = 0; i < d->n_mod; i++)
+        memcpy(fl_ctx_estimate(ctx, i), fl_ctx_output(ctx, i),
+               sizeof(float) * nb * d->C[i] * W * d->rate[i]);
       float *const *dst = pass ? est2 : est1;
       for (int i = 0; i < d->n_mod; i++) {
         int C = d->C[i], rate = d->rate[i], T = W * rate;

@@ -7,10 +7,13 @@
  *        reconstruction (the high-fidelity estimate: block bypassed);
  *   v_c  log of the input's variance, which a dead sensor (stuck, saturated)
  *        collapses and noise inflates;
+ *   q_c  log of the mean squared residual against the corrected estimate
+ *        (compute block on): what the channel should read given the rest of
+ *        the window, which sees level faults that r_c's autoencoder follows;
  *   n_c  the share of missing samples.
  * and for the window the embedding's cosine distance d to the clean centroid.
  * Each feature is standardised by its mean and spread on clean held-out
- * windows (the calibration).  A channel's score is max(z(r_c), |z(v_c)|) plus
+ * windows (the calibration).  A channel's score is max(z(r_c), -z(v_c), z(q_c)) plus
  * a penalty for missing samples; a modality's score is its channels' maximum;
  * the window's score is the maximum of the modality scores and z(d).  The
  * window is flagged when its score exceeds the threshold, a quantile of clean
@@ -36,6 +39,7 @@ typedef struct {
   float w_emb;      /* 1: the embedding distance takes part in the score, 0: not */
   float min_spread; /* floor on a feature's clean spread, log units (0.75) */
   float w_var;      /* 1: the variance feature takes part in the score, 0: not */
+  float w_corr;     /* 1: the corrected estimate's residual takes part, 0: not (0) */
   int on, off;      /* hysteresis: windows above (below) to raise (clear) a flag */
 } fl_detect_config;
 
@@ -46,11 +50,12 @@ typedef struct {
   int nch, emb;
   float res_mu[FL_MAX_TOTAL_CHANNELS], res_sd[FL_MAX_TOTAL_CHANNELS];
   float var_mu[FL_MAX_TOTAL_CHANNELS], var_sd[FL_MAX_TOTAL_CHANNELS];
+  float cor_mu[FL_MAX_TOTAL_CHANNELS], cor_sd[FL_MAX_TOTAL_CHANNELS];
   float centroid[256];
   float emb_mu, emb_sd;
   float threshold, chan_threshold;
   int tail;
-  float w_emb, w_var;
+  float w_emb, w_var, w_corr;
 } fl_calib;
 
 typedef struct {
@@ -64,10 +69,10 @@ typedef struct {
 
 /* Scores the B windows whose standardised inputs and masks are in the
  * context (see fl_model_normalise).  Runs the model twice (stage-1 estimate
- * with the head, then the corrected estimate): afterwards fl_ctx_output holds
- * the corrected estimate, standardised.  cal may be uncalibrated (threshold
- * 0) during calibration itself: raw features then go to raw (B, 2 nch + 1)
- * if it is non-NULL, in the order r_c..., v_c..., d. */
+ * corrected estimate, kept in fl_ctx_estimate, then the stage-1 estimate with
+ * the head).  cal may be uncalibrated (nch 0) during calibration itself: raw
+ * features then go to raw (B, 3 nch + 1) if it is non-NULL, in the order
+ * r_c..., v_c..., q_c..., d. */
 int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
                     fl_window_score *out, float *raw);
 

@@ -176,6 +176,8 @@ int fl_series_window(const fl_series *s, const fl_model_spec *spec, int end,
 int fl_model_normalise(const fl_model *m, fl_ctx *c, int b, int modality,
                        const float *raw, float clamp);
 float *fl_ctx_mask(fl_ctx *c, int modality);
+/* (B, C_i, T_i) scratch the detector keeps its corrected estimate in. */
+float *fl_ctx_estimate(fl_ctx *c, int modality);
 /* (B, C_i, 2): the trend (a, b) removed from a drifting modality's window,
  * standardised units (0 for the others); the corrected estimate adds it back. */
 float *fl_ctx_level(fl_ctx *c, int modality);
