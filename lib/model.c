@@ -45,6 +45,7 @@ struct fl_ctx {
   float *demb;
   float *work;
   int used_block;
+  int used_head; /* the last forward pass ran the head */
 };
 
 void fl_model_spec_defaults(fl_model_spec *s) {
@@ -437,11 +438,12 @@ static int fl__layer_bwd(const fl_model *m, fl_ctx *c, const fl_layer *l, float 
                              c->work);
 }
 
-int fl_model_forward(fl_model *m, fl_ctx *c, int B, int use_block, int with_head) {
+static int fl__forward(fl_model *m, fl_ctx *c, int B, int use_block, int with_head,
+                       int encode) {
   if (!m || !c || B <= 0 || B > c->maxB) return FL_EINVAL;
   const fl_model_spec *s = &m->spec;
   int err, seg = s->enc2 * m->L, Z = m->Z;
-  for (int i = 0; i < s->n_mod; i++) {
+  for (int i = 0; encode && i < s->n_mod; i++) {
     const fl_layer *l0 = &m->layer[m->enc[i][0]], *l1 = &m->layer[m->enc[i][1]];
     if ((err = fl__layer_fwd(m, c, l0, c->a1[i], c->h1[i], c->x[i], B))) return err;
     /* The second layer's output goes through gA, then into its slot of z. */
@@ -469,6 +471,7 @@ int fl_model_forward(fl_model *m, fl_ctx *c, int B, int use_block, int with_head
     if ((err = fl__layer_fwd(m, c, l0, c->d1[i], c->e1[i], c->zin[i], B))) return err;
     if ((err = fl__layer_fwd(m, c, l1, c->out[i], NULL, c->e1[i], B))) return err;
   }
+  c->used_head = with_head;
   if (with_head) {
     const fl_layer *h0 = &m->layer[m->head[0]], *h1 = &m->layer[m->head[1]];
     if ((err = fl__layer_fwd(m, c, h0, c->p1, c->q1, c->z, B))) return err;
@@ -476,6 +479,30 @@ int fl_model_forward(fl_model *m, fl_ctx *c, int B, int use_block, int with_head
     if ((err = fl_l2norm_forward(c->emb, c->norms, c->p2, B, s->emb))) return err;
   }
   return 0;
+}
+
+int fl_model_forward(fl_model *m, fl_ctx *c, int B, int use_block, int with_head) {
+  return fl__forward(m, c, B, use_block, with_head, 1);
+}
+
+int fl_model_forward_latent(fl_model *m, fl_ctx *c, int B, int use_block, int with_head) {
+  return fl__forward(m, c, B, use_block, with_head, 0);
+}
+
+const float *fl_ctx_preact(const fl_ctx *c, const fl_model *m, int layer) {
+  if (!c || !m || layer < 0 || layer >= m->nlayers) return NULL;
+  for (int i = 0; i < m->spec.n_mod; i++) {
+    if (layer == m->enc[i][0]) return c->a1[i];
+    if (layer == m->enc[i][1]) return c->a2[i];
+    if (layer == m->dec[i][0]) return c->d1[i];
+    if (layer == m->dec[i][1]) return c->out[i];
+  }
+  if (layer == m->blk[0]) return c->used_block ? c->u1 : NULL;
+  if (layer == m->blk[1]) return c->used_block ? c->u2 : NULL;
+  if (layer == m->blk[2]) return c->used_block ? c->u3 : NULL;
+  if (layer == m->head[0]) return c->used_head ? c->p1 : NULL;
+  if (layer == m->head[1]) return c->used_head ? c->p2 : NULL;
+  return NULL;
 }
 
 /* ---- backward ----------------------------------------------------------- */

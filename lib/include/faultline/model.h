@@ -120,10 +120,20 @@ float *fl_ctx_input(fl_ctx *c, int modality);
  *   fl_ctx_latent2(c)    (B, |z|)       z'
  *   fl_ctx_embedding(c)  (B, emb)       unit-norm embedding */
 int fl_model_forward(fl_model *m, fl_ctx *c, int B, int use_block, int with_head);
+/* As fl_model_forward, but from the latent z that the previous forward over
+ * the same B inputs left in c (the encoders are not run again): a second
+ * pass with the block or the head switched costs only the decoders. */
+int fl_model_forward_latent(fl_model *m, fl_ctx *c, int B, int use_block, int with_head);
 float *fl_ctx_output(fl_ctx *c, int modality);
 float *fl_ctx_latent(fl_ctx *c);
 float *fl_ctx_latent2(fl_ctx *c);
 float *fl_ctx_embedding(fl_ctx *c);
+/* The pre-activation the last forward pass stored for layer `layer` of the
+ * table (its output before the activation: (B, nout) or (B, cout, tout); the
+ * head's last layer gives the embedding before L2 normalisation), or NULL
+ * when that pass did not run the layer (the block when bypassed, the head
+ * without with_head).  Jacobian-vector products read activation slopes here. */
+const float *fl_ctx_preact(const fl_ctx *c, const fl_model *m, int layer);
 
 /* Backward passes, accumulating into the gradients of the layers involved.
  * fl_model_backward_recon takes dL/d output_m in fl_ctx_doutput(c, m) and
