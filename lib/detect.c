@@ -54,7 +54,8 @@ int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
   for (int i = 0; i < s->n_mod; i++)
     memcpy(fl_ctx_estimate(ctx, i), fl_ctx_output(ctx, i),
            sizeof(float) * B * s->mod[i].channels * s->window * s->mod[i].rate);
-  if ((err = fl_model_forward(m, ctx, B, 0, 1))) return err;
+  /* Same inputs, same latent: only the decoders and the head run again. */
+  if ((err = fl_model_forward_latent(m, ctx, B, 0, 1))) return err;
   const float *emb = fl_ctx_embedding(ctx);
   for (int b = 0; b < B; b++) {
     fl_window_score *o = out ? &out[b] : NULL;

@@ -53,9 +53,17 @@ uint32_t fl_rng_below(fl_rng *r, uint32_t n) {
 /* ---- utilities --------------------------------------------------------- */
 
 int fl_check_finite(const float *x, size_t n) {
-  for (size_t i = 0; i < n; i++)
-    if (!isfinite(x[i])) return FL_ENONFINITE;
-  return 0;
+  /* Every layer checks its input, so this runs over every activation: no
+   * branch per element.  An exponent of all ones (Inf, NaN) plus one
+   * exponent step carries into bit 31; any other value stays below it, and
+   * OR-ing the sums lets the compiler vectorise the loop. */
+  uint32_t bad = 0;
+  for (size_t i = 0; i < n; i++) {
+    uint32_t u;
+    memcpy(&u, &x[i], sizeof u);
+    bad |= (u & 0x7f800000u) + 0x00800000u;
+  }
+  return (bad & 0x80000000u) ? FL_ENONFINITE : 0;
 }
 
 void fl_init_uniform(float *w, size_t n, int fan_in, fl_rng *r) {
@@ -64,6 +72,9 @@ void fl_init_uniform(float *w, size_t n, int fan_in, fl_rng *r) {
 }
 
 /* ---- dense ------------------------------------------------------------- */
+
+/* Up to this many rows a dense layer is one sgemv per row (see below). */
+#define FL__GEMV_ROWS 4
 
 int fl_dense_forward(float *y, const float *x, const float *w, const float *b,
                      int B, int nin, int nout) {
@@ -76,8 +87,17 @@ int fl_dense_forward(float *y, const float *x, const float *w, const float *b,
     if (b) memcpy(yi, b, sizeof(float) * nout);
     else memset(yi, 0, sizeof(float) * nout);
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, nout, nin, 1.0f, x, nin, w, nin,
-              1.0f, y, nout);
+  /* A few rows are matrix-vector products: sgemm would pack all of W
+   * (nout, nin) into its panel format on every call, which for one or two
+   * rows costs more than the products themselves (the daemon scores a
+   * window or a few at a time). */
+  if (B <= FL__GEMV_ROWS)
+    for (int i = 0; i < B; i++)
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, nout, nin, 1.0f, w, nin, x + (size_t)i * nin, 1,
+                  1.0f, y + (size_t)i * nout, 1);
+  else
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, nout, nin, 1.0f, x, nin, w, nin,
+                1.0f, y, nout);
   return 0;
 }
 
