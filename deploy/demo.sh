@@ -27,4 +27,32 @@ $fl inject --config config/plant.ini --in out/heldout.csv --out out/episode.csv 
 $fl score --model out/plant.model --in out/episode.csv --out out/episode-scored.csv
 /usr/bin/python3 deploy/plot_episode.py out/heldout.csv out/episode.csv \
   out/episode-labels.csv out/episode-scored.csv out/episode.svg
-echo "== wrote out/plant.model, out/eval.json, out/episode.svg"
+echo "== stream the held-out stretch through faultlined, a pressure offset injected"
+sed -e 's|^file = .*|file = plant.model|' \
+    -e 's|^endpoint = tcp://127.0.0.1:5555|endpoint = tcp://127.0.0.1:25555|' \
+    -e 's|^endpoint = tcp://127.0.0.1:5556|endpoint = tcp://127.0.0.1:25556|' \
+    -e 's|^listen = .*|listen = 127.0.0.1:29108|' config/faultline.ini > out/faultlined.ini
+build/daemon/faultlined --config out/faultlined.ini 2> out/faultlined.log &
+daemon=$!
+trap 'kill $daemon 2>/dev/null || true' EXIT
+$fl tail --connect tcp://127.0.0.1:25556 --json --timeout 10 > out/reports.jsonl &
+tailer=$!
+sleep 1
+$fl replay --in out/heldout.csv --connect tcp://127.0.0.1:25555 --config config/plant.ini \
+  --stream pump1 --inject offset --fault-modality hydraulic --fault-channel 0 \
+  --fault-at 1800 --fault-rows 120 --rate 2000
+wait $tailer || true
+kill -TERM $daemon && wait $daemon || true
+trap - EXIT
+/usr/bin/python3 - <<'PY'
+import json
+reps = [json.loads(l) for l in open("out/reports.jsonl")]
+flag = [r for r in reps if r.get("anomaly")]
+# Windows whose newest tick lies in the injected span (rows 1800..1919).
+inside = [r for r in reps if 1800 <= int(r.get("end_seq", -1)) < 1920 + 60]
+hit = [r for r in inside if r.get("anomaly")]
+mods = sorted({r.get("faulty_modality") for r in hit})
+print(f"faultlined: {len(reps)} reports, {len(flag)} flagged; "
+      f"{len(hit)}/{len(inside)} windows over the pressure offset flagged, as {mods}")
+PY
+echo "== wrote out/plant.model, out/eval.json, out/episode.svg, out/reports.jsonl"
