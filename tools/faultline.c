@@ -23,6 +23,7 @@ static const struct {
     {"eval", cmd_eval, "evaluate detection, localisation and correction per fault type"},
     {"replay", cmd_replay, "stream a CSV to faultlined as frames (optionally with a fault)"},
     {"tail", cmd_tail, "print the reports faultlined publishes"},
+    {"analyze", cmd_analyze, "per-layer norms, path bounds and measured fault amplification"},
 };
 
 static void usage(FILE *f) {
