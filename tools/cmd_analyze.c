@@ -412,6 +412,11 @@ int cmd_analyze(int argc, char **argv) {
          "correction = at the %s.\n"
          "verdict: amplifies if the largest gain exceeds 1, else attenuates.\n",
          npos, an_path_at[FL_PATH_HEAD], an_path_at[FL_PATH_CORRECTED]);
+  for (int i = 0; i < M; i++)
+    if (s->mod[i].drifts)
+      printf("note: %s drifts: its windows reach the model detrended, so faults are unit\n"
+             "perturbations after detrending (a step over the whole window would be removed).\n",
+             s->mod[i].name);
   printf("  %-14s %-11s %-8s %9s %9s %9s %9s  %s\n", "modality", "path", "fault", "min",
          "median", "max", "bound", "verdict");
   json_t *jm = json_object(), *jh = json_object();
