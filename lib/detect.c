@@ -75,8 +75,8 @@ int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
       const float *yc = fl_ctx_estimate(ctx, i) + (size_t)b * C * T;
       float mscore = -INFINITY;
       for (int c = 0; c < C; c++, off++) {
-        double se = 0, sre = 0, sum = 0, sq = 0, sc2 = 0, src = 0;
-        int n = 0, miss = 0;
+        double se = 0, sre = 0, sd2 = 0, sc2 = 0, src = 0;
+        int n = 0, nd = 0, miss = 0, prev = -1;
         for (int t = t0; t < T; t++) {
           size_t k = (size_t)c * T + t;
           if (mk[k] == 0.0f) { miss++; continue; }
@@ -86,11 +86,17 @@ int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
           double ec = (double)x[k] - yc[k];
           sc2 += ec * ec;
           src += ec;
-          sum += x[k];
-          sq += (double)x[k] * x[k];
+          /* Successive differences measure the sensor's own noise, which
+           * operating-point changes leave alone and a dead sensor loses. */
+          if (prev >= 0) {
+            double dx = (double)x[k] - x[(size_t)c * T + prev];
+            sd2 += dx * dx;
+            nd++;
+          }
+          prev = t;
           n++;
         }
-        double mse = n ? se / n : 0.0, mu = n ? sum / n : 0.0, cse = n ? sc2 / n : 0.0;
+        double mse = n ? se / n : 0.0, cse = n ? sc2 / n : 0.0;
         /* A drifting modality's residual carries the model's error at levels
          * it never saw as a bias over the window; its spread is the shape
          * error that a fault leaves. */
@@ -101,8 +107,8 @@ int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
           cse -= mc * mc;
           if (cse < 0) cse = 0;
         }
-        double var = n ? sq / n - mu * mu : 0.0;
-        float r = (float)log(mse + FL__LOG_EPS), v = (float)log((var > 0 ? var : 0) + FL__LOG_EPS);
+        double rough = nd ? sd2 / nd : 0.0;
+        float r = (float)log(mse + FL__LOG_EPS), v = (float)log(rough + FL__LOG_EPS);
         float q = (float)log(cse + FL__LOG_EPS);
         if (rw) {
           rw[off] = r;

@@ -5,8 +5,9 @@
  * newest `tail` base ticks (where a fault that has just begun shows):
  *   r_c  log of the mean squared residual of the input against the stage-1
  *        reconstruction (the high-fidelity estimate: block bypassed);
- *   v_c  log of the input's variance, which a dead sensor (stuck, saturated)
- *        collapses and noise inflates;
+ *   v_c  log of the mean squared difference of successive samples: the
+ *        sensor's own noise, which a dead sensor (stuck, saturated) loses
+ *        and which operating-point changes, unlike the variance, leave alone;
  *   q_c  log of the mean squared residual against the corrected estimate
  *        (compute block on): what the channel should read given the rest of
  *        the window, which sees level faults that r_c's autoencoder follows;
