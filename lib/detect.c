@@ -189,20 +189,35 @@ static void fl__mean_sd(const float *v, int n, int stride, float floor_sd, float
   *sd = spread > floor_sd ? spread : floor_sd;
 }
 
+/* The windows of the recordings that fl_detect_calibrate loads. */
+typedef struct {
+  const fl_series *s;
+  const fl_model_spec *spec;
+  const int *wk, *we;
+  float **rw;
+  float clamp;
+} fl__series_src;
+
+static int fl__series_load(void *user, fl_model *m, fl_ctx *ctx, int b, int j) {
+  fl__series_src *src = user;
+  int err = fl_series_window(&src->s[src->wk[j]], src->spec, src->we[j], src->rw);
+  if (err) return err;
+  for (int i = 0; i < src->spec->n_mod; i++)
+    if ((err = fl_model_normalise(m, ctx, b, i, src->rw[i], src->clamp))) return err;
+  return 0;
+}
+
 int fl_detect_calibrate(fl_model *m, fl_calib *cal, const fl_series *s, int ns,
                         const fl_train_config *cfg, const fl_detect_config *dcfg) {
   if (!m || !cal || !s || ns <= 0 || !cfg || !dcfg) return FL_EINVAL;
   const fl_model_spec *spec = fl_model_spec_of(m);
-  int nch = fl_model_channels(m), nf = 3 * nch + 1, err = FL_ENOMEM;
-  if (spec->emb > 256) return FL_EINVAL;
+  int err = FL_ENOMEM;
   int total = 0;
   for (int k = 0; k < ns; k++) total += s[k].rows + 1;
   int *ends = malloc(sizeof(int) * total), nw = 0;
   int *wk = malloc(sizeof(int) * total);
   int *we = malloc(sizeof(int) * total);
-  fl_ctx *ctx = NULL;
-  float *raw = NULL, *emb = NULL, *buf = NULL, *rw[FL_MAX_MODALITIES] = {0};
-  fl_window_score *sc = NULL;
+  float *rw[FL_MAX_MODALITIES] = {0};
   if (!ends || !wk || !we) goto done;
   for (int k = 0; k < ns; k++) {
     if (s[k].rows < spec->window) continue;
@@ -214,11 +229,33 @@ int fl_detect_calibrate(fl_model *m, fl_calib *cal, const fl_series *s, int ns,
       we[nw++] = ends[j];
     }
   }
+  for (int i = 0; i < spec->n_mod; i++)
+    if (!(rw[i] = malloc(sizeof(float) * spec->mod[i].channels * spec->window *
+                         spec->mod[i].rate)))
+      goto done;
+  fl__series_src src = {s, spec, wk, we, rw, cfg->clamp};
+  err = fl_detect_calibrate_with(m, cal, nw, cfg->batch > 0 ? cfg->batch : 64,
+                                 fl__series_load, &src, dcfg);
+done:
+  for (int i = 0; i < FL_MAX_MODALITIES; i++) free(rw[i]);
+  free(ends); free(wk); free(we);
+  return err;
+}
+
+int fl_detect_calibrate_with(fl_model *m, fl_calib *cal, int nw, int Bmax,
+                             fl_detect_load_fn load, void *user,
+                             const fl_detect_config *dcfg) {
+  if (!m || !cal || !load || !dcfg || Bmax <= 0) return FL_EINVAL;
+  const fl_model_spec *spec = fl_model_spec_of(m);
+  int nch = fl_model_channels(m), nf = 3 * nch + 1, err = FL_ENOMEM;
+  if (spec->emb > 256) return FL_EINVAL;
+  fl_ctx *ctx = NULL;
+  float *raw = NULL, *emb = NULL, *buf = NULL;
+  fl_window_score *sc = NULL;
   if (nw < 2) {
     err = FL_EINVAL;
     goto done;
   }
-  int Bmax = cfg->batch > 0 ? cfg->batch : 64;
   if ((err = fl_ctx_create(&ctx, m, Bmax))) goto done;
   err = FL_ENOMEM;
   raw = malloc(sizeof(float) * (size_t)nw * nf);
@@ -226,10 +263,6 @@ int fl_detect_calibrate(fl_model *m, fl_calib *cal, const fl_series *s, int ns,
   buf = malloc(sizeof(float) * nw);
   sc = malloc(sizeof(fl_window_score) * Bmax);
   if (!raw || !emb || !buf || !sc) goto done;
-  for (int i = 0; i < spec->n_mod; i++)
-    if (!(rw[i] = malloc(sizeof(float) * spec->mod[i].channels * spec->window *
-                         spec->mod[i].rate)))
-      goto done;
 
   memset(cal, 0, sizeof *cal);
   cal->nch = nch;
@@ -242,11 +275,8 @@ int fl_detect_calibrate(fl_model *m, fl_calib *cal, const fl_series *s, int ns,
   for (int pass = 0; pass < 2; pass++) {
     for (int j = 0; j < nw; j += Bmax) {
       int B = nw - j < Bmax ? nw - j : Bmax;
-      for (int b = 0; b < B; b++) {
-        if ((err = fl_series_window(&s[wk[j + b]], spec, we[j + b], rw))) goto done;
-        for (int i = 0; i < spec->n_mod; i++)
-          if ((err = fl_model_normalise(m, ctx, b, i, rw[i], cfg->clamp))) goto done;
-      }
+      for (int b = 0; b < B; b++)
+        if ((err = load(user, m, ctx, b, j + b))) goto done;
       if (pass == 0) {
         /* Uncalibrated: features only (cal->nch is reset below). */
         cal->nch = 0;
@@ -297,8 +327,7 @@ int fl_detect_calibrate(fl_model *m, fl_calib *cal, const fl_series *s, int ns,
   free(chan);
   err = 0;
 done:
-  for (int i = 0; i < FL_MAX_MODALITIES; i++) free(rw[i]);
-  free(ends); free(wk); free(we); free(raw); free(emb); free(buf); free(sc);
+  free(raw); free(emb); free(buf); free(sc);
   fl_ctx_free(ctx);
   return err;
 }

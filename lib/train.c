@@ -205,16 +205,14 @@ static int fl__load(fl__trainer *t, const fl__win *w, int B, int faults, fl_rng 
   return 0;
 }
 
-/* Reconstruction loss of the batch against the targets, averaged over the
- * modalities so that a fast modality does not outweigh the others; fills
- * dL/d output when grad is set. */
-static int fl__recon_loss(fl__trainer *t, int B, float *loss, int grad) {
-  const fl_model_spec *spec = fl_model_spec_of(t->m);
+int fl_train_recon_loss(const fl_model *m, fl_ctx *ctx, int B, float *const target[],
+                        float *const tmask[], float *loss, int grad) {
+  const fl_model_spec *spec = fl_model_spec_of(m);
   double total = 0.0;
   for (int i = 0; i < spec->n_mod; i++) {
     size_t n = (size_t)B * spec->mod[i].channels * spec->window * spec->mod[i].rate;
-    float l, *d = grad ? fl_ctx_doutput(t->ctx, i) : NULL;
-    int err = fl_mse_loss(&l, d, fl_ctx_output(t->ctx, i), t->target[i], t->tmask[i], n);
+    float l, *d = grad ? fl_ctx_doutput(ctx, i) : NULL;
+    int err = fl_mse_loss(&l, d, fl_ctx_output(ctx, i), target[i], tmask[i], n);
     if (err) return err;
     total += l;
     if (d)
@@ -222,6 +220,10 @@ static int fl__recon_loss(fl__trainer *t, int B, float *loss, int grad) {
   }
   *loss = (float)(total / spec->n_mod);
   return 0;
+}
+
+static int fl__recon_loss(fl__trainer *t, int B, float *loss, int grad) {
+  return fl_train_recon_loss(t->m, t->ctx, B, t->target, t->tmask, loss, grad);
 }
 
 static void fl__shuffle(fl__win *w, int n, fl_rng *r) {
@@ -243,6 +245,41 @@ static int fl__step(fl_model *m, fl_adam *opt, fl_module mod, float clip) {
   for (int k = 0; k < n; k++)
     if ((err = fl_adam_update(opt, &ps[k]))) return err;
   return fl_model_project(m, mod, NULL);
+}
+
+int fl_train_step(fl_model *m, fl_ctx *ctx, int stage, int B, float *const target[],
+                  float *const tmask[], const int *label, fl_adam opt[FL_MOD_COUNT],
+                  const fl_train_config *cfg, float *work, float *loss_out, float *closs_out) {
+  int err;
+  fl_model_zero_grad(m);
+  if ((err = fl_model_forward(m, ctx, B, stage == 2, stage == 2))) return err;
+  float loss, closs = 0.0f;
+  if ((err = fl_train_recon_loss(m, ctx, B, target, tmask, &loss, 1))) return err;
+  if ((err = fl_model_backward_recon(m, ctx, B, stage == 1))) return err;
+  if (stage == 2 && cfg->w_contrast > 0.0f) {
+    const fl_model_spec *spec = fl_model_spec_of(m);
+    float *de = fl_ctx_dembedding(ctx);
+    err = fl_ntxent_loss(&closs, de, fl_ctx_embedding(ctx), label, B, spec->emb, cfg->tau,
+                         work);
+    if (err) return err;
+    for (int k = 0; k < B * spec->emb; k++) de[k] *= cfg->w_contrast;
+    if ((err = fl_model_backward_head(m, ctx, B, 0))) return err;
+  }
+  if (!isfinite(loss) || !isfinite(closs)) return FL_EDIVERGED;
+  if (stage == 1) {
+    if ((err = fl__step(m, &opt[FL_MOD_ENC], FL_MOD_ENC, cfg->clip[FL_MOD_ENC]))) return err;
+    if ((err = fl__step(m, &opt[FL_MOD_DEC], FL_MOD_DEC, cfg->clip[FL_MOD_DEC]))) return err;
+  } else {
+    if ((err = fl__step(m, &opt[FL_MOD_BLOCK], FL_MOD_BLOCK, cfg->clip[FL_MOD_BLOCK])))
+      return err;
+    if ((err = fl__step(m, &opt[FL_MOD_HEAD], FL_MOD_HEAD, cfg->clip[FL_MOD_HEAD]))) return err;
+    if (cfg->lr_dec2 > 0.0f &&
+        (err = fl__step(m, &opt[FL_MOD_DEC], FL_MOD_DEC, cfg->clip[FL_MOD_DEC])))
+      return err;
+  }
+  *loss_out = loss;
+  *closs_out = closs;
+  return 0;
 }
 
 /* The loss of the held-out windows, with faults drawn from a fixed seed so
@@ -298,36 +335,10 @@ static int fl__run_stage(fl_model *m, const fl_series *s, int ns, const fl_train
       int B = t.ntrain - i < cfg->batch ? t.ntrain - i : cfg->batch;
       if (B < 2 && i > 0) break; /* a lone window makes a noisy step */
       if ((err = fl__load(&t, t.train + i, B, stage == 2, &t.rng))) goto done;
-      fl_model_zero_grad(m);
-      if ((err = fl_model_forward(m, t.ctx, B, stage == 2, stage == 2))) goto done;
       float loss, closs = 0.0f;
-      if ((err = fl__recon_loss(&t, B, &loss, 1))) goto done;
-      if ((err = fl_model_backward_recon(m, t.ctx, B, stage == 1))) goto done;
-      if (stage == 2 && cfg->w_contrast > 0.0f) {
-        const fl_model_spec *spec = fl_model_spec_of(m);
-        float *de = fl_ctx_dembedding(t.ctx);
-        err = fl_ntxent_loss(&closs, de, fl_ctx_embedding(t.ctx), t.label, B, spec->emb,
-                             cfg->tau, work);
-        if (err) goto done;
-        for (int k = 0; k < B * spec->emb; k++) de[k] *= cfg->w_contrast;
-        if ((err = fl_model_backward_head(m, t.ctx, B, 0))) goto done;
-      }
-      if (!isfinite(loss) || !isfinite(closs)) {
-        err = FL_EDIVERGED;
-        goto done;
-      }
-      if (stage == 1) {
-        if ((err = fl__step(m, &opt[FL_MOD_ENC], FL_MOD_ENC, cfg->clip[FL_MOD_ENC]))) goto done;
-        if ((err = fl__step(m, &opt[FL_MOD_DEC], FL_MOD_DEC, cfg->clip[FL_MOD_DEC]))) goto done;
-      } else {
-        if ((err = fl__step(m, &opt[FL_MOD_BLOCK], FL_MOD_BLOCK, cfg->clip[FL_MOD_BLOCK])))
-          goto done;
-        if ((err = fl__step(m, &opt[FL_MOD_HEAD], FL_MOD_HEAD, cfg->clip[FL_MOD_HEAD])))
-          goto done;
-        if (cfg->lr_dec2 > 0.0f &&
-            (err = fl__step(m, &opt[FL_MOD_DEC], FL_MOD_DEC, cfg->clip[FL_MOD_DEC])))
-          goto done;
-      }
+      err = fl_train_step(m, t.ctx, stage, B, t.target, t.tmask, t.label, opt, cfg, work, &loss,
+                          &closs);
+      if (err) goto done;
       sum += (double)(loss + cfg->w_contrast * closs) * B;
       seen += B;
     }

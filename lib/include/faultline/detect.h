@@ -82,6 +82,15 @@ int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
 int fl_detect_calibrate(fl_model *m, fl_calib *cal, const fl_series *s, int ns,
                         const fl_train_config *cfg, const fl_detect_config *dcfg);
 
+/* Calibration on nw windows that a callback loads: load(user, m, ctx, b, j)
+ * puts window j (standardised input, mask, level) into slot b of ctx; it is
+ * called twice per window.  Batches of Bmax.  The online tuner calibrates
+ * on its replay buffer this way. */
+typedef int (*fl_detect_load_fn)(void *user, fl_model *m, fl_ctx *ctx, int b, int j);
+int fl_detect_calibrate_with(fl_model *m, fl_calib *cal, int nw, int Bmax,
+                             fl_detect_load_fn load, void *user,
+                             const fl_detect_config *dcfg);
+
 /* Gated correction of one window's modality i: corrected (C_i, T_i) raw
  * units, from the raw input (C_i, T_i) and the context's slot b after
  * fl_detect_score.  faulty[c] (C_i) says which channels are replaced. */

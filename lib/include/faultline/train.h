@@ -73,4 +73,20 @@ int fl_train_stage2(fl_model *m, const fl_series *s, int ns, const fl_train_conf
 int fl_train_windows(const fl_series *s, const fl_model_spec *spec,
                      const fl_train_config *cfg, int *ends, int *ntrain);
 
+/* The pieces of a training step, for callers that bring their own batches
+ * (the online tuner).  fl_train_recon_loss: the masked reconstruction loss
+ * of the context's last output against target[i] (B, C_i, T_i) with masks
+ * tmask[i], averaged over the modalities; grad also fills dL/d output.
+ * fl_train_step: one optimiser step of `stage` on the B windows already in
+ * the context (fault-free targets and masks beside them, label[b] 0 for a
+ * clean window, -1 for a faulted one): forward, losses, backward, then per
+ * module gradient clipping (cfg->clip), Adam (opt[module]) and projection of
+ * every layer under its target.  work holds B * B floats.  Stage 2 steps the
+ * block and head, and the decoders when cfg->lr_dec2 > 0. */
+int fl_train_recon_loss(const fl_model *m, fl_ctx *ctx, int B, float *const target[],
+                        float *const tmask[], float *loss, int grad);
+int fl_train_step(fl_model *m, fl_ctx *ctx, int stage, int B, float *const target[],
+                  float *const tmask[], const int *label, fl_adam opt[FL_MOD_COUNT],
+                  const fl_train_config *cfg, float *work, float *loss, float *closs);
+
 #endif

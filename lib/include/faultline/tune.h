@@ -1,0 +1,91 @@
+/* faultline tune: online fine-tuning of the compute block (and head) on
+ * windows judged clean, as the daemon's [tune] section runs it.
+ *
+ *   buffer   a bounded ring of clean standardised windows (input, mask and
+ *            the trend removed from drifting modalities, as fl_model_normalise
+ *            left them in a context slot); the oldest is overwritten
+ *   job      works on private copies: fl_tune_job_prepare (caller's thread)
+ *            copies the current model's parameters, its calibration and the
+ *            buffer's windows; fl_tune_job_run (any thread) runs `steps`
+ *            stage-2 steps (lib/train.c's fl_train_step: faults injected into
+ *            the buffer windows, correction and NT-Xent losses, per-module
+ *            clipping, every layer projected under its target after every
+ *            step) on the training part, then validates on the held-out
+ *            part (the newest val_fraction of the windows) against the
+ *            current model; fl_tune_job_apply (caller's thread) copies an
+ *            accepted update into the live model and calibration.
+ *
+ * Validation: the correction loss on the held-out windows with faults
+ * injected from a fixed seed (the same faults for both models) and the
+ * false-alarm rate on the clean held-out windows (score above the
+ * threshold).  The current model is judged with its own calibration, the
+ * candidate with a calibration from the training part of the buffer.  The
+ * update is accepted only if the loss does not exceed the current one by more
+ * than margin (relative) and the false-alarm rate does not exceed the current
+ * one by more than margin (absolute).  On acceptance the calibration of the
+ * update is computed on the held-out windows.
+ *
+ * Nothing here blocks, sleeps, logs or keeps global state. */
+#ifndef FAULTLINE_TUNE_H
+#define FAULTLINE_TUNE_H
+
+#include <stdint.h>
+
+#include "faultline/detect.h"
+#include "faultline/model.h"
+#include "faultline/train.h"
+
+typedef struct {
+  int steps;          /* stage-2 steps per update (50) */
+  int batch;          /* windows per step (32) */
+  float lr;           /* learning rate of block and head (2e-4) */
+  float margin;       /* tolerated worsening, see above (0.05) */
+  float val_fraction; /* share of the buffer held out for validation (0.25) */
+  int min_windows;    /* windows the buffer needs before an update (64) */
+  uint64_t seed;
+  fl_train_config train;   /* p_clean, tau, w_contrast, clip, faults, clamp, lr_dec2 */
+  fl_detect_config detect; /* the recalibration's quantiles */
+} fl_tune_config;
+
+/* Defaults as above; train gets fl_train_defaults with lr_dec2 = 0 (the
+ * decoders, hence the stage-1 estimate detection relies on, stay frozen). */
+void fl_tune_defaults(fl_tune_config *c);
+
+typedef struct fl_tune_buffer fl_tune_buffer;
+int fl_tune_buffer_create(fl_tune_buffer **out, const fl_model *m, int capacity);
+void fl_tune_buffer_free(fl_tune_buffer *b);
+/* Copies slot b of the context (after fl_model_normalise) into the ring. */
+int fl_tune_buffer_push(fl_tune_buffer *buf, fl_ctx *ctx, int b);
+int fl_tune_buffer_count(const fl_tune_buffer *b);
+int fl_tune_buffer_capacity(const fl_tune_buffer *b);
+void fl_tune_buffer_clear(fl_tune_buffer *b);
+
+typedef struct {
+  int steps;                      /* steps taken */
+  int ntrain, nval;               /* windows used */
+  float train_loss;               /* mean step loss (correction + contrastive) */
+  float loss_old, loss_new;       /* held-out correction loss */
+  float far_old, far_new;         /* held-out clean false-alarm rate */
+  float threshold;                /* the new threshold (accepted updates) */
+  float max_ratio;                /* largest sigma / target over the layers */
+  int accepted;
+  double seconds;                 /* wall time of fl_tune_job_run */
+} fl_tune_result;
+
+typedef struct fl_tune_job fl_tune_job;
+/* A job for models of m's spec. */
+int fl_tune_job_create(fl_tune_job **out, const fl_model *m, const fl_tune_config *cfg);
+void fl_tune_job_free(fl_tune_job *j);
+/* Snapshots the current model, its calibration and the buffer (FL_EINVAL
+ * with fewer than cfg->min_windows windows). */
+int fl_tune_job_prepare(fl_tune_job *j, const fl_model *cur, const fl_calib *cal,
+                        const fl_tune_buffer *buf);
+/* Trains and validates; touches nothing but the job. */
+int fl_tune_job_run(fl_tune_job *j, fl_tune_result *res);
+/* Copies the accepted parameters and calibration into dst (FL_EINVAL when
+ * the last run was not accepted). */
+int fl_tune_job_apply(const fl_tune_job *j, fl_model *dst, fl_calib *cal);
+/* The candidate model of the last run (for tests and analysis). */
+fl_model *fl_tune_job_model(fl_tune_job *j);
+
+#endif

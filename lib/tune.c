@@ -1,0 +1,374 @@
+/* faultline tune: see include/faultline/tune.h for the contracts. */
+#include "faultline/tune.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "faultline/error.h"
+
+void fl_tune_defaults(fl_tune_config *c) {
+  memset(c, 0, sizeof *c);
+  c->steps = 50;
+  c->batch = 32;
+  c->lr = 2e-4f;
+  c->margin = 0.05f;
+  c->val_fraction = 0.25f;
+  c->min_windows = 64;
+  c->seed = 1;
+  fl_train_defaults(&c->train);
+  c->train.lr_dec2 = 0.0f;
+  fl_detect_defaults(&c->detect);
+}
+
+/* The layout of one stored window: per modality x (C T), mask (C T), level
+ * (C 2), in modality order. */
+typedef struct {
+  int n_mod;
+  size_t ct[FL_MAX_MODALITIES], c2[FL_MAX_MODALITIES];
+  size_t off[FL_MAX_MODALITIES]; /* start of modality i's x */
+  size_t stride;                 /* floats per window */
+} fl__layout;
+
+static void fl__layout_of(fl__layout *l, const fl_model_spec *s) {
+  memset(l, 0, sizeof *l);
+  l->n_mod = s->n_mod;
+  size_t o = 0;
+  for (int i = 0; i < s->n_mod; i++) {
+    l->ct[i] = (size_t)s->mod[i].channels * s->window * s->mod[i].rate;
+    l->c2[i] = (size_t)s->mod[i].channels * 2;
+    l->off[i] = o;
+    o += 2 * l->ct[i] + l->c2[i];
+  }
+  l->stride = o;
+}
+
+static void fl__store(const fl__layout *l, float *dst, fl_ctx *ctx, int b) {
+  for (int i = 0; i < l->n_mod; i++) {
+    float *d = dst + l->off[i];
+    memcpy(d, fl_ctx_input(ctx, i) + b * l->ct[i], sizeof(float) * l->ct[i]);
+    memcpy(d + l->ct[i], fl_ctx_mask(ctx, i) + b * l->ct[i], sizeof(float) * l->ct[i]);
+    memcpy(d + 2 * l->ct[i], fl_ctx_level(ctx, i) + b * l->c2[i], sizeof(float) * l->c2[i]);
+  }
+}
+
+static void fl__restore(const fl__layout *l, const float *src, fl_ctx *ctx, int b) {
+  for (int i = 0; i < l->n_mod; i++) {
+    const float *s = src + l->off[i];
+    memcpy(fl_ctx_input(ctx, i) + b * l->ct[i], s, sizeof(float) * l->ct[i]);
+    memcpy(fl_ctx_mask(ctx, i) + b * l->ct[i], s + l->ct[i], sizeof(float) * l->ct[i]);
+    memcpy(fl_ctx_level(ctx, i) + b * l->c2[i], s + 2 * l->ct[i], sizeof(float) * l->c2[i]);
+  }
+}
+
+/* ---- buffer ------------------------------------------------------------- */
+
+struct fl_tune_buffer {
+  fl__layout lay;
+  int cap, head, count;
+  float *data; /* (cap, stride) */
+};
+
+int fl_tune_buffer_create(fl_tune_buffer **out, const fl_model *m, int capacity) {
+  if (!out || !m || capacity < 2) return FL_EINVAL;
+  fl_tune_buffer *b = calloc(1, sizeof *b);
+  if (!b) return FL_ENOMEM;
+  fl__layout_of(&b->lay, fl_model_spec_of(m));
+  b->cap = capacity;
+  if (!(b->data = malloc(sizeof(float) * b->lay.stride * capacity))) {
+    free(b);
+    return FL_ENOMEM;
+  }
+  *out = b;
+  return 0;
+}
+
+void fl_tune_buffer_free(fl_tune_buffer *b) {
+  if (!b) return;
+  free(b->data);
+  free(b);
+}
+
+int fl_tune_buffer_push(fl_tune_buffer *buf, fl_ctx *ctx, int b) {
+  if (!buf || !ctx || b < 0) return FL_EINVAL;
+  fl__store(&buf->lay, buf->data + (size_t)buf->head * buf->lay.stride, ctx, b);
+  buf->head = (buf->head + 1) % buf->cap;
+  if (buf->count < buf->cap) buf->count++;
+  return 0;
+}
+
+int fl_tune_buffer_count(const fl_tune_buffer *b) { return b ? b->count : 0; }
+int fl_tune_buffer_capacity(const fl_tune_buffer *b) { return b ? b->cap : 0; }
+void fl_tune_buffer_clear(fl_tune_buffer *b) {
+  if (b) b->head = b->count = 0;
+}
+
+/* ---- job ---------------------------------------------------------------- */
+
+struct fl_tune_job {
+  fl_tune_config cfg;
+  fl__layout lay;
+  fl_model *cand, *ref;
+  fl_calib ref_cal, cand_cal, new_cal;
+  fl_ctx *ctx;
+  int B;                            /* context batch */
+  int cap, n;                       /* snapshot capacity, windows held */
+  float *win;                       /* (cap, stride) oldest first */
+  float *target[FL_MAX_MODALITIES]; /* (B, C, T) */
+  float *tmask[FL_MAX_MODALITIES];
+  float *raw[FL_MAX_MODALITIES];    /* (C, T) one window, raw units */
+  float *sd[FL_MAX_MODALITIES];     /* (C) */
+  int *label;
+  float *work;
+  fl_window_score *sc;
+  fl_rng rng;
+  int prepared, accepted, runs;
+  /* window range a calibration loader serves */
+  int from;
+};
+
+void fl_tune_job_free(fl_tune_job *j) {
+  if (!j) return;
+  fl_model_free(j->cand);
+  fl_model_free(j->ref);
+  fl_ctx_free(j->ctx);
+  free(j->win);
+  for (int i = 0; i < FL_MAX_MODALITIES; i++) {
+    free(j->target[i]);
+    free(j->tmask[i]);
+    free(j->raw[i]);
+    free(j->sd[i]);
+  }
+  free(j->label);
+  free(j->work);
+  free(j->sc);
+  free(j);
+}
+
+int fl_tune_job_create(fl_tune_job **out, const fl_model *m, const fl_tune_config *cfg) {
+  if (!out || !m || !cfg || cfg->batch < 2 || cfg->steps < 0 || cfg->val_fraction <= 0.0f ||
+      cfg->val_fraction >= 1.0f)
+    return FL_EINVAL;
+  *out = NULL;
+  fl_tune_job *j = calloc(1, sizeof *j);
+  if (!j) return FL_ENOMEM;
+  j->cfg = *cfg;
+  const fl_model_spec *spec = fl_model_spec_of(m);
+  fl__layout_of(&j->lay, spec);
+  j->B = cfg->batch;
+  int err;
+  if ((err = fl_model_create(&j->cand, spec, 1)) || (err = fl_model_create(&j->ref, spec, 1)) ||
+      (err = fl_ctx_create(&j->ctx, m, j->B)))
+    goto fail;
+  err = FL_ENOMEM;
+  for (int i = 0; i < spec->n_mod; i++) {
+    size_t n = j->lay.ct[i];
+    if (!(j->target[i] = malloc(sizeof(float) * n * j->B)) ||
+        !(j->tmask[i] = malloc(sizeof(float) * n * j->B)) ||
+        !(j->raw[i] = malloc(sizeof(float) * n)) ||
+        !(j->sd[i] = malloc(sizeof(float) * spec->mod[i].channels)))
+      goto fail;
+  }
+  if (!(j->label = malloc(sizeof(int) * j->B)) ||
+      !(j->work = malloc(sizeof(float) * j->B * j->B)) ||
+      !(j->sc = malloc(sizeof(fl_window_score) * j->B)))
+    goto fail;
+  fl_rng_seed(&j->rng, cfg->seed * 0x9e3779b97f4a7c15ULL + 17);
+  *out = j;
+  return 0;
+fail:
+  fl_tune_job_free(j);
+  return err;
+}
+
+fl_model *fl_tune_job_model(fl_tune_job *j) { return j ? j->cand : NULL; }
+
+int fl_tune_job_prepare(fl_tune_job *j, const fl_model *cur, const fl_calib *cal,
+                        const fl_tune_buffer *buf) {
+  if (!j || !cur || !cal || !buf || buf->lay.stride != j->lay.stride) return FL_EINVAL;
+  int min = j->cfg.min_windows > 4 ? j->cfg.min_windows : 4;
+  if (buf->count < min) return FL_EINVAL;
+  int err;
+  if ((err = fl_model_copy_params(j->cand, cur)) || (err = fl_model_copy_params(j->ref, cur)))
+    return err;
+  if (j->cap < buf->count) {
+    float *w = realloc(j->win, sizeof(float) * j->lay.stride * buf->count);
+    if (!w) return FL_ENOMEM;
+    j->win = w;
+    j->cap = buf->count;
+  }
+  /* Oldest first, so that the held-out part is the newest, as the trainer
+   * holds out the future. */
+  int first = buf->count < buf->cap ? 0 : buf->head;
+  for (int k = 0; k < buf->count; k++)
+    memcpy(j->win + (size_t)k * j->lay.stride,
+           buf->data + (size_t)((first + k) % buf->cap) * buf->lay.stride,
+           sizeof(float) * j->lay.stride);
+  j->n = buf->count;
+  j->ref_cal = *cal;
+  j->prepared = 1;
+  j->accepted = 0;
+  return 0;
+}
+
+/* Loads window w of the snapshot into slot b; with inject, a fault from the
+ * taxonomy goes into one random modality (probability 1 - p_clean) the way
+ * the trainer injects them: in raw units, then standardised again. */
+static int fl__load(fl_tune_job *j, fl_model *m, int b, int w, int inject, fl_rng *rng) {
+  const fl_model_spec *spec = fl_model_spec_of(m);
+  const float *src = j->win + (size_t)w * j->lay.stride;
+  fl__restore(&j->lay, src, j->ctx, b);
+  j->label[b] = 0;
+  for (int i = 0; i < spec->n_mod; i++) {
+    memcpy(j->target[i] + b * j->lay.ct[i], src + j->lay.off[i], sizeof(float) * j->lay.ct[i]);
+    memcpy(j->tmask[i] + b * j->lay.ct[i], src + j->lay.off[i] + j->lay.ct[i],
+           sizeof(float) * j->lay.ct[i]);
+  }
+  if (!inject || fl_rng_uniform(rng) < j->cfg.train.p_clean) return 0;
+  int i = (int)fl_rng_below(rng, (uint32_t)spec->n_mod);
+  int C = spec->mod[i].channels, T = spec->window * spec->mod[i].rate, off = 0;
+  for (int q = 0; q < i; q++) off += spec->mod[q].channels;
+  const float *x = src + j->lay.off[i], *mk = x + j->lay.ct[i], *lv = mk + j->lay.ct[i];
+  const float *mean = fl_model_mean(m), *std = fl_model_std(m);
+  for (int c = 0; c < C; c++) {
+    j->sd[i][c] = std[off + c];
+    for (int t = 0; t < T; t++) {
+      size_t k = (size_t)c * T + t;
+      float trend = lv[2 * c] + lv[2 * c + 1] * (t - 0.5f * (T - 1));
+      j->raw[i][k] = mk[k] != 0.0f ? (x[k] + trend) * std[off + c] + mean[off + c] : NAN;
+    }
+  }
+  fl_fault_type chosen = FL_FAULT_NONE;
+  int err = fl_fault_random(j->cfg.train.faults, j->cfg.train.types, j->cfg.train.ntypes,
+                            j->raw[i], NULL, C, T, j->sd[i], rng, &chosen);
+  if (err) return err;
+  if (chosen == FL_FAULT_NONE) return 0;
+  j->label[b] = -1;
+  return fl_model_normalise(m, j->ctx, b, i, j->raw[i], j->cfg.train.clamp);
+}
+
+static int fl__cal_load(void *user, fl_model *m, fl_ctx *ctx, int b, int w) {
+  fl_tune_job *j = user;
+  (void)m;
+  fl__restore(&j->lay, j->win + (size_t)(j->from + w) * j->lay.stride, ctx, b);
+  return 0;
+}
+
+/* Held-out correction loss (faults from a fixed seed) and clean false-alarm
+ * rate of model m judged with cal. */
+static int fl__validate(fl_tune_job *j, fl_model *m, const fl_calib *cal, int v0,
+                        float *loss, float *far) {
+  fl_rng vr;
+  fl_rng_seed(&vr, j->cfg.seed ^ 0x7a11da7eULL);
+  double total = 0.0;
+  int count = 0, alarms = 0, err;
+  for (int w = v0; w < j->n; w += j->B) {
+    int B = j->n - w < j->B ? j->n - w : j->B;
+    for (int b = 0; b < B; b++)
+      if ((err = fl__load(j, m, b, w + b, 1, &vr))) return err;
+    if ((err = fl_model_forward(m, j->ctx, B, 1, 0))) return err;
+    float l;
+    if ((err = fl_train_recon_loss(m, j->ctx, B, j->target, j->tmask, &l, 0))) return err;
+    total += (double)l * B;
+    for (int b = 0; b < B; b++) fl__restore(&j->lay, j->win + (size_t)(w + b) * j->lay.stride, j->ctx, b);
+    if ((err = fl_detect_score(m, cal, j->ctx, B, j->sc, NULL))) return err;
+    for (int b = 0; b < B; b++) alarms += j->sc[b].score > cal->threshold;
+    count += B;
+  }
+  *loss = (float)(total / (count ? count : 1));
+  *far = (float)alarms / (float)(count ? count : 1);
+  return 0;
+}
+
+static double fl__now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int fl_tune_job_run(fl_tune_job *j, fl_tune_result *res) {
+  if (!j || !res || !j->prepared) return FL_EINVAL;
+  double t0 = fl__now();
+  memset(res, 0, sizeof *res);
+  j->accepted = 0;
+  int nval = (int)floorf(j->n * j->cfg.val_fraction + 0.5f);
+  if (nval < 2) nval = 2;
+  int ntrain = j->n - nval, err;
+  if (ntrain < 2) return FL_EINVAL;
+  res->ntrain = ntrain;
+  res->nval = nval;
+  /* Fresh optimiser state for every update: the moments of the last one
+   * belong to other data and weights. */
+  fl_adam opt[FL_MOD_COUNT];
+  for (int k = 0; k < FL_MOD_COUNT; k++) fl_adam_init(&opt[k], j->cfg.lr);
+  fl_adam_init(&opt[FL_MOD_DEC], j->cfg.train.lr_dec2);
+  for (int k = 0; k < FL_MOD_COUNT; k++) {
+    fl_param *ps;
+    int np;
+    fl_model_params(j->cand, (fl_module)k, &ps, &np);
+    for (int q = 0; q < np; q++) {
+      memset(ps[q].m, 0, sizeof(float) * ps[q].n);
+      memset(ps[q].v, 0, sizeof(float) * ps[q].n);
+    }
+  }
+  double sum = 0.0;
+  for (int s = 0; s < j->cfg.steps; s++) {
+    int B = j->B < ntrain ? j->B : ntrain;
+    for (int b = 0; b < B; b++) {
+      int w = (int)fl_rng_below(&j->rng, (uint32_t)ntrain);
+      if ((err = fl__load(j, j->cand, b, w, 1, &j->rng))) return err;
+    }
+    float loss, closs;
+    err = fl_train_step(j->cand, j->ctx, 2, B, j->target, j->tmask, j->label, opt,
+                        &j->cfg.train, j->work, &loss, &closs);
+    if (err == FL_EDIVERGED) break; /* validation rejects what it has */
+    if (err) return err;
+    sum += loss + j->cfg.train.w_contrast * closs;
+    res->steps++;
+  }
+  res->train_loss = res->steps ? (float)(sum / res->steps) : NAN;
+  if (res->steps < j->cfg.steps) goto judged; /* diverged: rejected */
+  /* The candidate is judged with a calibration of its own, from the
+   * training part: the current calibration belongs to the current head. */
+  j->from = 0;
+  if ((err = fl_detect_calibrate_with(j->cand, &j->cand_cal, ntrain, j->B, fl__cal_load, j,
+                                      &j->cfg.detect)))
+    return err;
+  int v0 = ntrain;
+  if ((err = fl__validate(j, j->ref, &j->ref_cal, v0, &res->loss_old, &res->far_old))) return err;
+  if ((err = fl__validate(j, j->cand, &j->cand_cal, v0, &res->loss_new, &res->far_new)))
+    return err;
+  int ok = isfinite(res->loss_new) &&
+           res->loss_new <= res->loss_old * (1.0f + j->cfg.margin) + 1e-6f &&
+           res->far_new <= res->far_old + j->cfg.margin + 1e-6f;
+  if (ok) {
+    j->from = v0;
+    if ((err = fl_detect_calibrate_with(j->cand, &j->new_cal, nval, j->B, fl__cal_load, j,
+                                        &j->cfg.detect)))
+      return err;
+    res->threshold = j->new_cal.threshold;
+    j->accepted = 1;
+  }
+judged:
+  res->accepted = j->accepted;
+  res->max_ratio = 0.0f;
+  for (int l = 0; l < fl_model_layer_count(j->cand); l++) {
+    fl_layer *ly = fl_model_layer(j->cand, l);
+    float sg;
+    if (ly->target <= 0.0f) continue;
+    if ((err = fl_model_layer_norm(j->cand, l, &sg))) return err;
+    if (sg / ly->target > res->max_ratio) res->max_ratio = sg / ly->target;
+  }
+  res->seconds = fl__now() - t0;
+  j->runs++;
+  return 0;
+}
+
+int fl_tune_job_apply(const fl_tune_job *j, fl_model *dst, fl_calib *cal) {
+  if (!j || !dst || !cal || !j->accepted) return FL_EINVAL;
+  int err = fl_model_copy_params(dst, j->cand);
+  if (err) return err;
+  *cal = j->new_cal;
+  return 0;
+}
