@@ -19,6 +19,7 @@
 #include "faultline.pb-c.h"
 #include "faultline/bundle.h"
 #include "faultline/config.h"
+#include "faultline/model.h"
 
 #define FLD_VERSION "0.1.0"
 
@@ -133,6 +134,11 @@ struct fld_app;
  * driven by a uv_poll on its epoll fd) on cfg.metrics_listen. */
 int fld_http_start(struct fld_app *app);
 void fld_http_stop(struct fld_app *app);
+/* Routes one HTTP request without the network: sets the status and body;
+ * returns 1 when the body is malloc'ed (the caller frees it), 0 when it is
+ * static, -1 on failure.  Anything but GET and HEAD is 405. */
+int fld_http_route(struct fld_app *app, const char *method, const char *url, unsigned *status,
+                   const char **body, size_t *len);
 /* Renders /metrics in the Prometheus text format into a malloc'ed string. */
 char *fld_metrics_render(struct fld_app *app, size_t *len);
 
@@ -270,6 +276,17 @@ typedef struct fld_app {
   uint64_t status_frames, status_reports;
   double status_at;
 } fld_app;
+
+/* frame.c: decodes and validates one message (total: the size of all its
+ * parts, payload: the last part) against the model's layout, touching no
+ * state.  Returns -1 when the frame is valid (*out decoded, by_mod[i] the
+ * block of modality i or NULL), else the FLD_REJ_ reason; *out is set
+ * whenever the payload decoded and the caller frees it with
+ * faultline__frame__free_unpacked. */
+int fld_frame_check(const fl_model_spec *spec, long max_bytes, size_t total,
+                    const uint8_t *payload, size_t len, Faultline__Frame **out,
+                    Faultline__Block *by_mod[FL_MAX_MODALITIES]);
+int fld_frame_valid_name(const char *s);
 
 /* ingest.c: handles one received message (the parts of one frame). */
 void fld_ingest_message(fld_app *app, zmq_msg_t *parts, int nparts, uint64_t t_recv);

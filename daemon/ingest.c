@@ -6,6 +6,7 @@
  * before anything of it is stored, so a rejected frame never half-updates a
  * stream. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -55,19 +56,6 @@ static fld_stream *fld__stream_get(fld_app *app, const char *name) {
   fld_log(FLD_INFO, "new stream \"%s\" (%d of at most %d)", name, app->n_streams,
           app->cfg.max_streams);
   return st;
-}
-
-/* Stream ids go into topics and logs: keep them short and printable. */
-static int fld__valid_name(const char *s) {
-  size_t n = strlen(s);
-  if (n < 1 || n > 64) return 0;
-  for (size_t i = 0; i < n; i++) {
-    char c = s[i];
-    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-          c == '_' || c == '.' || c == ':' || c == '-'))
-      return 0;
-  }
-  return 1;
 }
 
 static void fld__reject(fld_app *app, int reason, const char *stream) {
@@ -136,40 +124,14 @@ void fld_ingest_message(fld_app *app, zmq_msg_t *parts, int nparts, uint64_t t_r
   zmq_msg_t *payload = &parts[nparts - 1];
   size_t total = 0;
   for (int p = 0; p < nparts; p++) total += zmq_msg_size(&parts[p]);
-  if ((long)total > app->cfg.max_message_bytes) {
-    fld__reject(app, FLD_REJ_OVERSIZE, NULL);
-    return;
-  }
-  Faultline__Frame *f =
-      faultline__frame__unpack(NULL, zmq_msg_size(payload), zmq_msg_data(payload));
-  if (!f) {
-    fld__reject(app, FLD_REJ_UNDECODABLE, NULL);
-    return;
-  }
   const fl_model_spec *spec = fl_model_spec_of(app->eng->b.model);
-  Faultline__Block *by_mod[FL_MAX_MODALITIES] = {0};
-  int reason = -1;
-  if (!fld__valid_name(f->stream)) reason = FLD_REJ_BAD_STREAM;
-  for (size_t j = 0; reason < 0 && j < f->n_blocks; j++) {
-    Faultline__Block *b = f->blocks[j];
-    int i;
-    for (i = 0; i < spec->n_mod; i++)
-      if (!strcmp(spec->mod[i].name, b->modality)) break;
-    if (i == spec->n_mod) { reason = FLD_REJ_UNKNOWN_MODALITY; break; }
-    if (by_mod[i]) { reason = FLD_REJ_INCONSISTENT_MODALITY; break; }
-    if ((int)b->channels != spec->mod[i].channels) { reason = FLD_REJ_CHANNEL_COUNT; break; }
-    /* The samples must be exactly one tick at the modality's rate. */
-    if (b->n_samples != (size_t)spec->mod[i].rate * spec->mod[i].channels) {
-      reason = FLD_REJ_INCONSISTENT_MODALITY;
-      break;
-    }
-    for (size_t s = 0; s < b->n_samples; s++)
-      if (isinf(b->samples[s])) { reason = FLD_REJ_NONFINITE; break; }
-    by_mod[i] = b;
-  }
+  Faultline__Frame *f = NULL;
+  Faultline__Block *by_mod[FL_MAX_MODALITIES];
+  int reason = fld_frame_check(spec, app->cfg.max_message_bytes, total,
+                               zmq_msg_data(payload), zmq_msg_size(payload), &f, by_mod);
   if (reason >= 0) {
-    fld__reject(app, reason, reason == FLD_REJ_BAD_STREAM ? NULL : f->stream);
-    faultline__frame__free_unpacked(f, NULL);
+    fld__reject(app, reason, f && reason != FLD_REJ_BAD_STREAM ? f->stream : NULL);
+    if (f) faultline__frame__free_unpacked(f, NULL);
     return;
   }
   fld_stream *st = fld__stream_get(app, f->stream);

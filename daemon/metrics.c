@@ -157,38 +157,59 @@ char *fld_metrics_render(fld_app *app, size_t *len) {
   return buf;
 }
 
+int fld_http_route(fld_app *app, const char *method, const char *url, unsigned *status,
+                   const char **body, size_t *len) {
+  /* Only reads: a scrape must not be able to change anything. */
+  if (strcmp(method, "GET") && strcmp(method, "HEAD")) {
+    static const char msg[] = "method not allowed\n";
+    *status = MHD_HTTP_METHOD_NOT_ALLOWED;
+    *body = msg;
+    *len = sizeof msg - 1;
+    return 0;
+  }
+  if (!strcmp(url, "/metrics")) {
+    char *b = fld_metrics_render(app, len);
+    if (!b) return -1;
+    *status = MHD_HTTP_OK;
+    *body = b;
+    return 1;
+  }
+  if (!strcmp(url, "/healthz")) {
+    /* Serving means: a model is loaded, the sockets are up and the loop
+     * turns (this answer comes from the loop); a stop in progress is not. */
+    *body = app->stopping ? "stopping\n" : "ok\n";
+    *len = strlen(*body);
+    *status = app->stopping ? MHD_HTTP_SERVICE_UNAVAILABLE : MHD_HTTP_OK;
+    return 0;
+  }
+  static const char msg[] = "not found: try /metrics or /healthz\n";
+  *status = MHD_HTTP_NOT_FOUND;
+  *body = msg;
+  *len = sizeof msg - 1;
+  return 0;
+}
+
 static enum MHD_Result fld__answer(void *cls, struct MHD_Connection *conn, const char *url,
                                    const char *method, const char *version,
                                    const char *upload, size_t *upload_size, void **con_cls) {
   fld_app *app = cls;
   (void)version;
   (void)upload;
-  (void)upload_size;
   (void)con_cls;
-  struct MHD_Response *r;
-  unsigned status = MHD_HTTP_OK;
-  if (strcmp(method, "GET") && strcmp(method, "HEAD")) {
-    static const char msg[] = "method not allowed\n";
-    r = MHD_create_response_from_buffer(sizeof msg - 1, (void *)msg, MHD_RESPMEM_PERSISTENT);
-    status = MHD_HTTP_METHOD_NOT_ALLOWED;
-  } else if (!strcmp(url, "/metrics")) {
-    size_t len = 0;
-    char *body = fld_metrics_render(app, &len);
-    if (!body) return MHD_NO;
-    r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
-    if (r) MHD_add_response_header(r, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
-  } else if (!strcmp(url, "/healthz")) {
-    /* Serving means: a model is loaded, the sockets are up and the loop
-     * turns (this answer comes from the loop); a stop in progress is not. */
-    const char *msg = app->stopping ? "stopping\n" : "ok\n";
-    status = app->stopping ? MHD_HTTP_SERVICE_UNAVAILABLE : MHD_HTTP_OK;
-    r = MHD_create_response_from_buffer(strlen(msg), (void *)msg, MHD_RESPMEM_PERSISTENT);
-  } else {
-    static const char msg[] = "not found: try /metrics or /healthz\n";
-    r = MHD_create_response_from_buffer(sizeof msg - 1, (void *)msg, MHD_RESPMEM_PERSISTENT);
-    status = MHD_HTTP_NOT_FOUND;
+  /* A request body is never read: refuse one rather than buffer it. */
+  if (*upload_size) return MHD_NO;
+  unsigned status;
+  const char *body;
+  size_t len = 0;
+  int owned = fld_http_route(app, method, url, &status, &body, &len);
+  if (owned < 0) return MHD_NO;
+  struct MHD_Response *r = MHD_create_response_from_buffer(
+      len, (void *)body, owned ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+  if (!r) {
+    if (owned) free((void *)body);
+    return MHD_NO;
   }
-  if (!r) return MHD_NO;
+  if (owned) MHD_add_response_header(r, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
   enum MHD_Result ret = MHD_queue_response(conn, status, r);
   MHD_destroy_response(r);
   return ret;
