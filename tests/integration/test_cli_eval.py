@@ -75,6 +75,45 @@ def model_std(path):
         return list(struct.unpack(f"<{(b - a) // 4}f", f.read(b - a)))
 
 
+def check_model_file(path):
+    """A trained model read as any safetensors reader would, with numpy:
+    PyTorch's names and shapes for the plant's layout, the normalisation and
+    calibration tensors, and the architecture in the metadata."""
+    import numpy as np
+    with open(path, "rb") as f:
+        blob = f.read()
+    n = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8:8 + n])
+    meta = header.pop("__metadata__")
+    spec = json.loads(meta["faultline.spec"])
+    check(meta.get("faultline.format") == "faultline-model-1", "model format metadata")
+    check([m["name"] for m in spec["modalities"]] ==
+          ["vibration", "electrical", "hydraulic", "thermal"], "model spec modalities")
+    z = 4 * spec["enc2"] * spec["window"] // 4
+    expect = {
+        "enc.vibration.0.weight": [16, 2, 30],   # rate 10: 3r taps
+        "enc.electrical.0.weight": [16, 2, 5],
+        "enc.hydraulic.1.weight": [32, 16, 5],
+        "dec.thermal.0.weight": [32, 16, 5],     # ConvTranspose1d: (in, out, k)
+        "dec.vibration.1.weight": [16, 2, 30],
+        "block.0.weight": [256, z], "block.2.weight": [z, 256], "block.2.bias": [z],
+        "head.0.weight": [128, z], "head.1.weight": [32, 128],
+        "norm.mean": [8], "norm.std": [8], "calib.res_mu": [8], "calib.centroid": [32],
+    }
+    for name, shape in expect.items():
+        check(name in header and header[name]["shape"] == shape,
+              f"model tensor {name} has shape {header.get(name, {}).get('shape')}, want {shape}")
+    end = 0
+    for name, t in header.items():
+        a, b = t["data_offsets"]
+        x = np.frombuffer(blob[8 + n + a:8 + n + b], dtype="<f4").reshape(t["shape"])
+        check(t["dtype"] == "F32" and np.all(np.isfinite(x)), f"model tensor {name} finite F32")
+        end = max(end, b)
+    check(8 + n + end == len(blob), "model file has no trailing bytes")
+    std = np.frombuffer(blob[8 + n + header["norm.std"]["data_offsets"][0]:][:32], dtype="<f4")
+    check(bool(np.all(std > 0)), "norm.std positive")
+
+
 def auroc(scores, labels):
     """Mann-Whitney with mid-ranks, written independently of lib/metrics.c."""
     pairs = sorted(zip(scores, labels))
@@ -109,6 +148,7 @@ def main():
         f.write(ini + "\n[train]\nepochs1 = 8\nepochs2 = 4\n")
     run("train", "--config", P("fast.ini"), "--data", P("sim.csv"), "--out", P("m.model"),
         "--quiet")
+    check_model_file(P("m.model"))
     header, rows = read_csv(P("sim.csv"))
     with open(P("held.csv"), "w", newline="") as f:
         w = csv.writer(f)
