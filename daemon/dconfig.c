@@ -27,6 +27,9 @@ void fld_config_defaults(fld_config *c) {
   c->sndhwm = 100000;
   snprintf(c->metrics_listen, sizeof c->metrics_listen, "127.0.0.1:9108");
   c->status_interval = 10.0;
+  c->metrics_max_connections = 16;
+  c->metrics_max_request = 4096;
+  c->limit_log_interval = 60.0;
   c->log_level = FLD_INFO;
 }
 
@@ -155,6 +158,17 @@ static int fld__handler(void *user, const char *section, const char *key, const 
     if (fld__copy(c->secret_key_file, sizeof c->secret_key_file, value)) goto bad;
   } else if (IS("security", "authorized_keys")) {
     if (fld__copy(c->authorized_keys, sizeof c->authorized_keys, value)) goto bad;
+  } else if (IS("metrics", "max_connections")) {
+    if (fld__long(value, 1, 1024, &l)) goto bad;
+    c->metrics_max_connections = (int)l;
+  } else if (IS("metrics", "max_request_bytes")) {
+    if (fld__long(value, 1024, 1 << 20, &l)) goto bad;
+    c->metrics_max_request = (int)l;
+  } else if (IS("log", "limit_interval")) {
+    char *end;
+    double d = strtod(value, &end);
+    if (end == value || *end || !(d >= 0.1 && d <= 86400)) goto bad;
+    c->limit_log_interval = d;
   } else if (IS("log", "level")) {
     if (fld_log_parse_level(value, &c->log_level)) goto bad;
   } else {

@@ -67,6 +67,8 @@ typedef struct {
   int hyst_on, hyst_off;
   /* [metrics] */
   char metrics_listen[128];     /* "ADDR:PORT"; empty: no HTTP endpoint */
+  int metrics_max_connections;  /* open HTTP connections at most; more are refused */
+  int metrics_max_request;      /* bytes of one request's line and headers at most */
   double status_interval;       /* seconds between STATUS= updates */
   /* [security] */
   int curve;
@@ -74,6 +76,7 @@ typedef struct {
   char authorized_keys[PATH_MAX]; /* directory of client public keys */
   /* [log] */
   int log_level;
+  double limit_log_interval;    /* seconds between log lines of one limit being hit */
 } fld_config;
 
 void fld_config_defaults(fld_config *c);
@@ -122,6 +125,8 @@ typedef struct {
   double lag_last, lag_max;
   uint64_t reloads_ok, reloads_failed;
   uint64_t zap_allowed, zap_denied, input_disconnects;
+  uint64_t http_refused;        /* connections over [metrics] max_connections */
+  int http_open;
   int64_t subscriptions;
   double start_time;
 } fld_metrics;
@@ -243,6 +248,8 @@ typedef struct {
 } fld_slot;
 
 /* ---- main.c: the application ------------------------------------------- */
+enum { FLD_LIMIT_STREAMS = 0, FLD_LIMIT_MESSAGE, FLD_LIMIT_HTTP, FLD_LIMIT_COUNT };
+
 typedef struct fld_app {
   uv_loop_t *loop;
   char config_path[PATH_MAX];
@@ -275,7 +282,16 @@ typedef struct fld_app {
   int exit_code;
   uint64_t status_frames, status_reports;
   double status_at;
+  /* Limits hit: the first hit of an interval logs, with the hits that the
+   * interval before it kept quiet; a flood never floods the journal. */
+  double limit_logged[FLD_LIMIT_COUNT];
+  uint64_t limit_quiet[FLD_LIMIT_COUNT];
 } fld_app;
+
+/* log.c: logs that a limit was hit, at most once per
+ * [log] limit_interval seconds per limit. */
+void fld_limit_hit(fld_app *app, int limit, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* frame.c: decodes and validates one message (total: the size of all its
  * parts, payload: the last part) against the model's layout, touching no

@@ -60,6 +60,10 @@ static fld_stream *fld__stream_get(fld_app *app, const char *name) {
 
 static void fld__reject(fld_app *app, int reason, const char *stream) {
   app->m.rejected[reason]++;
+  if (reason == FLD_REJ_OVERSIZE)
+    fld_limit_hit(app, FLD_LIMIT_MESSAGE,
+                  "frame rejected: over the limit of %ld bytes ([input] max_message_bytes)",
+                  app->cfg.max_message_bytes);
   /* Debug only: a flood of bad frames must not flood the journal; the
    * counters carry the news. */
   fld_log(FLD_DEBUG, "frame rejected (%s)%s%s", fld_reject_name(reason), stream ? " from " : "",
@@ -137,9 +141,9 @@ void fld_ingest_message(fld_app *app, zmq_msg_t *parts, int nparts, uint64_t t_r
   fld_stream *st = fld__stream_get(app, f->stream);
   if (!st) {
     app->m.dropped[FLD_DROP_STREAM_LIMIT]++;
-    if (app->m.dropped[FLD_DROP_STREAM_LIMIT] == 1)
-      fld_log(FLD_WARNING, "stream \"%s\" dropped: the limit of %d streams is reached",
-              f->stream, app->cfg.max_streams);
+    fld_limit_hit(app, FLD_LIMIT_STREAMS,
+                  "stream \"%s\" dropped: the limit of %d streams ([input] max_streams) is reached",
+                  f->stream, app->cfg.max_streams);
     faultline__frame__free_unpacked(f, NULL);
     return;
   }

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "fld.h"
 
@@ -43,4 +44,26 @@ void fld_log(int prio, const char *fmt, ...) {
   for (char *p = line + n; *p; p++)
     if (*p == '\n') *p = ' ';
   fprintf(stderr, "%s\n", line);
+}
+
+void fld_limit_hit(fld_app *app, int limit, const char *fmt, ...) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  double now = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+  if (app->limit_logged[limit] > 0 && now - app->limit_logged[limit] < app->cfg.limit_log_interval) {
+    app->limit_quiet[limit]++;
+    return;
+  }
+  char msg[256];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (app->limit_quiet[limit])
+    fld_log(FLD_WARNING, "%s (and %llu more times since the last such line)", msg,
+            (unsigned long long)app->limit_quiet[limit]);
+  else
+    fld_log(FLD_WARNING, "%s", msg);
+  app->limit_logged[limit] = now;
+  app->limit_quiet[limit] = 0;
 }

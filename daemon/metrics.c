@@ -146,6 +146,11 @@ char *fld_metrics_render(fld_app *app, size_t *len) {
   fld__head(f, "faultline_input_disconnects_total", "counter",
             "Input peers disconnected, e.g. for a message over the hard size limit.");
   fprintf(f, "faultline_input_disconnects_total %llu\n", (unsigned long long)m->input_disconnects);
+  fld__head(f, "faultline_http_connections", "gauge", "Open connections to this endpoint.");
+  fprintf(f, "faultline_http_connections %d\n", m->http_open);
+  fld__head(f, "faultline_http_connections_refused_total", "counter",
+            "Connections to this endpoint refused over [metrics] max_connections.");
+  fprintf(f, "faultline_http_connections_refused_total %llu\n", (unsigned long long)m->http_refused);
   fld__head(f, "faultline_start_time_seconds", "gauge", "When the daemon started.");
   fprintf(f, "faultline_start_time_seconds %.3f\n", m->start_time);
   fld__head(f, "faultline_build_info", "gauge", "The daemon's version (value 1).");
@@ -215,6 +220,30 @@ static enum MHD_Result fld__answer(void *cls, struct MHD_Connection *conn, const
   return ret;
 }
 
+/* The connection cap is ours rather than MHD's: MHD at its limit stops
+ * accepting and lets connections wait in the backlog, unseen; here one over
+ * the cap is accepted, closed at once and counted. */
+static enum MHD_Result fld__accept(void *cls, const struct sockaddr *addr, socklen_t len) {
+  fld_app *app = cls;
+  (void)addr;
+  (void)len;
+  if (app->m.http_open < app->cfg.metrics_max_connections) return MHD_YES;
+  app->m.http_refused++;
+  fld_limit_hit(app, FLD_LIMIT_HTTP,
+                "metrics connection refused: %d open ([metrics] max_connections)",
+                app->m.http_open);
+  return MHD_NO;
+}
+
+static void fld__conn_notify(void *cls, struct MHD_Connection *c, void **sctx,
+                             enum MHD_ConnectionNotificationCode toe) {
+  fld_app *app = cls;
+  (void)c;
+  (void)sctx;
+  if (toe == MHD_CONNECTION_NOTIFY_STARTED) app->m.http_open++;
+  else if (toe == MHD_CONNECTION_NOTIFY_CLOSED && app->m.http_open > 0) app->m.http_open--;
+}
+
 static void fld__mhd_timer_cb(uv_timer_t *t) {
   fld_app *app = t->data;
   MHD_run(app->mhd);
@@ -255,9 +284,15 @@ int fld_http_start(fld_app *app) {
   uint16_t port = ntohs(ai->ai_family == AF_INET6
                             ? ((struct sockaddr_in6 *)ai->ai_addr)->sin6_port
                             : ((struct sockaddr_in *)ai->ai_addr)->sin_port);
-  app->mhd = MHD_start_daemon(flags, port, NULL, NULL, fld__answer, app, MHD_OPTION_SOCK_ADDR,
+  app->mhd = MHD_start_daemon(flags, port, fld__accept, app, fld__answer, app, MHD_OPTION_SOCK_ADDR,
                               ai->ai_addr, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
-                              MHD_OPTION_CONNECTION_LIMIT, (unsigned)64, MHD_OPTION_END);
+                              MHD_OPTION_CONNECTION_LIMIT,
+                              (unsigned)app->cfg.metrics_max_connections + 8,
+                              /* The request line and headers must fit: larger is 431/414. */
+                              MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+                              (size_t)app->cfg.metrics_max_request + 2048,
+                              MHD_OPTION_NOTIFY_CONNECTION, fld__conn_notify, app,
+                              MHD_OPTION_END);
   freeaddrinfo(ai);
   if (!app->mhd) {
     fld_log(FLD_ERR, "cannot serve metrics on %s (address in use?)", listen);
