@@ -31,6 +31,27 @@ void fld_config_defaults(fld_config *c) {
   c->metrics_max_request = 4096;
   c->limit_log_interval = 60.0;
   c->log_level = FLD_INFO;
+  c->tune_enabled = 0;
+  c->tune_buffer = 512;
+  c->tune_gate = 0.5;
+  c->tune_span = 0;
+  c->tune_steps = 50;
+  c->tune_lr = 2e-4;
+  c->tune_margin = 0.05;
+  c->tune_min_windows = 128;
+  c->tune_val_fraction = 0.25;
+  c->tune_max_per_hour = 12;
+  c->tune_cpu_share = 0.25;
+  snprintf(c->tune_checkpoint, sizeof c->tune_checkpoint, "tuned.model");
+  c->tune_checkpoint_every = 1;
+}
+
+static int fld__double(const char *v, double lo, double hi, double *out) {
+  char *end;
+  double d = strtod(v, &end);
+  if (end == v || *end || !(d >= lo && d <= hi)) return -1;
+  *out = d;
+  return 0;
 }
 
 typedef struct {
@@ -169,6 +190,37 @@ static int fld__handler(void *user, const char *section, const char *key, const 
     double d = strtod(value, &end);
     if (end == value || *end || !(d >= 0.1 && d <= 86400)) goto bad;
     c->limit_log_interval = d;
+  } else if (IS("tune", "enabled")) {
+    if (fld__bool(value, &c->tune_enabled)) goto bad;
+  } else if (IS("tune", "buffer")) {
+    if (fld__long(value, 16, 1000000, &l)) goto bad;
+    c->tune_buffer = (int)l;
+  } else if (IS("tune", "gate")) {
+    if (fld__double(value, 0.0, 1.0, &c->tune_gate)) goto bad;
+  } else if (IS("tune", "span")) {
+    if (fld__long(value, 0, 1000, &l)) goto bad;
+    c->tune_span = (int)l;
+  } else if (IS("tune", "steps")) {
+    if (fld__long(value, 1, 100000, &l)) goto bad;
+    c->tune_steps = (int)l;
+  } else if (IS("tune", "lr")) {
+    if (fld__double(value, 1e-8, 1.0, &c->tune_lr)) goto bad;
+  } else if (IS("tune", "margin")) {
+    if (fld__double(value, 0.0, 10.0, &c->tune_margin)) goto bad;
+  } else if (IS("tune", "min_windows")) {
+    if (fld__long(value, 8, 1000000, &l)) goto bad;
+    c->tune_min_windows = (int)l;
+  } else if (IS("tune", "val_fraction")) {
+    if (fld__double(value, 0.05, 0.9, &c->tune_val_fraction)) goto bad;
+  } else if (IS("tune", "max_updates_per_hour")) {
+    if (fld__double(value, 0.01, 360000.0, &c->tune_max_per_hour)) goto bad;
+  } else if (IS("tune", "cpu_share")) {
+    if (fld__double(value, 0.001, 1.0, &c->tune_cpu_share)) goto bad;
+  } else if (IS("tune", "checkpoint")) {
+    if (fld__copy(c->tune_checkpoint, sizeof c->tune_checkpoint, value)) goto bad;
+  } else if (IS("tune", "checkpoint_every")) {
+    if (fld__long(value, 1, 1000000, &l)) goto bad;
+    c->tune_checkpoint_every = (int)l;
   } else if (IS("log", "level")) {
     if (fld_log_parse_level(value, &c->log_level)) goto bad;
   } else {
@@ -218,6 +270,10 @@ int fld_config_load(fld_config *c, const char *path, char *err, size_t errlen) {
   }
   if (c->curve && (!c->secret_key_file[0] || !c->authorized_keys[0])) {
     snprintf(err, errlen, "%s: [security] curve = 1 needs secret_key and authorized_keys", path);
+    return FL_EINVAL;
+  }
+  if (c->tune_enabled && c->tune_min_windows > c->tune_buffer) {
+    snprintf(err, errlen, "%s: [tune] min_windows exceeds buffer", path);
     return FL_EINVAL;
   }
   if (c->metrics_listen[0] && !strrchr(c->metrics_listen, ':')) {

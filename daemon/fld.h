@@ -12,6 +12,7 @@
 #include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include <uv.h>
 #include <zmq.h>
@@ -74,6 +75,20 @@ typedef struct {
   int curve;
   char secret_key_file[PATH_MAX];
   char authorized_keys[PATH_MAX]; /* directory of client public keys */
+  /* [tune] online fine-tuning of the compute block (tune.c) */
+  int tune_enabled;
+  int tune_buffer;              /* windows in the replay buffer */
+  double tune_gate;             /* clean: score below gate x threshold */
+  int tune_span;                /* windows around a clean one without a flag; 0: on + off */
+  int tune_steps;               /* optimiser steps per update */
+  double tune_lr;
+  double tune_margin;
+  int tune_min_windows;         /* buffer fill before the first update */
+  double tune_val_fraction;
+  double tune_max_per_hour;     /* updates started per hour at most */
+  double tune_cpu_share;        /* share of one core the training may take */
+  char tune_checkpoint[PATH_MAX]; /* empty: none; relative: under $STATE_DIRECTORY */
+  int tune_checkpoint_every;    /* accepted updates between checkpoints */
   /* [log] */
   int log_level;
   double limit_log_interval;    /* seconds between log lines of one limit being hit */
@@ -206,7 +221,7 @@ typedef struct {
   size_t maxct;                               /* largest C_i T_i */
   float *corr;                                /* (n_mod, maxct): corrected windows */
   float *rep;                                 /* (n_mod, maxct): report rows */
-  char version[17];                           /* hex of a 64-bit file hash */
+  char version[40];                           /* hex of a 64-bit file hash, -uN when tuned */
   double load_time;                           /* Unix seconds */
   int n_layers;
   char (*layer_name)[FL_NAME_MAX];
@@ -236,6 +251,7 @@ typedef struct {
   fl_hyst hyst, mhyst[FL_MAX_MODALITIES];
   uint64_t report_seq;
   uint64_t frames;
+  struct fld_tune_stream *tune; /* the tuning gate's candidates (tune.c) */
 } fld_stream;
 
 /* A window waiting in the batch: its stream and what the report needs. */
@@ -282,6 +298,10 @@ typedef struct fld_app {
   int exit_code;
   uint64_t status_frames, status_reports;
   double status_at;
+  struct fld_tuner *tuner;       /* NULL unless [tune] enabled */
+  /* Set while tuning is on: renders the tune metrics (tune.c), a pointer so
+   * that metrics.c links without the tuner. */
+  void (*tune_metrics)(struct fld_app *app, FILE *f);
   /* Limits hit: the first hit of an interval logs, with the hits that the
    * interval before it kept quiet; a flood never floods the journal. */
   double limit_logged[FLD_LIMIT_COUNT];
@@ -316,6 +336,26 @@ void fld_streams_clear(fld_app *app);
 int fld_report_publish(fld_app *app, int k, const fld_slot *slot, int flag, int gate,
                        const int *mflag, float *const corrected[FL_MAX_MODALITIES]);
 
+/* tune.c: online fine-tuning ([tune]).  fld_tune_start (after the model is
+ * loaded) builds the tuner and puts the newest valid checkpoint of this base
+ * model in service; fld_tune_observe sees every scored window (slot k of the
+ * engine's context) and keeps the clean ones; fld_tune_poll starts a training
+ * job in the thread pool when one is due; an accepted update is swapped in
+ * on the loop thread, between batches.  fld_tune_stop writes the shutdown
+ * checkpoint (the after-work callback does when a job is in flight: the loop
+ * runs until it has); fld_tune_free releases the rest. */
+struct fld_tuner;
+struct fld_tune_stream;
+int fld_tune_start(fld_app *app, char *err, size_t errlen);
+/* After a reload: the tuner follows the new model and [tune] (off: tuning
+ * stops; the checkpoint on disk holds the last accepted update). */
+int fld_tune_reload(fld_app *app, char *err, size_t errlen);
+void fld_tune_observe(fld_app *app, int k, fld_stream *st, float score, int flagged);
+void fld_tune_poll(fld_app *app);
+void fld_tune_stop(fld_app *app);
+void fld_tune_free(fld_app *app);
+void fld_tune_stream_free(fld_stream *st);
+void fld_tune_metrics(fld_app *app, FILE *f);
 /* notify.c: sd_notify life cycle (no-ops without NOTIFY_SOCKET). */
 void fld_notify_ready(fld_app *app);
 void fld_notify_reloading(void);

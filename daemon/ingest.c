@@ -16,6 +16,7 @@
 static void fld__stream_free(fld_stream *st) {
   if (!st) return;
   for (int i = 0; i < FL_MAX_MODALITIES; i++) free(st->ring[i]);
+  fld_tune_stream_free(st);
   free(st);
 }
 
@@ -225,5 +226,7 @@ void fld_ingest_flush(fld_app *app) {
     }
     if (flag) app->m.windows_flagged++;
     fld_report_publish(app, k, sl, flag, gate, mflag, corr);
+    if (app->tuner) fld_tune_observe(app, k, sl->st, sc->score, gate);
   }
+  if (app->tuner) fld_tune_poll(app);
 }

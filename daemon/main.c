@@ -214,6 +214,8 @@ static void fld__reload(fld_app *app) {
   fld_engine *old = app->eng;
   app->eng = ne;
   fld_engine_free(old);
+  if (fld_tune_reload(app, err, sizeof err))
+    fld_log(FLD_ERR, "reload: tuning is off: %s", err);
   app->m.reloads_ok++;
   fld_log(FLD_NOTICE, "reloaded: model %s", ne->version);
   sd_notifyf(0, "READY=1\nSTATUS=serving, model %s", ne->version);
@@ -238,6 +240,7 @@ static void fld__stop(fld_app *app) {
   for (n = 0; n < FLD_STOP_DRAIN_MAX && uv_hrtime() - t0 < FLD_STOP_DRAIN_NS; n++)
     if (fld__in_drain(&app->in_w, 1) == 0) break;
   fld_ingest_flush(app);
+  fld_tune_stop(app);
   fld_log(FLD_NOTICE, "stopped after draining %d frames: %llu received, %llu processed, "
                       "%llu reports", n, (unsigned long long)app->m.received,
           (unsigned long long)app->m.processed, (unsigned long long)app->m.reports);
@@ -312,6 +315,11 @@ int main(int argc, char **argv) {
     fld_engine_free(app.eng);
     return 0;
   }
+  if ((rc = fld_tune_start(&app, err, sizeof err))) {
+    fld_log(FLD_ERR, "%s", err);
+    fld_engine_free(app.eng);
+    return 1;
+  }
   app.m.start_time = fld_now();
   /* Anomaly counters in the model's modality order, each from 0. */
   for (int i = 0; i < fl_model_spec_of(app.eng->b.model)->n_mod; i++)
@@ -364,6 +372,7 @@ out:
   fld_streams_clear(&app);
   free(app.streams);
   free(app.keys);
+  fld_tune_free(&app);
   fld_engine_free(app.eng);
   if (app.loop) uv_loop_close(app.loop);
   return rc;

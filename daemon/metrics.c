@@ -153,6 +153,7 @@ char *fld_metrics_render(fld_app *app, size_t *len) {
   fprintf(f, "faultline_http_connections_refused_total %llu\n", (unsigned long long)m->http_refused);
   fld__head(f, "faultline_start_time_seconds", "gauge", "When the daemon started.");
   fprintf(f, "faultline_start_time_seconds %.3f\n", m->start_time);
+  if (app->tune_metrics) app->tune_metrics(app, f);
   fld__head(f, "faultline_build_info", "gauge", "The daemon's version (value 1).");
   fprintf(f, "faultline_build_info{version=\"%s\"} 1\n", FLD_VERSION);
   if (fclose(f)) {

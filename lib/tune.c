@@ -104,6 +104,17 @@ void fl_tune_buffer_clear(fl_tune_buffer *b) {
   if (b) b->head = b->count = 0;
 }
 
+int fl_tune_buffer_move(fl_tune_buffer *dst, const fl_tune_buffer *src, int age) {
+  if (!dst || !src || dst->lay.stride != src->lay.stride || age < 0 || age >= src->count)
+    return FL_EINVAL;
+  int k = ((src->head - 1 - age) % src->cap + src->cap) % src->cap;
+  memcpy(dst->data + (size_t)dst->head * dst->lay.stride,
+         src->data + (size_t)k * src->lay.stride, sizeof(float) * dst->lay.stride);
+  dst->head = (dst->head + 1) % dst->cap;
+  if (dst->count < dst->cap) dst->count++;
+  return 0;
+}
+
 /* ---- job ---------------------------------------------------------------- */
 
 struct fl_tune_job {
@@ -183,6 +194,9 @@ fail:
 }
 
 fl_model *fl_tune_job_model(fl_tune_job *j) { return j ? j->cand : NULL; }
+const fl_calib *fl_tune_job_calib(const fl_tune_job *j) {
+  return j && j->accepted ? &j->new_cal : NULL;
+}
 
 int fl_tune_job_prepare(fl_tune_job *j, const fl_model *cur, const fl_calib *cal,
                         const fl_tune_buffer *buf) {
@@ -281,6 +295,37 @@ static int fl__validate(fl_tune_job *j, fl_model *m, const fl_calib *cal, int v0
   return 0;
 }
 
+/* The buffer is a narrow slice of the plant's life (a few hundred
+ * overlapping windows of the recent past) and holds only windows that the
+ * gate let through because they scored low: their feature levels are biased
+ * low, the top of their score distribution is cut off and their spreads are
+ * narrow.  Recalibrated as they are, every update would make the detector
+ * more sensitive than the evidence allows.  So an update's calibration only
+ * loosens: a feature's clean level and spread, the embedding's, and the
+ * thresholds move up where the buffer says so and stay where they are
+ * otherwise (the variance feature flags a collapse, so its level moves
+ * down).  Tuning trains false alarms away; it never adds sensitivity. */
+static void fl__merge_calib(fl_calib *c, const fl_calib *cur) {
+#define FL__UP(x) \
+  if (cur->x > c->x) c->x = cur->x
+#define FL__DOWN(x) \
+  if (cur->x < c->x) c->x = cur->x
+  for (int k = 0; k < c->nch && k < cur->nch; k++) {
+    FL__UP(res_mu[k]);
+    FL__UP(res_sd[k]);
+    FL__DOWN(var_mu[k]);
+    FL__UP(var_sd[k]);
+    FL__UP(cor_mu[k]);
+    FL__UP(cor_sd[k]);
+  }
+  FL__UP(emb_mu);
+  FL__UP(emb_sd);
+  FL__UP(threshold);
+  FL__UP(chan_threshold);
+#undef FL__UP
+#undef FL__DOWN
+}
+
 static double fl__now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -303,6 +348,10 @@ int fl_tune_job_run(fl_tune_job *j, fl_tune_result *res) {
   fl_adam opt[FL_MOD_COUNT];
   for (int k = 0; k < FL_MOD_COUNT; k++) fl_adam_init(&opt[k], j->cfg.lr);
   fl_adam_init(&opt[FL_MOD_DEC], j->cfg.train.lr_dec2);
+  fl_adam_init(&opt[FL_MOD_HEAD], j->cfg.lr_head);
+  /* A frozen head needs no contrastive loss. */
+  fl_train_config tc = j->cfg.train;
+  if (j->cfg.lr_head <= 0.0f) tc.w_contrast = 0.0f;
   for (int k = 0; k < FL_MOD_COUNT; k++) {
     fl_param *ps;
     int np;
@@ -320,11 +369,11 @@ int fl_tune_job_run(fl_tune_job *j, fl_tune_result *res) {
       if ((err = fl__load(j, j->cand, b, w, 1, &j->rng))) return err;
     }
     float loss, closs;
-    err = fl_train_step(j->cand, j->ctx, 2, B, j->target, j->tmask, j->label, opt,
-                        &j->cfg.train, j->work, &loss, &closs);
+    err = fl_train_step(j->cand, j->ctx, 2, B, j->target, j->tmask, j->label, opt, &tc,
+                        j->work, &loss, &closs);
     if (err == FL_EDIVERGED) break; /* validation rejects what it has */
     if (err) return err;
-    sum += loss + j->cfg.train.w_contrast * closs;
+    sum += loss + tc.w_contrast * closs;
     res->steps++;
   }
   res->train_loss = res->steps ? (float)(sum / res->steps) : NAN;
@@ -335,6 +384,7 @@ int fl_tune_job_run(fl_tune_job *j, fl_tune_result *res) {
   if ((err = fl_detect_calibrate_with(j->cand, &j->cand_cal, ntrain, j->B, fl__cal_load, j,
                                       &j->cfg.detect)))
     return err;
+  fl__merge_calib(&j->cand_cal, &j->ref_cal);
   int v0 = ntrain;
   if ((err = fl__validate(j, j->ref, &j->ref_cal, v0, &res->loss_old, &res->far_old))) return err;
   if ((err = fl__validate(j, j->cand, &j->cand_cal, v0, &res->loss_new, &res->far_new)))
@@ -343,10 +393,13 @@ int fl_tune_job_run(fl_tune_job *j, fl_tune_result *res) {
            res->loss_new <= res->loss_old * (1.0f + j->cfg.margin) + 1e-6f &&
            res->far_new <= res->far_old + j->cfg.margin + 1e-6f;
   if (ok) {
-    j->from = v0;
-    if ((err = fl_detect_calibrate_with(j->cand, &j->new_cal, nval, j->B, fl__cal_load, j,
+    /* The calibration in service comes from every buffered window: the
+     * held-out part alone is a few dozen overlapping windows. */
+    j->from = 0;
+    if ((err = fl_detect_calibrate_with(j->cand, &j->new_cal, j->n, j->B, fl__cal_load, j,
                                         &j->cfg.detect)))
       return err;
+    fl__merge_calib(&j->new_cal, &j->ref_cal);
     res->threshold = j->new_cal.threshold;
     j->accepted = 1;
   }

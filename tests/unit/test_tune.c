@@ -130,6 +130,23 @@ static void test_buffer_ring(void **state) {
     assert_int_equal(fl_tune_buffer_count(b), k + 1 < 8 ? k + 1 : 8);
   }
   assert_int_equal(fl_tune_buffer_capacity(b), 8);
+  /* move: the window `age` pushes back goes over intact. */
+  fl_tune_buffer *small;
+  assert_int_equal(fl_tune_buffer_create(&small, m, 3), 0);
+  for (int k = 0; k < 4; k++) {
+    fl_ctx_input(ctx, 0)[0] = (float)k;
+    assert_int_equal(fl_tune_buffer_push(small, ctx, 0), 0);
+  }
+  assert_int_equal(fl_tune_buffer_move(b, small, 3), FL_EINVAL);
+  fl_tune_buffer_clear(b);
+  assert_int_equal(fl_tune_buffer_move(b, small, 2), 0); /* holds 1, 2, 3: the 1 */
+  assert_int_equal(fl_tune_buffer_move(b, small, 0), 0); /* the 3 */
+  assert_int_equal(fl_tune_buffer_count(b), 2);
+  /* An empty source has nothing to move. */
+  fl_tune_buffer_clear(small);
+  assert_int_equal(fl_tune_buffer_move(b, small, 0), FL_EINVAL);
+  assert_int_equal(fl_tune_buffer_count(b), 2);
+  fl_tune_buffer_free(small);
   fl_tune_buffer_clear(b);
   assert_int_equal(fl_tune_buffer_count(b), 0);
   /* A job needs min_windows windows. */
@@ -163,6 +180,7 @@ static void test_accept_and_norms(void **state) {
   cfg.steps = 30;
   cfg.batch = 16;
   cfg.lr = 2e-2f; /* large, so that projection has work to do */
+  cfg.lr_head = 2e-2f;
   cfg.margin = 100.0f;
   cfg.detect = f->dcfg;
   fl_tune_job *j;
@@ -211,6 +229,12 @@ static void test_accept_and_norms(void **state) {
   /* On the drifted data the recalibrated model raises fewer false alarms
    * than the one it replaced would have. */
   assert_true(r.far_new <= r.far_old);
+  /* The next job judges the model in service with its calibration: on the
+   * windows that calibration came from it raises few alarms. */
+  assert_int_equal(fl_tune_job_prepare(j, f->m, &cal, buf), 0);
+  fl_tune_result r2;
+  assert_int_equal(fl_tune_job_run(j, &r2), 0);
+  print_message("next: far %g -> %g\n", r2.far_old, r2.far_new);
   free(before);
   fl_tune_job_free(j);
   fl_tune_buffer_free(buf);
@@ -235,7 +259,20 @@ static void test_reject(void **state) {
   assert_int_equal(fl_tune_job_prepare(j, f->m, &f->cal, buf), 0);
   fl_tune_result r;
   assert_int_equal(fl_tune_job_run(j, &r), 0);
+  print_message("clean: loss %g -> %g far %g -> %g\n", r.loss_old, r.loss_new, r.far_old, r.far_new);
   assert_false(r.accepted);
+  /* lr_head 0 (the default) leaves the head as it was; the block moved. */
+  fl_param *ph, *pc;
+  int nh, nc;
+  fl_model_params(f->m, FL_MOD_HEAD, &ph, &nh);
+  fl_model_params(fl_tune_job_model(j), FL_MOD_HEAD, &pc, &nc);
+  assert_int_equal(nh, nc);
+  for (int q = 0; q < nh; q++) assert_memory_equal(ph[q].w, pc[q].w, sizeof(float) * ph[q].n);
+  fl_model_params(f->m, FL_MOD_BLOCK, &ph, &nh);
+  fl_model_params(fl_tune_job_model(j), FL_MOD_BLOCK, &pc, &nc);
+  int moved = 0;
+  for (int q = 0; q < nh; q++) moved |= memcmp(ph[q].w, pc[q].w, sizeof(float) * ph[q].n) != 0;
+  assert_true(moved);
   assert_true(isfinite(r.loss_old) && isfinite(r.loss_new));
   fl_calib cal = f->cal;
   assert_int_equal(fl_tune_job_apply(j, f->m, &cal), FL_EINVAL);

@@ -8,7 +8,8 @@
  *            copies the current model's parameters, its calibration and the
  *            buffer's windows; fl_tune_job_run (any thread) runs `steps`
  *            stage-2 steps (lib/train.c's fl_train_step: faults injected into
- *            the buffer windows, correction and NT-Xent losses, per-module
+ *            the buffer windows, correction loss, and NT-Xent when the head
+ *            is tuned too (lr_head > 0), per-module
  *            clipping, every layer projected under its target after every
  *            step) on the training part, then validates on the held-out
  *            part (the newest val_fraction of the windows) against the
@@ -23,7 +24,14 @@
  * update is accepted only if the loss does not exceed the current one by more
  * than margin (relative) and the false-alarm rate does not exceed the current
  * one by more than margin (absolute).  On acceptance the calibration of the
- * update is computed on the held-out windows.
+ * update is computed on every buffered window (the held-out part alone is a
+ * few dozen overlapping windows) and only loosens the one in service: the
+ * buffer is a narrow slice of recent windows that the gate let through for
+ * scoring low, so their feature levels are biased low and their spreads
+ * narrow.  Feature levels, spreads and thresholds move up where the buffer
+ * says so and stay otherwise (the variance feature's level moves down: it
+ * flags a collapse).  The candidate's own calibration for the comparison is
+ * merged the same way.
  *
  * Nothing here blocks, sleeps, logs or keeps global state. */
 #ifndef FAULTLINE_TUNE_H
@@ -38,7 +46,10 @@
 typedef struct {
   int steps;          /* stage-2 steps per update (50) */
   int batch;          /* windows per step (32) */
-  float lr;           /* learning rate of block and head (2e-4) */
+  float lr;           /* learning rate of the compute block (2e-4) */
+  float lr_head;      /* of the contrastive head; 0 freezes it (0): the head
+                       * is the detection path, and an embedding retrained on
+                       * a narrow slice of windows judges the next slice worse */
   float margin;       /* tolerated worsening, see above (0.05) */
   float val_fraction; /* share of the buffer held out for validation (0.25) */
   int min_windows;    /* windows the buffer needs before an update (64) */
@@ -59,6 +70,11 @@ int fl_tune_buffer_push(fl_tune_buffer *buf, fl_ctx *ctx, int b);
 int fl_tune_buffer_count(const fl_tune_buffer *b);
 int fl_tune_buffer_capacity(const fl_tune_buffer *b);
 void fl_tune_buffer_clear(fl_tune_buffer *b);
+/* Pushes into dst the window `age` pushes older than src's newest (0: the
+ * newest); both buffers of the same model.  A gate that judges a window by
+ * its neighbours on both sides keeps candidates in a small src and moves
+ * them on once the later neighbours have been seen. */
+int fl_tune_buffer_move(fl_tune_buffer *dst, const fl_tune_buffer *src, int age);
 
 typedef struct {
   int steps;                      /* steps taken */
@@ -85,6 +101,8 @@ int fl_tune_job_run(fl_tune_job *j, fl_tune_result *res);
 /* Copies the accepted parameters and calibration into dst (FL_EINVAL when
  * the last run was not accepted). */
 int fl_tune_job_apply(const fl_tune_job *j, fl_model *dst, fl_calib *cal);
+/* The calibration of the last accepted run (NULL if not accepted). */
+const fl_calib *fl_tune_job_calib(const fl_tune_job *j);
 /* The candidate model of the last run (for tests and analysis). */
 fl_model *fl_tune_job_model(fl_tune_job *j);
 

@@ -1,0 +1,471 @@
+/* faultlined tune: online fine-tuning of the compute block.  See fld.h.
+ *
+ * The maths is lib/tune.c's; this file decides which windows are clean,
+ * when a job may run, and moves weights and files around:
+ *
+ *   gate       a window is clean when its score is below gate x threshold
+ *              and no window of its stream within `span` windows before or
+ *              after it was above the threshold or flagged; candidates wait
+ *              in a per-stream ring until their later neighbours are seen
+ *   schedule   one job at a time in the libuv thread pool, at most
+ *              max_updates_per_hour, and after a job of t seconds the next
+ *              waits t (1 / cpu_share - 1) so that training takes about
+ *              cpu_share of one core
+ *   swap       the job trains on private copies; its after-work callback
+ *              runs on the loop thread, between batches, and copies the
+ *              accepted parameters and calibration into the engine, so a
+ *              window is scored entirely by the old or entirely by the new
+ *              weights
+ *   files      every checkpoint_every accepted updates the worker writes the
+ *              accepted model (fl_bundle_save: temporary file, fsync, rename,
+ *              fsync of the directory), the previous one kept as PATH.1, and
+ *              once more on shutdown; at start the newest valid checkpoint
+ *              of the same base model is put in service, else the base.
+ */
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "faultline/error.h"
+#include "faultline/tune.h"
+#include "fld.h"
+
+struct fld_tune_stream {
+  fl_tune_buffer *cand; /* the last span + 1 windows that passed the score test */
+  int run;              /* consecutive windows without alarm */
+};
+
+typedef struct fld_tuner {
+  fld_app *app;
+  fl_tune_config cfg;
+  fl_tune_buffer *buf;
+  fl_tune_job *job;
+  uv_work_t req;
+  int busy;              /* a job is in the thread pool */
+  int stale;             /* the engine changed while it ran: discard */
+  int stop_pending;      /* shutdown waits for the job, then checkpoints */
+  int disable;           /* tuning was switched off while a job ran */
+  int span;
+  uint64_t new_windows;  /* kept since the last job started */
+  double next_at;        /* uv_now (s) before which no job starts */
+  char base[17];         /* the base model's hash */
+  char path[PATH_MAX];   /* checkpoint; empty: none */
+  /* the job's outcome, written by the worker, read after it */
+  fl_tune_result res;
+  int rc, save_rc, save_due;
+  uint64_t save_updates;
+  char save_err[400];
+  char lineage[1024];      /* of the model in service */
+  char save_lineage[1024]; /* of the update the worker may checkpoint */
+  /* metrics */
+  uint64_t updates;      /* accepted updates in this model's lineage */
+  uint64_t steps, accepted, rejected, failed, ckpt_ok, ckpt_failed;
+  double seconds;
+  fl_tune_result last;
+  int have_last;
+} fld_tuner;
+
+static double fld__mono(fld_app *app) { return (double)uv_now(app->loop) / 1000.0; }
+
+void fld_tune_stream_free(fld_stream *st) {
+  if (!st || !st->tune) return;
+  fl_tune_buffer_free(st->tune->cand);
+  free(st->tune);
+  st->tune = NULL;
+}
+
+static void fld__set_version(fld_tuner *t) {
+  fld_engine *e = t->app->eng;
+  if (t->updates)
+    snprintf(e->version, sizeof e->version, "%s-u%" PRIu64, t->base, t->updates);
+  else
+    snprintf(e->version, sizeof e->version, "%s", t->base);
+}
+
+static void fld__measure_norms(fld_engine *e) {
+  for (int l = 0; l < e->n_layers; l++)
+    if (fl_model_layer_norm(e->b.model, l, &e->layer_norm[l])) e->layer_norm[l] = -1.0f;
+}
+
+/* The updates count of a checkpoint's lineage, -1 if it is not one of ours
+ * for this base model. */
+static long fld__lineage_updates(const char *lin, const char *base) {
+  char want[64];
+  snprintf(want, sizeof want, "\"base\":\"%s\"", base);
+  if (!strstr(lin, want)) return -1;
+  const char *u = strstr(lin, "\"updates\":");
+  if (!u) return -1;
+  return strtol(u + 10, NULL, 10);
+}
+
+static int fld__same_spec(const fl_model *a, const fl_model *b) {
+  const fl_model_spec *x = fl_model_spec_of(a), *y = fl_model_spec_of(b);
+  if (fl_model_param_count(a) != fl_model_param_count(b) || x->window != y->window ||
+      x->n_mod != y->n_mod)
+    return 0;
+  for (int i = 0; i < x->n_mod; i++)
+    if (strcmp(x->mod[i].name, y->mod[i].name) || x->mod[i].channels != y->mod[i].channels ||
+        x->mod[i].rate != y->mod[i].rate)
+      return 0;
+  return 1;
+}
+
+/* Puts the newest valid checkpoint of this base model in service. */
+static void fld__resume(fld_tuner *t) {
+  if (!t->path[0]) return;
+  fld_engine *e = t->app->eng;
+  char alt[PATH_MAX + 4];
+  snprintf(alt, sizeof alt, "%s.1", t->path);
+  const char *paths[2] = {t->path, alt};
+  fl_bundle best;
+  long best_u = -1;
+  int have = 0;
+  const char *from = NULL;
+  for (int k = 0; k < 2; k++) {
+    if (access(paths[k], F_OK)) continue;
+    fl_bundle b;
+    char msg[400];
+    if (fl_bundle_load(&b, paths[k], msg, sizeof msg)) {
+      fld_log(FLD_WARNING, "tune: ignoring checkpoint: %s", msg);
+      continue;
+    }
+    long u = fld__lineage_updates(b.lineage, t->base);
+    if (u < 0 || !fld__same_spec(b.model, e->b.model)) {
+      fld_log(FLD_NOTICE, "tune: checkpoint %s belongs to another base model; ignored",
+              paths[k]);
+      fl_bundle_free(&b);
+      continue;
+    }
+    if (u > best_u) {
+      if (have) fl_bundle_free(&best);
+      best = b;
+      best_u = u;
+      have = 1;
+      from = paths[k];
+    } else {
+      fl_bundle_free(&b);
+    }
+  }
+  if (!have) return;
+  if (fl_model_copy_params(e->b.model, best.model)) {
+    fld_log(FLD_WARNING, "tune: checkpoint %s does not fit the model; serving the base", from);
+  } else {
+    e->b.calib = best.calib;
+    t->updates = (uint64_t)best_u;
+    snprintf(t->lineage, sizeof t->lineage, "%s", best.lineage);
+    fld__measure_norms(e);
+    fld__set_version(t);
+    fld_log(FLD_NOTICE, "tune: resumed from checkpoint %s (%ld updates on model %s)", from,
+            best_u, t->base);
+  }
+  fl_bundle_free(&best);
+}
+
+int fld_tune_start(fld_app *app, char *err, size_t errlen) {
+  const fld_config *c = &app->cfg;
+  if (!c->tune_enabled) return 0;
+  fld_tuner *t = app->tuner;
+  if (!t) {
+    if (!(t = calloc(1, sizeof *t))) return FL_ENOMEM;
+    app->tuner = t;
+    t->app = app;
+    app->tune_metrics = fld_tune_metrics;
+  }
+  fld_engine *e = app->eng;
+  /* The base's identity is its file hash (a reload brings a new one). */
+  snprintf(t->base, sizeof t->base, "%.16s", e->version);
+  fl_tune_defaults(&t->cfg);
+  t->cfg.steps = c->tune_steps;
+  t->cfg.lr = (float)c->tune_lr;
+  t->cfg.margin = (float)c->tune_margin;
+  t->cfg.val_fraction = (float)c->tune_val_fraction;
+  t->cfg.min_windows = c->tune_min_windows;
+  t->cfg.detect = e->b.detect;
+  t->cfg.train.clamp = e->b.clamp;
+  t->span = c->tune_span > 0 ? c->tune_span : e->hyst_on + e->hyst_off;
+  t->path[0] = 0;
+  if (c->tune_checkpoint[0]) {
+    const char *sd = getenv("STATE_DIRECTORY");
+    int n;
+    if (c->tune_checkpoint[0] == '/')
+      n = snprintf(t->path, sizeof t->path, "%s", c->tune_checkpoint);
+    else if (!sd || !*sd) /* not where the working directory happens to be */
+      n = 0;
+    else /* systemd may list several directories, colon-separated: the first */
+      n = snprintf(t->path, sizeof t->path, "%.*s/%s", (int)strcspn(sd, ":"), sd,
+                   c->tune_checkpoint);
+    if (n < 0 || (size_t)n >= sizeof t->path) {
+      snprintf(err, errlen, "[tune] checkpoint path is too long");
+      return FL_EINVAL;
+    }
+  }
+  fl_tune_buffer_free(t->buf);
+  t->buf = NULL;
+  int rc = fl_tune_buffer_create(&t->buf, e->b.model, c->tune_buffer);
+  if (!rc && !t->busy) {
+    fl_tune_job_free(t->job);
+    t->job = NULL;
+    rc = fl_tune_job_create(&t->job, e->b.model, &t->cfg);
+  } else if (!rc) {
+    t->stale = 1; /* the job in flight belongs to the old model */
+  }
+  if (rc) {
+    snprintf(err, errlen, "[tune] cannot set up tuning: %s", fl_strerror(rc));
+    return rc;
+  }
+  for (int s = 0; s < app->n_streams; s++) fld_tune_stream_free(app->streams[s]);
+  t->updates = 0;
+  snprintf(t->lineage, sizeof t->lineage, "%s", e->b.lineage);
+  t->new_windows = 0;
+  t->next_at = 0;
+  fld__resume(t);
+  fld_log(FLD_NOTICE, "tune: on (buffer %d windows, gate %.2f x threshold, span %d, %d steps, "
+                      "checkpoint %s)", c->tune_buffer, c->tune_gate, t->span, c->tune_steps,
+          t->path[0] ? t->path : "none");
+  return 0;
+}
+
+void fld_tune_observe(fld_app *app, int k, fld_stream *st, float score, int flagged) {
+  fld_tuner *t = app->tuner;
+  if (!t || app->stopping) return;
+  fld_engine *e = app->eng;
+  if (!st->tune) {
+    if (!(st->tune = calloc(1, sizeof *st->tune))) return;
+    if (fl_tune_buffer_create(&st->tune->cand, e->b.model, t->span + 1)) {
+      free(st->tune);
+      st->tune = NULL;
+      return;
+    }
+  }
+  struct fld_tune_stream *ts = st->tune;
+  int ok = !flagged && score < (float)app->cfg.tune_gate * e->b.calib.threshold;
+  if (!ok) {
+    /* This alarm disqualifies the span windows before it, and the run
+     * restarts: the next span windows are disqualified too. */
+    ts->run = 0;
+    fl_tune_buffer_clear(ts->cand);
+    return;
+  }
+  fl_tune_buffer_push(ts->cand, e->ctx, k);
+  ts->run++;
+  /* The window span back has span clean windows on either side. */
+  if (ts->run >= 2 * t->span + 1 && !fl_tune_buffer_move(t->buf, ts->cand, t->span))
+    t->new_windows++;
+}
+
+static void fld__lineage(fld_tuner *t, uint64_t updates, char *out, size_t len) {
+  snprintf(out, len,
+           "{\"base\":\"%s\",\"updates\":%" PRIu64 ",\"tuned\":%.0f,"
+           "\"val_loss\":%.6g,\"false_alarm_rate\":%.6g}",
+           t->base, updates, fld_now(), (double)t->res.loss_new, (double)t->res.far_new);
+}
+
+static void fld__work(uv_work_t *req) {
+  fld_tuner *t = req->data;
+  t->rc = fl_tune_job_run(t->job, &t->res);
+  t->save_rc = 0;
+  if (t->rc || !t->res.accepted || !t->save_due) return;
+  /* The checkpoint is the accepted model: the job's candidate and its new
+   * calibration, which the loop is about to copy into the engine. */
+  fld__lineage(t, t->save_updates, t->save_lineage, sizeof t->save_lineage);
+  fl_bundle b;
+  memset(&b, 0, sizeof b);
+  b.model = fl_tune_job_model(t->job);
+  b.calib = *fl_tune_job_calib(t->job);
+  b.detect = t->cfg.detect;
+  b.clamp = t->cfg.train.clamp;
+  snprintf(b.lineage, sizeof b.lineage, "%s", t->save_lineage);
+  char prev[PATH_MAX + 4];
+  snprintf(prev, sizeof prev, "%s.1", t->path);
+  /* The previous checkpoint stays valid under PATH.1 while the new one is
+   * written: some valid file exists at every instant. */
+  if (access(t->path, F_OK) == 0) rename(t->path, prev);
+  t->save_rc = fl_bundle_save(&b, t->path, t->save_err, sizeof t->save_err);
+}
+
+static int fld__checkpoint_now(fld_tuner *t) {
+  if (!t->path[0] || !t->updates) return 0;
+  fld_engine *e = t->app->eng;
+  fl_bundle b = e->b;
+  char prev[PATH_MAX + 4], err[400];
+  snprintf(b.lineage, sizeof b.lineage, "%s", t->lineage);
+  snprintf(prev, sizeof prev, "%s.1", t->path);
+  if (access(t->path, F_OK) == 0) rename(t->path, prev);
+  int rc = fl_bundle_save(&b, t->path, err, sizeof err);
+  if (rc) {
+    t->ckpt_failed++;
+    fld_log(FLD_ERR, "tune: checkpoint failed: %s", err);
+  } else {
+    t->ckpt_ok++;
+    fld_log(FLD_INFO, "tune: checkpoint %s (%" PRIu64 " updates)", t->path, t->updates);
+  }
+  return rc;
+}
+
+static void fld__after(uv_work_t *req, int status) {
+  fld_tuner *t = req->data;
+  fld_app *app = t->app;
+  t->busy = 0;
+  double secs = t->res.seconds;
+  t->seconds += secs;
+  t->steps += (uint64_t)t->res.steps;
+  double share = app->cfg.tune_cpu_share;
+  double gap = 3600.0 / app->cfg.tune_max_per_hour, rest = secs * (1.0 / share - 1.0);
+  t->next_at = fld__mono(app) + (gap > rest ? gap : rest);
+  if (status == UV_ECANCELED || t->stale) {
+    t->stale = 0;
+    fl_tune_job_free(t->job);
+    t->job = NULL;
+    if (!app->stopping && !t->disable &&
+        fl_tune_job_create(&t->job, app->eng->b.model, &t->cfg))
+      fld_log(FLD_ERR, "tune: cannot set up the next job");
+  } else if (t->rc) {
+    t->failed++;
+    fld_log(FLD_ERR, "tune: update failed: %s", fl_strerror(t->rc));
+  } else {
+    t->last = t->res;
+    t->have_last = 1;
+    if (t->res.accepted) {
+      fld_engine *e = app->eng;
+      /* The swap: between batches on the loop thread, so no window sees
+       * half the new weights. */
+      if (fl_tune_job_apply(t->job, e->b.model, &e->b.calib) == 0) {
+        t->accepted++;
+        t->updates++;
+        fld__lineage(t, t->updates, t->lineage, sizeof t->lineage);
+        fld__measure_norms(e);
+        fld__set_version(t);
+        fld_log(FLD_INFO, "tune: update %" PRIu64 " accepted (loss %.4g -> %.4g, false alarms "
+                          "%.3f -> %.3f, threshold %.4g, %d steps in %.2f s); model %s",
+                t->updates, (double)t->res.loss_old, (double)t->res.loss_new,
+                (double)t->res.far_old, (double)t->res.far_new, (double)t->res.threshold,
+                t->res.steps, secs, e->version);
+        if (t->save_due) {
+          if (t->save_rc) {
+            t->ckpt_failed++;
+            fld_log(FLD_ERR, "tune: checkpoint failed: %s", t->save_err);
+          } else {
+            t->ckpt_ok++;
+          }
+        }
+      }
+    } else {
+      t->rejected++;
+      fld_log(FLD_INFO, "tune: update rejected (loss %.4g -> %.4g, false alarms %.3f -> %.3f)",
+              (double)t->res.loss_old, (double)t->res.loss_new, (double)t->res.far_old,
+              (double)t->res.far_new);
+    }
+  }
+  if (t->stop_pending) {
+    t->stop_pending = 0;
+    fld__checkpoint_now(t);
+  }
+  if (t->disable) fld_tune_free(app);
+}
+
+void fld_tune_poll(fld_app *app) {
+  fld_tuner *t = app->tuner;
+  if (!t || t->busy || app->stopping || !t->job) return;
+  if (fl_tune_buffer_count(t->buf) < t->cfg.min_windows || t->new_windows == 0) return;
+  if (fld__mono(app) < t->next_at) return;
+  if (fl_tune_job_prepare(t->job, app->eng->b.model, &app->eng->b.calib, t->buf)) return;
+  t->new_windows = 0;
+  /* The lineage the checkpoint of this update will carry. */
+  t->save_due = t->path[0] && app->cfg.tune_checkpoint_every > 0 &&
+                (t->updates + 1) % (uint64_t)app->cfg.tune_checkpoint_every == 0;
+  t->save_updates = t->updates + 1;
+  t->req.data = t;
+  if (uv_queue_work(app->loop, &t->req, fld__work, fld__after) == 0) t->busy = 1;
+}
+
+void fld_tune_stop(fld_app *app) {
+  fld_tuner *t = app->tuner;
+  if (!t) return;
+  if (t->busy) t->stop_pending = 1; /* the after-work callback writes it */
+  else fld__checkpoint_now(t);
+}
+
+int fld_tune_reload(fld_app *app, char *err, size_t errlen) {
+  fld_tuner *t = app->tuner;
+  if (app->cfg.tune_enabled) return fld_tune_start(app, err, errlen);
+  if (!t) return 0;
+  /* The tuned weights belonged to the old engine; the checkpoint on disk
+   * already holds the last accepted update. */
+  for (int s = 0; s < app->n_streams; s++) fld_tune_stream_free(app->streams[s]);
+  if (t->busy) {
+    t->stale = 1;
+    t->disable = 1;
+  } else {
+    fld_tune_free(app);
+  }
+  return 0;
+}
+
+void fld_tune_free(fld_app *app) {
+  fld_tuner *t = app->tuner;
+  if (!t) return;
+  fl_tune_job_free(t->job);
+  fl_tune_buffer_free(t->buf);
+  free(t);
+  app->tuner = NULL;
+  app->tune_metrics = NULL;
+}
+
+void fld_tune_metrics(fld_app *app, FILE *f) {
+  fld_tuner *t = app->tuner;
+  fprintf(f, "# HELP faultline_tune_enabled Online fine-tuning on (1) or off (0).\n"
+             "# TYPE faultline_tune_enabled gauge\nfaultline_tune_enabled %d\n", t != NULL);
+  fprintf(f, "# HELP faultline_model_updates Accepted tuning updates in the served model's "
+             "lineage (its version's -uN).\n# TYPE faultline_model_updates gauge\n"
+             "faultline_model_updates %" PRIu64 "\n", t ? t->updates : 0);
+  fprintf(f, "# HELP faultline_tune_updates_total Tuning updates validated, by result.\n"
+             "# TYPE faultline_tune_updates_total counter\n"
+             "faultline_tune_updates_total{result=\"accepted\"} %" PRIu64 "\n"
+             "faultline_tune_updates_total{result=\"rejected\"} %" PRIu64 "\n",
+          t ? t->accepted : 0, t ? t->rejected : 0);
+  if (!t) return;
+  fprintf(f, "# HELP faultline_tune_failures_total Tuning jobs that ended in an error.\n"
+             "# TYPE faultline_tune_failures_total counter\nfaultline_tune_failures_total %"
+             PRIu64 "\n", t->failed);
+  fprintf(f, "# HELP faultline_tune_steps_total Optimiser steps taken by tuning.\n"
+             "# TYPE faultline_tune_steps_total counter\nfaultline_tune_steps_total %" PRIu64
+             "\n", t->steps);
+  fprintf(f, "# HELP faultline_tune_seconds_total Wall time spent in tuning jobs.\n"
+             "# TYPE faultline_tune_seconds_total counter\nfaultline_tune_seconds_total %.6f\n",
+          t->seconds);
+  fprintf(f, "# HELP faultline_tune_buffer_windows Clean windows in the replay buffer.\n"
+             "# TYPE faultline_tune_buffer_windows gauge\nfaultline_tune_buffer_windows %d\n",
+          fl_tune_buffer_count(t->buf));
+  fprintf(f, "# HELP faultline_tune_buffer_capacity Capacity of the replay buffer.\n"
+             "# TYPE faultline_tune_buffer_capacity gauge\nfaultline_tune_buffer_capacity %d\n",
+          fl_tune_buffer_capacity(t->buf));
+  fprintf(f, "# HELP faultline_tune_checkpoints_total Checkpoints written, by result.\n"
+             "# TYPE faultline_tune_checkpoints_total counter\n"
+             "faultline_tune_checkpoints_total{result=\"ok\"} %" PRIu64 "\n"
+             "faultline_tune_checkpoints_total{result=\"failed\"} %" PRIu64 "\n",
+          t->ckpt_ok, t->ckpt_failed);
+  if (t->have_last) {
+    fprintf(f, "# HELP faultline_tune_validation_loss Held-out correction loss of the last "
+               "validation, by model.\n# TYPE faultline_tune_validation_loss gauge\n"
+               "faultline_tune_validation_loss{model=\"current\"} %.6g\n"
+               "faultline_tune_validation_loss{model=\"candidate\"} %.6g\n",
+            (double)t->last.loss_old, (double)t->last.loss_new);
+    fprintf(f, "# HELP faultline_tune_validation_false_alarm_rate Held-out clean windows "
+               "above the threshold in the last validation, by model.\n"
+               "# TYPE faultline_tune_validation_false_alarm_rate gauge\n"
+               "faultline_tune_validation_false_alarm_rate{model=\"current\"} %.6g\n"
+               "faultline_tune_validation_false_alarm_rate{model=\"candidate\"} %.6g\n",
+            (double)t->last.far_old, (double)t->last.far_new);
+  }
+  fld_engine *e = app->eng;
+  fprintf(f, "# HELP faultline_layer_norm_ratio Spectral norm over Lipschitz target of each "
+             "layer that has one (<= 1 after every update).\n"
+             "# TYPE faultline_layer_norm_ratio gauge\n");
+  for (int l = 0; l < e->n_layers; l++)
+    if (e->layer_target[l] > 0)
+      fprintf(f, "faultline_layer_norm_ratio{layer=\"%s\"} %.6g\n", e->layer_name[l],
+              (double)(e->layer_norm[l] / e->layer_target[l]));
+}
