@@ -175,6 +175,7 @@ static int fl__handler(void *user, const char *section, const char *key, const c
   FL__F("detect", "min_spread", c->detect.min_spread)
   FL__F("detect", "variance_weight", c->detect.w_var)
   FL__F("detect", "correction_weight", c->detect.w_corr)
+  FL__I("detect", "calibrate_all", c->detect.calibrate_all)
   FL__I("detect", "hysteresis_on", c->detect.on)
   FL__I("detect", "hysteresis_off", c->detect.off)
   if (fl__foreign(section)) return 1;

@@ -21,6 +21,7 @@ void fl_detect_defaults(fl_detect_config *c) {
   c->min_spread = 0.75f;
   c->w_var = 1.0f;
   c->w_corr = 0.0f;
+  c->calibrate_all = 1;
   c->on = 2;
   c->off = 3;
 }
@@ -222,8 +223,11 @@ int fl_detect_calibrate(fl_model *m, fl_calib *cal, const fl_series *s, int ns,
   for (int k = 0; k < ns; k++) {
     if (s[k].rows < spec->window) continue;
     int ntr, n = fl_train_windows(&s[k], spec, cfg, ends, &ntr);
-    /* With no held-out windows (a tiny recording), the training ones serve. */
-    int from = ntr < n ? ntr : 0;
+    /* Every window by default: the held-out end of a recording alone shows
+     * too few operating points, and thresholds set on it raise alarms at the
+     * others (simulator: 19 % of clean held-out rows flagged against 0.2 %).
+     * With no held-out windows (a tiny recording), the training ones serve. */
+    int from = dcfg->calibrate_all || ntr >= n ? 0 : ntr;
     for (int j = from; j < n; j++) {
       wk[nw] = k;
       we[nw++] = ends[j];

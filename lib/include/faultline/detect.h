@@ -41,6 +41,8 @@ typedef struct {
   float min_spread; /* floor on a feature's clean spread, log units (0.75) */
   float w_var;      /* 1: the variance feature takes part in the score, 0: not */
   float w_corr;     /* 1: the corrected estimate's residual takes part, 0: not (0) */
+  int calibrate_all; /* 1: calibrate on every window of the recordings, 0: on the
+                        held-out ones only (1) */
   int on, off;      /* hysteresis: windows above (below) to raise (clear) a flag */
 } fl_detect_config;
 
@@ -77,8 +79,9 @@ typedef struct {
 int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
                     fl_window_score *out, float *raw);
 
-/* Calibrates on the held-out windows of the recordings (the trainer's split,
- * cfg) and sets the thresholds from dcfg. */
+/* Calibrates on the windows of the recordings (all of them, or with
+ * dcfg->calibrate_all = 0 the held-out ones of the trainer's split, cfg) and
+ * sets the thresholds from dcfg. */
 int fl_detect_calibrate(fl_model *m, fl_calib *cal, const fl_series *s, int ns,
                         const fl_train_config *cfg, const fl_detect_config *dcfg);
 
