@@ -62,6 +62,7 @@ static const char *full_config =
     "min_spread = 0.4\n"
     "variance_weight = 0\n"
     "correction_weight = 1\n"
+    "calibrate_all = 0\n"
     "hysteresis_on = 4\n"
     "hysteresis_off = 6\n"
     "\n"
@@ -130,6 +131,7 @@ static void test_full(void **state) {
   assert_float_equal(d->min_spread, 0.4, 1e-6);
   assert_float_equal(d->w_var, 0.0, 0);
   assert_float_equal(d->w_corr, 1.0, 0);
+  assert_int_equal(d->calibrate_all, 0);
   assert_int_equal(d->on, 4);
   assert_int_equal(d->off, 6);
   assert_int_equal(s->n_mod, 2);
