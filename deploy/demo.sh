@@ -21,9 +21,9 @@ $fl train --config config/plant.ini --data out/train.csv --out out/plant.model
 echo "== eval: every fault type injected into the held-out $((rows - split)) s"
 $fl eval --model out/plant.model --config config/plant.ini --data out/heldout.csv \
   --json out/eval.json
-echo "== one episode: inject a drift, score it, draw it"
+echo "== one episode: inject a dropout, score it, draw it"
 $fl inject --config config/plant.ini --in out/heldout.csv --out out/episode.csv \
-  --labels out/episode-labels.csv --fault drift --count 1 --seed 7
+  --labels out/episode-labels.csv --fault dropout --count 1 --seed 7
 $fl score --model out/plant.model --in out/episode.csv --out out/episode-scored.csv
 /usr/bin/python3 deploy/plot_episode.py out/heldout.csv out/episode.csv \
   out/episode-labels.csv out/episode-scored.csv out/episode.svg
