@@ -263,6 +263,18 @@ static void fld__lineage(fld_tuner *t, uint64_t updates, char *out, size_t len) 
            t->base, updates, fld_now(), (double)t->res.loss_new, (double)t->res.far_new);
 }
 
+/* Keeps the current checkpoint as PATH.1 before a new one replaces PATH: a
+ * hard link renamed over PATH.1, so that PATH itself never goes missing and
+ * fl_bundle_save's rename replaces it atomically.  Some valid checkpoint
+ * exists at every instant. */
+static void fld__keep_previous(const char *path) {
+  char prev[PATH_MAX + 4], tmp[PATH_MAX + 8];
+  snprintf(prev, sizeof prev, "%s.1", path);
+  snprintf(tmp, sizeof tmp, "%s.1.lnk", path);
+  unlink(tmp);
+  if (link(path, tmp) == 0 && rename(tmp, prev) != 0) unlink(tmp);
+}
+
 static void fld__work(uv_work_t *req) {
   fld_tuner *t = req->data;
   t->rc = fl_tune_job_run(t->job, &t->res);
@@ -280,9 +292,7 @@ static void fld__work(uv_work_t *req) {
   snprintf(b.lineage, sizeof b.lineage, "%s", t->save_lineage);
   char prev[PATH_MAX + 4];
   snprintf(prev, sizeof prev, "%s.1", t->path);
-  /* The previous checkpoint stays valid under PATH.1 while the new one is
-   * written: some valid file exists at every instant. */
-  if (access(t->path, F_OK) == 0) rename(t->path, prev);
+  fld__keep_previous(t->path);
   t->save_rc = fl_bundle_save(&b, t->path, t->save_err, sizeof t->save_err);
 }
 
@@ -293,7 +303,8 @@ static int fld__checkpoint_now(fld_tuner *t) {
   char prev[PATH_MAX + 4], err[400];
   snprintf(b.lineage, sizeof b.lineage, "%s", t->lineage);
   snprintf(prev, sizeof prev, "%s.1", t->path);
-  if (access(t->path, F_OK) == 0) rename(t->path, prev);
+  (void)prev;
+  fld__keep_previous(t->path);
   int rc = fl_bundle_save(&b, t->path, err, sizeof err);
   if (rc) {
     t->ckpt_failed++;

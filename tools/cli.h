@@ -38,5 +38,6 @@ int cmd_eval(int argc, char **argv);
 int cmd_replay(int argc, char **argv);
 int cmd_tail(int argc, char **argv);
 int cmd_analyze(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
 
 #endif

@@ -197,7 +197,22 @@ def scenario_crash():
         d.log.close()
         valid = [lineage(p) for p in (ckpt, ckpt + ".1") if os.path.exists(p)]
         check(any(valid), f"crash {it}: a valid checkpoint survives kill -9")
+        check(lineage(ckpt) is not None, f"crash {it}: PATH itself is always a valid model")
         best = max([x["updates"] for x in valid if x] or [0])
+    # faultline inspect shows the checkpoint's lineage.
+    import json
+    ins = subprocess.run([FL, "inspect", "--json", ckpt], capture_output=True, text=True)
+    check(ins.returncode == 0, "crash: faultline inspect reads the checkpoint: " + ins.stderr)
+    if ins.returncode == 0:
+        j = json.loads(ins.stdout)
+        lin = lineage(ckpt)
+        check(j["lineage"] == lin and lin["updates"] >= 1 and len(lin["base"]) == 16,
+              f"crash: inspect's lineage is the file's ({j['lineage']})")
+        check(j["max_norm_ratio"] <= 1.01,
+              f"crash: every layer of the checkpoint within its target ({j['max_norm_ratio']:.4f})")
+    txt = subprocess.run([FL, "inspect", ckpt], capture_output=True, text=True).stdout
+    check("tuned online from base model" in txt and "accepted updates" in txt,
+          "crash: inspect's text names the base model and the updates")
     # A torn or corrupt newest checkpoint is skipped for the older one.
     prev = lineage(ckpt + ".1")
     with open(ckpt, "r+b") as f:
