@@ -183,7 +183,7 @@ static void fl__mean_sd(const float *v, int n, int stride, float floor_sd, float
   }
   double m = s / n, var = q / n - m * m;
   *mu = (float)m;
-  /* Held-out windows overlap, so they show less of a feature's spread than
+  /* Calibration windows overlap, so they show less of a feature's spread than
    * new data will; a floor keeps a feature that barely moved on them from
    * turning any change at all into an alarm. */
   float spread = (float)sqrt(var > 0 ? var : 0);
