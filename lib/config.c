@@ -1,6 +1,8 @@
 /* faultline config: see include/faultline/config.h for the contracts. */
 #include "faultline/config.h"
 
+#include <float.h>
+#include <limits.h>
 #include <errno.h>
 #include <math.h>
 #include <ini.h>
@@ -68,7 +70,7 @@ static int fl__modality(fl_model_spec *s, const char *name, const char *key, con
   fl_modality *md = &s->mod[i];
   if (!strcmp(key, "rate")) {
     double d;
-    if (fl__num(v, &d) || d < 1 || d > 1000 || d != (int)d) return -1;
+    if (fl__num(v, &d) || !(d >= 1 && d <= 1000) || d != (int)d) return -1;
     md->rate = (int)d;
     return 0;
   }
@@ -100,13 +102,13 @@ static int fl__modality(fl_model_spec *s, const char *name, const char *key, con
 
 #define FL__I(sec, k, field)                                                             \
   if (!strcmp(section, sec) && !strcmp(key, k)) {                                        \
-    if (fl__num(value, &d) || d != (long)d) goto bad;                                   \
+    if (fl__num(value, &d) || !(d >= INT_MIN && d <= INT_MAX) || d != (int)d) goto bad; \
     field = (int)d;                                                                      \
     return 1;                                                                            \
   }
 #define FL__F(sec, k, field)                                                             \
   if (!strcmp(section, sec) && !strcmp(key, k)) {                                        \
-    if (fl__num(value, &d)) goto bad;                                                   \
+    if (fl__num(value, &d) || !(fabs(d) <= FLT_MAX)) goto bad;                          \
     field = (float)d;                                                                    \
     return 1;                                                                            \
   }

@@ -11,7 +11,13 @@
 #include "faultline/config.h"
 #include "fld.h"
 
-static char path[64];
+static char path[64], dir[64];
+
+/* The private directory goes when the process ends (libFuzzer exits). */
+static void fz_cleanup(void) {
+  unlink(path);
+  rmdir(dir);
+}
 
 static void fz_check_err(const char *err, size_t n) {
   if (!memchr(err, '\0', n)) abort();
@@ -30,11 +36,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   else if (lc.spec.n_mod && fl_model_spec_check(&lc.spec)) abort(); /* accepted means valid */
 
   if (!path[0]) {
-    /* One private directory per process: the daemon resolves a relative
-     * model path against the file's directory. */
-    char dir[] = "/tmp/fuzz_config.XXXXXX";
+    strcpy(dir, "/tmp/fuzz_config.XXXXXX");
     if (!mkdtemp(dir)) abort();
     snprintf(path, sizeof path, "%s/x.ini", dir);
+    atexit(fz_cleanup);
   }
   FILE *f = fopen(path, "w");
   if (f) {

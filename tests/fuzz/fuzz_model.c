@@ -11,13 +11,20 @@
 
 #include "faultline/bundle.h"
 
-static char path[64];
+static char path[64], dir[64];
+
+/* The private directory goes when the process ends (libFuzzer exits). */
+static void fz_cleanup(void) {
+  unlink(path);
+  rmdir(dir);
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (!path[0]) {
-    char dir[] = "/tmp/fuzz_model.XXXXXX";
+    strcpy(dir, "/tmp/fuzz_model.XXXXXX");
     if (!mkdtemp(dir)) abort();
     snprintf(path, sizeof path, "%s/m.model", dir);
+    atexit(fz_cleanup);
   }
   FILE *f = fopen(path, "wb");
   if (!f) return 0;
