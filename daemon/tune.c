@@ -27,6 +27,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include "faultline/error.h"
@@ -113,9 +116,42 @@ static int fld__same_spec(const fl_model *a, const fl_model *b) {
   return 1;
 }
 
+/* A daemon killed while writing a checkpoint leaves PATH.tmp.PID (and
+ * perhaps PATH.1.lnk) behind; the files of processes that are gone are
+ * removed, so that a crash loop cannot fill the state directory. */
+static void fld__sweep(const char *path) {
+  const char *slash = strrchr(path, '/');
+  char dir[PATH_MAX];
+  snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) : 1, slash ? path : ".");
+  if (slash == path) snprintf(dir, sizeof dir, "/");
+  const char *base = slash ? slash + 1 : path;
+  size_t bl = strlen(base);
+  DIR *d = opendir(dir);
+  if (!d) return;
+  struct dirent *de;
+  while ((de = readdir(d))) {
+    const char *n = de->d_name;
+    if (strncmp(n, base, bl)) continue;
+    const char *rest = n + bl;
+    int stale = !strcmp(rest, ".1.lnk");
+    if (!strncmp(rest, ".tmp.", 5)) {
+      char *end;
+      long pid = strtol(rest + 5, &end, 10);
+      stale = !*end && pid > 0 && pid != (long)getpid() && kill((pid_t)pid, 0) != 0 &&
+              errno == ESRCH;
+    }
+    if (!stale) continue;
+    char full[PATH_MAX + 256];
+    snprintf(full, sizeof full, "%s/%s", dir, n);
+    if (unlink(full) == 0) fld_log(FLD_INFO, "tune: removed %s, left by an interrupted write", full);
+  }
+  closedir(d);
+}
+
 /* Puts the newest valid checkpoint of this base model in service. */
 static void fld__resume(fld_tuner *t) {
   if (!t->path[0]) return;
+  fld__sweep(t->path);
   fld_engine *e = t->app->eng;
   char alt[PATH_MAX + 4];
   snprintf(alt, sizeof alt, "%s.1", t->path);

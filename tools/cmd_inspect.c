@@ -83,7 +83,7 @@ int cmd_inspect(int argc, char **argv) {
       json_array_append_new(mods, json_pack("{s:s,s:i,s:i,s:b}", "name", s->mod[i].name,
                                             "channels", s->mod[i].channels, "rate",
                                             s->mod[i].rate, "drifts", s->mod[i].drifts));
-    json_t *out = json_pack("{s:s,s:o,s:i,s:I,s:f,s:f,s:o,s:O,s:f}", "file", path,
+    json_t *out = json_pack("{s:s,s:o,s:i,s:I,s:f,s:f,s:o,s:o,s:f}", "file", path,
                             "modalities", mods, "window", s->window, "parameters",
                             (json_int_t)fl_model_param_count(b.model), "threshold",
                             (double)b.calib.threshold, "channel_threshold",

@@ -81,6 +81,11 @@ def run_stream(name, csv, rows, rate, tune):
     rp = stream(csv, ports, rate)
     check(rp.returncode == 0, f"{name}: replay succeeded: " + rp.stderr.strip())
     th.join()
+    if tune:
+        # A slow machine (or a sanitizer build) may finish the stream before
+        # the first job: the update still lands, after the stream.
+        T.wait_metric(ports["http"], 'faultline_tune_updates_total{result="accepted"}',
+                      lambda v: v >= 1, timeout=180)
     m, text = T.metrics(ports["http"])
     log = d.logtext()
     check(d.stop() == 0, f"{name}: clean exit")
@@ -114,8 +119,8 @@ def scenario_drift():
     check(m_on.get("faultline_tune_buffer_windows", 0) > 0, "drift: the buffer filled")
     versions = [r.model_version for r in on]
     last = versions[-1].rsplit("-u", 1)
-    check(len(last) == 2 and 1 <= int(last[1]) <= acc,
-          f"drift: the reports' version moved on to -uN, N <= {acc:g} ({versions[-1]})")
+    check(len(last) == 1 or 1 <= int(last[1]) <= acc,
+          f"drift: the reports' version is the base or -uN, N <= {acc:g} ({versions[-1]})")
     check(len(set(versions)) <= 1 + int(acc),
           f"drift: at most one model version per accepted update ({len(set(versions))})")
     check(all(a <= b for a, b in zip([int(v.rsplit("-u", 1)[1]) if "-u" in v else 0
@@ -138,7 +143,8 @@ def scenario_drift():
     f_off_all, _ = far(off, 0, rows + 1)
     f_on_all, _ = far(on, 0, rows + 1)
     buf = m_on.get("faultline_tune_buffer_windows", 0)
-    print(f"buffer {buf:g} windows; drift {drift}, {rows} rows, stride {STRIDE}: tuning {acc:g} accepted, {rej:g} rejected, "
+    tuned = sum(1 for v in versions if "-u" in v)
+    print(f"{tuned} of {len(versions)} reports from a tuned model; buffer {buf:g} windows; drift {drift}, {rows} rows, stride {STRIDE}: tuning {acc:g} accepted, {rej:g} rejected, "
           f"{steps:g} steps in {secs:.2f} s; false-alarm rate over the last third "
           f"off {f_off:.4f} ({n_off} windows) on {f_on:.4f} ({n_on}); over the whole run "
           f"off {f_off_all:.4f} on {f_on_all:.4f}")
@@ -171,7 +177,7 @@ def scenario_crash():
                 checkpoint_every=1, span=1, gate=1.0)
     rnd = random.Random(5)
     best = 0
-    kills = 0
+    kills = torn = 0
     for it in range(6):
         d, cfg, ports = start(f"crash{it}", tune=tune)
         m, text = T.metrics(ports["http"])
@@ -181,6 +187,8 @@ def scenario_crash():
         check(served == newest, f"crash {it}: restart serves the newest valid checkpoint "
               f"({served} updates served, {newest} in the newest file)")
         check(served >= best, f"crash {it}: no accepted checkpoint lost ({served} >= {best})")
+        left = [n for n in os.listdir(os.path.dirname(ckpt)) if ".tmp." in n or n.endswith(".lnk")]
+        check(not left, f"crash {it}: files of interrupted writes removed at start ({left})")
         # Stream and kill -9 while checkpoints are being written.
         rp = subprocess.Popen([FL, "replay", "--in", csv, "--connect",
                                f"tcp://127.0.0.1:{ports['in']}", "--config", CONFIG,
@@ -199,6 +207,7 @@ def scenario_crash():
         check(any(valid), f"crash {it}: a valid checkpoint survives kill -9")
         check(lineage(ckpt) is not None, f"crash {it}: PATH itself is always a valid model")
         best = max([x["updates"] for x in valid if x] or [0])
+        torn += any(".tmp." in n for n in os.listdir(os.path.dirname(ckpt)))
     # faultline inspect shows the checkpoint's lineage.
     import json
     ins = subprocess.run([FL, "inspect", "--json", ckpt], capture_output=True, text=True)
@@ -234,7 +243,8 @@ def scenario_crash():
     check(int(m.get("faultline_model_updates", -1)) == 0,
           "crash: with no readable checkpoint the base model serves")
     check(d.stop() == 0, "crash: clean exit with the base")
-    print(f"crash: {kills} kill -9 during checkpoint writes, newest checkpoint {best} updates")
+    print(f"crash: {kills} kill -9 while checkpoints were written ({torn} left a torn temporary "
+          f"file), newest checkpoint {best} updates")
 
 
 {"drift": scenario_drift, "crash": scenario_crash}[SCENARIO]()
