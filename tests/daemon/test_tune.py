@@ -223,10 +223,15 @@ def scenario_crash():
     check("tuned online from base model" in txt and "accepted updates" in txt,
           "crash: inspect's text names the base model and the updates")
     # A torn or corrupt newest checkpoint is skipped for the older one.
+    # (Replaced, not overwritten in place: PATH.1 may be a hard link to the
+    # same file when the kill came between keeping it and the new write.)
     prev = lineage(ckpt + ".1")
-    with open(ckpt, "r+b") as f:
-        f.seek(0)
-        f.write(b"\xff" * 64)
+    with open(ckpt, "rb") as f:
+        data = bytearray(f.read())
+    data[:64] = b"\xff" * 64
+    os.unlink(ckpt)
+    with open(ckpt, "wb") as f:
+        f.write(data)
     d, cfg, ports = start("corrupt", tune=tune)
     m, _ = T.metrics(ports["http"])
     want = prev["updates"] if prev else 0
@@ -243,6 +248,29 @@ def scenario_crash():
     check(int(m.get("faultline_model_updates", -1)) == 0,
           "crash: with no readable checkpoint the base model serves")
     check(d.stop() == 0, "crash: clean exit with the base")
+    # SIGHUP while jobs run: the job in flight is discarded, the daemon keeps
+    # serving the newest checkpoint and tuning goes on.
+    os.unlink(ckpt + ".1")
+    d, cfg, ports = start("reload", tune=tune)
+    rp = subprocess.Popen([FL, "replay", "--in", csv, "--connect",
+                           f"tcp://127.0.0.1:{ports['in']}", "--config", CONFIG,
+                           "--stream", "plant", "--rate", "3000"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    T.wait_metric(ports["http"], 'faultline_tune_updates_total{result="accepted"}',
+                  lambda v: v >= 1, timeout=60)
+    for _ in range(3):
+        d.signal(signal.SIGHUP)
+        time.sleep(0.3)
+    check(T.wait_metric(ports["http"], 'faultline_reloads_total{result="success"}',
+                        lambda v: v >= 3) == 3, "crash: three reloads while tuning")
+    before = T.metrics(ports["http"])[0].get('faultline_tune_updates_total{result="accepted"}', 0)
+    after = T.wait_metric(ports["http"], 'faultline_tune_updates_total{result="accepted"}',
+                          lambda v: v > before, timeout=60)
+    check(after is not None and after > before, "crash: tuning goes on after the reloads")
+    rp.wait()
+    m, _ = T.metrics(ports["http"])
+    check(m.get("faultline_model_updates", 0) >= 1, "crash: a tuned model serves after reloads")
+    check(d.stop() == 0, "crash: clean exit after reloads")
     print(f"crash: {kills} kill -9 while checkpoints were written ({torn} left a torn temporary "
           f"file), newest checkpoint {best} updates")
 
