@@ -118,6 +118,8 @@ wait_metric("faultline_frames_received_total", lambda v: v >= sent)
 m = metrics()
 reports = m.get("faultline_reports_total", 0)
 check(reports >= 3, f"memcheck: windows were scored and reported ({reports})")
+print(f"memcheck: {sent} frames sent, {m.get('faultline_frames_processed_total', 0):.0f} processed, "
+      f"{reports:.0f} reports, 2 reloads")
 check(m.get('faultline_reloads_total{result="success"}', 0) == 2, "memcheck: two reloads")
 pub.close(linger=0)
 sub.close(linger=0)
@@ -132,7 +134,8 @@ log.close()
 text = open(vlog).read()
 print(f"memcheck: exit {rc} after {time.time() - t0:.1f} s")
 summary = [ln.split("== ", 1)[-1] for ln in text.splitlines()
-           if re.search(r"(definitely|indirectly|possibly) lost:|ERROR SUMMARY|still reachable:", ln)]
+           if re.search(r"(definitely|indirectly|possibly) lost:|ERROR SUMMARY|still reachable:|"
+                     r"in use at exit|total heap usage|All heap blocks", ln)]
 print("\n".join(summary))
 
 
