@@ -363,7 +363,7 @@ int cmd_tail(int argc, char **argv) {
     case 'k': ckey = optarg; break;
     case 'K': skey = optarg; break;
     case 'h':
-      printf("usage: faultline tail --connect ENDPOINT [--stream PREFIX] [--json]\n"
+      printf("usage: faultline tail --connect|--bind ENDPOINT [--stream PREFIX] [--json]\n"
              "                      [--count N] [--timeout S]\n\n"
              "Prints the daemon's reports of the streams whose id starts with PREFIX: one\n"
              "line each (stream, report and frame sequence numbers, score, threshold, flag,\n"
