@@ -614,7 +614,7 @@ static int fl__needs_quotes(const char *s) {
   return strpbrk(s, ",;\"") != NULL;
 }
 
-static void fl__put_text(FILE *f, const char *s) {
+void fl_csv_put_field(FILE *f, const char *s) {
   if (!fl__needs_quotes(s)) {
     fputs(s, f);
     return;
@@ -645,7 +645,7 @@ static int fl__emit_csv(FILE *f, void *vctx, char *err, size_t errlen) {
   }
   for (int j = 0; j < t->cols; j++) {
     if (!first) fputc(',', f);
-    fl__put_text(f, t->names[j]);
+    fl_csv_put_field(f, t->names[j]);
     first = 0;
   }
   fputc('\n', f);
@@ -655,7 +655,7 @@ static int fl__emit_csv(FILE *f, void *vctx, char *err, size_t errlen) {
     first = 1;
     if (t->stamps) {
       const char *s = t->stamps[i] ? t->stamps[i] : "";
-      fl__put_text(f, s);
+      fl_csv_put_field(f, s);
       first = 0;
     }
     for (int j = 0; j < t->cols; j++) {

@@ -397,6 +397,14 @@ float *fl_ctx_dembedding(fl_ctx *c) { return c->demb; }
 
 /* ---- forward ------------------------------------------------------------ */
 
+/* Floats a layer writes for a batch of B. */
+static size_t fl__layer_out(const fl_layer *l, int B) {
+  if (l->kind == FL_LAYER_DENSE) return (size_t)B * l->nout;
+  int t = l->kind == FL_LAYER_CONV ? fl_conv1d_len(&l->conv, l->tin)
+                                   : fl_convt1d_len(&l->conv, l->tin);
+  return (size_t)B * l->conv.cout * t;
+}
+
 /* y = act(layer(x)) for a batch; pre receives the pre-activation. */
 static int fl__layer_fwd(const fl_model *m, fl_ctx *c, const fl_layer *l, float *pre,
                          float *post, const float *x, int B) {
@@ -408,12 +416,7 @@ static int fl__layer_fwd(const fl_model *m, fl_ctx *c, const fl_layer *l, float 
   else
     err = fl_convt1d_forward(pre, x, l->w, l->b, &l->conv, B, l->tin, c->work);
   if (err) return err;
-  size_t n = (size_t)B * (l->kind == FL_LAYER_DENSE
-                              ? (size_t)l->nout
-                              : (size_t)l->conv.cout *
-                                    (l->kind == FL_LAYER_CONV
-                                         ? (size_t)fl_conv1d_len(&l->conv, l->tin)
-                                         : (size_t)fl_convt1d_len(&l->conv, l->tin)));
+  size_t n = fl__layer_out(l, B);
   return post ? fl_act_forward(l->act, m->spec.leak, post, pre, n) : 0;
 }
 
@@ -421,12 +424,7 @@ static int fl__layer_fwd(const fl_model *m, fl_ctx *c, const fl_layer *l, float 
  * overwritten (it becomes the pre-activation gradient). */
 static int fl__layer_bwd(const fl_model *m, fl_ctx *c, const fl_layer *l, float *dx,
                          float *dpost, const float *pre, const float *x, int B) {
-  size_t n = (size_t)B * (l->kind == FL_LAYER_DENSE
-                              ? (size_t)l->nout
-                              : (size_t)l->conv.cout *
-                                    (l->kind == FL_LAYER_CONV
-                                         ? (size_t)fl_conv1d_len(&l->conv, l->tin)
-                                         : (size_t)fl_convt1d_len(&l->conv, l->tin)));
+  size_t n = fl__layer_out(l, B);
   int err = fl_act_backward(l->act, m->spec.leak, dpost, dpost, pre, NULL, n);
   if (err) return err;
   if (l->kind == FL_LAYER_DENSE)

@@ -302,22 +302,6 @@ static int ev_parse_seed(const char *cmd, const char *v, uint64_t *out) {
   return 0;
 }
 
-/* Writes a CSV field, quoted when a reader would otherwise split or trim it. */
-static void ev_field(FILE *f, const char *s) {
-  size_t n = strlen(s);
-  if (n && !strpbrk(s, ",;\"") && s[0] != ' ' && s[0] != '\t' && s[n - 1] != ' ' &&
-      s[n - 1] != '\t') {
-    fputs(s, f);
-    return;
-  }
-  fputc('"', f);
-  for (; *s; s++) {
-    if (*s == '"') fputc('"', f);
-    fputc(*s, f);
-  }
-  fputc('"', f);
-}
-
 /* The labels file: datetime (if the data has one), fault, fault_name,
  * modality, then <column>_label for every channel column in the data's
  * column order.  Written to a temporary name and renamed. */
@@ -349,13 +333,13 @@ static int ev_write_labels(const char *path, const fl_table *t, const ev_data *d
     if (where[3 * j] >= 0) {
       snprintf(name, sizeof name, "%s_label", t->names[j]);
       fputc(',', f);
-      ev_field(f, name);
+      fl_csv_put_field(f, name);
     }
   fputc('\n', f);
   for (int r = 0; r < t->rows; r++) {
     int mod, l = ev_row_label(d, r, &mod);
     if (t->stamps) {
-      ev_field(f, t->stamps[r]);
+      fl_csv_put_field(f, t->stamps[r]);
       fputc(',', f);
     }
     fprintf(f, "%d,%s,%d", l, fl_fault_name((fl_fault_type)l), mod);

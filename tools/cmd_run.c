@@ -132,11 +132,16 @@ static int write_scored(const char *path, const fl_table *in, const fl_bundle *b
     for (int c = 0; c < spec->mod[i].channels; c++)
       for (int k = 0; k < spec->mod[i].rate; k++) {
         fl_model_column_name(spec, i, c, k, name, sizeof name);
-        fprintf(f, ",%s_corrected", name);
+        strcat(name, "_corrected");
+        fputc(',', f);
+        fl_csv_put_field(f, name);
       }
   fputc('\n', f);
   for (int row = from; row < r->rows; row++) {
-    if (in->stamps) fprintf(f, "%s,", in->stamps[row - from]);
+    if (in->stamps) {
+      fl_csv_put_field(f, in->stamps[row - from]);
+      fputc(',', f);
+    }
     if (isnan(r->score[row])) fprintf(f, ",0,");
     else
       fprintf(f, "%.6g,%d,%s", (double)r->score[row], r->flag[row],

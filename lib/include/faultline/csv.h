@@ -12,6 +12,7 @@
 #define FAULTLINE_CSV_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 typedef struct {
   int rows, cols; /* numeric columns only */
@@ -91,5 +92,10 @@ int fl_csv_parse(const char *buf, size_t len, fl_table *t, char *err, size_t err
  * is removed.  Two threads of one process must not write the same path at
  * once.  Returns FL_EINVAL, FL_ENONFINITE, FL_EIO (err says why), FL_ENOMEM. */
 int fl_csv_write(const char *path, const fl_table *t, char *err, size_t errlen);
+
+/* Writes one text field (a name or a stamp) to f as fl_csv_write does:
+ * quoted, with quotes doubled, when a reader would otherwise split or trim
+ * it; for callers that write CSV rows of their own. */
+void fl_csv_put_field(FILE *f, const char *s);
 
 #endif
