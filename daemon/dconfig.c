@@ -15,7 +15,8 @@ void fld_config_defaults(fld_config *c) {
   memset(c, 0, sizeof *c);
   c->in_type = FLD_IN_SUB;
   c->in_bind = 1;
-  snprintf(c->in_topic, sizeof c->in_topic, "frame/");
+  snprintf(c->in_topic[0], sizeof c->in_topic[0], "frame/");
+  c->n_topics = 1;
   c->max_streams = 64;
   c->max_message_bytes = 65536;
   c->drain_budget = 256;
@@ -84,8 +85,9 @@ static int fld__bool(const char *v, int *out) {
   return -1;
 }
 
-/* Splits a comma-separated list of endpoints. */
-static int fld__endpoints(const char *v, char dst[][FLD_ENDPOINT_MAX], int *n) {
+/* Splits a comma-separated list into at most max items of fewer than cap
+ * characters each; an empty item is an error. */
+static int fld__list(const char *v, char *dst, size_t cap, int max, int *n) {
   *n = 0;
   const char *p = v;
   while (*p) {
@@ -93,14 +95,36 @@ static int fld__endpoints(const char *v, char dst[][FLD_ENDPOINT_MAX], int *n) {
     const char *e = strchr(p, ',');
     size_t len = e ? (size_t)(e - p) : strlen(p);
     while (len && (p[len - 1] == ' ' || p[len - 1] == '\t')) len--;
-    if (!len || len >= FLD_ENDPOINT_MAX || *n >= FLD_MAX_ENDPOINTS) return -1;
-    memcpy(dst[*n], p, len);
-    dst[*n][len] = 0;
+    if (!len || len >= cap || *n >= max) return -1;
+    memcpy(dst + (size_t)*n * cap, p, len);
+    dst[(size_t)*n * cap + len] = 0;
     (*n)++;
     if (!e) break;
     p = e + 1;
   }
   return *n ? 0 : -1;
+}
+
+static int fld__endpoints(const char *v, char dst[][FLD_ENDPOINT_MAX], int *n) {
+  return fld__list(v, dst[0], FLD_ENDPOINT_MAX, FLD_MAX_ENDPOINTS, n);
+}
+
+/* Subscription prefixes: a daemon's shard of the stream names.  Each must
+ * name frame topics ("frame/" or "frame/<stream prefix>"): anything else
+ * would subscribe to nothing the publishers send, silently. */
+static int fld__topics(const char *v, fld_config *c, char *why, size_t whylen) {
+  memset(c->in_topic, 0, sizeof c->in_topic);
+  if (fld__list(v, c->in_topic[0], FLD_TOPIC_MAX, FLD_MAX_TOPICS, &c->n_topics)) {
+    snprintf(why, whylen, "want a comma-separated list of 1 to %d prefixes of fewer than %d "
+             "characters", FLD_MAX_TOPICS, FLD_TOPIC_MAX);
+    return -1;
+  }
+  for (int i = 0; i < c->n_topics; i++)
+    if (strncmp(c->in_topic[i], "frame/", 6)) {
+      snprintf(why, whylen, "\"%s\" does not start with \"frame/\"", c->in_topic[i]);
+      return -1;
+    }
+  return 0;
 }
 
 static int fld__copy(char *dst, size_t cap, const char *v) {
@@ -137,7 +161,12 @@ static int fld__handler(void *user, const char *section, const char *key, const 
     if (fld__endpoints(value, c->in_endpoint, &c->n_in)) goto bad;
     p->have_in = 1;
   } else if (IS("input", "topic")) {
-    if (fld__copy(c->in_topic, sizeof c->in_topic, value)) goto bad;
+    char why[200];
+    if (fld__topics(value, c, why, sizeof why)) {
+      snprintf(p->err, p->errlen, "[input] topic = \"%s\": %s", value, why);
+      p->failed = FL_EINVAL;
+      return 0;
+    }
   } else if (IS("input", "max_streams")) {
     if (fld__long(value, 1, 100000, &l)) goto bad;
     c->max_streams = (int)l;

@@ -41,6 +41,9 @@ void fld_log(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)
  * the daemon.  Every key is documented in config/faultline.ini. */
 #define FLD_MAX_ENDPOINTS 8
 #define FLD_ENDPOINT_MAX 256
+/* Subscription prefixes of one daemon: its shard of the stream names. */
+#define FLD_MAX_TOPICS 16
+#define FLD_TOPIC_MAX 128
 
 enum { FLD_IN_SUB = 0, FLD_IN_PULL = 1 };
 
@@ -51,7 +54,8 @@ typedef struct {
   int in_bind;                  /* 1: bind the endpoints, 0: connect to them */
   int n_in;
   char in_endpoint[FLD_MAX_ENDPOINTS][FLD_ENDPOINT_MAX];
-  char in_topic[128];           /* SUB: subscription prefix */
+  int n_topics;
+  char in_topic[FLD_MAX_TOPICS][FLD_TOPIC_MAX]; /* SUB: prefixes, each "frame/..." */
   int max_streams;
   long max_message_bytes;
   int drain_budget;             /* messages per loop turn before yielding */

@@ -129,7 +129,8 @@ static int fld__open_sockets(fld_app *app, char *err, size_t errlen) {
     return FL_EIO;
   }
   if (c->in_type == FLD_IN_SUB)
-    zmq_setsockopt(app->in_sock, ZMQ_SUBSCRIBE, c->in_topic, strlen(c->in_topic));
+    for (int i = 0; i < c->n_topics; i++)
+      zmq_setsockopt(app->in_sock, ZMQ_SUBSCRIBE, c->in_topic[i], strlen(c->in_topic[i]));
   if (zmq_socket_monitor(app->in_sock, "inproc://fld-monitor-in", ZMQ_EVENT_DISCONNECTED) == 0) {
     app->mon_sock = zmq_socket(app->zctx, ZMQ_PAIR);
     zmq_setsockopt(app->mon_sock, ZMQ_LINGER, &zero, sizeof zero);
@@ -171,7 +172,8 @@ static void fld__reload(fld_app *app) {
   const fld_config *oc = &app->cfg;
   if (nc.in_type != oc->in_type || nc.in_bind != oc->in_bind || nc.n_in != oc->n_in ||
       memcmp(nc.in_endpoint, oc->in_endpoint, sizeof nc.in_endpoint) ||
-      strcmp(nc.in_topic, oc->in_topic) || nc.out_bind != oc->out_bind || nc.n_out != oc->n_out ||
+      nc.n_topics != oc->n_topics || memcmp(nc.in_topic, oc->in_topic, sizeof nc.in_topic) ||
+      nc.out_bind != oc->out_bind || nc.n_out != oc->n_out ||
       memcmp(nc.out_endpoint, oc->out_endpoint, sizeof nc.out_endpoint) ||
       nc.curve != oc->curve || strcmp(nc.secret_key_file, oc->secret_key_file) ||
       strcmp(nc.metrics_listen, oc->metrics_listen) || nc.max_message_bytes != oc->max_message_bytes)
@@ -199,6 +201,7 @@ static void fld__reload(fld_app *app) {
   merged.in_bind = oc->in_bind;
   merged.n_in = oc->n_in;
   memcpy(merged.in_endpoint, oc->in_endpoint, sizeof merged.in_endpoint);
+  merged.n_topics = oc->n_topics;
   memcpy(merged.in_topic, oc->in_topic, sizeof merged.in_topic);
   merged.out_bind = oc->out_bind;
   merged.n_out = oc->n_out;
