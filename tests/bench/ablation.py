@@ -19,6 +19,7 @@ Variants (targets are the per-layer spectral-norm caps; 0 switches a cap off):
 Usage:
   /usr/bin/python3 tests/bench/ablation.py [--build build] [--out out/ablation]
       [--seeds 1,2,3] [--datasets sim,skab] [--variants none,clip,...] [--quick]
+      [--skab PATH/anomaly-free.csv]
 
 Runs are cached: a run whose eval JSON exists is not repeated (delete --out to
 start over).  --quick (or FAULTLINE_QUICK=1) trains 3 + 2 epochs on a short
@@ -127,6 +128,7 @@ def main():
     ap.add_argument("--datasets", default="sim,skab")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--sim-rows", type=int, default=8000)
+    ap.add_argument("--skab", default=SKAB_AF, help="SKAB's anomaly-free.csv")
     ap.add_argument("--quick", action="store_true",
                     default=os.environ.get("FAULTLINE_QUICK") == "1")
     args = ap.parse_args()
@@ -154,7 +156,7 @@ def main():
                      "--out", src], os.path.join(d, "simulate.log"))
         elif ds == "skab":
             base = os.path.join(ROOT, "config", "skab-sensors.ini")
-            src = SKAB_AF
+            src = args.skab
             if not os.path.exists(src):
                 print("ablation: %s is absent; SKAB skipped" % src)
                 continue
