@@ -306,6 +306,9 @@ typedef struct fld_app {
   /* Set while tuning is on: renders the tune metrics (tune.c), a pointer so
    * that metrics.c links without the tuner. */
   void (*tune_metrics)(struct fld_app *app, FILE *f);
+  /* Set by another program built on these parts (faultline proxy): renders
+   * its /metrics instead of the daemon's. */
+  char *(*render_metrics)(struct fld_app *app, size_t *len);
   /* Limits hit: the first hit of an interval logs, with the hits that the
    * interval before it kept quiet; a flood never floods the journal. */
   double limit_logged[FLD_LIMIT_COUNT];
@@ -368,5 +371,37 @@ int fld_notify_start_timers(fld_app *app);
 void fld_notify_stop_timers(fld_app *app);
 
 double fld_now(void); /* Unix time, seconds */
+
+/* ---- proxy.c ------------------------------------------------------------
+ * faultline proxy: the fan-in of a site.  An XSUB frontend (publishers of
+ * frames, or daemons publishing reports, connect to it) and an XPUB backend
+ * (daemons subscribing to their shard of frames, or consumers of reports)
+ * joined by zmq_proxy_steerable in a thread of its own; the loop thread
+ * serves /metrics and /healthz with the daemon's HTTP code, answers ZAP
+ * requests with the daemon's CurveZMQ code, reads the proxy's STATISTICS
+ * over its control socket, and stops it with TERMINATE. */
+typedef struct {
+  /* Endpoints: "@tcp://..." or a bare endpoint binds, ">tcp://..." connects. */
+  int n_front, n_back;
+  char front[FLD_MAX_ENDPOINTS][FLD_ENDPOINT_MAX];
+  char back[FLD_MAX_ENDPOINTS][FLD_ENDPOINT_MAX];
+  char metrics_listen[128];     /* "ADDR:PORT"; empty: no HTTP endpoint */
+  int metrics_max_connections;
+  int hwm;                      /* send and receive high-water marks, messages */
+  int log_level;
+  /* CurveZMQ: the proxy's secret key and the client keys its server sides
+   * admit; a side with a server key is a CURVE client of that server (the
+   * daemons are always CURVE servers), the other sides are servers. */
+  char curve_key[PATH_MAX], authorized_keys[PATH_MAX];
+  char front_server_key[PATH_MAX], back_server_key[PATH_MAX];
+} fld_proxy_opts;
+
+void fld_proxy_defaults(fld_proxy_opts *o);
+/* Splits a comma-separated endpoint list into dst (at most
+ * FLD_MAX_ENDPOINTS); 0 or FL_EINVAL. */
+int fld_proxy_endpoints(const char *v, char dst[][FLD_ENDPOINT_MAX], int *n);
+/* Runs the proxy until SIGTERM or SIGINT; returns the exit status (0 after a
+ * clean stop, 1 when it could not start or the forwarding thread failed). */
+int fld_proxy_run(const fld_proxy_opts *o);
 
 #endif

@@ -174,7 +174,7 @@ int fld_http_route(fld_app *app, const char *method, const char *url, unsigned *
     return 0;
   }
   if (!strcmp(url, "/metrics")) {
-    char *b = fld_metrics_render(app, len);
+    char *b = app->render_metrics ? app->render_metrics(app, len) : fld_metrics_render(app, len);
     if (!b) return -1;
     *status = MHD_HTTP_OK;
     *body = b;
