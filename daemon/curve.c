@@ -124,16 +124,31 @@ static int fld__zap_drain(fld_zwatch *w, int budget) {
   return done;
 }
 
+/* The secret key's file: an absolute path as it is; a relative name is a
+ * systemd credential (LoadCredential=NAME:PATH in the unit, which lets a
+ * DynamicUser service read a root-only key) read from
+ * $CREDENTIALS_DIRECTORY, and without that variable it is relative to the
+ * working directory. */
+static int fld__secret_path(const char *name, char *out, size_t n) {
+  const char *creds = getenv("CREDENTIALS_DIRECTORY");
+  int len = name[0] != '/' && creds && creds[0] ? snprintf(out, n, "%s/%s", creds, name)
+                                                : snprintf(out, n, "%s", name);
+  return len < 0 || (size_t)len >= n ? FL_EINVAL : 0;
+}
+
 int fld_curve_start(fld_app *app, char *err, size_t errlen) {
   if (!app->cfg.curve) return 0;
   if (!zmq_has("curve")) {
     snprintf(err, errlen, "[security] curve = 1 but libzmq was built without CURVE");
     return FL_EINVAL;
   }
-  int rc = fld__read_key(app->cfg.secret_key_file, "secret-key", app->server_secret);
+  char path[PATH_MAX];
+  int rc = fld__secret_path(app->cfg.secret_key_file, path, sizeof path);
+  if (!rc) rc = fld__read_key(path, "secret-key", app->server_secret);
   if (rc) {
-    snprintf(err, errlen, "[security] secret_key %s: not a readable Z85 secret key",
-             app->cfg.secret_key_file);
+    snprintf(err, errlen, "[security] secret_key %s: not a readable Z85 secret key%s", path,
+             rc == -EACCES ? " (permission denied: under DynamicUser= pass it with "
+                             "LoadCredential=, see faultline.ini(5))" : "");
     return FL_EINVAL;
   }
   zmq_curve_public(app->server_public, app->server_secret);

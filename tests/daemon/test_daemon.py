@@ -542,14 +542,32 @@ def scenario_curve():
     str_pub, str_sec = zmq.curve_keypair()
     keydir = os.path.join(TMP, "clients")
     os.mkdir(keydir)
-    with open(os.path.join(TMP, "server.key_secret"), "w") as f:
+    # The secret key as systemd passes it with LoadCredential= (a root-only
+    # key under DynamicUser=): a relative secret_key names a file in
+    # $CREDENTIALS_DIRECTORY.
+    creds = os.path.join(TMP, "credentials")
+    os.mkdir(creds, 0o700)
+    fd = os.open(os.path.join(creds, "server.key_secret"), os.O_WRONLY | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "w") as f:
         f.write('#   ZeroMQ CURVE **Secret** Certificate\ncurve\n    public-key = "%s"\n'
                 '    secret-key = "%s"\n' % (srv_pub.decode(), srv_sec.decode()))
     with open(os.path.join(keydir, "sensor-1.key"), "w") as f:
         f.write(cli_pub.decode() + "\n")
-    d, cfg, ports = start("curve", security={
-        "curve": 1, "secret_key": os.path.join(TMP, "server.key_secret"),
-        "authorized_keys": keydir})
+    sec = {"curve": 1, "secret_key": "server.key_secret", "authorized_keys": keydir}
+    # Without the credential the daemon refuses to start and names the path.
+    empty = os.path.join(TMP, "no-credentials")
+    os.mkdir(empty)
+    path, _ = make_config("curve-nocred", security=sec)
+    bad = T.Daemon(FLD, path, env={"CREDENTIALS_DIRECTORY": empty})
+    try:
+        rc = bad.p.wait(20)
+    except subprocess.TimeoutExpired:
+        rc = None
+    log = bad.logtext()
+    bad.stop()
+    check(rc not in (None, 0) and os.path.join(empty, "server.key_secret") in log,
+          f"curve: a missing credential stops the daemon, naming the path (exit {rc}): {log[-300:]}")
+    d, cfg, ports = start("curve", env={"CREDENTIALS_DIRECTORY": creds}, security=sec)
     ctx = zmq.Context()
     good = (cli_sec, cli_pub, srv_pub)
     sub = T.subscriber(ctx, f"tcp://127.0.0.1:{ports['out']}", curve=good)
@@ -611,6 +629,62 @@ def scenario_curve():
           "curve: replay with the authorised key is subscribed to: " + rp.stderr.strip())
     check(tail.wait(40) == 0, "curve: tail with the authorised key gets every report")
     out.close()
+    # An authorised client key but the wrong server public key: the daemon
+    # cannot open the client's HELLO, so the handshake fails (the socket
+    # monitor never sees HANDSHAKE_SUCCEEDED, but sees the connection
+    # dropped), no frame gets in, no report gets out, and the daemon serves on.
+    other_pub, _ = zmq.curve_keypair()
+    wrong = (cli_sec, cli_pub, other_pub)
+    m0, _ = T.metrics(ports["http"])
+    wpub = ctx.socket(zmq.XPUB)
+    wsub = ctx.socket(zmq.SUB)
+    mons = []
+    for s, ep in ((wpub, ports["in"]), (wsub, ports["out"])):
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.HANDSHAKE_IVL, 1000)
+        s.setsockopt(zmq.RECONNECT_IVL, 200)
+        s.curve_secretkey, s.curve_publickey, s.curve_serverkey = wrong
+        mons.append(s.get_monitor_socket())
+        if s is wsub:
+            s.setsockopt(zmq.SUBSCRIBE, b"report/")
+        s.connect(f"tcp://127.0.0.1:{ep}")
+    wpub.setsockopt(zmq.RCVTIMEO, 2000)
+    try:
+        wpub.recv()
+        subscribed = True
+    except zmq.Again:
+        subscribed = False
+    check(not subscribed, "curve: a client with the wrong server key is never subscribed to")
+    for i in range(120, 210):
+        wpub.send_multipart([b"frame/wrongkey", tab.frame(pb, "wrongkey", i, i).SerializeToString()])
+        pub.send_multipart([b"frame/good", tab.frame(pb, "good", i, i).SerializeToString()])
+    got = T.collect(wsub, pb, 1, timeout=3)
+    check(not got, "curve: a subscriber with the wrong server key receives no report")
+    from zmq.utils.monitor import recv_monitor_message
+    for name, mon in zip(("publisher", "subscriber"), mons):
+        events = []
+        while mon.poll(100):
+            events.append(recv_monitor_message(mon)["event"])
+        check(zmq.EVENT_CONNECTED in events,
+              f"curve: the wrong-key {name}'s TCP connection was made ({events})")
+        check(zmq.EVENT_HANDSHAKE_SUCCEEDED not in events,
+              f"curve: the wrong-key {name}'s handshake never succeeded")
+        check(zmq.EVENT_DISCONNECTED in events or any(
+            e in events for e in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+                                  zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                                  zmq.EVENT_HANDSHAKE_FAILED_AUTH)),
+              f"curve: the wrong-key {name}'s handshake failed ({events})")
+    m, _ = T.metrics(ports["http"])
+    check(m["faultline_frames_received_total"] - m0["faultline_frames_received_total"] == 90,
+          "curve: only the authorised publisher's frames got in while the wrong key tried "
+          f"({m['faultline_frames_received_total'] - m0['faultline_frames_received_total']} of 90)")
+    check(d.p.poll() is None and T.http_get(ports["http"], "/healthz")[0] == 200,
+          "curve: the daemon serves on after failed handshakes")
+    for s in [wpub, wsub]:
+        s.disable_monitor()
+        s.close(0)
+    for mon in mons:
+        mon.close(0)
     check(d.stop() == 0, "curve: clean exit")
     ctx.destroy(linger=0)
 

@@ -1,6 +1,7 @@
 """The systemd units: the directives issue 7 asks for are there,
 `systemd-analyze verify` accepts both (faultlined.service and an instance of
-faultlined@.service) without a warning, and `systemd-analyze security
+faultlined@.service), and each with its commented LoadCredential= example
+uncommented, without a warning, and `systemd-analyze security
 --offline=yes` rates each at an exposure of 2.0 or lower.  The units are
 verified as copies whose binary paths point at the built faultlined (verify
 checks that ExecStart exists); no running systemd is needed.
@@ -47,6 +48,15 @@ with tempfile.TemporaryDirectory() as tmp:
         dst = os.path.join(tmp, name)
         with open(dst, "w") as f:
             f.write(text)
+        copies.append(dst)
+        # The commented CurveZMQ credential example must verify too once
+        # uncommented (a root-only secret key under DynamicUser=).
+        check("\n#LoadCredential=server.key_secret:" in text,
+              f"{os.path.basename(u)}: no commented LoadCredential= example for the CurveZMQ key")
+        cred = re.sub(r"(?m)^#(LoadCredential=)", r"\1", text)
+        dst = os.path.join(tmp, name.replace("faultlined", "faultlined-cred"))
+        with open(dst, "w") as f:
+            f.write(cred)
         copies.append(dst)
     if not sa:
         print("SKIP: systemd-analyze not found (apt-get install systemd): units not verified")
