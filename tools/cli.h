@@ -41,3 +41,4 @@ int cmd_analyze(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 
 #endif
+int cmd_proxy(int argc, char **argv);

@@ -1,0 +1,136 @@
+/* faultline proxy: the command line of the fan-in proxy (daemon/proxy.c). */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "fld.h"
+
+static void proxy_usage(FILE *f) {
+  fprintf(f,
+          "usage: faultline proxy --frontend ENDPOINT[,...] --backend ENDPOINT[,...]\n"
+          "                       [--metrics ADDR:PORT] [--hwm N] [--max-connections N]\n"
+          "                       [--curve-key FILE --authorized-keys DIR]\n"
+          "                       [--frontend-server-key FILE] [--backend-server-key FILE]\n"
+          "                       [--log-level LEVEL]\n\n"
+          "Forwards ZeroMQ publish-subscribe traffic between many peers on each side\n"
+          "(zmq_proxy_steerable, XSUB frontend, XPUB backend), so that several faultlined\n"
+          "share one feed.  A site runs one proxy for frames (sensors connect to its\n"
+          "frontend; every daemon connects its [input] to the backend, bind = 0, and\n"
+          "subscribes to its own [input] topic prefixes) and one for reports (every\n"
+          "daemon connects its [output] to the frontend, bind = 0; consumers read every\n"
+          "daemon's reports from the backend).  Subscriptions travel upstream, so a\n"
+          "publisher only sends the streams some daemon subscribes to.  SIGTERM or SIGINT\n"
+          "stops it; SIGHUP re-reads --authorized-keys.\n\n"
+          "  --frontend EP[,EP]   XSUB endpoints; \"@EP\" or a bare EP binds, \">EP\" connects\n"
+          "                       (up to 8, the option may repeat)\n"
+          "  --backend EP[,EP]    XPUB endpoints, the same syntax\n"
+          "  --metrics ADDR:PORT  serve /metrics and /healthz over HTTP (default: none)\n"
+          "  --max-connections N  open HTTP connections at most (default 16)\n"
+          "  --hwm N              send and receive high-water marks, messages per peer\n"
+          "                       (default 100000; 0: unlimited)\n"
+          "  --curve-key FILE     CurveZMQ on: the proxy's secret key (bare Z85 or a\n"
+          "                       certificate's secret-key line)\n"
+          "  --authorized-keys DIR  client public keys, one per file, admitted on the\n"
+          "                       sides where the proxy is the CURVE server\n"
+          "  --frontend-server-key FILE, --backend-server-key FILE  that side is a CURVE\n"
+          "                       client of the peers holding this public key's secret:\n"
+          "                       faultlined daemons, which are always CURVE servers;\n"
+          "                       without it a side is a CURVE server\n"
+          "  --log-level LEVEL    err, warning, notice, info (default) or debug\n");
+}
+
+static int proxy_int(const char *v, long lo, long hi, int *out) {
+  char *end;
+  long x = strtol(v, &end, 10);
+  if (end == v || *end || x < lo || x > hi) return -1;
+  *out = (int)x;
+  return 0;
+}
+
+static int proxy_path(char *dst, const char *v) {
+  if (!*v || strlen(v) >= PATH_MAX) return -1;
+  snprintf(dst, PATH_MAX, "%s", v);
+  return 0;
+}
+
+int cmd_proxy(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"frontend", 1, 0, 'f'},        {"backend", 1, 0, 'b'},
+      {"metrics", 1, 0, 'm'},         {"max-connections", 1, 0, 'M'},
+      {"hwm", 1, 0, 'w'},             {"curve-key", 1, 0, 'k'},
+      {"authorized-keys", 1, 0, 'a'}, {"frontend-server-key", 1, 0, 'F'},
+      {"backend-server-key", 1, 0, 'B'}, {"log-level", 1, 0, 'l'},
+      {"help", 0, 0, 'h'},            {0, 0, 0, 0}};
+  fld_proxy_opts o;
+  fld_proxy_defaults(&o);
+  int opt;
+  optind = 1;
+  while ((opt = getopt_long(argc, argv, "f:b:m:M:w:k:a:F:B:l:h", opts, NULL)) != -1) {
+    switch (opt) {
+    case 'f':
+      if (fld_proxy_endpoints(optarg, o.front, &o.n_front))
+        return cli_fail("proxy", "--frontend \"%s\": want at most %d comma-separated endpoints",
+                        optarg, FLD_MAX_ENDPOINTS), 2;
+      break;
+    case 'b':
+      if (fld_proxy_endpoints(optarg, o.back, &o.n_back))
+        return cli_fail("proxy", "--backend \"%s\": want at most %d comma-separated endpoints",
+                        optarg, FLD_MAX_ENDPOINTS), 2;
+      break;
+    case 'm':
+      if (strlen(optarg) >= sizeof o.metrics_listen || !strrchr(optarg, ':'))
+        return cli_fail("proxy", "--metrics \"%s\": want ADDRESS:PORT", optarg), 2;
+      snprintf(o.metrics_listen, sizeof o.metrics_listen, "%s", optarg);
+      break;
+    case 'M':
+      if (proxy_int(optarg, 1, 1024, &o.metrics_max_connections))
+        return cli_fail("proxy", "--max-connections \"%s\": want 1 to 1024", optarg), 2;
+      break;
+    case 'w':
+      if (proxy_int(optarg, 0, 100000000, &o.hwm))
+        return cli_fail("proxy", "--hwm \"%s\": want 0 to 100000000", optarg), 2;
+      break;
+    case 'k':
+      if (proxy_path(o.curve_key, optarg)) return cli_fail("proxy", "--curve-key: bad path"), 2;
+      break;
+    case 'a':
+      if (proxy_path(o.authorized_keys, optarg))
+        return cli_fail("proxy", "--authorized-keys: bad path"), 2;
+      break;
+    case 'F':
+      if (proxy_path(o.front_server_key, optarg))
+        return cli_fail("proxy", "--frontend-server-key: bad path"), 2;
+      break;
+    case 'B':
+      if (proxy_path(o.back_server_key, optarg))
+        return cli_fail("proxy", "--backend-server-key: bad path"), 2;
+      break;
+    case 'l':
+      if (fld_log_parse_level(optarg, &o.log_level))
+        return cli_fail("proxy", "--log-level \"%s\": want err, warning, notice, info or debug",
+                        optarg), 2;
+      break;
+    case 'h': proxy_usage(stdout); return 0;
+    default: proxy_usage(stderr); return 2;
+    }
+  }
+  if (optind < argc) return cli_fail("proxy", "unexpected argument \"%s\"", argv[optind]), 2;
+  if (!o.n_front || !o.n_back)
+    return cli_fail("proxy", "--frontend and --backend are required (see --help)"), 2;
+  if ((o.front_server_key[0] || o.back_server_key[0] || o.authorized_keys[0]) && !o.curve_key[0])
+    return cli_fail("proxy", "--authorized-keys and the server keys need --curve-key"), 2;
+  if (o.curve_key[0] && !o.authorized_keys[0])
+    return cli_fail("proxy", "--curve-key needs --authorized-keys (the clients it admits)"), 2;
+  /* Unreadable key files are the usual mistake: name the option. */
+  const struct { const char *opt, *path; } files[] = {
+      {"--curve-key", o.curve_key}, {"--authorized-keys", o.authorized_keys},
+      {"--frontend-server-key", o.front_server_key}, {"--backend-server-key", o.back_server_key}};
+  for (size_t i = 0; i < sizeof files / sizeof *files; i++)
+    if (files[i].path[0] && access(files[i].path, R_OK))
+      return cli_fail("proxy", "%s %s: %s", files[i].opt, files[i].path, strerror(errno));
+  return fld_proxy_run(&o);
+}
