@@ -37,8 +37,8 @@ int cmd_inject(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_replay(int argc, char **argv);
 int cmd_tail(int argc, char **argv);
+int cmd_proxy(int argc, char **argv);
 int cmd_analyze(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 
 #endif
-int cmd_proxy(int argc, char **argv);

@@ -23,8 +23,8 @@ static const struct {
     {"eval", cmd_eval, "evaluate detection, localisation and correction per fault type"},
     {"replay", cmd_replay, "stream a CSV to faultlined as frames (optionally with a fault)"},
     {"tail", cmd_tail, "print the reports faultlined publishes"},
-    {"analyze", cmd_analyze, "per-layer norms, path bounds and measured fault amplification"},
     {"proxy", cmd_proxy, "forward frames or reports between many daemons and peers (fan-in)"},
+    {"analyze", cmd_analyze, "per-layer norms, path bounds and measured fault amplification"},
     {"inspect", cmd_inspect, "a model file's architecture, thresholds, layer norms and lineage"},
 };
 
