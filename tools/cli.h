@@ -21,6 +21,11 @@ int cli_load_config(const char *cmd, const char *path, fl_config *c);
  * columns forms one modality "all". */
 int cli_default_modality(const char *cmd, fl_config *c, const fl_table *t);
 
+/* Do the model's modalities (names, rates, channels) equal the config's?  If
+ * not, says which differ in why and returns 0: the config belongs to another
+ * model. */
+int cli_same_layout(const fl_model_spec *a, const fl_model_spec *b, char *why, size_t len);
+
 /* Is this a label column (anomaly, changepoint, anomaly_kind)? */
 int cli_is_label(const char *name);
 
@@ -31,6 +36,7 @@ int cli_train(const char *cmd, fl_config *c, const fl_table *tables, int n, fl_b
 
 int cmd_simulate(int argc, char **argv);
 int cmd_train(int argc, char **argv);
+int cmd_calibrate(int argc, char **argv);
 int cmd_score(int argc, char **argv);
 int cmd_detect(int argc, char **argv);
 int cmd_inject(int argc, char **argv);

@@ -772,27 +772,6 @@ static void ev_add(ev_result *to, const ev_result *from) {
   to->n_settled += from->n_settled;
 }
 
-/* The model's layout and the config's must agree, or the config belongs to
- * another model. */
-static int ev_same_layout(const fl_model_spec *a, const fl_model_spec *b, char *why,
-                          size_t len) {
-  if (a->n_mod != b->n_mod) {
-    snprintf(why, len, "the model has %d modalities, the config %d", a->n_mod, b->n_mod);
-    return 0;
-  }
-  for (int i = 0; i < a->n_mod; i++) {
-    const fl_modality *x = &a->mod[i], *y = &b->mod[i];
-    int same = !strcmp(x->name, y->name) && x->rate == y->rate && x->channels == y->channels;
-    for (int c = 0; same && c < x->channels; c++) same = !strcmp(x->channel[c], y->channel[c]);
-    if (!same) {
-      snprintf(why, len, "modality %d is %s in the model and %s in the config", i + 1,
-               x->name, y->name);
-      return 0;
-    }
-  }
-  return 1;
-}
-
 static void ev_num(char *buf, size_t n, double v, const char *fmt) {
   if (isnan(v)) snprintf(buf, n, "-");
   else snprintf(buf, n, fmt, v);
@@ -962,7 +941,7 @@ int cmd_eval(int argc, char **argv) {
   fl_scan_result sr = {0};
   float *est[EST_COUNT][FL_MAX_MODALITIES] = {{0}};
   json_t *root = NULL;
-  if (config && cfg.spec.n_mod && !ev_same_layout(spec, &cfg.spec, err, sizeof err)) {
+  if (config && cfg.spec.n_mod && !cli_same_layout(spec, &cfg.spec, err, sizeof err)) {
     cli_fail("eval", "%s does not describe %s: %s", config, model, err);
     goto done;
   }

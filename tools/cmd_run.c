@@ -6,6 +6,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <jansson.h>
+
 #include "cli.h"
 #include "faultline/error.h"
 #include "faultline/scan.h"
@@ -162,6 +164,107 @@ static int write_scored(const char *path, const fl_table *in, const fl_bundle *b
   if (f != stdout) bad |= fclose(f);
   else fflush(f);
   return bad ? -1 : 0;
+}
+
+/* faultline calibrate: the detector's statistics and thresholds are set anew
+ * on clean recordings with the config's [detect] keys, the weights are kept.
+ * A plant needs this after maintenance, a new sensor or a season: the model
+ * still knows the process, but what counts as normal for its scores moved. */
+int cmd_calibrate(int argc, char **argv) {
+  static const struct option opts[] = {{"model", 1, 0, 'm'}, {"config", 1, 0, 'c'},
+                                       {"data", 1, 0, 'd'},  {"out", 1, 0, 'o'},
+                                       {"help", 0, 0, 'h'},  {0, 0, 0, 0}};
+  const char *model = NULL, *config = NULL, *out = NULL, *data[16];
+  int nd = 0, o;
+  while ((o = getopt_long(argc, argv, "m:c:d:o:h", opts, NULL)) != -1) {
+    switch (o) {
+    case 'm': model = optarg; break;
+    case 'c': config = optarg; break;
+    case 'd':
+      if (nd == 16) return cli_fail("calibrate", "at most 16 --data files");
+      data[nd++] = optarg;
+      break;
+    case 'o': out = optarg; break;
+    case 'h':
+      printf("usage: faultline calibrate --model MODEL --data CSV [--data CSV ...]\n"
+             "                           [--config FILE] --out MODEL\n\n"
+             "Sets a trained model's detector anew on CLEAN recordings: the clean\n"
+             "statistics of every score feature, the window and channel thresholds, and\n"
+             "the embedding centroid, with the [detect] keys of --config (without it, the\n"
+             "model's own).  The weights, the normalisation and the Lipschitz state stay\n"
+             "as they are; the lineage records the recalibration.  --out may name the\n"
+             "input model (the file is replaced atomically).  More CSV files may follow\n"
+             "--data's first one as plain arguments.\n");
+      return 0;
+    default: return 2;
+    }
+  }
+  while (optind < argc && nd < 16) data[nd++] = argv[optind++];
+  if (!model || !nd || !out)
+    return cli_fail("calibrate", "--model, --data CSV and --out MODEL are required (see --help)");
+  char err[512];
+  fl_bundle b;
+  if (fl_bundle_load(&b, model, err, sizeof err))
+    return cli_fail("calibrate", "%s: %s", model, err);
+  const fl_model_spec *spec = fl_model_spec_of(b.model);
+  fl_config c;
+  fl_table t[16];
+  fl_series s[16];
+  memset(t, 0, sizeof t);
+  memset(s, 0, sizeof s);
+  int rc = 1, e;
+  if (cli_load_config("calibrate", config, &c)) goto done;
+  if (!config) c.detect = b.detect;
+  if (config && c.spec.n_mod && !cli_same_layout(spec, &c.spec, err, sizeof err)) {
+    cli_fail("calibrate", "%s does not describe %s: %s", config, model, err);
+    goto done;
+  }
+  /* Windows are cut and clamped as in training. */
+  c.train.clamp = b.clamp;
+  for (int k = 0; k < nd; k++) {
+    if (cli_read_csv("calibrate", data[k], &t[k])) goto done;
+    if (fl_series_from_table(&s[k], spec, &t[k], err, sizeof err)) {
+      cli_fail("calibrate", "%s: %s", data[k], err);
+      goto done;
+    }
+  }
+  if ((e = fl_detect_calibrate(b.model, &b.calib, s, nd, &c.train, &c.detect))) {
+    cli_fail("calibrate", "calibration failed: %s%s", fl_strerror(e),
+             e == FL_EINVAL ? " (need at least two windows of clean data)" : "");
+    goto done;
+  }
+  b.detect = c.detect;
+  json_error_t je;
+  json_t *lin = json_loads(b.lineage, 0, &je);
+  if (!json_is_object(lin)) {
+    json_decref(lin);
+    lin = json_object();
+  }
+  json_object_set_new(lin, "recalibrated", json_integer((json_int_t)time(NULL)));
+  json_object_set_new(lin, "calibration_data", json_string(data[0]));
+  char *js = json_dumps(lin, JSON_COMPACT);
+  json_decref(lin);
+  if (!js || strlen(js) >= sizeof b.lineage) {
+    free(js);
+    cli_fail("calibrate", "the model's lineage is too long to extend");
+    goto done;
+  }
+  strcpy(b.lineage, js);
+  free(js);
+  if (fl_bundle_save(&b, out, err, sizeof err)) {
+    cli_fail("calibrate", "%s", err);
+    goto done;
+  }
+  fprintf(stderr, "faultline calibrate: wrote %s (threshold %.3f)\n", out,
+          (double)b.calib.threshold);
+  rc = 0;
+done:
+  for (int k = 0; k < nd; k++) {
+    fl_series_free(&s[k]);
+    fl_table_free(&t[k]);
+  }
+  fl_bundle_free(&b);
+  return rc;
 }
 
 int cmd_score(int argc, char **argv) {

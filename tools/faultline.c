@@ -17,6 +17,7 @@ static const struct {
 } cmds[] = {
     {"simulate", cmd_simulate, "write the built-in water-pump plant's data as CSV"},
     {"train", cmd_train, "train a model (stage 1, stage 2, calibration) on CSV files"},
+    {"calibrate", cmd_calibrate, "re-set a model's detector on clean CSV files, weights kept"},
     {"score", cmd_score, "score a CSV file: score, flag, modality, corrected channels"},
     {"detect", cmd_detect, "train on one CSV and write 0/1 per row of another (SKAB runner)"},
     {"inject", cmd_inject, "inject labelled faults into a clean CSV"},
@@ -102,6 +103,24 @@ int cli_default_modality(const char *cmd, fl_config *c, const fl_table *t) {
   if (fl_model_spec_add(&c->spec, "all", 1, n, names))
     return cli_fail(cmd, "a column name is longer than %d characters", FL_NAME_MAX - 1);
   return 0;
+}
+
+int cli_same_layout(const fl_model_spec *a, const fl_model_spec *b, char *why, size_t len) {
+  if (a->n_mod != b->n_mod) {
+    snprintf(why, len, "the model has %d modalities, the config %d", a->n_mod, b->n_mod);
+    return 0;
+  }
+  for (int i = 0; i < a->n_mod; i++) {
+    const fl_modality *x = &a->mod[i], *y = &b->mod[i];
+    int same = !strcmp(x->name, y->name) && x->rate == y->rate && x->channels == y->channels;
+    for (int c = 0; same && c < x->channels; c++) same = !strcmp(x->channel[c], y->channel[c]);
+    if (!same) {
+      snprintf(why, len, "modality %d is %s in the model and %s in the config", i + 1,
+               x->name, y->name);
+      return 0;
+    }
+  }
+  return 1;
 }
 
 typedef struct {
