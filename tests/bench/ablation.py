@@ -6,7 +6,7 @@ each variant of Lipschitz modulation and gradient clipping, train a model with
 several training seeds on the first 70 % of the recording and evaluate it with
 `faultline eval` on the rest, on the SAME injected faults (eval's seed is fixed), so
 the variants differ only in how they were trained.  Prints one table per dataset
-(medians over the seeds, and the spread) and writes every eval JSON under --out.
+(mean and standard deviation over the seeds) and writes every eval JSON under --out.
 
 Variants (targets are the per-layer spectral-norm caps; 0 switches a cap off):
   none       no projection, no gradient clipping
@@ -21,8 +21,11 @@ Usage:
       [--seeds 1,2,3] [--datasets sim,skab] [--variants none,clip,...] [--quick]
       [--skab PATH/anomaly-free.csv]
 
-Runs are cached: a run whose eval JSON exists is not repeated (delete --out to
-start over).  --quick (or FAULTLINE_QUICK=1) trains 3 + 2 epochs on a short
+Each run trains (timed), evaluates (`faultline eval --json`) and analyses
+(`faultline analyze --json`: path bounds and measured gains of unit faults).  Runs
+are cached under --out (delete it to start over), and two processes started with
+the same --out share the runs (a .lock file marks a run in progress), which is how
+both cores are used.  --quick (or FAULTLINE_QUICK=1) trains 3 + 2 epochs on a short
 simulated recording with one seed: a smoke test of the script, not a result.
 SKAB is read from ../shared/data/skab (GPL-3.0, Katser and Kozitsin 2020) and the
 dataset is skipped, with a message, when it is absent.
@@ -87,37 +90,77 @@ def run(cmd, log):
 
 
 def one(args, ds, base_cfg, variant, seed):
-    """Trains and evaluates one (dataset, variant, seed); returns the eval JSON."""
+    """Trains, evaluates and analyses one (dataset, variant, seed).
+
+    Returns {"eval": eval JSON, "analyze": analyze JSON, "train_s": seconds}, or
+    None when another ablation process holds the run (a .lock file): two
+    processes with the same --out share the work."""
     d = os.path.join(args.out, ds)
     tag = "%s-s%d" % (variant, seed)
-    js = os.path.join(d, tag + ".json")
-    if os.path.exists(js):
-        with open(js) as f:
-            return json.load(f), 0.0
-    cfg = os.path.join(d, tag + ".ini")
-    model = os.path.join(d, tag + ".model")
-    log = os.path.join(d, tag + ".log")
-    write_config(base_cfg, cfg, variant, args.quick)
-    fl = os.path.join(args.build, "tools", "faultline")
-    t0 = time.monotonic()
-    run([fl, "train", "--config", cfg, "--data", os.path.join(d, "train.csv"),
-         "--out", model, "--seed", str(seed), "--quiet"], log)
-    took = time.monotonic() - t0
-    run([fl, "eval", "--model", model, "--config", cfg, "--data",
-         os.path.join(d, "held.csv"), "--seed", "1", "--json", js + ".tmp"], log)
-    os.rename(js + ".tmp", js)
-    with open(js) as f:
-        return json.load(f), took
+    js, an, tm = (os.path.join(d, tag + e) for e in (".json", ".analyze.json", ".time"))
+    if not (os.path.exists(js) and os.path.exists(an) and os.path.exists(tm)):
+        lock = os.path.join(d, tag + ".lock")
+        try:
+            os.close(os.open(lock, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return None
+        try:
+            cfg = os.path.join(d, tag + ".ini")
+            model = os.path.join(d, tag + ".model")
+            log = os.path.join(d, tag + ".log")
+            fl = os.path.join(args.build, "tools", "faultline")
+            if not os.path.exists(model):
+                write_config(base_cfg, cfg, variant, args.quick)
+                t0 = time.monotonic()
+                run([fl, "train", "--config", cfg, "--data", os.path.join(d, "train.csv"),
+                     "--out", model, "--seed", str(seed), "--quiet"], log)
+                with open(tm, "w") as f:
+                    f.write("%.2f\n" % (time.monotonic() - t0))
+            if not os.path.exists(tm):
+                # Trained by an earlier version of this script: the config is
+                # written just before training starts, the model when it ends.
+                with open(tm, "w") as f:
+                    f.write("%.2f\n" % (os.path.getmtime(model) - os.path.getmtime(cfg)))
+            if not os.path.exists(js):
+                run([fl, "eval", "--model", model, "--config", cfg, "--data",
+                     os.path.join(d, "held.csv"), "--seed", "1", "--json", js + ".tmp"], log)
+                os.rename(js + ".tmp", js)
+            if not os.path.exists(an):
+                run([fl, "analyze", "--model", model, "--data", os.path.join(d, "held.csv"),
+                     "--json", an + ".tmp"], log)
+                os.rename(an + ".tmp", an)
+        finally:
+            os.unlink(lock)
+    out = {}
+    for key, path in (("eval", js), ("analyze", an)):
+        with open(path) as f:
+            out[key] = json.load(f)
+    with open(tm) as f:
+        out["train_s"] = float(f.read())
+    return out
 
 
 def fmt(vals, digits=3):
+    """Mean and, over several seeds, the sample standard deviation."""
     vals = [v for v in vals if v is not None]
     if not vals:
         return "-"
-    med = statistics.median(vals)
     if len(vals) == 1:
-        return "%.*f" % (digits, med)
-    return "%.*f (%.*f-%.*f)" % (digits, med, digits, min(vals), digits, max(vals))
+        return "%.*f" % (digits, vals[0])
+    return "%.*f ± %.*f" % (digits, statistics.mean(vals), digits, statistics.stdev(vals))
+
+
+def table(title, cols, rows):
+    print("\n" + title)
+    print("| variant | " + " | ".join(cols) + " |")
+    print("| --- " * (len(cols) + 1) + "|")
+    for name, vals in rows:
+        print("| %s | %s |" % (name, " | ".join(vals)))
+
+
+def gain(a, mod, path, stat="median"):
+    m = a["measurements"][mod][path]
+    return m["all"][stat]
 
 
 def main():
@@ -145,56 +188,89 @@ def main():
         sys.exit("ablation: %s not found; build first (meson setup build && ninja -C build)" % fl)
 
     results = {}
-    for ds in datasets:
-        d = os.path.join(args.out, ds)
-        os.makedirs(d, exist_ok=True)
-        if ds == "sim":
-            base = os.path.join(ROOT, "config", "plant.ini")
-            src = os.path.join(d, "plant.csv")
-            if not os.path.exists(src):
-                run([fl, "simulate", "--rows", str(args.sim_rows), "--seed", "1",
-                     "--out", src], os.path.join(d, "simulate.log"))
-        elif ds == "skab":
-            base = os.path.join(ROOT, "config", "skab-sensors.ini")
-            src = args.skab
-            if not os.path.exists(src):
-                print("ablation: %s is absent; SKAB skipped" % src)
-                continue
-        else:
-            sys.exit("ablation: unknown dataset %r (sim, skab)" % ds)
-        split(src, os.path.join(d, "train.csv"), os.path.join(d, "held.csv"))
-        for v in variants:
-            for s in seeds:
-                print("ablation: %s %s seed %d ..." % (ds, v, s), end=" ", flush=True)
-                r, took = one(args, ds, base, v, s)
-                results[(ds, v, s)] = r
-                print("AUROC %.3f, %s" % (r["overall"]["auroc"],
-                                          "%.0f s" % took if took else "cached"))
+    pending = True
+    while pending:
+        pending = False
+        for ds in datasets:
+            d = os.path.join(args.out, ds)
+            os.makedirs(d, exist_ok=True)
+            if ds == "sim":
+                base = os.path.join(ROOT, "config", "plant.ini")
+                src = os.path.join(d, "plant.csv")
+                if not os.path.exists(src):
+                    run([fl, "simulate", "--rows", str(args.sim_rows), "--seed", "1",
+                         "--out", src + ".tmp"], os.path.join(d, "simulate.log"))
+                    os.rename(src + ".tmp", src)
+            elif ds == "skab":
+                base = os.path.join(ROOT, "config", "skab-sensors.ini")
+                src = args.skab
+                if not os.path.exists(src):
+                    print("ablation: %s is absent; SKAB skipped" % src)
+                    continue
+            else:
+                sys.exit("ablation: unknown dataset %r (sim, skab)" % ds)
+            if not os.path.exists(os.path.join(d, "held.csv")):
+                split(src, os.path.join(d, "train.csv"), os.path.join(d, "held.csv"))
+            for v in variants:
+                for s in seeds:
+                    if (ds, v, s) in results:
+                        continue
+                    r = one(args, ds, base, v, s)
+                    if r is None:
+                        pending = True
+                        continue
+                    results[(ds, v, s)] = r
+                    print("ablation: %s %s seed %d: AUROC %.3f, trained in %.0f s" %
+                          (ds, v, s, r["eval"]["overall"]["auroc"], r["train_s"]), flush=True)
+        if pending:
+            time.sleep(10)  # another process is on the rest
 
-    cols = ["AUROC", "loc", "clean FAR", "RMSE corrected", "RMSE estimate",
-            "RMSE stage-1", "RMSE input"]
     for ds in datasets:
-        rows = [(v, [results[(ds, v, s)] for s in seeds if (ds, v, s) in results])
-                for v in variants]
-        if not any(rs for _, rs in rows):
+        runs = {v: [results[(ds, v, s)] for s in seeds if (ds, v, s) in results]
+                for v in variants}
+        if not any(runs.values()):
             continue
-        print("\n%s (median over training seeds %s, range in brackets; eval seed 1)"
-              % (ds, ",".join(map(str, seeds))))
-        print("| variant | " + " | ".join(cols) + " |")
-        print("| --- " * (len(cols) + 1) + "|")
-        for v, rs in rows:
-            o = [r["overall"] for r in rs]
-            vals = [
+        head = "%s: mean ± sd over training seeds %s (eval seed 1, same faults)" % (
+            ds, ",".join(map(str, seeds)))
+        cols = ["AUROC", "localisation", "clean FAR", "RMSE corrected", "RMSE block estimate",
+                "RMSE stage-1", "RMSE input", "train s"]
+        rows = []
+        for v, rs in runs.items():
+            o = [r["eval"]["overall"] for r in rs]
+            rows.append((v, [
                 fmt([x["auroc"] for x in o]),
                 fmt([x["localisation"] for x in o], 2),
-                fmt([r["clean"]["far"] for r in rs]),
+                fmt([r["eval"]["clean"]["far"] for r in rs]),
                 fmt([x["rmse"]["corrected"] for x in o], 2),
                 fmt([x["rmse"]["estimate"] for x in o], 2),
                 fmt([x["rmse"]["stage1"] for x in o], 2),
                 fmt([x["rmse"]["input"] for x in o], 2),
-            ]
-            print("| %s | %s |" % (v, " | ".join(vals)))
-
+                fmt([r["train_s"] for r in rs], 0)]))
+        table(head, cols, rows)
+        types = list(next(r for rs in runs.values() for r in rs)["eval"]["faults"])
+        rows = [(v, [fmt([r["eval"]["faults"][t]["auroc"] for r in rs], 2) for t in types])
+                for v, rs in runs.items()]
+        table("%s: detection AUROC per fault type" % ds, types, rows)
+        rows = [(v, [fmt([r["eval"]["faults"][t]["rmse"]["corrected"] for r in rs], 2)
+                     for t in types]) for v, rs in runs.items()]
+        table("%s: corrected RMSE per fault type (sd; input: %s)" % (ds, ", ".join(
+            "%s %.2f" % (t, next(r for rs in runs.values() for r in rs)["eval"]["faults"][t]
+                         ["rmse"]["input"] or float("nan")) for t in types)), types, rows)
+        mods = list(next(r for rs in runs.values() for r in rs)["analyze"]["measurements"])
+        cols = []
+        for m in mods:
+            cols += ["%s detection" % m, "%s correction" % m]
+        rows = []
+        for v, rs in runs.items():
+            vals = []
+            for m in mods:
+                for path in ("detection", "correction"):
+                    b = fmt([r["analyze"]["bounds"]["modalities"][m][path] for r in rs], 1)
+                    g = fmt([gain(r["analyze"], m, path, "max") for r in rs], 2)
+                    vals.append("%s / %s" % (g, b))
+            rows.append((v, vals))
+        table("%s: measured max gain / bound per path (faultline analyze, unit faults)" % ds,
+              cols, rows)
 
 if __name__ == "__main__":
     main()
