@@ -338,6 +338,76 @@ static void stream_json(FILE *f, const Faultline__Report *r) {
   fputs("]}\n", f);
 }
 
+/* tail --gaps: the newest window end of every stream seen, so that a jump
+ * of more than one stride (a daemon restarted, a shard without its daemon,
+ * reports dropped) is counted in windows.  Open addressing, grown at half
+ * load; names are at most 64 characters (the daemon validates them). */
+typedef struct {
+  char name[72];
+  uint64_t end_seq;
+  int used, gapped;
+} stream_last;
+
+typedef struct {
+  stream_last *slot;
+  size_t cap, n;
+  uint64_t reports, gaps, missing, streams_with_gaps;
+} stream_gaps;
+
+static uint64_t stream_hash(const char *s) {
+  uint64_t h = 1469598103934665603ULL;
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+  return h;
+}
+
+/* Finds or adds name; NULL when out of memory. */
+static stream_last *stream_gaps_get(stream_gaps *g, const char *name, int *fresh) {
+  if (2 * (g->n + 1) > g->cap) {
+    size_t cap = g->cap ? 2 * g->cap : 1024;
+    stream_last *ns = calloc(cap, sizeof *ns);
+    if (!ns) return NULL;
+    for (size_t i = 0; i < g->cap; i++) {
+      if (!g->slot[i].used) continue;
+      size_t j = stream_hash(g->slot[i].name) & (cap - 1);
+      while (ns[j].used) j = (j + 1) & (cap - 1);
+      ns[j] = g->slot[i];
+    }
+    free(g->slot);
+    g->slot = ns;
+    g->cap = cap;
+  }
+  size_t j = stream_hash(name) & (g->cap - 1);
+  while (g->slot[j].used && strcmp(g->slot[j].name, name)) j = (j + 1) & (g->cap - 1);
+  *fresh = !g->slot[j].used;
+  if (*fresh) {
+    snprintf(g->slot[j].name, sizeof g->slot[j].name, "%s", name);
+    g->slot[j].used = 1;
+    g->n++;
+  }
+  return &g->slot[j];
+}
+
+/* Counts the windows missing before this report of its stream. */
+static void stream_gaps_see(stream_gaps *g, const Faultline__Report *r) {
+  int fresh;
+  g->reports++;
+  stream_last *l = stream_gaps_get(g, r->stream, &fresh);
+  if (!l) return;
+  if (!fresh && r->stride && r->end_seq > l->end_seq + r->stride) {
+    uint64_t lost = (r->end_seq - l->end_seq) / r->stride - 1;
+    if (lost) {
+      fprintf(stderr, "faultline tail: stream %s: %llu windows missing before the one "
+                      "ending at tick %llu\n", r->stream, (unsigned long long)lost,
+              (unsigned long long)r->end_seq);
+      g->streams_with_gaps += !l->gapped;
+      l->gapped = 1;
+      g->gaps++;
+      g->missing += lost;
+    }
+  }
+  l->end_seq = r->end_seq;
+}
+
 static volatile sig_atomic_t stream_stop;
 static void stream_on_signal(int sig) { (void)sig; stream_stop = 1; }
 
@@ -345,14 +415,15 @@ int cmd_tail(int argc, char **argv) {
   static const struct option opts[] = {
       {"connect", 1, 0, 'c'}, {"bind", 1, 0, 'b'},    {"stream", 1, 0, 's'},
       {"json", 0, 0, 'j'},    {"count", 1, 0, 'n'},   {"timeout", 1, 0, 't'},
-      {"curve-key", 1, 0, 'k'}, {"curve-server-key", 1, 0, 'K'}, {"help", 0, 0, 'h'},
-      {0, 0, 0, 0}};
+      {"curve-key", 1, 0, 'k'}, {"curve-server-key", 1, 0, 'K'}, {"gaps", 0, 0, 'g'},
+      {"help", 0, 0, 'h'},      {0, 0, 0, 0}};
   const char *connect = NULL, *bind = NULL, *prefix = "", *ckey = NULL, *skey = NULL;
-  int json = 0, o;
+  int json = 0, gaps = 0, o;
+  stream_gaps g = {0};
   long count = 0;
   double timeout = 0;
   optind = 1;
-  while ((o = getopt_long(argc, argv, "c:b:s:jn:t:k:K:h", opts, NULL)) != -1) {
+  while ((o = getopt_long(argc, argv, "c:b:s:jn:t:k:K:gh", opts, NULL)) != -1) {
     switch (o) {
     case 'c': connect = optarg; break;
     case 'b': bind = optarg; break;
@@ -362,14 +433,20 @@ int cmd_tail(int argc, char **argv) {
     case 't': timeout = atof(optarg); break;
     case 'k': ckey = optarg; break;
     case 'K': skey = optarg; break;
+    case 'g': gaps = 1; break;
     case 'h':
       printf("usage: faultline tail --connect|--bind ENDPOINT [--stream PREFIX] [--json]\n"
-             "                      [--count N] [--timeout S]\n\n"
+             "                      [--count N] [--timeout S] [--gaps]\n\n"
              "Prints the daemon's reports of the streams whose id starts with PREFIX: one\n"
              "line each (stream, report and frame sequence numbers, score, threshold, flag,\n"
              "faulty modality, latency), or with --json one JSON object per line with every\n"
              "field of the report.  Stops after N reports, after S seconds without one, or\n"
              "on SIGINT/SIGTERM; exits 1 if a timeout ends it before N reports.\n"
+             "  --gaps               count, per stream, windows missing between two reports\n"
+             "                       (end ticks more than a stride apart: a daemon was down,\n"
+             "                       reports were dropped); each gap is a line on stderr, and\n"
+             "                       at the end \"N streams, N reports, N streams with gaps,\n"
+             "                       N windows missing\"\n"
              "  --curve-key FILE --curve-server-key FILE  CurveZMQ client keys\n");
       return 0;
     default: return 2;
@@ -419,6 +496,7 @@ int cmd_tail(int argc, char **argv) {
       fprintf(stderr, "faultline tail: an undecodable report\n");
       continue;
     }
+    if (gaps) stream_gaps_see(&g, r);
     if (json) stream_json(stdout, r);
     else
       printf("%s %llu end=%llu score=%.3f thr=%.3f %s%s%s latency=%.0fus\n", r->stream,
@@ -431,6 +509,11 @@ int cmd_tail(int argc, char **argv) {
     last = stream_now();
   }
 done:
+  if (gaps)
+    fprintf(stderr, "faultline tail: %zu streams, %llu reports, %llu streams with gaps, "
+                    "%llu windows missing\n", g.n, (unsigned long long)g.reports,
+            (unsigned long long)g.streams_with_gaps, (unsigned long long)g.missing);
+  free(g.slot);
   zmq_close(sock);
   zmq_ctx_term(zctx);
   return rc;
