@@ -72,6 +72,7 @@ typedef struct {
   double phase;       /* shaft angle, rad */
   double grid;        /* line voltage's slow deviation, V */
   double wander;      /* ambient random walk, C */
+  double supply;      /* supply voltage's slow shift, V */
 } fl__plant;
 
 /* The plant's instantaneous powers and readings at a state. */
@@ -103,7 +104,7 @@ static fl__power fl__powers(const fl__plant *s, double h0) {
   if (eta < 0.15) eta = 0.15;
   o.shaft = o.ph / eta + 40.0 * s->n;
   o.pe = o.shaft / fl__eta_motor;
-  o.u = 400.0 + s->grid;
+  o.u = 400.0 + s->supply + s->grid;
   double ia = o.pe / (1.7320508 * o.u * 0.9);
   o.i = sqrt(ia * ia + fl__i_mag * fl__i_mag);
   /* The supply line's impedance makes the voltage sag with the current. */
@@ -208,6 +209,7 @@ int fl_sim_run(const fl_sim_config *c, fl_table *out) {
   if (!c || !out || c->rows <= 0 || c->anomalies < 0) return FL_EINVAL;
   if (!isfinite(c->drift) || c->drift < 0.0f || !isfinite(c->noise) || c->noise < 0.0f)
     return FL_EINVAL;
+  if (!isfinite(c->shift) || fabsf(c->shift) > 100.0f) return FL_EINVAL;
   if (c->start < 0 || c->start > INT64_C(253402300799) - c->rows) return FL_EINVAL;
 
   int rc = fl_table_alloc(out, c->rows, FL__COLS);
@@ -295,6 +297,13 @@ int fl_sim_run(const fl_sim_config *c, fl_table *out) {
     s.wander += -s.wander / 3600.0 + sqrt(2.0 / 3600.0) * fl_rng_normal(&amb);
     s.grid += -s.grid / 300.0 + 2.0 * sqrt(2.0 / 300.0) * fl_rng_normal(&amb);
     ta = amb_base + c->drift * (2.0 * sin(fl__pi2 * r / 21600.0 + amb_phase) + s.wander);
+    /* The operating-point shift ramps over the first two thirds and holds:
+     * the last third is the plant after the drift.  No random draws, so
+     * the schedule and the noise stay those of the unshifted run. */
+    {
+      double ramp = c->rows > 1 ? r / (c->rows * 2.0 / 3.0) : 1.0;
+      s.supply = c->shift * (ramp < 1.0 ? ramp : 1.0);
+    }
 
     fl__power w = {0};
     double cav_noise = 0.0;

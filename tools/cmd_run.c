@@ -16,22 +16,23 @@
 int cmd_simulate(int argc, char **argv) {
   static const struct option opts[] = {{"out", 1, 0, 'o'},       {"rows", 1, 0, 'r'},
                                        {"seed", 1, 0, 's'},      {"anomalies", 1, 0, 'a'},
-                                       {"drift", 1, 0, 'd'},     {"help", 0, 0, 'h'},
-                                       {0, 0, 0, 0}};
+                                       {"drift", 1, 0, 'd'},     {"shift", 1, 0, 'S'},
+                                       {"help", 0, 0, 'h'},      {0, 0, 0, 0}};
   fl_sim_config c;
   fl_sim_defaults(&c);
   const char *out = NULL;
   int o;
-  while ((o = getopt_long(argc, argv, "o:r:s:a:d:h", opts, NULL)) != -1) {
+  while ((o = getopt_long(argc, argv, "o:r:s:a:d:S:h", opts, NULL)) != -1) {
     switch (o) {
     case 'o': out = optarg; break;
     case 'r': c.rows = atoi(optarg); break;
     case 's': c.seed = strtoull(optarg, NULL, 10); break;
     case 'a': c.anomalies = atoi(optarg); break;
     case 'd': c.drift = (float)atof(optarg); break;
+    case 'S': c.shift = (float)atof(optarg); break;
     case 'h':
       printf("usage: faultline simulate --out CSV [--rows N] [--seed N] [--anomalies N] "
-             "[--drift X]\n\n"
+             "[--drift X] [--shift V]\n\n"
              "Writes the built-in water-pump plant: vibration (2 channels at 10x the base "
              "rate,\ncolumns NAME.0..NAME.9), electrical, hydraulic and thermal (2 channels "
              "each), one\nrow per second, with labels anomaly and anomaly_kind (1 valve "
@@ -39,8 +40,12 @@ int cmd_simulate(int argc, char **argv) {
              "  --rows N       base ticks (default %d)\n"
              "  --seed N       random seed (default %llu)\n"
              "  --anomalies N  process-anomaly episodes (default %d; 0 = clean)\n"
-             "  --drift X      scale of slow ambient drift (default %g)\n",
-             c.rows, (unsigned long long)c.seed, c.anomalies, (double)c.drift);
+             "  --drift X      scale of slow ambient drift (default %g)\n"
+             "  --shift V      slow operating-point shift: the supply voltage's level moves\n"
+             "                 by V volts over the first two thirds of the run, then holds\n"
+             "                 (default %g)\n",
+             c.rows, (unsigned long long)c.seed, c.anomalies, (double)c.drift,
+             (double)c.shift);
       return 0;
     default: return 2;
     }

@@ -25,7 +25,10 @@
  *     heated by the pump's losses and cooled towards ambient (about 30 min).
  *     Ambient temperature drifts slowly (a multi-hour swing plus a random
  *     walk), as real plants do, so the thermal channels meet levels a short
- *     recording never saw.
+ *     recording never saw.  Optionally (shift) the supply voltage's level
+ *     moves slowly too, as a transformer tap change or a season moves it:
+ *     a normal change of operating point that the voltage channel, judged by
+ *     its level, has never seen, and that the current follows a little.
  *   - Vibration is the first three shaft harmonics, growing with speed
  *     squared, plus broadband noise growing with load.  The shaft frequency is
  *     scaled down (1.1 Hz at full speed) so that the three harmonics fall
@@ -95,11 +98,14 @@ typedef struct {
   int anomalies;  /* process-anomaly episodes to place; 0 = clean */
   float drift;    /* scale of the slow ambient drift: 1 default, 0 none */
   float noise;    /* scale of the sensor noise: 1 default, 0 none */
+  float shift;    /* slow operating-point shift: the supply voltage's level
+                   * moves by `shift` volts, linearly over the first two
+                   * thirds of the run, and holds for the last third (0) */
   int64_t start;  /* Unix time (UTC) of the first row's stamp */
 } fl_sim_config;
 
-/* seed 1, rows 3600 (one hour), anomalies 0, drift 1, noise 1, start
- * 2026-01-01T00:00:00. */
+/* seed 1, rows 3600 (one hour), anomalies 0, drift 1, noise 1, shift 0,
+ * start 2026-01-01T00:00:00. */
 void fl_sim_defaults(fl_sim_config *c);
 
 /* Runs the simulator into out, which must not own memory (it is
@@ -112,7 +118,7 @@ void fl_sim_defaults(fl_sim_config *c);
  * fewer.  The result depends only on the configuration.
  *
  * Returns FL_EINVAL if c or out is NULL, rows <= 0, anomalies < 0, drift or
- * noise negative or not finite, or start before 1970 or after 9999;
+ * noise negative or not finite, shift not finite or beyond +-100 V, or start before 1970 or after 9999;
  * FL_ENOMEM (out is then left empty). */
 int fl_sim_run(const fl_sim_config *c, fl_table *out);
 
