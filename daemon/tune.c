@@ -380,16 +380,25 @@ static void fld__after(uv_work_t *req, int status) {
       /* The swap: between batches on the loop thread, so no window sees
        * half the new weights. */
       if (fl_tune_job_apply(t->job, e->b.model, &e->b.calib) == 0) {
+        /* Windows buffered so far were standardised as the old model
+         * standardises; the next job's must agree with the new one. */
+        fl_tune_job_rebase(t->job, t->buf);
+        for (int s = 0; s < app->n_streams; s++)
+          if (app->streams[s]->tune) fl_tune_job_rebase(t->job, app->streams[s]->tune->cand);
         t->accepted++;
         t->updates++;
         fld__lineage(t, t->updates, t->lineage, sizeof t->lineage);
         fld__measure_norms(e);
         fld__set_version(t);
         fld_log(FLD_INFO, "tune: update %" PRIu64 " accepted (loss %.4g -> %.4g, false alarms "
-                          "%.3f -> %.3f, threshold %.4g, %d steps in %.2f s); model %s",
+                          "%.3f -> %.3f, faults caught %.3f -> %.3f, clean score %.3f -> %.3f, "
+                          "normalisation moved %.3f sd, threshold %.4g, %d steps in %.2f s); "
+                          "model %s",
                 t->updates, (double)t->res.loss_old, (double)t->res.loss_new,
-                (double)t->res.far_old, (double)t->res.far_new, (double)t->res.threshold,
-                t->res.steps, secs, e->version);
+                (double)t->res.far_old, (double)t->res.far_new, (double)t->res.det_old,
+                (double)t->res.det_new, (double)t->res.score_old, (double)t->res.score_new,
+                (double)t->res.norm_shift, (double)t->res.threshold, t->res.steps, secs,
+                e->version);
         if (t->save_due) {
           if (t->save_rc) {
             t->ckpt_failed++;
@@ -401,9 +410,11 @@ static void fld__after(uv_work_t *req, int status) {
       }
     } else {
       t->rejected++;
-      fld_log(FLD_INFO, "tune: update rejected (loss %.4g -> %.4g, false alarms %.3f -> %.3f)",
+      fld_log(FLD_INFO, "tune: update rejected (loss %.4g -> %.4g, false alarms %.3f -> %.3f, "
+                        "faults caught %.3f -> %.3f, normalisation moved %.3f sd)",
               (double)t->res.loss_old, (double)t->res.loss_new, (double)t->res.far_old,
-              (double)t->res.far_new);
+              (double)t->res.far_new, (double)t->res.det_old, (double)t->res.det_new,
+              (double)t->res.norm_shift);
     }
   }
   if (t->stop_pending) {

@@ -16,6 +16,9 @@ void fl_tune_defaults(fl_tune_config *c) {
   c->margin = 0.05f;
   c->val_fraction = 0.25f;
   c->min_windows = 64;
+  c->norm_rate = 1.0f;
+  c->norm_max = 0.5f;
+  c->recalibrate = 1;
   c->seed = 1;
   fl_train_defaults(&c->train);
   c->train.lr_dec2 = 0.0f;
@@ -125,7 +128,9 @@ struct fl_tune_job {
   fl_ctx *ctx;
   int B;                            /* context batch */
   int cap, n;                       /* snapshot capacity, windows held */
-  float *win;                       /* (cap, stride) oldest first */
+  float *win;                       /* (cap, stride) oldest first, as buffered */
+  float *winc;                      /* the same, standardised as the candidate is */
+  float *lw;                        /* the windows the calibration loader serves */
   float *target[FL_MAX_MODALITIES]; /* (B, C, T) */
   float *tmask[FL_MAX_MODALITIES];
   float *raw[FL_MAX_MODALITIES];    /* (C, T) one window, raw units */
@@ -145,6 +150,7 @@ void fl_tune_job_free(fl_tune_job *j) {
   fl_model_free(j->ref);
   fl_ctx_free(j->ctx);
   free(j->win);
+  free(j->winc);
   for (int i = 0; i < FL_MAX_MODALITIES; i++) {
     free(j->target[i]);
     free(j->tmask[i]);
@@ -210,6 +216,8 @@ int fl_tune_job_prepare(fl_tune_job *j, const fl_model *cur, const fl_calib *cal
     float *w = realloc(j->win, sizeof(float) * j->lay.stride * buf->count);
     if (!w) return FL_ENOMEM;
     j->win = w;
+    if (!(w = realloc(j->winc, sizeof(float) * j->lay.stride * buf->count))) return FL_ENOMEM;
+    j->winc = w;
     j->cap = buf->count;
   }
   /* Oldest first, so that the held-out part is the newest, as the trainer
@@ -229,9 +237,10 @@ int fl_tune_job_prepare(fl_tune_job *j, const fl_model *cur, const fl_calib *cal
 /* Loads window w of the snapshot into slot b; with inject, a fault from the
  * taxonomy goes into one random modality (probability 1 - p_clean) the way
  * the trainer injects them: in raw units, then standardised again. */
-static int fl__load(fl_tune_job *j, fl_model *m, int b, int w, int inject, fl_rng *rng) {
+static int fl__load(fl_tune_job *j, fl_model *m, const float *win, int b, int w, int inject,
+                    fl_rng *rng) {
   const fl_model_spec *spec = fl_model_spec_of(m);
-  const float *src = j->win + (size_t)w * j->lay.stride;
+  const float *src = win + (size_t)w * j->lay.stride;
   fl__restore(&j->lay, src, j->ctx, b);
   j->label[b] = 0;
   for (int i = 0; i < spec->n_mod; i++) {
@@ -265,33 +274,188 @@ static int fl__load(fl_tune_job *j, fl_model *m, int b, int w, int inject, fl_rn
 static int fl__cal_load(void *user, fl_model *m, fl_ctx *ctx, int b, int w) {
   fl_tune_job *j = user;
   (void)m;
-  fl__restore(&j->lay, j->win + (size_t)(j->from + w) * j->lay.stride, ctx, b);
+  fl__restore(&j->lay, j->lw + (size_t)(j->from + w) * j->lay.stride, ctx, b);
   return 0;
 }
 
-/* Held-out correction loss (faults from a fixed seed) and clean false-alarm
- * rate of model m judged with cal. */
-static int fl__validate(fl_tune_job *j, fl_model *m, const fl_calib *cal, int v0,
-                        float *loss, float *far) {
+/* Held-out correction loss (faults from a fixed seed), the share of the
+ * faulted windows above the threshold, and the clean false-alarm rate and
+ * mean score (over the threshold) of model m judged with cal, on the windows
+ * win standardised as m standardises. */
+static int fl__validate(fl_tune_job *j, fl_model *m, const fl_calib *cal, const float *win,
+                        int v0, fl_tune_result *res, int cand) {
   fl_rng vr;
   fl_rng_seed(&vr, j->cfg.seed ^ 0x7a11da7eULL);
-  double total = 0.0;
-  int count = 0, alarms = 0, err;
+  double total = 0.0, ssum = 0.0;
+  int count = 0, alarms = 0, faulted = 0, caught = 0, err;
+  float thr = cal->threshold > 1e-6f ? cal->threshold : 1e-6f;
   for (int w = v0; w < j->n; w += j->B) {
     int B = j->n - w < j->B ? j->n - w : j->B;
     for (int b = 0; b < B; b++)
-      if ((err = fl__load(j, m, b, w + b, 1, &vr))) return err;
+      if ((err = fl__load(j, m, win, b, w + b, 1, &vr))) return err;
     if ((err = fl_model_forward(m, j->ctx, B, 1, 0))) return err;
     float l;
     if ((err = fl_train_recon_loss(m, j->ctx, B, j->target, j->tmask, &l, 0))) return err;
     total += (double)l * B;
-    for (int b = 0; b < B; b++) fl__restore(&j->lay, j->win + (size_t)(w + b) * j->lay.stride, j->ctx, b);
+    /* The same faulted windows, scored: a fault the update taught the model
+     * to reproduce would score lower. */
     if ((err = fl_detect_score(m, cal, j->ctx, B, j->sc, NULL))) return err;
-    for (int b = 0; b < B; b++) alarms += j->sc[b].score > cal->threshold;
+    for (int b = 0; b < B; b++)
+      if (j->label[b]) {
+        faulted++;
+        caught += j->sc[b].score > cal->threshold;
+      }
+    for (int b = 0; b < B; b++)
+      fl__restore(&j->lay, win + (size_t)(w + b) * j->lay.stride, j->ctx, b);
+    if ((err = fl_detect_score(m, cal, j->ctx, B, j->sc, NULL))) return err;
+    for (int b = 0; b < B; b++) {
+      alarms += j->sc[b].score > cal->threshold;
+      ssum += j->sc[b].score / thr;
+    }
     count += B;
   }
-  *loss = (float)(total / (count ? count : 1));
-  *far = (float)alarms / (float)(count ? count : 1);
+  float loss = (float)(total / (count ? count : 1)), far = (float)alarms / (float)(count ? count : 1);
+  float det = faulted ? (float)caught / (float)faulted : 1.0f;
+  float score = (float)(ssum / (count ? count : 1));
+  if (cand) {
+    res->loss_new = loss;
+    res->far_new = far;
+    res->det_new = det;
+    res->score_new = score;
+  } else {
+    res->loss_old = loss;
+    res->far_old = far;
+    res->det_old = det;
+    res->score_old = score;
+  }
+  return 0;
+}
+
+/* Moves d (standardised units, per model channel) out of window w's inputs:
+ * x - d on present samples of a level-judged modality, clamped again; a
+ * drifting modality keeps its detrended shape and only its level moves. */
+static void fl__shift_window(const fl__layout *l, const fl_model_spec *spec, float *w,
+                             const float *d, float clamp) {
+  int off = 0;
+  for (int i = 0; i < spec->n_mod; i++) {
+    int C = spec->mod[i].channels;
+    size_t T = l->ct[i] / (size_t)C;
+    float *x = w + l->off[i], *mk = x + l->ct[i], *lv = mk + l->ct[i];
+    for (int c = 0; c < C; c++) {
+      float dc = d[off + c];
+      if (dc == 0.0f) continue;
+      if (spec->mod[i].drifts) {
+        lv[2 * c] -= dc;
+        continue;
+      }
+      for (size_t t = 0; t < T; t++) {
+        size_t k = (size_t)c * T + t;
+        if (mk[k] == 0.0f) continue;
+        float v = x[k] - dc;
+        x[k] = v > clamp ? clamp : v < -clamp ? -clamp : v;
+      }
+    }
+    off += C;
+  }
+}
+
+/* Follows a slow drift of the operating point in the normalisation.  A
+ * channel whose level moved where the stage-1 autoencoder never saw it is
+ * reconstructed with a bias (the decoder pulls it towards levels it knows),
+ * and that bias is what raises its residual feature on clean data.  The
+ * bias of the clean training windows, per channel, is moved into the
+ * channel's mean (norm_rate of it per pass, three passes, each re-measured,
+ * at most norm_max standard deviations in all), so the autoencoder sees the
+ * channel back where it reconstructs it.  Drifting modalities are judged by
+ * their shape already and stay.  Only clean windows inform it, so a fault
+ * is never moved into the normalisation unless it was too small to score
+ * above gate x threshold; validation checks that injected faults still
+ * score as high as before.  Fills winc (the snapshot as the candidate
+ * standardises it) and moves the candidate's means. */
+static int fl__norm_adapt(fl_tune_job *j, int ntrain, float *max_shift) {
+  const fl_model_spec *spec = fl_model_spec_of(j->cand);
+  int nch = fl_model_channels(j->cand), err;
+  float clamp = j->cfg.train.clamp > 0.0f ? j->cfg.train.clamp : 1e30f;
+  float shift[FL_MAX_TOTAL_CHANNELS] = {0}, d[FL_MAX_TOTAL_CHANNELS];
+  memcpy(j->winc, j->win, sizeof(float) * j->lay.stride * (size_t)j->n);
+  *max_shift = 0.0f;
+  if (!(j->cfg.norm_rate > 0.0f) || !(j->cfg.norm_max > 0.0f)) return 0;
+  for (int pass = 0; pass < 3; pass++) {
+    double sum[FL_MAX_TOTAL_CHANNELS] = {0};
+    long cnt[FL_MAX_TOTAL_CHANNELS] = {0};
+    for (int w = 0; w < ntrain; w += j->B) {
+      int B = ntrain - w < j->B ? ntrain - w : j->B;
+      for (int b = 0; b < B; b++)
+        fl__restore(&j->lay, j->winc + (size_t)(w + b) * j->lay.stride, j->ctx, b);
+      if ((err = fl_model_forward(j->cand, j->ctx, B, 0, 0))) return err;
+      int off = 0;
+      for (int i = 0; i < spec->n_mod; i++) {
+        int C = spec->mod[i].channels;
+        size_t T = j->lay.ct[i] / (size_t)C;
+        if (spec->mod[i].drifts) {
+          off += C;
+          continue;
+        }
+        for (int b = 0; b < B; b++) {
+          const float *x = fl_ctx_input(j->ctx, i) + (size_t)b * j->lay.ct[i];
+          const float *mk = fl_ctx_mask(j->ctx, i) + (size_t)b * j->lay.ct[i];
+          const float *y = fl_ctx_output(j->ctx, i) + (size_t)b * j->lay.ct[i];
+          for (int c = 0; c < C; c++)
+            for (size_t t = 0; t < T; t++) {
+              size_t k = (size_t)c * T + t;
+              /* A clamped sample's level is not known. */
+              if (mk[k] == 0.0f || fabsf(x[k]) >= clamp) continue;
+              sum[off + c] += (double)x[k] - y[k];
+              cnt[off + c]++;
+            }
+        }
+        off += C;
+      }
+    }
+    int moved = 0;
+    for (int k = 0; k < nch; k++) {
+      d[k] = 0.0f;
+      if (!cnt[k]) continue;
+      float want = j->cfg.norm_rate * (float)(sum[k] / cnt[k]);
+      float to = shift[k] + want;
+      if (to > j->cfg.norm_max) to = j->cfg.norm_max;
+      if (to < -j->cfg.norm_max) to = -j->cfg.norm_max;
+      d[k] = to - shift[k];
+      if (fabsf(d[k]) < 1e-4f) {
+        d[k] = 0.0f;
+        continue;
+      }
+      shift[k] = to;
+      moved = 1;
+    }
+    if (!moved) break;
+    for (int w = 0; w < j->n; w++)
+      fl__shift_window(&j->lay, spec, j->winc + (size_t)w * j->lay.stride, d, clamp);
+  }
+  float *mean = fl_model_mean(j->cand);
+  const float *sd = fl_model_std(j->cand);
+  for (int k = 0; k < nch; k++) {
+    mean[k] += shift[k] * sd[k];
+    if (fabsf(shift[k]) > *max_shift) *max_shift = fabsf(shift[k]);
+  }
+  return 0;
+}
+
+int fl_tune_job_rebase(const fl_tune_job *j, fl_tune_buffer *b) {
+  if (!j || !b || !j->accepted || b->lay.stride != j->lay.stride) return FL_EINVAL;
+  const fl_model_spec *spec = fl_model_spec_of(j->cand);
+  int nch = fl_model_channels(j->cand), any = 0;
+  const float *m0 = fl_model_mean(j->ref), *m1 = fl_model_mean(j->cand),
+              *sd = fl_model_std(j->cand);
+  float d[FL_MAX_TOTAL_CHANNELS];
+  for (int k = 0; k < nch; k++) {
+    d[k] = (m1[k] - m0[k]) / sd[k];
+    any |= d[k] != 0.0f;
+  }
+  if (!any) return 0;
+  float clamp = j->cfg.train.clamp > 0.0f ? j->cfg.train.clamp : 1e30f;
+  for (int k = 0; k < b->count; k++)
+    fl__shift_window(&b->lay, spec, b->data + (size_t)k * b->lay.stride, d, clamp);
   return 0;
 }
 
@@ -343,6 +507,9 @@ int fl_tune_job_run(fl_tune_job *j, fl_tune_result *res) {
   if (ntrain < 2) return FL_EINVAL;
   res->ntrain = ntrain;
   res->nval = nval;
+  /* The normalisation first: the block then trains on the windows as the
+   * candidate will see them. */
+  if ((err = fl__norm_adapt(j, ntrain, &res->norm_shift))) return err;
   /* Fresh optimiser state for every update: the moments of the last one
    * belong to other data and weights. */
   fl_adam opt[FL_MOD_COUNT];
@@ -366,7 +533,7 @@ int fl_tune_job_run(fl_tune_job *j, fl_tune_result *res) {
     int B = j->B < ntrain ? j->B : ntrain;
     for (int b = 0; b < B; b++) {
       int w = (int)fl_rng_below(&j->rng, (uint32_t)ntrain);
-      if ((err = fl__load(j, j->cand, b, w, 1, &j->rng))) return err;
+      if ((err = fl__load(j, j->cand, j->winc, b, w, 1, &j->rng))) return err;
     }
     float loss, closs;
     err = fl_train_step(j->cand, j->ctx, 2, B, j->target, j->tmask, j->label, opt, &tc,
@@ -379,27 +546,37 @@ int fl_tune_job_run(fl_tune_job *j, fl_tune_result *res) {
   res->train_loss = res->steps ? (float)(sum / res->steps) : NAN;
   if (res->steps < j->cfg.steps) goto judged; /* diverged: rejected */
   /* The candidate is judged with a calibration of its own, from the
-   * training part: the current calibration belongs to the current head. */
+   * training part: the current calibration belongs to the current head
+   * (recalibrate 0: the one in service, the head being frozen). */
   j->from = 0;
-  if ((err = fl_detect_calibrate_with(j->cand, &j->cand_cal, ntrain, j->B, fl__cal_load, j,
-                                      &j->cfg.detect)))
-    return err;
-  fl__merge_calib(&j->cand_cal, &j->ref_cal);
+  j->lw = j->winc;
+  if (j->cfg.recalibrate) {
+    if ((err = fl_detect_calibrate_with(j->cand, &j->cand_cal, ntrain, j->B, fl__cal_load, j,
+                                        &j->cfg.detect)))
+      return err;
+    fl__merge_calib(&j->cand_cal, &j->ref_cal);
+  } else {
+    j->cand_cal = j->ref_cal;
+  }
   int v0 = ntrain;
-  if ((err = fl__validate(j, j->ref, &j->ref_cal, v0, &res->loss_old, &res->far_old))) return err;
-  if ((err = fl__validate(j, j->cand, &j->cand_cal, v0, &res->loss_new, &res->far_new)))
-    return err;
-  int ok = isfinite(res->loss_new) &&
-           res->loss_new <= res->loss_old * (1.0f + j->cfg.margin) + 1e-6f &&
-           res->far_new <= res->far_old + j->cfg.margin + 1e-6f;
+  if ((err = fl__validate(j, j->ref, &j->ref_cal, j->win, v0, res, 0))) return err;
+  if ((err = fl__validate(j, j->cand, &j->cand_cal, j->winc, v0, res, 1))) return err;
+  float mg = j->cfg.margin;
+  int ok = isfinite(res->loss_new) && res->loss_new <= res->loss_old * (1.0f + mg) + 1e-6f &&
+           res->far_new <= res->far_old + mg + 1e-6f &&
+           res->det_new >= res->det_old - mg - 1e-6f;
   if (ok) {
     /* The calibration in service comes from every buffered window: the
      * held-out part alone is a few dozen overlapping windows. */
     j->from = 0;
-    if ((err = fl_detect_calibrate_with(j->cand, &j->new_cal, j->n, j->B, fl__cal_load, j,
-                                        &j->cfg.detect)))
-      return err;
-    fl__merge_calib(&j->new_cal, &j->ref_cal);
+    if (j->cfg.recalibrate) {
+      if ((err = fl_detect_calibrate_with(j->cand, &j->new_cal, j->n, j->B, fl__cal_load, j,
+                                          &j->cfg.detect)))
+        return err;
+      fl__merge_calib(&j->new_cal, &j->ref_cal);
+    } else {
+      j->new_cal = j->ref_cal;
+    }
     res->threshold = j->new_cal.threshold;
     j->accepted = 1;
   }

@@ -53,6 +53,14 @@ typedef struct {
   float margin;       /* tolerated worsening, see above (0.05) */
   float val_fraction; /* share of the buffer held out for validation (0.25) */
   int min_windows;    /* windows the buffer needs before an update (64) */
+  float norm_rate;    /* share of the clean windows' stage-1 residual bias moved
+                       * into the normalisation per pass (1); 0 keeps the
+                       * normalisation as trained */
+  float norm_max;     /* largest move of a channel's mean per update, in its
+                       * standard deviations (0.5) */
+  int recalibrate;    /* 1: an accepted update's calibration comes from the
+                       * buffer, loosening only (see above); 0: the calibration
+                       * in service stays (1) */
   uint64_t seed;
   fl_train_config train;   /* p_clean, tau, w_contrast, clip, faults, clamp, lr_dec2 */
   fl_detect_config detect; /* the recalibration's quantiles */
@@ -82,6 +90,10 @@ typedef struct {
   float train_loss;               /* mean step loss (correction + contrastive) */
   float loss_old, loss_new;       /* held-out correction loss */
   float far_old, far_new;         /* held-out clean false-alarm rate */
+  float det_old, det_new;         /* held-out windows with an injected fault that
+                                   * score above the threshold */
+  float score_old, score_new;     /* mean held-out clean score over the threshold */
+  float norm_shift;               /* largest move of a channel's mean, in sd */
   float threshold;                /* the new threshold (accepted updates) */
   float max_ratio;                /* largest sigma / target over the layers */
   int accepted;
@@ -101,6 +113,12 @@ int fl_tune_job_run(fl_tune_job *j, fl_tune_result *res);
 /* Copies the accepted parameters and calibration into dst (FL_EINVAL when
  * the last run was not accepted). */
 int fl_tune_job_apply(const fl_tune_job *j, fl_model *dst, fl_calib *cal);
+/* Re-standardises the windows of b (pushed with the normalisation of the
+ * model the last run started from) to the normalisation of its accepted
+ * candidate, so that the windows buffered before an update and after it
+ * agree.  Call after fl_tune_job_apply, for every buffer of that model
+ * (FL_EINVAL when the last run was not accepted). */
+int fl_tune_job_rebase(const fl_tune_job *j, fl_tune_buffer *b);
 /* The calibration of the last accepted run (NULL if not accepted). */
 const fl_calib *fl_tune_job_calib(const fl_tune_job *j);
 /* The candidate model of the last run (for tests and analysis). */
