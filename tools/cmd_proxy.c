@@ -129,8 +129,16 @@ int cmd_proxy(int argc, char **argv) {
   const struct { const char *opt, *path; } files[] = {
       {"--curve-key", o.curve_key}, {"--authorized-keys", o.authorized_keys},
       {"--frontend-server-key", o.front_server_key}, {"--backend-server-key", o.back_server_key}};
-  for (size_t i = 0; i < sizeof files / sizeof *files; i++)
-    if (files[i].path[0] && access(files[i].path, R_OK))
-      return cli_fail("proxy", "%s %s: %s", files[i].opt, files[i].path, strerror(errno));
+  /* A relative --curve-key is a systemd credential when
+   * $CREDENTIALS_DIRECTORY is set (curve.c reads it from there). */
+  const char *creds = getenv("CREDENTIALS_DIRECTORY");
+  for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+    char path[PATH_MAX + 256];
+    snprintf(path, sizeof path, "%s%s%s", i == 0 && files[i].path[0] != '/' && creds && *creds
+             ? creds : "", i == 0 && files[i].path[0] != '/' && creds && *creds ? "/" : "",
+             files[i].path);
+    if (files[i].path[0] && access(path, R_OK))
+      return cli_fail("proxy", "%s %s: %s", files[i].opt, path, strerror(errno));
+  }
   return fld_proxy_run(&o);
 }

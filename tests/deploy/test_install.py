@@ -63,6 +63,15 @@ with tempfile.TemporaryDirectory() as dest:
             text = open(p).read()
             check(f"ExecStart={sbindir}/faultlined --config {sysconf_fl}/" in text,
                   f"{unit}: ExecStart does not name {sbindir}/faultlined and {sysconf_fl}")
+    p = under(dest, os.path.join(unitdir, "faultline-proxy@.service"))
+    check(os.path.exists(p), f"unit {p} missing")
+    if os.path.exists(p):
+        text = open(p).read()
+        bindir = os.path.join(os.path.dirname(sbindir), "bin")
+        check(f"ExecStart={bindir}/faultline proxy $FAULTLINE_PROXY_OPTS" in text and
+              f"EnvironmentFile={sysconf_fl}/proxy-%i.conf" in text,
+              f"faultline-proxy@.service: ExecStart or EnvironmentFile not under {bindir}, "
+              f"{sysconf_fl}")
     conf = under(dest, os.path.join(sysconf_fl, "faultline.ini"))
     check(os.path.isfile(conf), f"example configuration {conf} not installed")
     if os.path.isfile(conf):

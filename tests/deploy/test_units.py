@@ -6,7 +6,10 @@ uncommented, without a warning, and `systemd-analyze security
 verified as copies whose binary paths point at the built faultlined (verify
 checks that ExecStart exists); no running systemd is needed.
 
-argv: faultlined_exe unit_file...
+faultline-proxy@.service runs `faultline proxy`: it is checked the same way
+(it has no state directory), against the built faultline.
+
+argv: faultlined_exe [--faultline faultline_exe] unit_file...
 """
 import os
 import re
@@ -17,6 +20,10 @@ import tempfile
 
 exe = os.path.abspath(sys.argv[1])
 units = sys.argv[2:]
+fl_exe = None
+if units[:1] == ["--faultline"]:
+    fl_exe = os.path.abspath(units[1])
+    units = units[2:]
 failures = []
 
 
@@ -41,9 +48,15 @@ with tempfile.TemporaryDirectory() as tmp:
     copies = []
     for u in units:
         text = open(u).read()
+        proxy = os.path.basename(u).startswith("faultline-proxy")
         for d in REQUIRED:
+            if proxy and d == "StateDirectory=faultline":
+                continue
             check(d in text, f"{os.path.basename(u)}: no {d.strip()}")
         text = re.sub(r"(Exec\w+=)\S*/faultlined\b", r"\g<1>" + exe, text)
+        if proxy:
+            check(fl_exe is not None, f"{os.path.basename(u)}: no --faultline to verify it with")
+            text = re.sub(r"(Exec\w+=)\S*/faultline\b", r"\g<1>" + (fl_exe or ""), text)
         name = os.path.basename(u).replace("@.", "@line1.")
         dst = os.path.join(tmp, name)
         with open(dst, "w") as f:
@@ -51,10 +64,12 @@ with tempfile.TemporaryDirectory() as tmp:
         copies.append(dst)
         # The commented CurveZMQ credential example must verify too once
         # uncommented (a root-only secret key under DynamicUser=).
-        check("\n#LoadCredential=server.key_secret:" in text,
+        check(re.search(r"\n#LoadCredential=\w+\.key_secret:", text) is not None,
               f"{os.path.basename(u)}: no commented LoadCredential= example for the CurveZMQ key")
         cred = re.sub(r"(?m)^#(LoadCredential=)", r"\1", text)
-        dst = os.path.join(tmp, name.replace("faultlined", "faultlined-cred"))
+        cname = (name.replace("@", "-cred@", 1) if "@" in name
+                 else name.replace(".service", "-cred.service"))
+        dst = os.path.join(tmp, cname)
         with open(dst, "w") as f:
             f.write(cred)
         copies.append(dst)
