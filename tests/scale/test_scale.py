@@ -426,6 +426,17 @@ def scenario_cli():
         check(rc == want_rc and want in out,
               f"cli: {' '.join(args) or '(none)'}: exit {rc}, want {want_rc} and '{want}': "
               f"{out.strip()[:200]}")
+    # The daemon's shard: a list of frame/ prefixes, anything else refused.
+    for topic, ok, want in [("frame/a-, frame/b-", True, "ok (model"),
+                            ("frame/a-, b-", False, '"b-" does not start with "frame/"'),
+                            ("frame/a-,,frame/b-", False, "comma-separated list of 1 to 16"),
+                            (",".join(f"frame/{i}" for i in range(17)), False, "1 to 16")]:
+        path = os.path.join(TMP, "topic.ini")
+        T.write_config(path, CONFIG, {"model": {"file": MODEL}, "input": {"topic": topic}})
+        r = subprocess.run([FLD, "--check-config", path], capture_output=True, text=True)
+        check((r.returncode == 0) == ok and want in r.stdout + r.stderr,
+              f"cli: [input] topic = {topic[:40]}: exit {r.returncode}, want '{want}': "
+              f"{(r.stdout + r.stderr).strip()[:200]}")
     # A metrics port in use is a start-up error, not a silent proxy without metrics.
     px = Proxy("first")
     rc, out = run("--frontend", "tcp://127.0.0.1:%d" % T.free_port(), "--backend",
