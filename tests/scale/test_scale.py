@@ -17,8 +17,9 @@ SCENARIO is one of:
           reach a daemon and its reports reach an authorised consumer; a
           stranger's key is refused and counted on the proxy.
   cli     bad input to `faultline proxy` fails with a clear message and
-          exit status 2 (or 1 for a run-time error); --help answers; SIGTERM
-          stops a running proxy with status 0.
+          exit status 2 (or 1 for a run-time error); --help answers; [input]
+          topic lists are checked; two chained proxies forward in order;
+          SIGTERM stops a running proxy with status 0.
 """
 import os
 import signal
@@ -442,6 +443,26 @@ def scenario_cli():
     rc, out = run("--frontend", "tcp://127.0.0.1:%d" % T.free_port(), "--backend",
                   "tcp://127.0.0.1:%d" % T.free_port(), "--metrics", f"127.0.0.1:{px.http}")
     check(rc == 1 and "cannot serve metrics" in out, f"cli: metrics port in use: {out.strip()}")
+    # Chaining: a second proxy whose frontend connects (">") to the first's
+    # backend, as a central view over site proxies would.
+    px2 = Proxy("second", ["--frontend", f">tcp://127.0.0.1:{px.back}"])
+    ctx = zmq.Context()
+    sub = T.subscriber(ctx, f"tcp://127.0.0.1:{px2.back}")
+    pub, ok = T.publisher(ctx, f"tcp://127.0.0.1:{px.front}")
+    check(ok, "cli: a subscription travels through two chained proxies")
+    for i in range(50):
+        pub.send_multipart([b"report/chain", b"%d" % i])
+    got = []
+    poller = zmq.Poller()
+    poller.register(sub, zmq.POLLIN)
+    while len(got) < 50 and poller.poll(5000):
+        got.append(sub.recv_multipart()[1])
+    check(got == [b"%d" % i for i in range(50)], f"cli: 50 messages through two proxies, "
+          f"in order ({len(got)})")
+    check(px2.metric('faultline_proxy_peers{side="frontend"}') == 1,
+          "cli: the chained proxy's frontend has one peer (the first proxy)")
+    check(px2.stop() == 0, "cli: the chained proxy stops cleanly")
+    ctx.destroy(linger=0)
     st, body = T.http_get(px.http, "/healthz")
     check(st == 200 and body == "ok\n", "cli: /healthz")
     try:
