@@ -28,7 +28,9 @@ import fldtest as T  # noqa: E402
 from fldtest import check  # noqa: E402
 
 SCENARIO, FLD, FL, MODEL, EPISODE, CONFIG = sys.argv[1:7]
+MODEL = os.environ.get("FL_TUNE_MODEL", MODEL)
 FLD, FL, MODEL, EPISODE, CONFIG = map(os.path.abspath, (FLD, FL, MODEL, EPISODE, CONFIG))
+EPISODES = os.environ.get("FL_TUNE_EPISODES", "10")
 TMP = tempfile.mkdtemp(prefix="fld-tune-" + SCENARIO + "-")
 pb = T.load_proto(TMP)
 STRIDE = 5
@@ -99,14 +101,33 @@ def far(reps, lo, hi):
     return sum(1 for r in sel if r.anomaly) / max(1, len(sel)), len(sel)
 
 
+def eval_auroc(model, csv, tag):
+    """faultline eval's overall AUROC and settled false-alarm rate of model
+    on csv (injected faults)."""
+    import json
+    out = os.path.join(TMP, f"eval-{tag}.json")
+    ev = subprocess.run([FL, "eval", "--model", model, "--config", CONFIG, "--data", csv,
+                         "--episodes", EPISODES, "--json", out], capture_output=True, text=True)
+    check(ev.returncode == 0, f"drift: eval of the {tag} model: " + ev.stderr.strip()[-300:])
+    if ev.returncode:
+        return float("nan"), float("nan")
+    with open(out) as f:
+        j = json.load(f)
+    o = j["overall"]
+    return o["auroc"], o.get("far_settled", o.get("far"))
+
+
 def scenario_drift():
-    rows, drift = int(os.environ.get("FL_TUNE_ROWS", "9000")), os.environ.get("FL_TUNE_DRIFT", "2")
+    rows = int(os.environ.get("FL_TUNE_ROWS", "9000"))
+    shift = os.environ.get("FL_TUNE_SHIFT", "20")
+    seed = os.environ.get("FL_TUNE_SEED", "23")
+    rate = int(os.environ.get("FL_TUNE_RATE", "300"))
     csv = os.path.join(TMP, "drift.csv")
-    subprocess.run([FL, "simulate", "--rows", str(rows), "--seed", "23", "--anomalies", "0",
-                    "--drift", drift, "--out", csv], check=True)
-    rate = 1500
+    subprocess.run([FL, "simulate", "--rows", str(rows), "--seed", seed, "--anomalies", "0",
+                    "--shift", shift, "--out", csv], check=True)
+    ckpt = os.path.join(TMP, "tuned.model")
     off, m_off, _, _ = run_stream("off", csv, rows, rate, None)
-    on, m_on, text, log = run_stream("on", csv, rows, rate, TUNE_FAST)
+    on, m_on, text, log = run_stream("on", csv, rows, rate, dict(TUNE_FAST, checkpoint=ckpt))
     check(len(off) > 0.95 * ((rows - 60) // STRIDE + 1), f"drift: tuning off, {len(off)} reports")
     check(len(on) > 0.95 * ((rows - 60) // STRIDE + 1), f"drift: tuning on, {len(on)} reports")
     acc = m_on.get('faultline_tune_updates_total{result="accepted"}', 0)
@@ -136,20 +157,34 @@ def scenario_drift():
     ratios = {k: v for k, v in m_on.items() if k.startswith("faultline_layer_norm_ratio")}
     check(len(ratios) > 0 and max(ratios.values()) <= 1.01,
           f"drift: every layer's norm within its target (max ratio {max(ratios.values()):.4f})")
-    # False alarms on the clean stretch after the drift: the last third.
-    lo = rows * 2 // 3
+    # False alarms on the clean stretch after the drift: the last third, where
+    # the shift holds (reports whose window lies inside it).
+    lo = rows * 2 // 3 + 60
     f_off, n_off = far(off, lo, rows + 1)
     f_on, n_on = far(on, lo, rows + 1)
-    f_off_all, _ = far(off, 0, rows + 1)
-    f_on_all, _ = far(on, 0, rows + 1)
+    f_off0, _ = far(off, 0, rows // 3)
+    f_on0, _ = far(on, 0, rows // 3)
     buf = m_on.get("faultline_tune_buffer_windows", 0)
     tuned = sum(1 for v in versions if "-u" in v)
-    print(f"{tuned} of {len(versions)} reports from a tuned model; buffer {buf:g} windows; drift {drift}, {rows} rows, stride {STRIDE}: tuning {acc:g} accepted, {rej:g} rejected, "
-          f"{steps:g} steps in {secs:.2f} s; false-alarm rate over the last third "
-          f"off {f_off:.4f} ({n_off} windows) on {f_on:.4f} ({n_on}); over the whole run "
-          f"off {f_off_all:.4f} on {f_on_all:.4f}")
-    check(f_on <= f_off, f"drift: tuning does not raise the false-alarm rate after the drift "
+    # Injected faults after the drift: faultline eval of the base model and of
+    # the tuned one (the checkpoint written at shutdown) on the last third.
+    after = os.path.join(TMP, "after.csv")
+    with open(csv) as f, open(after, "w") as g:
+        lines = f.readlines()
+        g.write(lines[0])
+        g.writelines(lines[1 + rows * 2 // 3:])
+    a_off, e_off = eval_auroc(MODEL, after, "off")
+    a_on, e_on = eval_auroc(ckpt, after, "on")
+    print(f"RESULT seed {seed} shift {shift} V rows {rows} rate {rate}: FAR after drift off "
+          f"{f_off:.4f} on {f_on:.4f} ({n_off}/{n_on} windows); FAR first third off "
+          f"{f_off0:.4f} on {f_on0:.4f}; AUROC after drift off {a_off:.4f} on {a_on:.4f}; "
+          f"eval settled FAR off {e_off:.4f} on {e_on:.4f}; {acc:g} accepted {rej:g} rejected, "
+          f"{steps:g} steps in {secs:.2f} s, {tuned} of {len(versions)} reports tuned, buffer "
+          f"{buf:g}", flush=True)
+    check(f_on <= 0.5 * f_off, f"drift: tuning halves the false-alarm rate after the drift "
           f"({f_off:.4f} -> {f_on:.4f})")
+    check(a_on >= a_off - 0.02, f"drift: injected faults still found after the drift (AUROC "
+          f"{a_off:.4f} -> {a_on:.4f})")
 
 
 def lineage(path):
