@@ -6,9 +6,11 @@ scrape: a real faultlined (the daemon tests' quick model) and a real
         (target and intervals changed: 1 s scrapes) and rules.yml, storage in
         a temporary directory; passes when the query API answers
         up{job="faultlined"} = 1, a faultline_ metric is stored and the rule
-        group is loaded.  Bounded: 90 s at most.
+        group is loaded; with FAULTLINE, a real `faultline proxy` in the
+        faultline-proxy job too, scraped until faultline_proxy_up = 1.
+        Bounded: 90 s at most.
 
-argv: check PROMTOOL | scrape PROMETHEUS FAULTLINED MODEL CONFIG
+argv: check PROMTOOL | scrape PROMETHEUS FAULTLINED MODEL CONFIG [FAULTLINE]
 """
 import json
 import os
@@ -57,7 +59,7 @@ def query(port, q):
         return json.loads(r.read().decode())["data"]["result"]
 
 
-def run_scrape(prometheus, fld, model, config):
+def run_scrape(prometheus, fld, model, config, fl=None):
     import yaml
     import fldtest as T
 
@@ -78,20 +80,33 @@ def run_scrape(prometheus, fld, model, config):
     check(len(job) == 1, "prometheus.yml has no faultlined job")
     job[0].update(scrape_interval="1s", scrape_timeout="1s")
     job[0]["static_configs"][0]["targets"] = [f"127.0.0.1:{http}"]
+    # With the faultline command: a real `faultline proxy` in the
+    # faultline-proxy job too (scale-out).
+    proxy_http = T.free_port()
+    pjob = [j for j in cfg["scrape_configs"] if j["job_name"] == "faultline-proxy"]
+    check(len(pjob) == 1, "prometheus.yml has no faultline-proxy job")
+    pjob[0].update(scrape_interval="1s", scrape_timeout="1s")
+    pjob[0]["static_configs"][0]["targets"] = [f"127.0.0.1:{proxy_http}"]
     pcfg = os.path.join(tmp, "prometheus.yml")
     with open(pcfg, "w") as f:
         yaml.safe_dump(cfg, f)
 
     d = T.Daemon(fld, ini)
     plog = open(os.path.join(tmp, "prometheus.log"), "w")
-    p = None
+    p = px = None
     try:
         d.wait_http(http)
+        if fl:
+            px = subprocess.Popen([fl, "proxy", "--frontend", f"tcp://127.0.0.1:{T.free_port()}",
+                                   "--backend", f"tcp://127.0.0.1:{T.free_port()}",
+                                   "--metrics", f"127.0.0.1:{proxy_http}"],
+                                  stdout=plog, stderr=plog)
         p = subprocess.Popen([prometheus, "--config.file=" + pcfg,
                               "--storage.tsdb.path=" + os.path.join(tmp, "data"),
                               f"--web.listen-address=127.0.0.1:{pport}"],
                              stdout=plog, stderr=plog)
         t0, up, metric, rules = time.time(), None, None, None
+        pup = None if fl else "1"
         while time.time() - t0 < 90:
             if p.poll() is not None:
                 break
@@ -107,7 +122,10 @@ def run_scrape(prometheus, fld, model, config):
                                                 timeout=3) as resp:
                         groups = json.loads(resp.read().decode())["data"]["groups"]
                     rules = [g for g in groups if g["name"] == "faultline" and g["rules"]]
-                if up == "1" and metric and rules:
+                if pup != "1":
+                    r = query(pport, 'faultline_proxy_up{job="faultline-proxy"}')
+                    pup = r[0]["value"][1] if r else None
+                if up == "1" and metric and rules and pup == "1":
                     break
             except OSError:
                 pass
@@ -116,6 +134,7 @@ def run_scrape(prometheus, fld, model, config):
         check(up == "1", f'up{{job="faultlined"}} is {up}, not 1')
         check(bool(metric), "no faultline_build_info in Prometheus")
         check(bool(rules), "the faultline rule group is not loaded")
+        check(pup == "1", f'faultline_proxy_up{{job="faultline-proxy"}} is {pup}, not 1')
         if metric:
             print("scraped:", metric, f"in {time.time() - t0:.1f} s")
     finally:
@@ -127,6 +146,9 @@ def run_scrape(prometheus, fld, model, config):
                 p.kill()
                 p.wait()
         check(d.stop() == 0, "faultlined did not stop cleanly")
+        if px:
+            px.terminate()
+            check(px.wait(20) == 0, "faultline proxy did not stop cleanly")
         plog.close()
         if failures:
             print(open(plog.name).read()[-3000:], file=sys.stderr)
@@ -138,4 +160,4 @@ def run_scrape(prometheus, fld, model, config):
 if sys.argv[1] == "check":
     run_check(sys.argv[2])
 else:
-    run_scrape(*sys.argv[2:6])
+    run_scrape(*sys.argv[2:7])
