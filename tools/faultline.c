@@ -80,6 +80,14 @@ int cli_load_config(const char *cmd, const char *path, fl_config *c) {
   char err[512];
   fl_config_defaults(c);
   if (path && fl_config_load(c, path, err, sizeof err)) return cli_fail(cmd, "%s", err);
+  /* FAULTLINE_QUICK=1: a smoke run (the README test runs every README
+   * command so): training stops after 4 + 3 epochs. */
+  const char *quick = getenv("FAULTLINE_QUICK");
+  if (quick && !strcmp(quick, "1") && (c->train.epochs1 > 4 || c->train.epochs2 > 3)) {
+    if (c->train.epochs1 > 4) c->train.epochs1 = 4;
+    if (c->train.epochs2 > 3) c->train.epochs2 = 3;
+    fprintf(stderr, "faultline %s: FAULTLINE_QUICK=1: at most 4 + 3 epochs\n", cmd);
+  }
   return 0;
 }
 

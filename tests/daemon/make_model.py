@@ -12,6 +12,10 @@ import subprocess
 import sys
 import tempfile
 
+# The build's test model is always trained as configured, also when a build
+# runs under the README test's quick mode (FAULTLINE_QUICK=1 caps epochs).
+os.environ.pop("FAULTLINE_QUICK", None)
+
 fl, config, model, episode, out_config = sys.argv[1:6]
 with open(config) as f:
     text = f.read()

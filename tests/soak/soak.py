@@ -234,8 +234,14 @@ fd_lo, fd_hi = min(s[2] for s in after), max(s[2] for s in after)
 print(f"soak: RSS median {rss_early} kB after warm-up, {rss_late} kB at the end "
       f"({rss_late - rss_early:+d} kB, bound {a.rss_bound_kb} kB), peak {rss_max} kB; "
       f"fds {base[2]} after warm-up, {fd_lo}..{fd_hi} later, {samples[-1][2]} at the end")
-check(rss_late - rss_early <= a.rss_bound_kb,
-      f"soak: resident memory flat: {rss_late - rss_early:+d} kB > {a.rss_bound_kb} kB")
+if os.environ.get("FAULTLINE_SANITIZED") == "1":
+    # tests/run.sh's ASan run: AddressSanitizer's quarantine holds freed
+    # memory (up to 256 MB) on purpose, so resident memory is not flat there;
+    # LeakSanitizer checks the daemon's exit instead.
+    print("soak: resident memory not bounded under AddressSanitizer (FAULTLINE_SANITIZED=1)")
+else:
+    check(rss_late - rss_early <= a.rss_bound_kb,
+          f"soak: resident memory flat: {rss_late - rss_early:+d} kB > {a.rss_bound_kb} kB")
 check(fd_hi - base[2] <= 6 and base[2] - fd_lo <= 6, f"soak: fds flat ({base[2]}: {fd_lo}..{fd_hi})")
 check(abs(samples[-1][2] - base[2]) <= 2, f"soak: fds at the end {samples[-1][2]} vs {base[2]}")
 print("soak: RSS kB every 5 s:", " ".join(str(s[1]) for s in samples[::5]))
