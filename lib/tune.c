@@ -137,6 +137,8 @@ struct fl_tune_job {
   float *sd[FL_MAX_MODALITIES];     /* (C) */
   int *label;
   float *work;
+  float *vs;                        /* (2 cap) validation scores */
+  int *vl;                          /* (2 cap) their labels: 1 faulted */
   fl_window_score *sc;
   fl_rng rng;
   int prepared, accepted, runs;
@@ -159,6 +161,8 @@ void fl_tune_job_free(fl_tune_job *j) {
   }
   free(j->label);
   free(j->work);
+  free(j->vs);
+  free(j->vl);
   free(j->sc);
   free(j);
 }
@@ -218,6 +222,11 @@ int fl_tune_job_prepare(fl_tune_job *j, const fl_model *cur, const fl_calib *cal
     j->win = w;
     if (!(w = realloc(j->winc, sizeof(float) * j->lay.stride * buf->count))) return FL_ENOMEM;
     j->winc = w;
+    if (!(w = realloc(j->vs, sizeof(float) * 2 * buf->count))) return FL_ENOMEM;
+    j->vs = w;
+    int *l = realloc(j->vl, sizeof(int) * 2 * buf->count);
+    if (!l) return FL_ENOMEM;
+    j->vl = l;
     j->cap = buf->count;
   }
   /* Oldest first, so that the held-out part is the newest, as the trainer
@@ -278,6 +287,44 @@ static int fl__cal_load(void *user, fl_model *m, fl_ctx *ctx, int b, int w) {
   return 0;
 }
 
+typedef struct {
+  float s;
+  int l;
+} fl__scored;
+
+static int fl__cmp_scored(const void *a, const void *b) {
+  float x = ((const fl__scored *)a)->s, y = ((const fl__scored *)b)->s;
+  return (x > y) - (x < y);
+}
+
+/* AUROC of n scores against labels (1 positive), ties counting one half:
+ * the rank-sum (Mann-Whitney) form.  Sorts through scratch the size of the
+ * job's validation arrays. */
+static float fl__auroc(const float *s, const int *l, int n) {
+  fl__scored *v = malloc(sizeof *v * (size_t)(n > 0 ? n : 1));
+  if (!v) return NAN;
+  long pos = 0;
+  for (int k = 0; k < n; k++) {
+    v[k].s = isfinite(s[k]) ? s[k] : (s[k] > 0 ? 3e38f : -3e38f);
+    v[k].l = l[k];
+    pos += l[k] != 0;
+  }
+  qsort(v, (size_t)n, sizeof *v, fl__cmp_scored);
+  double rsum = 0.0;
+  for (int a = 0; a < n;) {
+    int b = a;
+    while (b < n && v[b].s == v[a].s) b++;
+    double rank = 0.5 * (a + 1 + b); /* mean of ranks a+1 .. b */
+    for (int k = a; k < b; k++)
+      if (v[k].l) rsum += rank;
+    a = b;
+  }
+  free(v);
+  long neg = n - pos;
+  if (!pos || !neg) return NAN;
+  return (float)((rsum - 0.5 * pos * (pos + 1)) / ((double)pos * neg));
+}
+
 /* Held-out correction loss (faults from a fixed seed), the share of the
  * faulted windows above the threshold, and the clean false-alarm rate and
  * mean score (over the threshold) of model m judged with cal, on the windows
@@ -287,7 +334,7 @@ static int fl__validate(fl_tune_job *j, fl_model *m, const fl_calib *cal, const 
   fl_rng vr;
   fl_rng_seed(&vr, j->cfg.seed ^ 0x7a11da7eULL);
   double total = 0.0, ssum = 0.0;
-  int count = 0, alarms = 0, faulted = 0, caught = 0, err;
+  int count = 0, alarms = 0, faulted = 0, caught = 0, nv = 0, err;
   float thr = cal->threshold > 1e-6f ? cal->threshold : 1e-6f;
   for (int w = v0; w < j->n; w += j->B) {
     int B = j->n - w < j->B ? j->n - w : j->B;
@@ -304,6 +351,8 @@ static int fl__validate(fl_tune_job *j, fl_model *m, const fl_calib *cal, const 
       if (j->label[b]) {
         faulted++;
         caught += j->sc[b].score > cal->threshold;
+        j->vs[nv] = j->sc[b].score;
+        j->vl[nv++] = 1;
       }
     for (int b = 0; b < B; b++)
       fl__restore(&j->lay, win + (size_t)(w + b) * j->lay.stride, j->ctx, b);
@@ -311,18 +360,26 @@ static int fl__validate(fl_tune_job *j, fl_model *m, const fl_calib *cal, const 
     for (int b = 0; b < B; b++) {
       alarms += j->sc[b].score > cal->threshold;
       ssum += j->sc[b].score / thr;
+      j->vs[nv] = j->sc[b].score;
+      j->vl[nv++] = 0;
     }
     count += B;
   }
   float loss = (float)(total / (count ? count : 1)), far = (float)alarms / (float)(count ? count : 1);
   float det = faulted ? (float)caught / (float)faulted : 1.0f;
   float score = (float)(ssum / (count ? count : 1));
+  /* Threshold-free: an update that lowers every clean score (a drift
+   * followed) also lowers the share of faults above the threshold of a
+   * detector that was half-alarmed before; the ranking is what must hold. */
+  float auc = fl__auroc(j->vs, j->vl, nv);
   if (cand) {
+    res->auc_new = auc;
     res->loss_new = loss;
     res->far_new = far;
     res->det_new = det;
     res->score_new = score;
   } else {
+    res->auc_old = auc;
     res->loss_old = loss;
     res->far_old = far;
     res->det_old = det;
@@ -564,7 +621,8 @@ int fl_tune_job_run(fl_tune_job *j, fl_tune_result *res) {
   float mg = j->cfg.margin;
   int ok = isfinite(res->loss_new) && res->loss_new <= res->loss_old * (1.0f + mg) + 1e-6f &&
            res->far_new <= res->far_old + mg + 1e-6f &&
-           res->det_new >= res->det_old - mg - 1e-6f;
+           !(res->auc_new < res->auc_old - mg) &&
+           res->score_new <= res->score_old * (1.0f + mg) + 1e-6f;
   if (ok) {
     /* The calibration in service comes from every buffered window: the
      * held-out part alone is a few dozen overlapping windows. */

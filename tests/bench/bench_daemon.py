@@ -3,6 +3,7 @@
 and latency under a steady 10k frames/s.
 
 usage: bench_daemon.py FAULTLINED FAULTLINE MODEL EPISODE_CSV CONFIG [--quick]
+                       [--tune-only] [--runs N]
 
   ingest    frames/s with scoring off ([output] score = 0): the daemon is
             stopped (SIGSTOP) while the frames are queued, then resumed and
@@ -13,6 +14,10 @@ usage: bench_daemon.py FAULTLINED FAULTLINE MODEL EPISODE_CSV CONFIG [--quick]
   latency   p50/p99 of the reports' processing latency (and of the time from
             a frame's timestamp to its report's arrival here) with 10 streams
             paced at 10k frames/s in total, stride 15
+  tune      the latency run with online tuning off, on at its default CPU
+            budget ([tune] cpu_share 0.25) and on without pause between
+            jobs (cpu_share 1), N runs each interleaved (--runs, default 3),
+            and the medians of their p99s; --tune-only runs only this
 
 Prints one line per measurement.
 """
@@ -30,6 +35,8 @@ import fldtest as T  # noqa: E402
 
 FLD, FL, MODEL, EPISODE, CONFIG = map(os.path.abspath, sys.argv[1:6])
 QUICK = "--quick" in sys.argv
+TUNE_ONLY = "--tune-only" in sys.argv
+RUNS = int(sys.argv[sys.argv.index("--runs") + 1]) if "--runs" in sys.argv else 3
 TMP = tempfile.mkdtemp(prefix="fld-bench-")
 pb = T.load_proto(TMP)
 MODS = T.modalities(CONFIG)
@@ -114,9 +121,9 @@ def pct(v, p):
     return v[min(len(v) - 1, int(p / 100 * len(v)))]
 
 
-def bench_latency(tab):
+def bench_latency(tab, tune=None, label="latency"):
     rate, streams, secs = 10000, 10, 3 if QUICK else 6
-    d, ports = daemon("latency", output={"stride": 15})
+    d, ports = daemon(label, output={"stride": 15}, **({"tune": tune} if tune else {}))
     ctx = zmq.Context()
     sub = T.subscriber(ctx, f"tcp://127.0.0.1:{ports['out']}")
     T.wait_metric(ports["http"], "faultline_report_subscriptions", lambda v: v >= 1)
@@ -164,7 +171,12 @@ def bench_latency(tab):
     m, _ = T.metrics(ports["http"])
     d.stop()
     ctx.destroy(linger=0)
-    print(f"latency: {sent} frames in {elapsed:.2f} s ({sent / elapsed:,.0f} frames/s, "
+    if tune:
+        print(f"{label}: tuning {m.get('faultline_tune_seconds_total', 0):.2f} s in jobs, "
+              f"{m.get('faultline_tune_steps_total', 0):g} steps, "
+              f"{m.get('faultline_tune_updates_total{result="accepted"}', 0):g} accepted, "
+              f"{m.get('faultline_tune_updates_total{result="rejected"}', 0):g} rejected")
+    print(f"{label}: {sent} frames in {elapsed:.2f} s ({sent / elapsed:,.0f} frames/s, "
           f"{streams} streams, stride 15), {len(lat)} reports: processing p50 "
           f"{pct(lat, 50):.2f} ms p99 {pct(lat, 99):.2f} ms; frame-to-subscriber p50 "
           f"{pct(e2e, 50):.2f} ms p99 {pct(e2e, 99):.2f} ms; loop lag max "
@@ -172,6 +184,8 @@ def bench_latency(tab):
 
 
 tab = T.Table(EPISODE, MODS)
-bench_ingest(tab)
-bench_windows(tab)
-bench_latency(tab)
+if not TUNE_ONLY:
+    bench_ingest(tab)
+    bench_windows(tab)
+    bench_latency(tab)
+bench_tune()

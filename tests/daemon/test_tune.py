@@ -180,7 +180,8 @@ def scenario_drift():
           f"{f_off0:.4f} on {f_on0:.4f}; AUROC after drift off {a_off:.4f} on {a_on:.4f}; "
           f"eval settled FAR off {e_off:.4f} on {e_on:.4f}; {acc:g} accepted {rej:g} rejected, "
           f"{steps:g} steps in {secs:.2f} s, {tuned} of {len(versions)} reports tuned, buffer "
-          f"{buf:g}", flush=True)
+          f"{buf:g}; threshold off {m_off.get('faultline_model_threshold', 0):.4g} on "
+          f"{m_on.get('faultline_model_threshold', 0):.4g}", flush=True)
     check(f_on <= 0.5 * f_off, f"drift: tuning halves the false-alarm rate after the drift "
           f"({f_off:.4f} -> {f_on:.4f})")
     check(a_on >= a_off - 0.02, f"drift: injected faults still found after the drift (AUROC "

@@ -287,11 +287,79 @@ static void test_reject(void **state) {
   fixture_free(f);
 }
 
+/* A level the autoencoder never saw: the update moves the channel's mean
+ * after it (no further than norm_max), and once the buffer is re-standardised
+ * for the new model, the next update finds less left to follow. */
+static void test_norm_follows_drift(void **state) {
+  (void)state;
+  fixture *f = trained();
+  fl_tune_buffer *buf;
+  assert_int_equal(fl_tune_buffer_create(&buf, f->m, 200), 0);
+  fill(buf, f, 3.0f, 200, 13);
+  fl_tune_config cfg;
+  fl_tune_defaults(&cfg);
+  cfg.steps = 3;
+  cfg.batch = 16;
+  cfg.margin = 100.0f;
+  cfg.detect = f->dcfg;
+  cfg.norm_max = 0.5f;
+  cfg.recalibrate = 0; /* so that both runs below judge with one calibration */
+  fl_tune_job *j;
+  assert_int_equal(fl_tune_job_create(&j, f->m, &cfg), 0);
+  int nch = fl_model_channels(f->m);
+  float mean0[FL_MAX_TOTAL_CHANNELS];
+  memcpy(mean0, fl_model_mean(f->m), sizeof(float) * nch);
+  fl_calib cal = f->cal;
+  assert_int_equal(fl_tune_job_prepare(j, f->m, &cal, buf), 0);
+  fl_tune_result r;
+  assert_int_equal(fl_tune_job_run(j, &r), 0);
+  const float *mc = fl_model_mean(fl_tune_job_model(j)), *sd = fl_model_std(f->m);
+  print_message("norm shift %g sd: mean %g -> %g (sd %g); caught %g -> %g; AUROC %g -> %g; "
+                "clean score %g -> %g\n", r.norm_shift, mean0[0], mc[0], sd[0], r.det_old,
+                r.det_new, r.auc_old, r.auc_new, r.score_old, r.score_new);
+  /* The level rose: channel 0's mean follows it up, by at most norm_max. */
+  assert_true(r.norm_shift > 0.05f && r.norm_shift <= 0.5f + 1e-5f);
+  assert_true(mc[0] > mean0[0]);
+  for (int k = 0; k < nch; k++) assert_true(fabsf(mc[k] - mean0[k]) <= 0.5f * sd[k] + 1e-5f);
+  assert_true(r.accepted);
+  /* The live model moves only on apply; the buffer follows on rebase. */
+  assert_memory_equal(mean0, fl_model_mean(f->m), sizeof(float) * nch);
+  assert_int_equal(fl_tune_job_apply(j, f->m, &cal), 0);
+  assert_float_equal(fl_model_mean(f->m)[0], mc[0], 0.0f);
+  assert_int_equal(fl_tune_job_rebase(j, buf), 0);
+  /* The next job judges the live model on the re-standardised buffer: it
+   * scores exactly what the candidate scored on its own windows. */
+  fl_tune_job_free(j);
+  cfg.norm_max = 10.0f;
+  assert_int_equal(fl_tune_job_create(&j, f->m, &cfg), 0);
+  assert_int_equal(fl_tune_job_prepare(j, f->m, &cal, buf), 0);
+  fl_tune_result r2;
+  assert_int_equal(fl_tune_job_run(j, &r2), 0);
+  print_message("next: norm shift %g sd, clean score %g -> %g\n", r2.norm_shift, r2.score_old,
+                r2.score_new);
+  assert_true(isfinite(r2.norm_shift));
+  assert_float_equal(r2.score_old, r.score_new, 1e-3f);
+  assert_float_equal(r2.auc_old, r.auc_new, 1e-3f);
+  /* norm_rate 0 leaves the normalisation as trained. */
+  fl_tune_job_free(j);
+  cfg.norm_rate = 0.0f;
+  assert_int_equal(fl_tune_job_create(&j, f->m, &cfg), 0);
+  assert_int_equal(fl_tune_job_prepare(j, f->m, &cal, buf), 0);
+  assert_int_equal(fl_tune_job_run(j, &r2), 0);
+  assert_float_equal(r2.norm_shift, 0.0f, 0.0f);
+  assert_memory_equal(fl_model_mean(fl_tune_job_model(j)), fl_model_mean(f->m),
+                      sizeof(float) * nch);
+  fl_tune_job_free(j);
+  fl_tune_buffer_free(buf);
+  fixture_free(f);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_buffer_ring),
       cmocka_unit_test(test_accept_and_norms),
       cmocka_unit_test(test_reject),
+      cmocka_unit_test(test_norm_follows_drift),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

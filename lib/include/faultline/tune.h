@@ -92,6 +92,8 @@ typedef struct {
   float far_old, far_new;         /* held-out clean false-alarm rate */
   float det_old, det_new;         /* held-out windows with an injected fault that
                                    * score above the threshold */
+  float auc_old, auc_new;         /* AUROC of the held-out windows' scores, each
+                                   * with its injected fault against clean */
   float score_old, score_new;     /* mean held-out clean score over the threshold */
   float norm_shift;               /* largest move of a channel's mean, in sd */
   float threshold;                /* the new threshold (accepted updates) */
