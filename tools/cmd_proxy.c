@@ -1,6 +1,7 @@
 /* faultline proxy: the command line of the fan-in proxy (daemon/proxy.c). */
 #include <errno.h>
 #include <getopt.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +44,18 @@ static void proxy_usage(FILE *f) {
           "  --log-level LEVEL    err, warning, notice, info (default) or debug\n");
 }
 
+/* A usage error: the message, and exit status 2 as for unknown options. */
+static int proxy_bad(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int proxy_bad(const char *fmt, ...) {
+  va_list ap;
+  fputs("faultline proxy: ", stderr);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+  return 2;
+}
+
 static int proxy_int(const char *v, long lo, long hi, int *out) {
   char *end;
   long x = strtol(v, &end, 10);
@@ -73,58 +86,58 @@ int cmd_proxy(int argc, char **argv) {
     switch (opt) {
     case 'f':
       if (fld_proxy_endpoints(optarg, o.front, &o.n_front))
-        return cli_fail("proxy", "--frontend \"%s\": want at most %d comma-separated endpoints",
-                        optarg, FLD_MAX_ENDPOINTS), 2;
+        return proxy_bad("--frontend \"%s\": want at most %d comma-separated endpoints",
+                        optarg, FLD_MAX_ENDPOINTS);
       break;
     case 'b':
       if (fld_proxy_endpoints(optarg, o.back, &o.n_back))
-        return cli_fail("proxy", "--backend \"%s\": want at most %d comma-separated endpoints",
-                        optarg, FLD_MAX_ENDPOINTS), 2;
+        return proxy_bad("--backend \"%s\": want at most %d comma-separated endpoints",
+                        optarg, FLD_MAX_ENDPOINTS);
       break;
     case 'm':
       if (strlen(optarg) >= sizeof o.metrics_listen || !strrchr(optarg, ':'))
-        return cli_fail("proxy", "--metrics \"%s\": want ADDRESS:PORT", optarg), 2;
+        return proxy_bad("--metrics \"%s\": want ADDRESS:PORT", optarg);
       snprintf(o.metrics_listen, sizeof o.metrics_listen, "%s", optarg);
       break;
     case 'M':
       if (proxy_int(optarg, 1, 1024, &o.metrics_max_connections))
-        return cli_fail("proxy", "--max-connections \"%s\": want 1 to 1024", optarg), 2;
+        return proxy_bad("--max-connections \"%s\": want 1 to 1024", optarg);
       break;
     case 'w':
       if (proxy_int(optarg, 0, 100000000, &o.hwm))
-        return cli_fail("proxy", "--hwm \"%s\": want 0 to 100000000", optarg), 2;
+        return proxy_bad("--hwm \"%s\": want 0 to 100000000", optarg);
       break;
     case 'k':
-      if (proxy_path(o.curve_key, optarg)) return cli_fail("proxy", "--curve-key: bad path"), 2;
+      if (proxy_path(o.curve_key, optarg)) return proxy_bad("--curve-key: bad path");
       break;
     case 'a':
       if (proxy_path(o.authorized_keys, optarg))
-        return cli_fail("proxy", "--authorized-keys: bad path"), 2;
+        return proxy_bad("--authorized-keys: bad path");
       break;
     case 'F':
       if (proxy_path(o.front_server_key, optarg))
-        return cli_fail("proxy", "--frontend-server-key: bad path"), 2;
+        return proxy_bad("--frontend-server-key: bad path");
       break;
     case 'B':
       if (proxy_path(o.back_server_key, optarg))
-        return cli_fail("proxy", "--backend-server-key: bad path"), 2;
+        return proxy_bad("--backend-server-key: bad path");
       break;
     case 'l':
       if (fld_log_parse_level(optarg, &o.log_level))
-        return cli_fail("proxy", "--log-level \"%s\": want err, warning, notice, info or debug",
-                        optarg), 2;
+        return proxy_bad("--log-level \"%s\": want err, warning, notice, info or debug",
+                        optarg);
       break;
     case 'h': proxy_usage(stdout); return 0;
     default: proxy_usage(stderr); return 2;
     }
   }
-  if (optind < argc) return cli_fail("proxy", "unexpected argument \"%s\"", argv[optind]), 2;
+  if (optind < argc) return proxy_bad("unexpected argument \"%s\"", argv[optind]);
   if (!o.n_front || !o.n_back)
-    return cli_fail("proxy", "--frontend and --backend are required (see --help)"), 2;
+    return proxy_bad("--frontend and --backend are required (see --help)");
   if ((o.front_server_key[0] || o.back_server_key[0] || o.authorized_keys[0]) && !o.curve_key[0])
-    return cli_fail("proxy", "--authorized-keys and the server keys need --curve-key"), 2;
+    return proxy_bad("--authorized-keys and the server keys need --curve-key");
   if (o.curve_key[0] && !o.authorized_keys[0])
-    return cli_fail("proxy", "--curve-key needs --authorized-keys (the clients it admits)"), 2;
+    return proxy_bad("--curve-key needs --authorized-keys (the clients it admits)");
   /* Unreadable key files are the usual mistake: name the option. */
   const struct { const char *opt, *path; } files[] = {
       {"--curve-key", o.curve_key}, {"--authorized-keys", o.authorized_keys},
