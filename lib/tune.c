@@ -538,7 +538,16 @@ static void fl__merge_calib(fl_calib *c, const fl_calib *cur) {
     FL__UP(var_sd[k]);
     FL__UP(cor_mu[k]);
     FL__UP(cor_sd[k]);
+    FL__UP(rat_mu[k]);
+    FL__UP(rat_sd[k]);
+    /* The baseline feature reads the input alone, which no update changes,
+     * and the buffer holds no ordered stream to measure it on: the model's
+     * statistics stay. */
+    c->bas_mu[k] = cur->bas_mu[k];
+    c->bas_sd[k] = cur->bas_sd[k];
   }
+  c->w_base = cur->w_base;
+  c->base_span = cur->base_span;
   FL__UP(emb_mu);
   FL__UP(emb_sd);
   FL__UP(threshold);
