@@ -30,6 +30,8 @@
 #include <dirent.h>
 #include <errno.h>
 #include <signal.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "faultline/error.h"
@@ -59,6 +61,7 @@ typedef struct fld_tuner {
   /* the job's outcome, written by the worker, read after it */
   fl_tune_result res;
   int rc, save_rc, save_due;
+  int nice_failed;       /* a worker could not lower its priority (logged once) */
   uint64_t save_updates;
   char save_err[400];
   char lineage[1024];      /* of the model in service */
@@ -311,8 +314,22 @@ static void fld__keep_previous(const char *path) {
   if (link(path, tmp) == 0 && rename(tmp, prev) != 0) unlink(tmp);
 }
 
+/* The nice value of the thread-pool threads that run tuning jobs.  Training
+ * competes with the loop thread for the cores; at a lower priority the
+ * scheduler hands a contended core to the loop as soon as a frame wakes it.
+ * Tuning is the only user of the thread pool, so the threads keep it (a
+ * thread without CAP_SYS_NICE could not raise it back anyway). */
+#define FLD_TUNE_NICE 10
+
 static void fld__work(uv_work_t *req) {
   fld_tuner *t = req->data;
+  static __thread int niced;
+  if (!niced) {
+    /* On Linux a nice value belongs to the thread. */
+    niced = 1;
+    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), FLD_TUNE_NICE))
+      t->nice_failed = 1;
+  }
   t->rc = fl_tune_job_run(t->job, &t->res);
   t->save_rc = 0;
   if (t->rc || !t->res.accepted || !t->save_due) return;
@@ -356,6 +373,11 @@ static void fld__after(uv_work_t *req, int status) {
   fld_tuner *t = req->data;
   fld_app *app = t->app;
   t->busy = 0;
+  if (t->nice_failed == 1) {
+    t->nice_failed = 2;
+    fld_log(FLD_WARNING, "tune: cannot lower the worker's priority: training competes with "
+                         "the loop at its priority");
+  }
   double secs = t->res.seconds;
   t->seconds += secs;
   t->steps += (uint64_t)t->res.steps;

@@ -3,7 +3,7 @@
 and latency under a steady 10k frames/s.
 
 usage: bench_daemon.py FAULTLINED FAULTLINE MODEL EPISODE_CSV CONFIG [--quick]
-                       [--tune-only] [--runs N]
+                       [--tune-only] [--runs N] [--rate FRAMES_PER_S]
 
   ingest    frames/s with scoring off ([output] score = 0): the daemon is
             stopped (SIGSTOP) while the frames are queued, then resumed and
@@ -13,7 +13,7 @@ usage: bench_daemon.py FAULTLINED FAULTLINE MODEL EPISODE_CSV CONFIG [--quick]
             `faultline score` (stride 1, the same rows) offline
   latency   p50/p99 of the reports' processing latency (and of the time from
             a frame's timestamp to its report's arrival here) with 10 streams
-            paced at 10k frames/s in total, stride 15
+            paced at 10k frames/s in total (--rate), stride 15
   tune      the latency run with online tuning off, on at its default CPU
             budget ([tune] cpu_share 0.25) and on without pause between
             jobs (cpu_share 1), N runs each interleaved (--runs, default 3),
@@ -37,6 +37,7 @@ FLD, FL, MODEL, EPISODE, CONFIG = map(os.path.abspath, sys.argv[1:6])
 QUICK = "--quick" in sys.argv
 TUNE_ONLY = "--tune-only" in sys.argv
 RUNS = int(sys.argv[sys.argv.index("--runs") + 1]) if "--runs" in sys.argv else 3
+RATE = int(sys.argv[sys.argv.index("--rate") + 1]) if "--rate" in sys.argv else 10000
 TMP = tempfile.mkdtemp(prefix="fld-bench-")
 pb = T.load_proto(TMP)
 MODS = T.modalities(CONFIG)
@@ -122,7 +123,7 @@ def pct(v, p):
 
 
 def bench_latency(tab, tune=None, label="latency"):
-    rate, streams, secs = 10000, 10, 3 if QUICK else 6
+    rate, streams, secs = RATE, 10, 3 if QUICK else 6
     d, ports = daemon(label, output={"stride": 15}, **({"tune": tune} if tune else {}))
     ctx = zmq.Context()
     sub = T.subscriber(ctx, f"tcp://127.0.0.1:{ports['out']}")
@@ -172,15 +173,37 @@ def bench_latency(tab, tune=None, label="latency"):
     d.stop()
     ctx.destroy(linger=0)
     if tune:
+        acc = m.get('faultline_tune_updates_total{result="accepted"}', 0)
+        rej = m.get('faultline_tune_updates_total{result="rejected"}', 0)
         print(f"{label}: tuning {m.get('faultline_tune_seconds_total', 0):.2f} s in jobs, "
               f"{m.get('faultline_tune_steps_total', 0):g} steps, "
-              f"{m.get('faultline_tune_updates_total{result="accepted"}', 0):g} accepted, "
-              f"{m.get('faultline_tune_updates_total{result="rejected"}', 0):g} rejected")
+              f"{acc:g} accepted, {rej:g} rejected")
     print(f"{label}: {sent} frames in {elapsed:.2f} s ({sent / elapsed:,.0f} frames/s, "
           f"{streams} streams, stride 15), {len(lat)} reports: processing p50 "
           f"{pct(lat, 50):.2f} ms p99 {pct(lat, 99):.2f} ms; frame-to-subscriber p50 "
           f"{pct(e2e, 50):.2f} ms p99 {pct(e2e, 99):.2f} ms; loop lag max "
           f"{m.get('faultline_event_loop_lag_max_seconds', 0) * 1e3:.1f} ms")
+    return pct(lat, 99), pct(e2e, 99)
+
+
+def bench_tune():
+    """p99 latency with tuning off and on, interleaved runs, medians."""
+    base = {"enabled": 1, "buffer": 256, "min_windows": 48, "gate": 1.0, "span": 1,
+            "steps": 50, "max_updates_per_hour": 360000, "checkpoint": ""}
+    modes = [("off", None), ("on-share-0.25", dict(base, cpu_share=0.25)),
+             ("on-share-1", dict(base, cpu_share=1.0))]
+    res = {k: [] for k, _ in modes}
+    for r in range(RUNS):
+        for name, tune in modes:
+            res[name].append(bench_latency(tab, tune, f"tune {name} run {r + 1}"))
+    def med(v):
+        return sorted(v)[len(v) // 2]
+    off = med([p for p, _ in res["off"]]), med([e for _, e in res["off"]])
+    for name, _ in modes:
+        p, e = med([p for p, _ in res[name]]), med([e for _, e in res[name]])
+        print(f"tune {name}: medians of {RUNS} runs: processing p99 {p:.2f} ms "
+              f"({p / off[0]:.2f}x off), frame-to-subscriber p99 {e:.2f} ms "
+              f"({e / off[1]:.2f}x off)")
 
 
 tab = T.Table(EPISODE, MODS)
