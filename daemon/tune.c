@@ -1,4 +1,5 @@
-/* faultlined tune: online fine-tuning of the compute block.  See fld.h.
+/* faultlined tune: online fine-tuning (the normalisation follows the
+ * operating point, the compute block trains).  See fld.h.
  *
  * The maths is lib/tune.c's; this file decides which windows are clean,
  * when a job may run, and moves weights and files around:
@@ -7,15 +8,16 @@
  *              and no window of its stream within `span` windows before or
  *              after it was above the threshold or flagged; candidates wait
  *              in a per-stream ring until their later neighbours are seen
- *   schedule   one job at a time in the libuv thread pool, at most
- *              max_updates_per_hour, and after a job of t seconds the next
- *              waits t (1 / cpu_share - 1) so that training takes about
+ *   schedule   one job at a time in the libuv thread pool, at nice 10, at
+ *              most max_updates_per_hour, and after a job of t seconds the
+ *              next waits t (1 / cpu_share - 1) so that training takes about
  *              cpu_share of one core
  *   swap       the job trains on private copies; its after-work callback
  *              runs on the loop thread, between batches, and copies the
- *              accepted parameters and calibration into the engine, so a
+ *              accepted parameters, normalisation and calibration into the
+ *              engine (and re-standardises the buffered windows), so a
  *              window is scored entirely by the old or entirely by the new
- *              weights
+ *              model
  *   files      every checkpoint_every accepted updates the worker writes the
  *              accepted model (fl_bundle_save: temporary file, fsync, rename,
  *              fsync of the directory), the previous one kept as PATH.1, and

@@ -1,33 +1,55 @@
-/* faultline tune: online fine-tuning of the compute block (and head) on
- * windows judged clean, as the daemon's [tune] section runs it.
+/* faultline tune: online fine-tuning of the normalisation and the compute
+ * block (and, if asked, the head) on windows judged clean, as the daemon's
+ * [tune] section runs it.
  *
  *   buffer   a bounded ring of clean standardised windows (input, mask and
  *            the trend removed from drifting modalities, as fl_model_normalise
  *            left them in a context slot); the oldest is overwritten
  *   job      works on private copies: fl_tune_job_prepare (caller's thread)
  *            copies the current model's parameters, its calibration and the
- *            buffer's windows; fl_tune_job_run (any thread) runs `steps`
+ *            buffer's windows; fl_tune_job_run (any thread) first lets the
+ *            normalisation follow the operating point, then runs `steps`
  *            stage-2 steps (lib/train.c's fl_train_step: faults injected into
  *            the buffer windows, correction loss, and NT-Xent when the head
- *            is tuned too (lr_head > 0), per-module
- *            clipping, every layer projected under its target after every
- *            step) on the training part, then validates on the held-out
- *            part (the newest val_fraction of the windows) against the
- *            current model; fl_tune_job_apply (caller's thread) copies an
- *            accepted update into the live model and calibration.
+ *            is tuned too (lr_head > 0), per-module clipping, every layer
+ *            projected under its target after every step) on the training
+ *            part, then validates on the held-out part (the newest
+ *            val_fraction of the windows) against the current model;
+ *            fl_tune_job_apply (caller's thread) copies an accepted update
+ *            into the live model and calibration, and fl_tune_job_rebase
+ *            re-standardises the buffers for it.
  *
- * Validation: the correction loss on the held-out windows with faults
- * injected from a fixed seed (the same faults for both models) and the
- * false-alarm rate on the clean held-out windows (score above the
- * threshold).  The current model is judged with its own calibration, the
- * candidate with a calibration from the training part of the buffer.  The
- * update is accepted only if the loss does not exceed the current one by more
- * than margin (relative) and the false-alarm rate does not exceed the current
- * one by more than margin (absolute).  On acceptance the calibration of the
- * update is computed on every buffered window (the held-out part alone is a
- * few dozen overlapping windows) and only loosens the one in service: the
- * buffer is a narrow slice of recent windows that the gate let through for
- * scoring low, so their feature levels are biased low and their spreads
+ * Why the normalisation: detection rests on the stage-1 residual (encoders
+ * and decoders, block bypassed), which block tuning cannot change.  When the
+ * plant's operating point drifts slowly (a supply voltage, a wearing pump),
+ * a channel judged by its level meets levels the autoencoder never saw; it
+ * reconstructs them with a bias towards the levels it knows, and that bias
+ * is the residual that raises false alarms.  The job measures the bias of
+ * each such channel on the clean training windows and moves it into the
+ * channel's mean (norm_rate of it per pass, three passes, at most norm_max
+ * standard deviations per update), so the autoencoder sees the channel back
+ * where it reconstructs it.  Only windows the gate judged clean inform it:
+ * a fault enters the normalisation only if it never scored above gate x
+ * threshold, so a sensor drift slow and small enough to stay below it is
+ * followed like a drift of the plant.
+ *
+ * Validation: on the held-out windows, with faults injected from a fixed
+ * seed (the same faults for both models): the correction loss, and the AUROC
+ * of the faulted windows' scores against the clean windows' scores; on the
+ * clean held-out windows: the false-alarm rate (score above the threshold)
+ * and the mean score over the threshold.  The current model is judged with
+ * its own calibration, the candidate with a calibration from the training
+ * part of the buffer (recalibrate 1) or the current one (0).  The update is
+ * accepted only if neither the loss nor the mean clean score exceeds the
+ * current one by more than margin (relative), the false-alarm rate does not
+ * exceed it by more than margin (absolute), and the AUROC does not fall by
+ * more than margin.  (The share of faulted windows above the threshold is
+ * reported, not judged: a detector that was half-alarmed on drifted clean
+ * windows caught faults it did not see.)  On acceptance the calibration of
+ * the update is computed on every buffered window (the held-out part alone
+ * is a few dozen overlapping windows) and only loosens the one in service:
+ * the buffer is a narrow slice of recent windows that the gate let through
+ * for scoring low, so their feature levels are biased low and their spreads
  * narrow.  Feature levels, spreads and thresholds move up where the buffer
  * says so and stay otherwise (the variance feature's level moves down: it
  * flags a collapse).  The candidate's own calibration for the comparison is
