@@ -94,15 +94,20 @@ static void run_parity(fl_bundle *b, const float *raw, size_t n, size_t wsize, F
   float **yb = xmalloc(sizeof(float *) * s->n_mod);
   for (int i = 0; i < s->n_mod; i++)
     yb[i] = xmalloc(sizeof(float) * Bmax * s->mod[i].channels * s->window * s->mod[i].rate);
-  for (size_t w0 = 0; w0 < n; w0 += Bmax) {
-    int B = n - w0 < (size_t)Bmax ? (int)(n - w0) : Bmax;
-    load(b, ctx, raw, wsize, (int)w0, B);
-    if (fl_model_forward(b->model, ctx, B, 1, 1)) die("forward");
+  /* Batches of every size class of lib/nn.c's dense paths (sgemv, the
+   * small-batch kernel, sgemm) in turn. */
+  static const int sizes[] = {1, 2, 5, 8, 16, 17, 64};
+  int step = 0;
+  for (size_t w0 = 0, B; w0 < n; w0 += B, step++) {
+    B = (size_t)sizes[step % (int)(sizeof sizes / sizeof *sizes)];
+    if (B > n - w0) B = n - w0;
+    load(b, ctx, raw, wsize, (int)w0, (int)B);
+    if (fl_model_forward(b->model, ctx, (int)B, 1, 1)) die("forward");
     for (int i = 0; i < s->n_mod; i++)
       memcpy(yb[i], fl_ctx_output(ctx, i),
              sizeof(float) * B * s->mod[i].channels * s->window * s->mod[i].rate);
-    if (fl_model_forward_latent(b->model, ctx, B, 0, 0)) die("forward");
-    for (int k = 0; k < B; k++) {
+    if (fl_model_forward_latent(b->model, ctx, (int)B, 0, 0)) die("forward");
+    for (size_t k = 0; k < B; k++) {
       for (int pass = 0; pass < 3; pass++)
         for (int i = 0; i < s->n_mod; i++) {
           size_t ct = (size_t)s->mod[i].channels * s->window * s->mod[i].rate;
