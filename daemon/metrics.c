@@ -118,6 +118,16 @@ char *fld_metrics_render(fld_app *app, size_t *len) {
   fprintf(f, "faultline_streams_limit %d\n", app->cfg.max_streams);
   fld__head(f, "faultline_report_subscriptions", "gauge", "Topic subscriptions on the report socket.");
   fprintf(f, "faultline_report_subscriptions %lld\n", (long long)m->subscriptions);
+  /* The shard: which daemon takes which streams is visible in one query over
+   * every daemon's metrics. */
+  fld__head(f, "faultline_input_topic_info", "gauge",
+            "The frame topic prefixes this daemon subscribes to (value 1), by topic.");
+  if (app->cfg.in_type == FLD_IN_SUB)
+    for (int i = 0; i < app->cfg.n_topics; i++) {
+      fputs("faultline_input_topic_info{topic=\"", f);
+      fld__label(f, app->cfg.in_topic[i]);
+      fputs("\"} 1\n", f);
+    }
   fld__head(f, "faultline_model_info", "gauge", "The model in service (value 1), by version.");
   fprintf(f, "faultline_model_info{version=\"%s\"} 1\n", app->eng->version);
   fld__head(f, "faultline_model_load_timestamp_seconds", "gauge", "When the model in service was loaded.");

@@ -307,6 +307,9 @@ def scenario_shard():
               f"({m['faultline_frames_received_total']:.0f} received, "
               f"{m['faultline_streams']:.0f} streams)")
         check(m["faultline_sequence_gaps_total"] == 0, f"shard: daemon {d} saw no gap itself")
+        check(m.get(f'faultline_input_topic_info{{topic="frame/s{d}-"}}') == 1 and
+              sum(k.startswith("faultline_input_topic_info") for k in m) == 1,
+              f"shard: daemon {d} exports its one prefix")
     # The proxies, scraped over HTTP.
     fm, ftext = T.metrics(fproxy.http)
     fwd = fm['faultline_proxy_messages_total{direction="downstream"}']
