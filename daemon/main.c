@@ -151,9 +151,37 @@ static int fld__open_sockets(fld_app *app, char *err, size_t errlen) {
   return 0;
 }
 
+static int fld__has_topic(const fld_config *c, const char *t) {
+  for (int i = 0; i < c->n_topics; i++)
+    if (!strcmp(c->in_topic[i], t)) return 1;
+  return 0;
+}
+
+/* A reload may move prefixes between daemons ([input] topic): the new ones
+ * are subscribed before the old ones are dropped, so that a prefix kept in
+ * both never misses a frame.  Streams of a dropped prefix keep their state
+ * (and their place under max_streams) until a restart; a stream that comes
+ * back starts where its sequence numbers say.  Not for PULL input, which
+ * has no topics. */
+static void fld__reshard(fld_app *app, const fld_config *nc) {
+  const fld_config *oc = &app->cfg;
+  if (oc->in_type != FLD_IN_SUB || nc->in_type != FLD_IN_SUB) return;
+  for (int i = 0; i < nc->n_topics; i++)
+    if (!fld__has_topic(oc, nc->in_topic[i])) {
+      zmq_setsockopt(app->in_sock, ZMQ_SUBSCRIBE, nc->in_topic[i], strlen(nc->in_topic[i]));
+      fld_log(FLD_NOTICE, "reload: subscribed to %s", nc->in_topic[i]);
+    }
+  for (int i = 0; i < oc->n_topics; i++)
+    if (!fld__has_topic(nc, oc->in_topic[i])) {
+      zmq_setsockopt(app->in_sock, ZMQ_UNSUBSCRIBE, oc->in_topic[i], strlen(oc->in_topic[i]));
+      fld_log(FLD_NOTICE, "reload: unsubscribed from %s", oc->in_topic[i]);
+    }
+}
+
 /* SIGHUP: a new configuration and model, or the old ones with a reason.
  * Endpoints, socket types, CurveZMQ and the metrics address stay as they
- * were (they need a restart); everything else takes effect now. */
+ * were (they need a restart); everything else takes effect now, the
+ * shard's topic prefixes included. */
 static void fld__reload(fld_app *app) {
   char err[600];
   fld_config nc;
@@ -172,13 +200,13 @@ static void fld__reload(fld_app *app) {
   const fld_config *oc = &app->cfg;
   if (nc.in_type != oc->in_type || nc.in_bind != oc->in_bind || nc.n_in != oc->n_in ||
       memcmp(nc.in_endpoint, oc->in_endpoint, sizeof nc.in_endpoint) ||
-      nc.n_topics != oc->n_topics || memcmp(nc.in_topic, oc->in_topic, sizeof nc.in_topic) ||
       nc.out_bind != oc->out_bind || nc.n_out != oc->n_out ||
       memcmp(nc.out_endpoint, oc->out_endpoint, sizeof nc.out_endpoint) ||
       nc.curve != oc->curve || strcmp(nc.secret_key_file, oc->secret_key_file) ||
       strcmp(nc.metrics_listen, oc->metrics_listen) || nc.max_message_bytes != oc->max_message_bytes)
-    fld_log(FLD_WARNING, "reload: endpoints, topic, size limit, CurveZMQ and the metrics "
-                         "address take effect at the next restart");
+    fld_log(FLD_WARNING, "reload: endpoints, size limit, CurveZMQ and the metrics address "
+                         "take effect at the next restart");
+  fld__reshard(app, &nc);
   /* The old model finishes what it started. */
   fld_ingest_flush(app);
   int keep = fld_engine_compatible(app->eng, ne) && nc.stride == oc->stride;
@@ -197,12 +225,15 @@ static void fld__reload(fld_app *app) {
   }
   /* Keep what needs a restart as it is, take the rest. */
   fld_config merged = nc;
+  if (nc.in_type != oc->in_type) {
+    /* The socket stays what it was, and so do its subscriptions. */
+    merged.n_topics = oc->n_topics;
+    memcpy(merged.in_topic, oc->in_topic, sizeof merged.in_topic);
+  }
   merged.in_type = oc->in_type;
   merged.in_bind = oc->in_bind;
   merged.n_in = oc->n_in;
   memcpy(merged.in_endpoint, oc->in_endpoint, sizeof merged.in_endpoint);
-  merged.n_topics = oc->n_topics;
-  memcpy(merged.in_topic, oc->in_topic, sizeof merged.in_topic);
   merged.out_bind = oc->out_bind;
   merged.n_out = oc->n_out;
   memcpy(merged.out_endpoint, oc->out_endpoint, sizeof merged.out_endpoint);

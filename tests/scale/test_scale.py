@@ -20,6 +20,10 @@ SCENARIO is one of:
           the daemon, the publisher and the consumer reconnect by
           themselves, and every window of the frames sent afterwards is
           reported.
+  reshard a prefix moves from one daemon to another with SIGHUP ([input]
+          topic changed, no restart): the old owner releases it, the new
+          one takes it; every window of the other streams is reported, the
+          moved stream's windows once each, by its owner of the moment.
   cli     bad input to `faultline proxy` fails with a clear message and
           exit status 2 (or 1 for a run-time error); --help answers; [input]
           topic lists are checked; two chained proxies forward in order;
@@ -470,6 +474,80 @@ def scenario_restart():
     ctx.destroy(linger=0)
 
 
+def scenario_reshard():
+    fproxy, rproxy = Proxy("frames"), Proxy("reports")
+    cfgs = [daemon_config(f"d{d}", f"frame/{p}-", fproxy, rproxy) for d, p in enumerate("ab")]
+    daemons = [T.Daemon(FLD, path) for path, _ in cfgs]
+    for dm, (path, http) in zip(daemons, cfgs):
+        dm.wait_http(http)
+    ctx = zmq.Context()
+    sub = T.subscriber(ctx, f"tcp://127.0.0.1:{rproxy.back}")
+    for path, http in cfgs:
+        T.wait_metric(http, "faultline_report_subscriptions", lambda v: v >= 1)
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    pub.connect(f"tcp://127.0.0.1:{fproxy.front}")
+    check(wait_sub_messages(pub, [b"\x01frame/a-", b"\x01frame/b-"]),
+          "reshard: the publisher sees both daemons")
+    fx = Frames()
+    got = {}
+
+    def send(lo, hi):
+        for seq in range(lo, hi):
+            for s in ("a-1", "b-1"):
+                pub.send_multipart([b"frame/" + s.encode(), fx.get(s, seq)])
+
+    send(0, 90)
+    want1 = {(s, e) for s in ("a-1", "b-1") for e in (59, 74, 89)}
+    drain(sub, got, lambda: want1 <= set(got), 30)
+    check(want1 <= set(got), "reshard: before: both streams reported")
+    # Hand b- from daemon 1 to daemon 0: the old owner releases it first (its
+    # last subscription leaving reaches the publisher), then the new owner
+    # takes it, so that no frame of b- reaches both.
+    def reload(d, topics):
+        path, http = cfgs[d]
+        T.write_config(path, CONFIG, {
+            "model": {"file": MODEL},
+            "input": {"endpoint": f"tcp://127.0.0.1:{fproxy.back}", "bind": 0,
+                      "topic": topics, "max_streams": 128},
+            "output": {"endpoint": f"tcp://127.0.0.1:{rproxy.front}", "bind": 0,
+                       "stride": STRIDE},
+            "metrics": {"listen": f"127.0.0.1:{http}"}, "log": {"level": "notice"}})
+        daemons[d].signal(signal.SIGHUP)
+        check(T.wait_metric(http, 'faultline_reloads_total{result="success"}',
+                            lambda v: v >= 1) == 1, f"reshard: daemon {d} reloaded")
+    reload(1, "frame/c-")
+    check(wait_sub_messages(pub, [b"\x00frame/b-", b"\x01frame/c-"]),
+          "reshard: daemon 1 released frame/b- and took frame/c-")
+    reload(0, "frame/a-, frame/b-")
+    check(wait_sub_messages(pub, [b"\x01frame/b-"]), "reshard: daemon 0 took frame/b-")
+    send(90, 180)
+    # a-1 goes on; b-1 starts afresh on daemon 0 at tick 90.
+    want2 = want1 | {("a-1", e) for e in range(104, 180, STRIDE)} | \
+        {("b-1", e) for e in (149, 164, 179)}
+    drain(sub, got, lambda: want2 <= set(got), 30)
+    drain(sub, got, lambda: False, 0.5)  # a duplicate or stray report would show now
+    check(set(got) == want2 and all(n == 1 for n in got.values()),
+          f"reshard: every window once, b-1 from its new owner after the hand-over "
+          f"({len(set(got) & want2)} of {len(want2)}, {len(set(got) - want2)} unexpected)")
+    m0, _ = T.metrics(cfgs[0][1])
+    m1, _ = T.metrics(cfgs[1][1])
+    check(m0["faultline_reports_total"] == 12 and m1["faultline_reports_total"] == 3,
+          f"reshard: daemon 0 published 12 reports, daemon 1 3 "
+          f"({m0['faultline_reports_total']:.0f}, {m1['faultline_reports_total']:.0f})")
+    check(m0.get('faultline_input_topic_info{topic="frame/b-"}') == 1 and
+          m1.get('faultline_input_topic_info{topic="frame/c-"}') == 1 and
+          'faultline_input_topic_info{topic="frame/b-"}' not in m1,
+          "reshard: the shards in /metrics follow the reload")
+    check(m1["faultline_frames_received_total"] == 90, "reshard: daemon 1 got no b- frame after")
+    check("subscribed to frame/b-" in daemons[0].logtext() and
+          "unsubscribed from frame/b-" in daemons[1].logtext(), "reshard: the moves are logged")
+    for dm in daemons:
+        check(dm.stop() == 0, "reshard: clean exit")
+    check(fproxy.stop() == 0 and rproxy.stop() == 0, "reshard: proxies exit 0")
+    ctx.destroy(linger=0)
+
+
 def scenario_cli():
     def run(*args):
         r = subprocess.run([FL, "proxy", *args], capture_output=True, text=True, timeout=20)
@@ -547,7 +625,7 @@ def scenario_cli():
 
 try:
     {"shard": scenario_shard, "curve": scenario_curve, "restart": scenario_restart,
-     "cli": scenario_cli}[SCENARIO]()
+     "reshard": scenario_reshard, "cli": scenario_cli}[SCENARIO]()
 finally:
     pass
 T.finish("scale_" + SCENARIO)
