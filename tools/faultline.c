@@ -33,7 +33,7 @@ static void usage(FILE *f) {
   fprintf(f, "usage: faultline COMMAND [OPTIONS]   (faultline COMMAND --help for each)\n\n"
              "commands:\n");
   for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++)
-    fprintf(f, "  %-9s %s\n", cmds[i].name, cmds[i].help);
+    fprintf(f, "  %-9s  %s\n", cmds[i].name, cmds[i].help);
   fprintf(f, "\nfaultline %s\n", "0.1.0");
 }
 
