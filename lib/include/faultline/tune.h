@@ -38,15 +38,17 @@
  * of the faulted windows' scores against the clean windows' scores; on the
  * clean held-out windows: the false-alarm rate (score above the threshold)
  * and the mean score over the threshold.  The current model is judged with
- * its own calibration, the candidate with a calibration from the training
- * part of the buffer (recalibrate 1) or the current one (0).  The update is
+ * its own calibration, the candidate with the current one too unless the
+ * calibration has to move with it (recalibrate 1, a tuned head, or the
+ * corrected residual in the score: then from the training part of the
+ * buffer).  The update is
  * accepted only if neither the loss nor the mean clean score exceeds the
  * current one by more than margin (relative), the false-alarm rate does not
  * exceed it by more than margin (absolute), and the AUROC does not fall by
  * more than margin.  (The share of faulted windows above the threshold is
  * reported, not judged: a detector that was half-alarmed on drifted clean
- * windows caught faults it did not see.)  On acceptance the calibration of
- * the update is computed on every buffered window (the held-out part alone
+ * windows caught faults it did not see.)  When the calibration moves with
+ * an update, on acceptance it is computed on every buffered window (the held-out part alone
  * is a few dozen overlapping windows) and only loosens the one in service:
  * the buffer is a narrow slice of recent windows that the gate let through
  * for scoring low, so their feature levels are biased low and their spreads
@@ -82,7 +84,8 @@ typedef struct {
                        * standard deviations (0.5) */
   int recalibrate;    /* 1: an accepted update's calibration comes from the
                        * buffer, loosening only (see above); 0: the calibration
-                       * in service stays (1) */
+                       * in service stays unless the head is tuned or the
+                       * corrected residual is scored (w_corr > 0) (0) */
   uint64_t seed;
   fl_train_config train;   /* p_clean, tau, w_contrast, clip, faults, clamp, lr_dec2 */
   fl_detect_config detect; /* the recalibration's quantiles */
