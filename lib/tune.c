@@ -498,17 +498,22 @@ static int fl__norm_adapt(fl_tune_job *j, int ntrain, float *max_shift) {
   return 0;
 }
 
+int fl_tune_job_norm_delta(const fl_tune_job *j, float *d) {
+  if (!j || !d || !j->accepted) return FL_EINVAL;
+  int nch = fl_model_channels(j->cand);
+  const float *m0 = fl_model_mean(j->ref), *m1 = fl_model_mean(j->cand),
+              *sd = fl_model_std(j->cand);
+  for (int k = 0; k < nch; k++) d[k] = (m1[k] - m0[k]) / sd[k];
+  return 0;
+}
+
 int fl_tune_job_rebase(const fl_tune_job *j, fl_tune_buffer *b) {
   if (!j || !b || !j->accepted || b->lay.stride != j->lay.stride) return FL_EINVAL;
   const fl_model_spec *spec = fl_model_spec_of(j->cand);
   int nch = fl_model_channels(j->cand), any = 0;
-  const float *m0 = fl_model_mean(j->ref), *m1 = fl_model_mean(j->cand),
-              *sd = fl_model_std(j->cand);
   float d[FL_MAX_TOTAL_CHANNELS];
-  for (int k = 0; k < nch; k++) {
-    d[k] = (m1[k] - m0[k]) / sd[k];
-    any |= d[k] != 0.0f;
-  }
+  fl_tune_job_norm_delta(j, d);
+  for (int k = 0; k < nch; k++) any |= d[k] != 0.0f;
   if (!any) return 0;
   float clamp = j->cfg.train.clamp > 0.0f ? j->cfg.train.clamp : 1e30f;
   for (int k = 0; k < b->count; k++)

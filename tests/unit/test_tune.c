@@ -327,6 +327,10 @@ static void test_norm_follows_drift(void **state) {
   assert_int_equal(fl_tune_job_apply(j, f->m, &cal), 0);
   assert_float_equal(fl_model_mean(f->m)[0], mc[0], 0.0f);
   assert_int_equal(fl_tune_job_rebase(j, buf), 0);
+  float d[FL_MAX_TOTAL_CHANNELS];
+  assert_int_equal(fl_tune_job_norm_delta(j, d), 0);
+  assert_float_equal(d[0], (mc[0] - mean0[0]) / sd[0], 1e-6f);
+  assert_true(fabsf(d[0]) > 0.0f);
   /* The next job judges the live model on the re-standardised buffer: it
    * scores exactly what the candidate scored on its own windows. */
   fl_tune_job_free(j);

@@ -146,6 +146,12 @@ int fl_tune_job_apply(const fl_tune_job *j, fl_model *dst, fl_calib *cal);
  * agree.  Call after fl_tune_job_apply, for every buffer of that model
  * (FL_EINVAL when the last run was not accepted). */
 int fl_tune_job_rebase(const fl_tune_job *j, fl_tune_buffer *b);
+/* The move of each model channel's mean (fl_model_channels of them) that the
+ * last accepted run made, in the channel's standard deviations (new - old):
+ * any other state kept in standardised units (a stream's baseline level)
+ * must move by -d[c] when the update is applied, as fl_tune_job_rebase moves
+ * the buffers.  FL_EINVAL when the last run was not accepted. */
+int fl_tune_job_norm_delta(const fl_tune_job *j, float *d);
 /* The calibration of the last accepted run (NULL if not accepted). */
 const fl_calib *fl_tune_job_calib(const fl_tune_job *j);
 /* The candidate model of the last run (for tests and analysis). */
