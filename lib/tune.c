@@ -298,8 +298,8 @@ static int fl__cmp_scored(const void *a, const void *b) {
 }
 
 /* AUROC of n scores against labels (1 positive), ties counting one half:
- * the rank-sum (Mann-Whitney) form.  Sorts through scratch the size of the
- * job's validation arrays. */
+ * the rank-sum (Mann-Whitney) form, O(n log n).  NaN when a class is empty
+ * or the scratch cannot be had (the check then passes: it has no evidence). */
 static float fl__auroc(const float *s, const int *l, int n) {
   fl__scored *v = malloc(sizeof *v * (size_t)(n > 0 ? n : 1));
   if (!v) return NAN;
