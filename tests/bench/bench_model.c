@@ -6,18 +6,18 @@
  *   bench_model time MODEL RAW THREADS REPS   inference, floor and bound
  *   bench_model train MODEL RAW RAW2 LABELS THREADS STEPS
  *                                             one epoch of stage 1 and 2
+ *   bench_model rss MODEL RAW                 peak memory of inference alone
  *   bench_model loop MODEL RAW B N [score]    N forward (or detector) passes
  *                                             at batch B, for perf/callgrind
  *
  * RAW (and RAW2, the same windows with faults) hold n raw windows, each
  * modality's (C, T) after the other's, float32; LABELS n int32 (0 clean,
  * -1 faulted).  Every mode prints "key value" lines on stdout, ending with
- * "maxrss_kb" (getrusage), for the script to parse.  Times are medians of
+ * "maxrss_kb" (VmHWM), for the script to parse.  Times are medians of
  * REPS repetitions of CLOCK_MONOTONIC, each at least ~20 ms long. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <time.h>
 
 #include <cblas.h>
@@ -62,11 +62,18 @@ static float *read_all(const char *path, size_t *nfloats) {
   return p;
 }
 
-/* Prints the peak resident memory so far. */
+/* Prints the peak resident memory so far: VmHWM, the high-water mark of
+ * this program's own address space.  getrusage's ru_maxrss would not do: on
+ * Linux it survives exec, so a child of the (PyTorch-laden) script would
+ * report the script's peak. */
 static void print_rss(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  printf("maxrss_kb %ld\n", ru.ru_maxrss);
+  FILE *f = fopen("/proc/self/status", "r");
+  char line[256];
+  long kb = -1;
+  while (f && fgets(line, sizeof line, f))
+    if (!strncmp(line, "VmHWM:", 6)) kb = atol(line + 6);
+  if (f) fclose(f);
+  printf("maxrss_kb %ld\n", kb);
   fflush(stdout);
 }
 
@@ -362,6 +369,13 @@ static void run_train(fl_bundle *b, const float *raw, const float *raw2, const i
     fl_adam_init(&opt[FL_MOD_DEC], stage == 1 ? cfg.lr1 : cfg.lr_dec2);
     fl_adam_init(&opt[FL_MOD_BLOCK], cfg.lr2);
     fl_adam_init(&opt[FL_MOD_HEAD], cfg.lr2);
+    /* Both stages start cold, as the script's: the power iterations'
+     * warm-start vectors of the previous stage are dropped. */
+    for (int i = 0; i < fl_model_layer_count(m); i++) {
+      fl_layer *l = fl_model_layer(m, i);
+      size_t nv = l->kind == FL_LAYER_DENSE ? (size_t)l->nin : (size_t)l->conv.cin * l->tin;
+      memset(l->v, 0, sizeof(float) * nv);
+    }
     float *start = xmalloc(sizeof(float) * fl_model_param_count(m));
     memcpy(start, fl_model_param_block(m), sizeof(float) * fl_model_param_count(m));
     double t = 0;
@@ -412,6 +426,17 @@ int main(int argc, char **argv) {
     if (fclose(out)) die(argv[4]);
   } else if (!strcmp(mode, "time") && argc == 6) {
     run_time(&b, raw, n, wsize, atoi(argv[5]));
+  } else if (!strcmp(mode, "rss") && argc == 4) {
+    /* What a process serving the model holds: the model, a context of 64
+     * windows, forward passes at batch 1 and 64. */
+    fl_ctx *ctx;
+    if (n < 64 || fl_ctx_create(&ctx, b.model, 64)) die("rss");
+    load(&b, ctx, raw, wsize, 0, 64);
+    for (int B = 1; B <= 64; B *= 64) {
+      fwd_arg a = {&b, ctx, B};
+      for (int i = 0; i < 20; i++) fwd(&a);
+    }
+    fl_ctx_free(ctx);
   } else if (!strcmp(mode, "loop") && argc >= 6) {
     int B = atoi(argv[4]), N = atoi(argv[5]);
     fl_ctx *ctx;
