@@ -253,6 +253,7 @@ typedef struct {
   int head;            /* ring slot of the next tick */
   float *ring[FL_MAX_MODALITIES]; /* (C_i, window * rate_i) */
   fl_hyst hyst, mhyst[FL_MAX_MODALITIES];
+  fl_detect_baseline base; /* the baseline feature's level per channel */
   uint64_t report_seq;
   uint64_t frames;
   struct fld_tune_stream *tune; /* the tuning gate's candidates (tune.c) */

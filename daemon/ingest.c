@@ -164,6 +164,7 @@ void fld_ingest_message(fld_app *app, zmq_msg_t *parts, int nparts, uint64_t t_r
        * rather than score windows of nothing but gap. */
       st->ticks = 0;
       st->head = 0;
+      fl_detect_baseline_reset(&st->base);
       app->m.stream_resets++;
       fld_log(FLD_NOTICE, "stream \"%s\": %llu ticks lost, history restarted", st->name,
               (unsigned long long)gap);
@@ -195,15 +196,31 @@ void fld_ingest_flush(fld_app *app) {
     return;
   }
   float thr = e->b.calib.threshold;
+  int nch = fl_model_channels(e->b.model);
+  unsigned char faulty[FLD_MAX_BATCH * FL_MAX_TOTAL_CHANNELS];
+  int flags[FLD_MAX_BATCH], gates[FLD_MAX_BATCH];
+  /* As the offline scan: decisions in arrival order (the baseline follows
+   * each stream), the windows with faulty channels estimated again without
+   * them, then the gated correction.  Correction follows the debounced flag;
+   * missing and out-of-range readings are replaced whatever it says.  The
+   * tuner's gate is stricter: no window above threshold is learned from. */
   for (int k = 0; k < B; k++) {
     fld_slot *sl = &app->pending[k];
     fl_window_score *sc = &e->sc[k];
+    fl_detect_track(e->b.model, &e->b.calib, &sl->st->base, sc, app->cfg.stride, NULL);
     int above = sc->score > thr;
-    int flag = fl_hyst_update(&sl->st->hyst, above, e->hyst_on, e->hyst_off);
-    /* As the offline scan: correction follows the window's own decision as
-     * well as the debounced flag, so that a dead sensor's readings do not
-     * reach the output while the flag makes up its mind. */
-    int gate = flag || above;
+    flags[k] = fl_hyst_update(&sl->st->hyst, above, e->hyst_on, e->hyst_off);
+    gates[k] = flags[k] || above;
+    for (int c = 0; c < nch; c++)
+      faulty[k * nch + c] = flags[k] && sc->chan[c] > e->b.calib.chan_threshold;
+  }
+  if ((rc = fl_detect_reestimate(e->b.model, &e->b.calib, e->ctx, B, e->raw, faulty,
+                                 e->b.clamp)))
+    fld_log(FLD_ERR, "re-estimating %d windows failed: %s", B, fl_strerror(rc));
+  for (int k = 0; k < B; k++) {
+    fld_slot *sl = &app->pending[k];
+    fl_window_score *sc = &e->sc[k];
+    int flag = flags[k];
     int mflag[FL_MAX_MODALITIES] = {0};
     float *corr[FL_MAX_MODALITIES] = {0};
     int off = 0;
@@ -211,12 +228,12 @@ void fld_ingest_flush(fld_app *app) {
       int C = spec->mod[i].channels;
       mflag[i] = fl_hyst_update(&sl->st->mhyst[i], sc->mod_score[i] > thr, e->hyst_on,
                                 e->hyst_off);
-      int faulty[FL_MAX_CHANNELS];
-      for (int c = 0; c < C; c++)
-        faulty[c] = gate && sc->chan[off + c] > e->b.calib.chan_threshold;
+      int fc[FL_MAX_CHANNELS];
+      for (int c = 0; c < C; c++) fc[c] = faulty[k * nch + off + c];
       off += C;
       corr[i] = e->corr + (size_t)i * e->maxct;
-      if ((rc = fl_detect_correct(e->b.model, e->ctx, k, i, e->raw[k][i], faulty, corr[i]))) {
+      if ((rc = fl_detect_correct(e->b.model, e->ctx, k, i, e->raw[k][i], fc, e->b.clamp,
+                                  corr[i]))) {
         fld_log(FLD_ERR, "correcting a window of \"%s\" failed: %s", sl->st->name,
                 fl_strerror(rc));
         memcpy(corr[i], e->raw[k][i],
@@ -225,8 +242,8 @@ void fld_ingest_flush(fld_app *app) {
       if (mflag[i]) app->m.anomalies[fld_metrics_modality(&app->m, spec->mod[i].name)]++;
     }
     if (flag) app->m.windows_flagged++;
-    fld_report_publish(app, k, sl, flag, gate, mflag, corr);
-    if (app->tuner) fld_tune_observe(app, k, sl->st, sc->score, gate);
+    fld_report_publish(app, k, sl, flag, flag, mflag, corr);
+    if (app->tuner) fld_tune_observe(app, k, sl->st, sc->score, gates[k]);
   }
   if (app->tuner) fld_tune_poll(app);
 }

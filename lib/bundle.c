@@ -132,14 +132,22 @@ int fl_bundle_save(const fl_bundle *b, const char *path, char *err, size_t errle
   if (!rc) rc = fl_st_add(st, "calib.var_sd", b->calib.var_sd, nch, 1);
   if (!rc) rc = fl_st_add(st, "calib.cor_mu", b->calib.cor_mu, nch, 1);
   if (!rc) rc = fl_st_add(st, "calib.cor_sd", b->calib.cor_sd, nch, 1);
+  if (!rc) rc = fl_st_add(st, "calib.bas_mu", b->calib.bas_mu, nch, 1);
+  if (!rc) rc = fl_st_add(st, "calib.bas_sd", b->calib.bas_sd, nch, 1);
+  if (!rc) rc = fl_st_add(st, "calib.bas_v0", b->calib.bas_v0, nch, 1);
+  if (!rc) rc = fl_st_add(st, "calib.rat_mu", b->calib.rat_mu, nch, 1);
+  if (!rc) rc = fl_st_add(st, "calib.rat_sd", b->calib.rat_sd, nch, 1);
   if (!rc) rc = fl_st_add(st, "calib.centroid", b->calib.centroid, ne, 1);
   char *spec = fl__spec_json(fl_model_spec_of(m));
-  json_t *det = json_pack("{s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:i, s:i, s:f}", "tail",
+  json_t *det = json_pack("{s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:i, s:f, s:f, s:i, s:i, s:f}", "tail",
                           b->calib.tail, "threshold", (double)b->calib.threshold,
                           "chan_threshold", (double)b->calib.chan_threshold, "emb_mu",
                           (double)b->calib.emb_mu, "emb_sd", (double)b->calib.emb_sd,
                           "w_emb", (double)b->calib.w_emb, "w_var", (double)b->calib.w_var,
                           "w_corr", (double)b->calib.w_corr,
+                          "w_ratio", (double)b->calib.w_ratio,
+                          "w_base", (double)b->calib.w_base,
+                          "base_span", b->calib.base_span,
                           "quantile",
                           (double)b->detect.quantile, "margin", (double)b->detect.margin,
                           "on", b->detect.on, "off", b->detect.off, "clamp",
@@ -219,6 +227,18 @@ int fl_bundle_load(fl_bundle *b, const char *path, char *err, size_t errlen) {
       (rc = fl__get(st, "calib.cor_sd", cal->cor_sd, nch, err, errlen)) ||
       (rc = fl__get(st, "calib.centroid", cal->centroid, spec.emb, err, errlen)))
     goto fail;
+  /* Models from before the baseline and noise-ratio features lack their
+   * statistics; they keep working with those features off. */
+  int has_lr = 1;
+  static const char *const lr[5] = {"calib.bas_mu", "calib.bas_sd", "calib.bas_v0",
+                                    "calib.rat_mu", "calib.rat_sd"};
+  float *lrd[5] = {cal->bas_mu, cal->bas_sd, cal->bas_v0, cal->rat_mu, cal->rat_sd};
+  for (int k = 0; k < 5 && has_lr; k++) {
+    rc = fl__get(st, lr[k], lrd[k], nch, err, errlen);
+    if (rc == FL_ENOTFOUND) has_lr = 0;
+    else if (rc) goto fail;
+  }
+  rc = 0;
   for (int c = 0; c < nch; c++)
     if (!(fl_model_std(m)[c] > 0.0f)) {
       snprintf(err, errlen, "norm.std[%d] is not positive", c);
@@ -227,12 +247,14 @@ int fl_bundle_load(fl_bundle *b, const char *path, char *err, size_t errlen) {
     }
   json_error_t je;
   json_t *d = json_loads(det_s, 0, &je);
-  double thr, cthr, emu, esd, wemb, wvar, wcorr, q, margin, clamp;
+  double thr, cthr, emu, esd, wemb, wvar, wcorr, wbase = 0, wrat = 0, q, margin, clamp;
+  int bspan = 300;
   fl_detect_defaults(&b->detect);
-  if (!d || json_unpack_ex(d, &je, 0, "{s:i, s:F, s:F, s:F, s:F, s:F, s:F, s:F, s:F, s:F, s:i, s:i, s:F}",
+  if (!d || json_unpack_ex(d, &je, 0, "{s:i, s:F, s:F, s:F, s:F, s:F, s:F, s:F, s?F, s?F, s?i, s:F, s:F, s:i, s:i, s:F}",
                            "tail", &cal->tail, "threshold", &thr, "chan_threshold", &cthr,
                            "emb_mu", &emu, "emb_sd", &esd, "w_emb", &wemb, "w_var", &wvar,
-                           "w_corr", &wcorr,
+                           "w_corr", &wcorr, "w_ratio", &wrat, "w_base", &wbase,
+                           "base_span", &bspan,
                            "quantile", &q,
                            "margin", &margin, "on", &b->detect.on, "off", &b->detect.off,
                            "clamp", &clamp)) {
@@ -250,6 +272,10 @@ int fl_bundle_load(fl_bundle *b, const char *path, char *err, size_t errlen) {
   cal->w_var = (float)wvar;
   cal->w_corr = (float)wcorr;
   b->detect.w_corr = (float)wcorr;
+  if (!has_lr) wbase = wrat = 0.0;
+  cal->w_base = b->detect.w_base = (float)wbase;
+  cal->w_ratio = b->detect.w_ratio = (float)wrat;
+  cal->base_span = b->detect.base_span = bspan;
   b->detect.w_var = (float)wvar;
   b->detect.tail = cal->tail;
   b->detect.quantile = (float)q;

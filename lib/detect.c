@@ -11,6 +11,10 @@
  * with gaps is always worth a look, and its gaps are always filled. */
 #define FL__MISSING_PENALTY 20.0f
 #define FL__LOG_EPS 1e-4
+/* Floor on the noise variance (std units) behind the baseline feature's
+ * standard error: a quantised, nearly constant channel would otherwise turn
+ * one step of its least significant bit into an alarm. */
+#define FL__BASE_VAR_FLOOR 0.01
 
 void fl_detect_defaults(fl_detect_config *c) {
   c->tail = 15;
@@ -21,6 +25,9 @@ void fl_detect_defaults(fl_detect_config *c) {
   c->min_spread = 0.75f;
   c->w_var = 1.0f;
   c->w_corr = 0.0f;
+  c->w_ratio = 0.0f;
+  c->w_base = 0.0f;
+  c->base_span = 300;
   c->calibrate_all = 1;
   c->on = 2;
   c->off = 3;
@@ -41,6 +48,10 @@ int fl_hyst_update(fl_hyst *h, int above, int on, int off) {
 
 static float fl__z(float v, float mu, float sd) { return (v - mu) / (sd > 1e-6f ? sd : 1e-6f); }
 
+float fl_detect_ratio(float v, float h, float var_mu) {
+  return fabsf(v - var_mu) - fabsf(h - var_mu);
+}
+
 int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
                     fl_window_score *out, float *raw) {
   if (!m || !ctx || B <= 0) return FL_EINVAL;
@@ -48,7 +59,7 @@ int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
   int nch = fl_model_channels(m), err;
   int tail = cal && cal->tail > 0 ? cal->tail : s->window / 4;
   if (tail > s->window) tail = s->window;
-  int calibrated = cal && cal->nch == nch, nf = 3 * nch + 1;
+  int calibrated = cal && cal->nch == nch, nf = FL_DETECT_FEATURES * nch + 1;
   /* The corrected estimate first (block on), kept aside for gating and for
    * its own residual; then the stage-1 estimate and the embedding. */
   if ((err = fl_model_forward(m, ctx, B, 1, 0))) return err;
@@ -76,8 +87,23 @@ int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
       const float *yc = fl_ctx_estimate(ctx, i) + (size_t)b * C * T;
       float mscore = -INFINITY;
       for (int c = 0; c < C; c++, off++) {
+        /* The head of the window (before the tail) is the reference the
+         * tail's level and noise are held against. */
+        double sh2 = 0, st = 0;
+        int nhd = 0, prev = -1;
+        for (int t = 0; t < t0; t++) {
+          size_t k = (size_t)c * T + t;
+          if (mk[k] == 0.0f) continue;
+          if (prev >= 0) {
+            double dx = (double)x[k] - x[(size_t)c * T + prev];
+            sh2 += dx * dx;
+            nhd++;
+          }
+          prev = t;
+        }
         double se = 0, sre = 0, sd2 = 0, sc2 = 0, src = 0;
-        int n = 0, nd = 0, miss = 0, prev = -1;
+        int n = 0, nd = 0, miss = 0;
+        prev = -1;
         for (int t = t0; t < T; t++) {
           size_t k = (size_t)c * T + t;
           if (mk[k] == 0.0f) { miss++; continue; }
@@ -95,6 +121,7 @@ int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
             nd++;
           }
           prev = t;
+          st += x[k];
           n++;
         }
         double mse = n ? se / n : 0.0, cse = n ? sc2 / n : 0.0;
@@ -111,13 +138,21 @@ int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
         double rough = nd ? sd2 / nd : 0.0;
         float r = (float)log(mse + FL__LOG_EPS), v = (float)log(rough + FL__LOG_EPS);
         float q = (float)log(cse + FL__LOG_EPS);
+        /* The head's noise is what the tail's is held against (the noise
+         * ratio); the tail's mean is what the stream's baseline follows. */
+        float h = nhd ? (float)log(sh2 / nhd + FL__LOG_EPS) : v;
+        float mt = n ? (float)(st / n) : NAN;
         if (rw) {
           rw[off] = r;
           rw[nch + off] = v;
           rw[2 * nch + off] = q;
+          rw[3 * nch + off] = mt;
+          rw[4 * nch + off] = h;
         }
         if (!o) continue;
         o->resid[off] = (float)sqrt(mse);
+        o->level[off] = mt;
+        o->noise[off] = (float)rough;
         float sc = 0.0f;
         if (calibrated) {
           float zr = fl__z(r, cal->res_mu[off], cal->res_sd[off]);
@@ -129,8 +164,13 @@ int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
            * the other modalities: its residual sees the level faults that
            * the stage-1 autoencoder reproduces. */
           float zq = cal->w_corr > 0.0f ? fl__z(q, cal->cor_mu[off], cal->cor_sd[off]) : 0.0f;
+          float zg = cal->w_ratio > 0.0f
+                         ? fl__z(fl_detect_ratio(v, h, cal->var_mu[off]), cal->rat_mu[off],
+                                 cal->rat_sd[off])
+                         : 0.0f;
           sc = zr > zv ? zr : zv;
           if (zq > sc) sc = zq;
+          if (zg > sc) sc = zg;
         }
         sc += FL__MISSING_PENALTY * (float)miss / (float)(T - t0);
         o->chan[off] = sc;
@@ -149,7 +189,7 @@ int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
       double dot = 0;
       for (int k = 0; k < s->emb; k++) dot += (double)e[k] * (cal ? cal->centroid[k] : 0.0f);
       float d = 1.0f - (float)dot;
-      if (rw) rw[3 * nch] = d;
+      if (rw) rw[FL_DETECT_FEATURES * nch] = d;
       if (o && calibrated && cal->w_emb > 0.0f) {
         o->emb_score = fl__z(d, cal->emb_mu, cal->emb_sd);
         if (o->emb_score > o->score) o->score = o->emb_score;
@@ -157,6 +197,70 @@ int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
     }
   }
   return 0;
+}
+
+void fl_detect_baseline_reset(fl_detect_baseline *bl) { memset(bl, 0, sizeof *bl); }
+
+/* The baseline learns from every window, each step clipped to three of its
+ * standard errors: slow drift and wander are followed, a fault of many
+ * standard errors moves it by a small fraction of its size per window, so
+ * it stays visible for about span ticks times its size in standard errors
+ * over three. */
+static void fl__learn(fl_detect_baseline *bl, const fl_window_score *sc, int k0, int C,
+                      double n, float a) {
+  for (int k = k0; k < k0 + C; k++) {
+    if (!isfinite(sc->level[k])) continue;
+    double d = (double)sc->level[k] - bl->level[k], lim = 3.0 * sqrt(bl->var[k]);
+    double dc = d > lim ? lim : d < -lim ? -lim : d, d2 = d * d;
+    if (d2 > 9.0 * bl->var[k]) d2 = 9.0 * bl->var[k];
+    bl->level[k] += (float)(a * dc);
+    bl->var[k] += (float)(a * (d2 - bl->var[k]));
+    if (bl->var[k] < FL__BASE_VAR_FLOOR / n) bl->var[k] = (float)(FL__BASE_VAR_FLOOR / n);
+  }
+}
+
+void fl_detect_track(const fl_model *m, const fl_calib *cal, fl_detect_baseline *bl,
+                     fl_window_score *sc, int ticks, float *raw_z) {
+  const fl_model_spec *s = fl_model_spec_of((fl_model *)m);
+  int nch = fl_model_channels((fl_model *)m);
+  int tail = cal->tail > 0 ? cal->tail : s->window / 4;
+  if (!bl->init) {
+    /* A stream's first window is its baseline: it starts where it is, with
+     * the spread calibration saw (or, before there is one, the tail's own
+     * noise as the spread of its mean). */
+    for (int i = 0, k = 0; i < s->n_mod; i++)
+      for (int c = 0; c < s->mod[i].channels; c++, k++) {
+        double n = (double)tail * s->mod[i].rate, v = 0.5 * sc->noise[k] / n;
+        if (cal->nch == nch && cal->bas_v0[k] > 0.0f) v = cal->bas_v0[k];
+        bl->level[k] = isfinite(sc->level[k]) ? sc->level[k] : 0.0f;
+        bl->var[k] = (float)(v > FL__BASE_VAR_FLOOR / n ? v : FL__BASE_VAR_FLOOR / n);
+        if (!isfinite(bl->var[k])) bl->var[k] = (float)(FL__BASE_VAR_FLOOR / n);
+      }
+    bl->init = 1;
+    if (raw_z) memset(raw_z, 0, sizeof(float) * nch);
+    return;
+  }
+  int fold = !raw_z && cal->nch == nch && cal->w_base > 0.0f;
+  float a = cal->base_span > 0 ? (float)(1.0 - exp(-(double)ticks / cal->base_span)) : 1.0f;
+  for (int i = 0, off = 0; i < s->n_mod; off += s->mod[i].channels, i++) {
+    for (int c = 0; c < s->mod[i].channels; c++) {
+      int k = off + c;
+      float z = 0.0f;
+      if (!s->mod[i].drifts && isfinite(sc->level[k]))
+        z = (float)(fabs((double)sc->level[k] - bl->level[k]) / sqrt(bl->var[k]));
+      if (raw_z) raw_z[k] = z;
+      if (!fold || s->mod[i].drifts) continue;
+      float zb = fl__z(z, cal->bas_mu[k], cal->bas_sd[k]);
+      if (zb > sc->chan[k]) sc->chan[k] = zb;
+      if (zb > sc->mod_score[i]) sc->mod_score[i] = zb;
+      if (zb > sc->score) {
+        sc->score = zb;
+        sc->modality = i;
+      }
+    }
+  }
+  for (int i = 0, off = 0; i < s->n_mod; off += s->mod[i].channels, i++)
+    fl__learn(bl, sc, off, s->mod[i].channels, (double)tail * s->mod[i].rate, a);
 }
 
 static int fl__cmp(const void *a, const void *b) {
@@ -208,6 +312,10 @@ static int fl__series_load(void *user, fl_model *m, fl_ctx *ctx, int b, int j) {
   return 0;
 }
 
+static int fl__calibrate(fl_model *m, fl_calib *cal, int nw, int Bmax, fl_detect_load_fn load,
+                         void *user, const fl_detect_config *dcfg, const int *seq,
+                         const int *ends);
+
 int fl_detect_calibrate(fl_model *m, fl_calib *cal, const fl_series *s, int ns,
                         const fl_train_config *cfg, const fl_detect_config *dcfg) {
   if (!m || !cal || !s || ns <= 0 || !cfg || !dcfg) return FL_EINVAL;
@@ -238,8 +346,8 @@ int fl_detect_calibrate(fl_model *m, fl_calib *cal, const fl_series *s, int ns,
                          spec->mod[i].rate)))
       goto done;
   fl__series_src src = {s, spec, wk, we, rw, cfg->clamp};
-  err = fl_detect_calibrate_with(m, cal, nw, cfg->batch > 0 ? cfg->batch : 64,
-                                 fl__series_load, &src, dcfg);
+  err = fl__calibrate(m, cal, nw, cfg->batch > 0 ? cfg->batch : 64, fl__series_load, &src,
+                      dcfg, wk, we);
 done:
   for (int i = 0; i < FL_MAX_MODALITIES; i++) free(rw[i]);
   free(ends); free(wk); free(we);
@@ -249,9 +357,19 @@ done:
 int fl_detect_calibrate_with(fl_model *m, fl_calib *cal, int nw, int Bmax,
                              fl_detect_load_fn load, void *user,
                              const fl_detect_config *dcfg) {
+  return fl__calibrate(m, cal, nw, Bmax, load, user, dcfg, NULL, NULL);
+}
+
+/* The windows of one stream in order (seq[j] names window j's recording,
+ * ends[j] its end tick), or windows in no order (seq NULL: the baseline
+ * feature's statistics cannot be measured and stay zero, which the online
+ * tuner replaces by the model's). */
+static int fl__calibrate(fl_model *m, fl_calib *cal, int nw, int Bmax, fl_detect_load_fn load,
+                         void *user, const fl_detect_config *dcfg, const int *seq,
+                         const int *ends) {
   if (!m || !cal || !load || !dcfg || Bmax <= 0) return FL_EINVAL;
   const fl_model_spec *spec = fl_model_spec_of(m);
-  int nch = fl_model_channels(m), nf = 3 * nch + 1, err = FL_ENOMEM;
+  int nch = fl_model_channels(m), nf = FL_DETECT_FEATURES * nch + 1, err = FL_ENOMEM;
   if (spec->emb > 256) return FL_EINVAL;
   fl_ctx *ctx = NULL;
   float *raw = NULL, *emb = NULL, *buf = NULL;
@@ -275,6 +393,11 @@ int fl_detect_calibrate_with(fl_model *m, fl_calib *cal, int nw, int Bmax,
   cal->w_emb = dcfg->w_emb;
   cal->w_var = dcfg->w_var;
   cal->w_corr = dcfg->w_corr;
+  cal->w_ratio = dcfg->w_ratio;
+  cal->w_base = seq ? dcfg->w_base : 0.0f;
+  cal->base_span = dcfg->base_span;
+  fl_detect_baseline bl;
+  fl_window_score one;
   /* Pass 1: raw features and embeddings of every held-out window. */
   for (int pass = 0; pass < 2; pass++) {
     for (int j = 0; j < nw; j += Bmax) {
@@ -292,6 +415,11 @@ int fl_detect_calibrate_with(fl_model *m, fl_calib *cal, int nw, int Bmax,
       } else {
         if ((err = fl_detect_score(m, cal, ctx, B, sc, NULL))) goto done;
         for (int b = 0; b < B; b++) {
+          if (seq) {
+            int k = j + b, same = k && seq[k] == seq[k - 1];
+            if (!same) fl_detect_baseline_reset(&bl);
+            fl_detect_track(m, cal, &bl, &sc[b], same ? ends[k] - ends[k - 1] : 1, NULL);
+          }
           buf[j + b] = sc[b].score;
           for (int c = 0; c < nch; c++) raw[(size_t)(j + b) * nf + c] = sc[b].chan[c];
         }
@@ -302,6 +430,35 @@ int fl_detect_calibrate_with(fl_model *m, fl_calib *cal, int nw, int Bmax,
         fl__mean_sd(raw + c, nw, nf, dcfg->min_spread, &cal->res_mu[c], &cal->res_sd[c]);
         fl__mean_sd(raw + nch + c, nw, nf, dcfg->min_spread, &cal->var_mu[c], &cal->var_sd[c]);
         fl__mean_sd(raw + 2 * nch + c, nw, nf, dcfg->min_spread, &cal->cor_mu[c], &cal->cor_sd[c]);
+        /* The noise ratio needs the clean noise level first. */
+        for (int j = 0; j < nw; j++) {
+          float *f = raw + (size_t)j * nf;
+          f[4 * nch + c] = fl_detect_ratio(f[nch + c], f[4 * nch + c], cal->var_mu[c]);
+        }
+        fl__mean_sd(raw + 4 * nch + c, nw, nf, dcfg->min_spread, &cal->rat_mu[c], &cal->rat_sd[c]);
+      }
+      /* The baseline feature, following each recording in order; the
+       * tail means in raw make way for its statistics. */
+      if (seq) {
+        double v0[FL_MAX_TOTAL_CHANNELS] = {0};
+        int nv0 = 0;
+        for (int j = 0; j < nw; j++) {
+          float *f = raw + (size_t)j * nf;
+          if (j == 0 || seq[j] != seq[j - 1]) fl_detect_baseline_reset(&bl);
+          for (int c = 0; c < nch; c++) {
+            one.level[c] = f[3 * nch + c];
+            one.noise[c] = (float)(exp(f[nch + c]) - FL__LOG_EPS);
+          }
+          one.score = 0.0f;
+          fl_detect_track(m, cal, &bl, &one, j && seq[j] == seq[j - 1] ? ends[j] - ends[j - 1] : 1,
+                          f + 3 * nch);
+          for (int c = 0; c < nch; c++) v0[c] += bl.var[c];
+          nv0++;
+        }
+        for (int c = 0; c < nch; c++) cal->bas_v0[c] = (float)(v0[c] / (nv0 ? nv0 : 1));
+        for (int c = 0; c < nch; c++)
+          fl__mean_sd(raw + 3 * nch + c, nw, nf, dcfg->min_spread, &cal->bas_mu[c],
+                      &cal->bas_sd[c]);
       }
       double norm = 0;
       for (int k = 0; k < spec->emb; k++) {
@@ -336,8 +493,53 @@ done:
   return err;
 }
 
+int fl_detect_reestimate(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
+                         float *const (*raw)[FL_MAX_MODALITIES], const unsigned char *faulty,
+                         float clamp) {
+  if (!m || !cal || !ctx || !raw || !faulty || B <= 0) return FL_EINVAL;
+  const fl_model_spec *s = fl_model_spec_of(m);
+  int nch = fl_model_channels(m), any = 0, err = 0;
+  for (int k = 0; k < B * nch; k++) any |= faulty[k] != 0;
+  if (!any) return 0;
+  int tail = cal->tail > 0 && cal->tail <= s->window ? cal->tail : s->window / 4;
+  size_t maxct = 0;
+  for (int i = 0; i < s->n_mod; i++) {
+    size_t ct = (size_t)s->mod[i].channels * s->window * s->mod[i].rate;
+    if (ct > maxct) maxct = ct;
+  }
+  float *tmp = malloc(sizeof(float) * maxct);
+  if (!tmp) return FL_ENOMEM;
+  for (int b = 0; b < B && !err; b++) {
+    const unsigned char *fb = faulty + (size_t)b * nch;
+    for (int i = 0, off = 0; i < s->n_mod && !err; off += s->mod[i].channels, i++) {
+      int C = s->mod[i].channels, T = s->window * s->mod[i].rate, hit = 0;
+      int t0 = s->mod[i].drifts ? (s->window - tail) * s->mod[i].rate : 0;
+      for (int c = 0; c < C; c++) hit |= fb[off + c] != 0;
+      if (!hit) continue;
+      memcpy(tmp, raw[b][i], sizeof(float) * C * T);
+      for (int c = 0; c < C; c++)
+        if (fb[off + c])
+          for (int t = t0; t < T; t++) tmp[(size_t)c * T + t] = NAN;
+      err = fl_model_normalise(m, ctx, b, i, tmp, clamp);
+    }
+  }
+  free(tmp);
+  if (err) return err;
+  if ((err = fl_model_forward(m, ctx, B, 1, 0))) return err;
+  for (int b = 0; b < B; b++) {
+    int hit = 0;
+    for (int c = 0; c < nch; c++) hit |= faulty[(size_t)b * nch + c] != 0;
+    if (!hit) continue;
+    for (int i = 0; i < s->n_mod; i++) {
+      size_t n = (size_t)s->mod[i].channels * s->window * s->mod[i].rate;
+      memcpy(fl_ctx_estimate(ctx, i) + b * n, fl_ctx_output(ctx, i) + b * n, sizeof(float) * n);
+    }
+  }
+  return 0;
+}
+
 int fl_detect_correct(const fl_model *m, fl_ctx *ctx, int b, int i, const float *raw,
-                      const int *faulty, float *corrected) {
+                      const int *faulty, float range, float *corrected) {
   if (!m || !ctx || !raw || !corrected) return FL_EINVAL;
   const fl_model_spec *s = fl_model_spec_of(m);
   if (i < 0 || i >= s->n_mod) return FL_EINVAL;
@@ -352,7 +554,11 @@ int fl_detect_correct(const fl_model *m, fl_ctx *ctx, int b, int i, const float 
       size_t k = (size_t)c * T + t;
       float trend = level[2 * c] + level[2 * c + 1] * (t - 0.5f * (T - 1));
       float est = (y[k] + trend) * std[off + c] + mean[off + c];
-      corrected[k] = (replace || isnan(raw[k])) ? est : raw[k];
+      /* A reading more than `range` standard deviations out is no reading
+       * of the process (a dropped-out transmitter reads 0): like a missing
+       * one, it is always replaced. */
+      int out = range > 0.0f && fabsf(raw[k] - mean[off + c]) > range * std[off + c];
+      corrected[k] = (replace || out || isnan(raw[k])) ? est : raw[k];
     }
   }
   return 0;

@@ -29,6 +29,7 @@ int fl_scan(fl_bundle *b, const fl_series *s, int stride, fl_scan_result *out) {
   fl_window_score *sc = NULL;
   float *raw[FL__SCAN_BATCH][FL_MAX_MODALITIES] = {{0}}, *corr = NULL;
   int *ends = NULL;
+  unsigned char *faulty = NULL;
   out->rows = rows;
   out->score = malloc(sizeof(float) * (rows ? rows : 1));
   out->flag = calloc(rows ? rows : 1, 1);
@@ -56,10 +57,13 @@ int fl_scan(fl_bundle *b, const fl_series *s, int stride, fl_scan_result *out) {
   sc = malloc(sizeof(fl_window_score) * FL__SCAN_BATCH);
   corr = malloc(sizeof(float) * maxct);
   ends = malloc(sizeof(int) * (rows / stride + 2));
-  if (!sc || !corr || !ends) goto fail;
+  faulty = malloc((size_t)FL__SCAN_BATCH * nch);
+  if (!sc || !corr || !ends || !faulty) goto fail;
   int nw = 0;
   for (int e = W; e <= rows; e += stride) ends[nw++] = e;
   fl_hyst h = {0, 0};
+  fl_detect_baseline bl;
+  fl_detect_baseline_reset(&bl);
   for (int j = 0; j < nw; j += FL__SCAN_BATCH) {
     int B = nw - j < FL__SCAN_BATCH ? nw - j : FL__SCAN_BATCH;
     for (int k = 0; k < B; k++) {
@@ -68,10 +72,14 @@ int fl_scan(fl_bundle *b, const fl_series *s, int stride, fl_scan_result *out) {
         if ((err = fl_model_normalise(m, ctx, k, i, raw[k][i], b->clamp))) goto fail;
     }
     if ((err = fl_detect_score(m, &b->calib, ctx, B, sc, NULL))) goto fail;
+    /* Decisions first, in the stream's order (the baseline follows it);
+     * then the windows with faulty channels are estimated again without
+     * them; then the gated correction. */
     for (int k = 0; k < B; k++) {
       int e = ends[j + k], first = e - stride < W - 1 ? W - 1 : e - stride;
       /* The first window also decides for nothing before its own last tick. */
       if (j + k == 0) first = e - 1;
+      fl_detect_track(m, &b->calib, &bl, &sc[k], stride, NULL);
       int above = sc[k].score > b->calib.threshold;
       int flag = fl_hyst_update(&h, above, b->detect.on, b->detect.off);
       for (int r = first; r < e; r++) {
@@ -80,18 +88,24 @@ int fl_scan(fl_bundle *b, const fl_series *s, int stride, fl_scan_result *out) {
         out->modality[r] = (signed char)(flag ? sc[k].modality : -1);
         memcpy(out->chan + (size_t)r * nch, sc[k].chan, sizeof(float) * nch);
       }
+      /* Correction follows the debounced flag, so that a clean stretch
+       * that one window's score grazes passes untouched; a sensor that reads
+       * 0 V (out of range) or nothing is replaced whatever the flag says
+       * (fl_detect_correct). */
+      for (int c = 0; c < nch; c++)
+        faulty[k * nch + c] = flag && sc[k].chan[c] > b->calib.chan_threshold;
+    }
+    if ((err = fl_detect_reestimate(m, &b->calib, ctx, B, raw, faulty, b->clamp))) goto fail;
+    for (int k = 0; k < B; k++) {
+      int e = ends[j + k], first = e - stride < W - 1 ? W - 1 : e - stride;
+      if (j + k == 0) first = e - 1;
       int off = 0;
       for (int i = 0; i < spec->n_mod; i++) {
         int C = spec->mod[i].channels, rate = spec->mod[i].rate, T = W * rate;
-        int faulty[FL_MAX_CHANNELS];
-        /* Correction follows the window's own decision, not the debounced
-         * flag: hysteresis keeps an alarm from flapping, but a sensor that
-         * reads 0 V must not reach the output while the flag makes up its
-         * mind. */
-        for (int c = 0; c < C; c++)
-          faulty[c] = (flag || above) && sc[k].chan[off + c] > b->calib.chan_threshold;
+        int fc[FL_MAX_CHANNELS];
+        for (int c = 0; c < C; c++) fc[c] = faulty[k * nch + off + c];
         off += C;
-        if ((err = fl_detect_correct(m, ctx, k, i, raw[k][i], faulty, corr))) goto fail;
+        if ((err = fl_detect_correct(m, ctx, k, i, raw[k][i], fc, b->clamp, corr))) goto fail;
         /* Only the newest ticks this window decides for are written. */
         for (int c = 0; c < C; c++)
           for (int r = first; r < e; r++)
@@ -110,6 +124,7 @@ fail:
   free(sc);
   free(corr);
   free(ends);
+  free(faulty);
   fl_ctx_free(ctx);
   if (err) fl_scan_free(out);
   return err;

@@ -550,6 +550,7 @@ static void fl__merge_calib(fl_calib *c, const fl_calib *cur) {
      * statistics stay. */
     c->bas_mu[k] = cur->bas_mu[k];
     c->bas_sd[k] = cur->bas_sd[k];
+    c->bas_v0[k] = cur->bas_v0[k];
   }
   c->w_base = cur->w_base;
   c->base_span = cur->base_span;

@@ -598,7 +598,7 @@ static int ev_estimates(fl_bundle *b, const ev_data *d, const fl_series *s,
         /* The gate wide open gives the estimate in raw units, exactly as
          * the detector would substitute it. */
         for (int k = 0; k < nb; k++) {
-          if ((e = fl_detect_correct(m, ctx, k, i, raw[k][i], all, buf))) goto done;
+          if ((e = fl_detect_correct(m, ctx, k, i, raw[k][i], all, 0.0f, buf))) goto done;
           for (int c = 0; c < C; c++)
             for (int q = 0; q < rate; q++)
               dst[i][(size_t)c * len + (size_t)(ends[k] - 1) * rate + q] =

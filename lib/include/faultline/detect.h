@@ -41,6 +41,9 @@ typedef struct {
   float min_spread; /* floor on a feature's clean spread, log units (0.75) */
   float w_var;      /* 1: the variance feature takes part in the score, 0: not */
   float w_corr;     /* 1: the corrected estimate's residual takes part, 0: not (0) */
+  float w_ratio;    /* 1: the tail's noise against the head's takes part (0) */
+  float w_base;     /* 1: the tail's level against the stream's baseline takes part (0) */
+  int base_span;    /* base ticks: time constant of the baseline's average (300) */
   int calibrate_all; /* 1: calibrate on every window of the recordings, 0: on the
                         held-out ones only (1) */
   int on, off;      /* hysteresis: windows above (below) to raise (clear) a flag */
@@ -54,11 +57,15 @@ typedef struct {
   float res_mu[FL_MAX_TOTAL_CHANNELS], res_sd[FL_MAX_TOTAL_CHANNELS];
   float var_mu[FL_MAX_TOTAL_CHANNELS], var_sd[FL_MAX_TOTAL_CHANNELS];
   float cor_mu[FL_MAX_TOTAL_CHANNELS], cor_sd[FL_MAX_TOTAL_CHANNELS];
+  float bas_mu[FL_MAX_TOTAL_CHANNELS], bas_sd[FL_MAX_TOTAL_CHANNELS];
+  float bas_v0[FL_MAX_TOTAL_CHANNELS]; /* clean spread of the baseline, a stream's start */
+  float rat_mu[FL_MAX_TOTAL_CHANNELS], rat_sd[FL_MAX_TOTAL_CHANNELS];
   float centroid[256];
   float emb_mu, emb_sd;
   float threshold, chan_threshold;
   int tail;
-  float w_emb, w_var, w_corr;
+  float w_emb, w_var, w_corr, w_ratio, w_base;
+  int base_span;
 } fl_calib;
 
 typedef struct {
@@ -67,6 +74,8 @@ typedef struct {
   float mod_score[FL_MAX_MODALITIES];
   float chan[FL_MAX_TOTAL_CHANNELS];      /* channel scores, model channel order */
   float resid[FL_MAX_TOTAL_CHANNELS];     /* RMS residual over the tail, std units */
+  float level[FL_MAX_TOTAL_CHANNELS];     /* mean of the tail, std units (detrended) */
+  float noise[FL_MAX_TOTAL_CHANNELS];     /* mean squared successive difference of the tail */
   float emb_score;
 } fl_window_score;
 
@@ -74,10 +83,48 @@ typedef struct {
  * context (see fl_model_normalise).  Runs the model twice (stage-1 estimate
  * corrected estimate, kept in fl_ctx_estimate, then the stage-1 estimate with
  * the head).  cal may be uncalibrated (nch 0) during calibration itself: raw
- * features then go to raw (B, 3 nch + 1) if it is non-NULL, in the order
- * r_c..., v_c..., q_c..., d. */
+ * features then go to raw (B, FL_DETECT_FEATURES nch + 1) if it is non-NULL,
+ * in the order r_c..., v_c..., q_c..., m_c..., h_c..., d: log residual
+ * against the stage-1 estimate, log noise (mean squared successive
+ * difference) of the tail, log residual against the corrected estimate,
+ * the tail's mean, log noise of the head, and the embedding distance.
+ * The baseline feature is not in the window's score yet: fl_detect_track
+ * adds it, in the stream's order. */
+#define FL_DETECT_FEATURES 5
 int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
                     fl_window_score *out, float *raw);
+
+/* The noise-ratio feature from a window's log tail noise v and log head noise
+ * h: how much farther the tail's noise is from the clean level var_mu than
+ * the head's.  A fault that starts in the tail moves it away; the clean tail
+ * after a fault has ended comes back, and so does not count. */
+float fl_detect_ratio(float v, float h, float var_mu);
+/* A stream's baseline: each channel's tail level and the spread of that
+ * level, followed over the stream's windows.  Zero it (or
+ * fl_detect_baseline_reset) when a stream starts; the first window sets its
+ * level, the calibration its spread. */
+typedef struct {
+  int init;
+  float level[FL_MAX_TOTAL_CHANNELS], var[FL_MAX_TOTAL_CHANNELS];
+} fl_detect_baseline;
+
+void fl_detect_baseline_reset(fl_detect_baseline *bl);
+
+/* The baseline feature of one scored window, in the stream's order, `ticks`
+ * base ticks after the previous window: how far each channel's tail mean
+ * lies from the stream's baseline, in the baseline's own standard
+ * deviations, calibrated like the other features and folded into the
+ * window's channel, modality and window scores.  A fault that outlasts the
+ * window stays visible this way, where the window's own features have
+ * nothing left to compare with.  The baseline then learns from the window
+ * with time constant cal->base_span, each step clipped to three standard
+ * deviations, so slow drift is followed and a fault is absorbed only slowly
+ * (a 10-sd offset in about base_span ticks).  Drifting modalities take no
+ * part: their level is normal whatever it is.  With raw_z non-NULL (nch) the
+ * uncalibrated distances are written there and the scores are left alone
+ * (calibration). */
+void fl_detect_track(const fl_model *m, const fl_calib *cal, fl_detect_baseline *bl,
+                     fl_window_score *sc, int ticks, float *raw_z);
 
 /* Calibrates on the windows of the recordings (all of them, or with
  * dcfg->calibrate_all = 0 the held-out ones of the trainer's split, cfg) and
@@ -94,11 +141,29 @@ int fl_detect_calibrate_with(fl_model *m, fl_calib *cal, int nw, int Bmax,
                              fl_detect_load_fn load, void *user,
                              const fl_detect_config *dcfg);
 
+/* Masked re-estimation: the windows b with a channel judged faulty
+ * (faulty[b * nch + c] != 0) are run through the model again (compute block
+ * on) with those channels masked as missing, and their corrected estimate
+ * (fl_ctx_estimate, and the trend of a drifting modality) replaced, so that
+ * what stands in for a faulty sensor comes from the other sensors and the
+ * model, not from the faulty readings it would otherwise reconstruct.  A
+ * faulty channel is masked over the whole window, or over the tail only in a
+ * drifting modality, whose level the head still gives.  raw[b][i] is window
+ * b's modality i, (C_i, T_i) raw units, as given to fl_model_normalise with
+ * clamp.  Windows without a faulty channel are left as they are; nothing runs
+ * if there is none.  Leaves slot b's input and mask as masked. */
+int fl_detect_reestimate(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
+                         float *const (*raw)[FL_MAX_MODALITIES], const unsigned char *faulty,
+                         float clamp);
+
 /* Gated correction of one window's modality i: corrected (C_i, T_i) raw
  * units, from the raw input (C_i, T_i) and the context's slot b after
- * fl_detect_score.  faulty[c] (C_i) says which channels are replaced. */
+ * fl_detect_score.  faulty[c] (C_i) says which channels are replaced;
+ * missing samples, and samples more than `range` standard deviations from
+ * the training mean (the bundle's clamp; 0: no limit), are replaced
+ * whatever faulty says. */
 int fl_detect_correct(const fl_model *m, fl_ctx *ctx, int b, int i, const float *raw,
-                      const int *faulty, float *corrected);
+                      const int *faulty, float range, float *corrected);
 
 /* Hysteresis over a stream of window decisions. */
 typedef struct {
