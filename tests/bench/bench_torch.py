@@ -29,8 +29,9 @@ per side, the sides alternate, and the table shows medians of --runs runs.
            processing p99 at a paced 10k frames/s, resident memory; and
            faultlined's windows/s with 1, 16, 256 and 4096 streams
 
---quick (a meson test) runs the parity checks and one short timing of each
-kind, with small counts.
+--quick (a meson test; also with FAULTLINE_QUICK=1 in the environment, as
+the README's commands are run by the test readme_commands) runs the parity
+checks and one short timing of each kind, with small counts.
 """
 import argparse
 import json
@@ -310,6 +311,8 @@ def main():
     a.model = os.path.abspath(a.model or os.path.join(build, "tests", "daemon", "daemon_test.model"))
     fl = os.path.join(build, "tools", "faultline")
     threads = [int(t) for t in a.threads.split(",")]
+    if os.environ.get("FAULTLINE_QUICK") == "1":
+        a.quick = True
     if a.quick:
         a.runs, a.reps, a.train_windows, threads = 1, 3, 640, [1]
     _, spec, mean, std, clamp, _, _ = TM.load(a.model)
