@@ -201,18 +201,18 @@ int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
 
 void fl_detect_baseline_reset(fl_detect_baseline *bl) { memset(bl, 0, sizeof *bl); }
 
-/* The baseline learns from every window, each step clipped to three of its
- * standard errors: slow drift and wander are followed, a fault of many
- * standard errors moves it by a small fraction of its size per window, so
- * it stays visible for about span ticks times its size in standard errors
- * over three. */
+/* The baseline learns from every window, its level's step clipped to three
+ * of its standard deviations and its variance's to four times itself: slow
+ * drift and wander are followed, while a fault of many standard deviations
+ * moves the level by a small fraction of its size per window and widens the
+ * spread by at most a factor 1 + 3a, so it stays visible for several spans. */
 static void fl__learn(fl_detect_baseline *bl, const fl_window_score *sc, int k0, int C,
                       double n, float a) {
   for (int k = k0; k < k0 + C; k++) {
     if (!isfinite(sc->level[k])) continue;
     double d = (double)sc->level[k] - bl->level[k], lim = 3.0 * sqrt(bl->var[k]);
     double dc = d > lim ? lim : d < -lim ? -lim : d, d2 = d * d;
-    if (d2 > 9.0 * bl->var[k]) d2 = 9.0 * bl->var[k];
+    if (d2 > 4.0 * bl->var[k]) d2 = 4.0 * bl->var[k];
     bl->level[k] += (float)(a * dc);
     bl->var[k] += (float)(a * (d2 - bl->var[k]));
     if (bl->var[k] < FL__BASE_VAR_FLOOR / n) bl->var[k] = (float)(FL__BASE_VAR_FLOOR / n);

@@ -1,0 +1,220 @@
+/* Unit tests for the detector's stream features and masked correction
+ * (lib/detect.c) against their contracts in faultline/detect.h:
+ * fl_detect_track (the per-stream baseline), fl_detect_reestimate and the
+ * out-of-range rule of fl_detect_correct.  A small two-modality model with
+ * random weights serves; the properties tested do not depend on training. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "faultline/detect.h"
+#include "faultline/error.h"
+#include "faultline/model.h"
+
+#define W 16
+#define TAIL 4
+
+static fl_model *small_model(int drifts_b) {
+  static const char *a[] = {"a0", "a1"}, *b[] = {"b0"};
+  fl_model_spec s;
+  fl_model_spec_defaults(&s);
+  s.window = W;
+  s.enc1 = 3;
+  s.enc2 = 4;
+  s.hidden = 5;
+  s.head_hidden = 6;
+  s.emb = 3;
+  assert_int_equal(fl_model_spec_add(&s, "a", 1, 2, a), 0);
+  assert_int_equal(fl_model_spec_add(&s, "b", 1, 1, b), 0);
+  s.mod[1].drifts = drifts_b;
+  fl_model *m = NULL;
+  assert_int_equal(fl_model_create(&m, &s, 7), 0);
+  return m;
+}
+
+/* A calibration with the baseline feature on and unit statistics, so that a
+ * channel's baseline score is its raw distance minus one. */
+static void base_calib(const fl_model *m, fl_calib *cal) {
+  memset(cal, 0, sizeof *cal);
+  cal->nch = fl_model_channels((fl_model *)m);
+  cal->tail = TAIL;
+  cal->w_base = 1.0f;
+  cal->base_span = 50;
+  cal->threshold = 5.0f;
+  for (int c = 0; c < cal->nch; c++) {
+    cal->bas_mu[c] = 1.0f;
+    cal->bas_sd[c] = 1.0f;
+    cal->bas_v0[c] = 0.01f;
+  }
+}
+
+/* One window's score as fl_detect_score leaves it: no feature above 0,
+ * channel 0's tail at `level`, the others at 0, unit noise. */
+static void window(fl_window_score *sc, int nch, float level) {
+  memset(sc, 0, sizeof *sc);
+  sc->modality = -1;
+  for (int c = 0; c < nch; c++) {
+    sc->level[c] = c == 0 ? level : 0.0f;
+    sc->noise[c] = 0.02f;
+  }
+}
+
+/* The first window sets the baseline and scores nothing; a level that
+ * creeps slowly is followed without a large score; a step of many standard
+ * deviations scores high at once and stays visible for many windows. */
+static void test_baseline_follows_drift_and_keeps_a_step(void **state) {
+  (void)state;
+  fl_model *m = small_model(0);
+  fl_calib cal;
+  base_calib(m, &cal);
+  int nch = fl_model_channels(m);
+  fl_detect_baseline bl;
+  fl_detect_baseline_reset(&bl);
+  fl_window_score sc;
+  float raw[8];
+  window(&sc, nch, 0.3f);
+  fl_detect_track(m, &cal, &bl, &sc, 1, raw);
+  for (int c = 0; c < nch; c++) assert_float_equal(raw[c], 0.0f, 0.0f);
+  assert_float_equal(bl.level[0], 0.3f, 1e-6);
+  /* 400 windows of a drift of 0.001 per tick: far below the spread, each. */
+  float worst = 0.0f;
+  for (int t = 1; t <= 400; t++) {
+    window(&sc, nch, 0.3f + 0.001f * t);
+    fl_detect_track(m, &cal, &bl, &sc, 1, NULL);
+    if (sc.score > worst) worst = sc.score;
+  }
+  assert_true(worst < 3.0f);
+  assert_float_equal(bl.level[0], 0.7f, 0.1);
+  /* A step of 3 (30 of the baseline's standard deviations). */
+  int visible = 0;
+  for (int t = 0; t < 60; t++) {
+    window(&sc, nch, 3.7f);
+    fl_detect_track(m, &cal, &bl, &sc, 1, NULL);
+    if (t == 0) {
+      assert_true(sc.score > 10.0f);
+      assert_int_equal(sc.modality, 0);
+      assert_true(sc.chan[0] > 10.0f);
+      assert_true(sc.chan[1] < 1.0f);
+    }
+    visible += sc.score > cal.threshold;
+  }
+  assert_int_equal(visible, 60);
+  fl_model_free(m);
+}
+
+/* A drifting modality's level is normal whatever it is: no baseline score. */
+static void test_baseline_ignores_drifting_modalities(void **state) {
+  (void)state;
+  fl_model *m = small_model(1);
+  fl_calib cal;
+  base_calib(m, &cal);
+  int nch = fl_model_channels(m);
+  fl_detect_baseline bl;
+  fl_detect_baseline_reset(&bl);
+  fl_window_score sc;
+  float raw[8];
+  window(&sc, nch, 0.0f);
+  fl_detect_track(m, &cal, &bl, &sc, 1, NULL);
+  window(&sc, nch, 0.0f);
+  sc.level[2] = 50.0f; /* channel b0, modality b, drifts */
+  fl_detect_track(m, &cal, &bl, &sc, 1, raw);
+  assert_float_equal(raw[2], 0.0f, 0.0f);
+  window(&sc, nch, 0.0f);
+  sc.level[2] = 50.0f;
+  fl_detect_track(m, &cal, &bl, &sc, 1, NULL);
+  assert_true(sc.mod_score[1] <= 0.0f);
+  fl_model_free(m);
+}
+
+/* Raw windows of the two modalities, (C, W) each, with a pattern. */
+static void fill(float *ra, float *rb) {
+  for (int t = 0; t < W; t++) {
+    ra[t] = sinf(0.4f * t);
+    ra[W + t] = cosf(0.3f * t);
+    rb[t] = 0.1f * t - 0.5f;
+  }
+}
+
+/* Re-estimation masks the faulty channel: its estimate no longer depends on
+ * its own readings, and windows without a faulty channel keep theirs. */
+static void test_reestimate_ignores_the_faulty_channel(void **state) {
+  (void)state;
+  fl_model *m = small_model(0);
+  fl_calib cal;
+  base_calib(m, &cal);
+  fl_ctx *ctx = NULL;
+  assert_int_equal(fl_ctx_create(&ctx, m, 2), 0);
+  float ra[2][2 * W], rb[2][W];
+  float *raw[2][FL_MAX_MODALITIES] = {{ra[0], rb[0]}, {ra[1], rb[1]}};
+  float est[2][2 * W];
+  for (int v = 0; v < 2; v++) {
+    fill(ra[0], rb[0]);
+    fill(ra[1], rb[1]);
+    /* The faulty channel a0 of window 0 reads two different things. */
+    for (int t = 0; t < W; t++) ra[0][t] = v ? 7.0f : -3.0f + 0.2f * t;
+    for (int b = 0; b < 2; b++) {
+      assert_int_equal(fl_model_normalise(m, ctx, b, 0, raw[b][0], 10.0f), 0);
+      assert_int_equal(fl_model_normalise(m, ctx, b, 1, raw[b][1], 10.0f), 0);
+    }
+    assert_int_equal(fl_model_forward(m, ctx, 2, 1, 0), 0);
+    for (int i = 0; i < 2; i++)
+      memcpy(fl_ctx_estimate(ctx, i), fl_ctx_output(ctx, i),
+             sizeof(float) * 2 * (i ? W : 2 * W));
+    float before1 = fl_ctx_estimate(ctx, 0)[2 * W + 3];
+    unsigned char faulty[2 * 3] = {1, 0, 0, 0, 0, 0};
+    assert_int_equal(fl_detect_reestimate(m, &cal, ctx, 2, raw, faulty, 10.0f), 0);
+    memcpy(est[v], fl_ctx_estimate(ctx, 0), sizeof(float) * 2 * W);
+    assert_float_equal(fl_ctx_estimate(ctx, 0)[2 * W + 3], before1, 1e-6);
+  }
+  /* Window 0's estimate (both channels of modality a) is the same whatever
+   * the faulty channel read. */
+  for (int k = 0; k < 2 * W; k++) assert_float_equal(est[0][k], est[1][k], 1e-5);
+  /* No faulty channel: nothing runs, nothing changes. */
+  unsigned char none[6] = {0};
+  float keep = fl_ctx_estimate(ctx, 0)[5];
+  assert_int_equal(fl_detect_reestimate(m, &cal, ctx, 2, raw, none, 10.0f), 0);
+  assert_float_equal(fl_ctx_estimate(ctx, 0)[5], keep, 0.0f);
+  fl_ctx_free(ctx);
+  fl_model_free(m);
+}
+
+/* A reading beyond `range` standard deviations is replaced even on a
+ * channel not judged faulty; one within it is not; 0 switches it off. */
+static void test_correct_replaces_out_of_range(void **state) {
+  (void)state;
+  fl_model *m = small_model(0);
+  fl_ctx *ctx = NULL;
+  assert_int_equal(fl_ctx_create(&ctx, m, 1), 0);
+  float ra[2 * W], rb[W], out[2 * W];
+  fill(ra, rb);
+  ra[W - 1] = 1e4f; /* mean 0, std 1: 10,000 sd out */
+  assert_int_equal(fl_model_normalise(m, ctx, 0, 0, ra, 10.0f), 0);
+  assert_int_equal(fl_model_normalise(m, ctx, 0, 1, rb, 10.0f), 0);
+  assert_int_equal(fl_model_forward(m, ctx, 1, 1, 0), 0);
+  memcpy(fl_ctx_estimate(ctx, 0), fl_ctx_output(ctx, 0), sizeof(float) * 2 * W);
+  int faulty[2] = {0, 0};
+  assert_int_equal(fl_detect_correct(m, ctx, 0, 0, ra, faulty, 10.0f, out), 0);
+  assert_true(fabsf(out[W - 1]) < 100.0f);
+  assert_float_equal(out[W - 2], ra[W - 2], 0.0f);
+  assert_float_equal(out[W + 3], ra[W + 3], 0.0f);
+  assert_int_equal(fl_detect_correct(m, ctx, 0, 0, ra, faulty, 0.0f, out), 0);
+  assert_float_equal(out[W - 1], 1e4f, 0.0f);
+  fl_ctx_free(ctx);
+  fl_model_free(m);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_baseline_follows_drift_and_keeps_a_step),
+      cmocka_unit_test(test_baseline_ignores_drifting_modalities),
+      cmocka_unit_test(test_reestimate_ignores_the_faulty_channel),
+      cmocka_unit_test(test_correct_replaces_out_of_range),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
