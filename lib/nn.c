@@ -150,10 +150,10 @@ __attribute__((target("avx2,fma"))) static void fl__dense_small(float *y, const 
   }
 }
 
+/* No cached flag: the builtin reads what the runtime's constructor found,
+ * and a static here would be state shared by every thread. */
 static int fl__small_ok(void) {
-  static int ok = -1;
-  if (ok < 0) ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 #else
 #define FL__HAVE_SMALL 0
