@@ -37,7 +37,10 @@ from fldtest import check  # noqa: E402
 SCENARIO, FLD, FL, MODEL, EPISODE, CONFIG = sys.argv[1:7]
 MODEL = os.environ.get("FL_TUNE_MODEL", MODEL)
 FLD, FL, MODEL, EPISODE, CONFIG = map(os.path.abspath, (FLD, FL, MODEL, EPISODE, CONFIG))
-EPISODES = os.environ.get("FL_TUNE_EPISODES", "10")
+# A sanitized build trains several times slower: the stream goes slower so
+# that updates can follow the shift, and eval injects fewer episodes.
+SANITIZED = os.environ.get("FAULTLINE_SANITIZED") == "1"
+EPISODES = os.environ.get("FL_TUNE_EPISODES", "5" if SANITIZED else "10")
 TMP = tempfile.mkdtemp(prefix="fld-tune-" + SCENARIO + "-")
 pb = T.load_proto(TMP)
 STRIDE = 5
@@ -128,7 +131,7 @@ def scenario_drift():
     rows = int(os.environ.get("FL_TUNE_ROWS", "9000"))
     shift = os.environ.get("FL_TUNE_SHIFT", "20")
     seed = os.environ.get("FL_TUNE_SEED", "23")
-    rate = int(os.environ.get("FL_TUNE_RATE", "300"))
+    rate = int(os.environ.get("FL_TUNE_RATE", "120" if SANITIZED else "300"))
     csv = os.path.join(TMP, "drift.csv")
     subprocess.run([FL, "simulate", "--rows", str(rows), "--seed", seed, "--anomalies", "0",
                     "--shift", shift, "--out", csv], check=True)
