@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Process test of `faultline inject` and `faultline eval`.
+"""Process test of `faultline inject`, `faultline eval` and `faultline calibrate`.
 
 Simulates a short clean run of the plant, trains a quick model on it with
 config/plant.ini (fewer epochs), then checks that inject corrupts exactly the
@@ -313,6 +313,56 @@ def main():
         check(abs(mine - spike["rmse"][k]) < 1e-3 * max(1.0, mine),
               f"RMSE {k}: {mine} here vs {spike['rmse'][k]} from eval")
     check(n == spike["samples"]["input"], f"faulted samples {n} vs {spike['samples']['input']}")
+
+    # ---- calibrate: the detector set anew, weights kept --------------------
+    def meta_of(path):
+        with open(path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            head = json.loads(f.read(n))
+            return head, head["__metadata__"]
+    with open(P("strict.ini"), "w") as f:
+        f.write(ini + "\n[detect]\nquantile = 0.5\n")
+    run("calibrate", "--model", P("m.model"), "--config", P("strict.ini"), "--data",
+        P("sim.csv"), "--out", P("m2.model"))
+    h1, m1 = meta_of(P("m.model"))
+    h2, m2 = meta_of(P("m2.model"))
+    d1, d2 = json.loads(m1["faultline.detect"]), json.loads(m2["faultline.detect"])
+    check(d2["quantile"] == 0.5 and d2["threshold"] < d1["threshold"],
+          f"calibrate: quantile 0.5 lowers the threshold ({d1['threshold']} -> {d2['threshold']})")
+    lin = json.loads(m2["faultline.lineage"])
+    check("recalibrated" in lin and lin.get("calibration_data") == P("sim.csv"),
+          f"calibrate: the lineage records it ({lin})")
+    with open(P("m.model"), "rb") as f1, open(P("m2.model"), "rb") as f2:
+        b1, b2 = f1.read(), f2.read()
+    for name, t in h1.items():
+        if name == "__metadata__" or name.startswith("calib."):
+            continue
+        o1, o2 = t["data_offsets"], h2[name]["data_offsets"]
+        check(o1[1] - o1[0] == o2[1] - o2[0], f"calibrate: {name} keeps its size")
+    import numpy as np
+    def tensor(blob, head, name):
+        n = struct.unpack("<Q", blob[:8])[0]
+        a, b = head[name]["data_offsets"]
+        return np.frombuffer(blob[8 + n + a:8 + n + b], dtype="<f4")
+    same_w = all(np.array_equal(tensor(b1, h1, k), tensor(b2, h2, k)) for k in h1
+                 if k != "__metadata__" and not k.startswith("calib."))
+    check(same_w, "calibrate: weights and normalisation unchanged")
+    # The same settings give the same calibration back.
+    run("calibrate", "--model", P("m.model"), "--config", P("fast.ini"), "--data",
+        P("sim.csv"), "--out", P("m3.model"))
+    d3 = json.loads(meta_of(P("m3.model"))[1]["faultline.detect"])
+    check(abs(d3["threshold"] - d1["threshold"]) < 1e-5,
+          f"calibrate: the training's settings reproduce its threshold "
+          f"({d1['threshold']} vs {d3['threshold']})")
+    # A config of another plant is refused, with the reason.
+    with open(P("other.ini"), "w") as f:
+        f.write("[modality.x]\nrate = 1\nchannels = current\n")
+    p = run("calibrate", "--model", P("m.model"), "--config", P("other.ini"), "--data",
+            P("sim.csv"), "--out", P("m4.model"), ok=False)
+    check(p.returncode == 1 and "does not describe" in p.stderr and
+          not os.path.exists(P("m4.model")), f"calibrate: foreign config refused ({p.stderr})")
+    p = run("calibrate", "--model", P("m.model"), ok=False)
+    check(p.returncode != 0 and "required" in p.stderr, "calibrate: missing --data/--out")
 
     if failures:
         sys.exit(f"{len(failures)} check(s) failed")
