@@ -117,9 +117,10 @@ void fl_detect_baseline_reset(fl_detect_baseline *bl);
  * window's channel, modality and window scores.  A fault that outlasts the
  * window stays visible this way, where the window's own features have
  * nothing left to compare with.  The baseline then learns from the window
- * with time constant cal->base_span, each step clipped to three standard
- * deviations, so slow drift is followed and a fault is absorbed only slowly
- * (a 10-sd offset in about base_span ticks).  Drifting modalities take no
+ * with time constant cal->base_span, the level's step clipped to three
+ * standard deviations and the variance's to four times itself, so slow drift
+ * is followed and a fault of many standard deviations is absorbed only over
+ * several spans.  Drifting modalities take no
  * part: their level is normal whatever it is.  With raw_z non-NULL (nch) the
  * uncalibrated distances are written there and the scores are left alone
  * (calibration). */
