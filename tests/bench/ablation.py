@@ -93,6 +93,16 @@ def run(cmd, log):
         sys.exit("ablation: %s failed (exit %d), see %s" % (cmd[1], r.returncode, log))
 
 
+def load_run(js, an, tm):
+    out = {}
+    for key, path in (("eval", js), ("analyze", an)):
+        with open(path) as f:
+            out[key] = json.load(f)
+    with open(tm) as f:
+        out["train_s"] = float(f.read())
+    return out
+
+
 def one(args, ds, base_cfg, variant, seed):
     """Trains, evaluates and analyses one (dataset, variant, seed).
 
@@ -141,13 +151,7 @@ def one(args, ds, base_cfg, variant, seed):
                 os.rename(an + ".tmp", an)
         finally:
             os.unlink(lock)
-    out = {}
-    for key, path in (("eval", js), ("analyze", an)):
-        with open(path) as f:
-            out[key] = json.load(f)
-    with open(tm) as f:
-        out["train_s"] = float(f.read())
-    return out
+    return load_run(js, an, tm)
 
 
 def one_recalibrated(args, d, tag, base_cfg, variant):
@@ -178,13 +182,7 @@ def one_recalibrated(args, d, tag, base_cfg, variant):
             os.rename(js + ".tmp", js)
         finally:
             os.unlink(lock)
-    out = {}
-    for key, path in (("eval", js), ("analyze", an)):
-        with open(path) as f:
-            out[key] = json.load(f)
-    with open(tm) as f:
-        out["train_s"] = float(f.read())
-    return out
+    return load_run(js, an, tm)
 
 
 def fmt(vals, digits=3):
