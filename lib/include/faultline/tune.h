@@ -85,7 +85,7 @@ typedef struct {
   int recalibrate;    /* 1: an accepted update's calibration comes from the
                        * buffer, loosening only (see above); 0: the calibration
                        * in service stays unless the head is tuned or the
-                       * corrected residual is scored (w_corr > 0) (0) */
+                       * corrected residual is scored (w_corr > 0) (1) */
   uint64_t seed;
   fl_train_config train;   /* p_clean, tau, w_contrast, clip, faults, clamp, lr_dec2 */
   fl_detect_config detect; /* the recalibration's quantiles */
