@@ -409,6 +409,13 @@ static void fld__after(uv_work_t *req, int status) {
         fl_tune_job_rebase(t->job, t->buf);
         for (int s = 0; s < app->n_streams; s++)
           if (app->streams[s]->tune) fl_tune_job_rebase(t->job, app->streams[s]->tune->cand);
+        /* So were the streams' baseline levels: a moved mean must not look
+         * like a step of every stream's level. */
+        float d[FL_MAX_TOTAL_CHANNELS];
+        if (fl_tune_job_norm_delta(t->job, d) == 0)
+          for (int s = 0; s < app->n_streams; s++)
+            for (int c = 0; c < fl_model_channels(e->b.model); c++)
+              app->streams[s]->base.level[c] -= d[c];
         t->accepted++;
         t->updates++;
         fld__lineage(t, t->updates, t->lineage, sizeof t->lineage);
