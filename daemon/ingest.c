@@ -201,18 +201,16 @@ void fld_ingest_flush(fld_app *app) {
   int flags[FLD_MAX_BATCH], gates[FLD_MAX_BATCH];
   /* As the offline scan: decisions in arrival order (the baseline follows
    * each stream), the windows with faulty channels estimated again without
-   * them, then the gated correction.  Correction follows the debounced flag;
-   * missing and out-of-range readings are replaced whatever it says.  The
-   * tuner's gate is stricter: no window above threshold is learned from. */
+   * them, then the gated correction.  The tuner's gate is stricter: no window
+   * above threshold is learned from. */
   for (int k = 0; k < B; k++) {
     fld_slot *sl = &app->pending[k];
     fl_window_score *sc = &e->sc[k];
-    fl_detect_track(e->b.model, &e->b.calib, &sl->st->base, sc, app->cfg.stride, NULL);
-    int above = sc->score > thr;
-    flags[k] = fl_hyst_update(&sl->st->hyst, above, e->hyst_on, e->hyst_off);
+    int above;
+    flags[k] = fl_detect_decide(e->b.model, &e->b.calib, &sl->st->base, &sl->st->hyst,
+                                e->hyst_on, e->hyst_off, sc, app->cfg.stride,
+                                faulty + (size_t)k * nch, &above);
     gates[k] = flags[k] || above;
-    for (int c = 0; c < nch; c++)
-      faulty[k * nch + c] = flags[k] && sc->chan[c] > e->b.calib.chan_threshold;
   }
   if ((rc = fl_detect_reestimate(e->b.model, &e->b.calib, e->ctx, B, e->raw, faulty,
                                  e->b.clamp)))

@@ -263,6 +263,20 @@ void fl_detect_track(const fl_model *m, const fl_calib *cal, fl_detect_baseline 
     fl__learn(bl, sc, off, s->mod[i].channels, (double)tail * s->mod[i].rate, a);
 }
 
+int fl_detect_decide(const fl_model *m, const fl_calib *cal, fl_detect_baseline *bl, fl_hyst *h,
+                     int on, int off, fl_window_score *sc, int ticks, unsigned char *faulty,
+                     int *above) {
+  fl_detect_track(m, cal, bl, sc, ticks, NULL);
+  int up = sc->score > cal->threshold, flag = fl_hyst_update(h, up, on, off);
+  /* Correction follows the debounced flag, so that a clean stretch that one
+   * window's score grazes passes untouched; a sensor that reads 0 V (out of
+   * range) or nothing is replaced whatever the flag says (fl_detect_correct). */
+  for (int c = 0; c < fl_model_channels((fl_model *)m); c++)
+    faulty[c] = flag && sc->chan[c] > cal->chan_threshold;
+  if (above) *above = up;
+  return flag;
+}
+
 static int fl__cmp(const void *a, const void *b) {
   float x = *(const float *)a, y = *(const float *)b;
   return (x > y) - (x < y);

@@ -79,21 +79,14 @@ int fl_scan(fl_bundle *b, const fl_series *s, int stride, fl_scan_result *out) {
       int e = ends[j + k], first = e - stride < W - 1 ? W - 1 : e - stride;
       /* The first window also decides for nothing before its own last tick. */
       if (j + k == 0) first = e - 1;
-      fl_detect_track(m, &b->calib, &bl, &sc[k], stride, NULL);
-      int above = sc[k].score > b->calib.threshold;
-      int flag = fl_hyst_update(&h, above, b->detect.on, b->detect.off);
+      int flag = fl_detect_decide(m, &b->calib, &bl, &h, b->detect.on, b->detect.off, &sc[k],
+                                  stride, faulty + (size_t)k * nch, NULL);
       for (int r = first; r < e; r++) {
         out->score[r] = sc[k].score;
         out->flag[r] = (unsigned char)flag;
         out->modality[r] = (signed char)(flag ? sc[k].modality : -1);
         memcpy(out->chan + (size_t)r * nch, sc[k].chan, sizeof(float) * nch);
       }
-      /* Correction follows the debounced flag, so that a clean stretch
-       * that one window's score grazes passes untouched; a sensor that reads
-       * 0 V (out of range) or nothing is replaced whatever the flag says
-       * (fl_detect_correct). */
-      for (int c = 0; c < nch; c++)
-        faulty[k * nch + c] = flag && sc[k].chan[c] > b->calib.chan_threshold;
     }
     if ((err = fl_detect_reestimate(m, &b->calib, ctx, B, raw, faulty, b->clamp))) goto fail;
     for (int k = 0; k < B; k++) {

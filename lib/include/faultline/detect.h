@@ -173,4 +173,14 @@ typedef struct {
 /* Feeds one window's raw decision; returns the debounced flag. */
 int fl_hyst_update(fl_hyst *h, int above, int on, int off);
 
+/* One scored window's decision, in its stream's order: the baseline feature
+ * folded in (fl_detect_track, `ticks` after the previous window), the
+ * debounced flag from h, and the channels the correction replaces
+ * (faulty[c] for the nch channels: flagged and above the channel
+ * threshold).  Returns the flag; *above (if non-NULL) gets the window's own
+ * decision.  The offline scan and the daemon decide through this. */
+int fl_detect_decide(const fl_model *m, const fl_calib *cal, fl_detect_baseline *bl, fl_hyst *h,
+                     int on, int off, fl_window_score *sc, int ticks, unsigned char *faulty,
+                     int *above);
+
 #endif
