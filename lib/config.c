@@ -180,6 +180,7 @@ static int fl__handler(void *user, const char *section, const char *key, const c
   FL__F("detect", "noise_ratio_weight", c->detect.w_ratio)
   FL__F("detect", "baseline_weight", c->detect.w_base)
   FL__I("detect", "baseline_span", c->detect.base_span)
+  FL__I("detect", "agree", c->detect.agree)
   FL__I("detect", "calibrate_all", c->detect.calibrate_all)
   FL__I("detect", "hysteresis_on", c->detect.on)
   FL__I("detect", "hysteresis_off", c->detect.off)
@@ -233,10 +234,10 @@ static int fl__finish(fl_config *c, fl__parse *p, int rc, char *err, size_t errl
       return FL_EINVAL;
     }
   if (c->detect.tail <= 0 || c->detect.tail > c->spec.window || c->train.batch <= 0 ||
-      c->detect.base_span < 1 ||
+      c->detect.base_span < 1 || (c->detect.agree != 0 && c->detect.agree != 1) ||
       !(c->detect.quantile > 0 && c->detect.quantile <= 1) || c->detect.on < 1 ||
       c->detect.off < 1) {
-    snprintf(err, errlen, "detect.tail, baseline_span (>= 1), train.batch, detect.quantile or hysteresis out of range");
+    snprintf(err, errlen, "detect.tail, baseline_span (>= 1), agree (0 or 1), train.batch, detect.quantile or hysteresis out of range");
     return FL_EINVAL;
   }
   if (c->spec.n_mod && fl_model_spec_check(&c->spec)) {

@@ -28,6 +28,7 @@ void fl_detect_defaults(fl_detect_config *c) {
   c->w_ratio = 0.0f;
   c->w_base = 0.0f;
   c->base_span = 300;
+  c->agree = 1;
   c->calibrate_all = 1;
   c->on = 2;
   c->off = 3;
@@ -89,11 +90,13 @@ int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
       for (int c = 0; c < C; c++, off++) {
         /* The head of the window (before the tail) is the reference the
          * tail's level and noise are held against. */
-        double sh2 = 0, st = 0;
-        int nhd = 0, prev = -1;
+        double sh2 = 0, st = 0, sh = 0;
+        int nhd = 0, nh = 0, prev = -1;
         for (int t = 0; t < t0; t++) {
           size_t k = (size_t)c * T + t;
           if (mk[k] == 0.0f) continue;
+          sh += x[k];
+          nh++;
           if (prev >= 0) {
             double dx = (double)x[k] - x[(size_t)c * T + prev];
             sh2 += dx * dx;
@@ -153,6 +156,7 @@ int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
         o->resid[off] = (float)sqrt(mse);
         o->level[off] = mt;
         o->noise[off] = (float)rough;
+        o->shift[off] = n && nh ? (float)(st / n - sh / nh) : 0.0f;
         float sc = 0.0f;
         if (calibrated) {
           float zr = fl__z(r, cal->res_mu[off], cal->res_sd[off]);
@@ -263,6 +267,25 @@ void fl_detect_track(const fl_model *m, const fl_calib *cal, fl_detect_baseline 
     fl__learn(bl, sc, off, s->mod[i].channels, (double)tail * s->mod[i].rate, a);
 }
 
+#define FL__AGREE_SHIFT 1.0f
+#define FL__AGREE_RATIO 0.5f
+
+static void fl__agree(const fl_model_spec *s, const fl_window_score *sc,
+                      unsigned char *faulty) {
+  for (int i = 0, k0 = 0; i < s->n_mod; k0 += s->mod[i].channels, i++) {
+    int C = s->mod[i].channels, all = C > 1;
+    float lo = INFINITY, hi = 0.0f;
+    for (int c = 0; c < C; c++) {
+      float d = fabsf(sc->shift[k0 + c]);
+      all &= faulty[k0 + c] != 0;
+      if (d < lo) lo = d;
+      if (d > hi) hi = d;
+    }
+    if (all && hi >= FL__AGREE_SHIFT && lo >= FL__AGREE_RATIO * hi)
+      memset(faulty + k0, 0, (size_t)C);
+  }
+}
+
 int fl_detect_decide(const fl_model *m, const fl_calib *cal, fl_detect_baseline *bl, fl_hyst *h,
                      int on, int off, fl_window_score *sc, int ticks, unsigned char *faulty,
                      int *above) {
@@ -273,6 +296,13 @@ int fl_detect_decide(const fl_model *m, const fl_calib *cal, fl_detect_baseline 
    * range) or nothing is replaced whatever the flag says (fl_detect_correct). */
   for (int c = 0; c < fl_model_channels((fl_model *)m); c++)
     faulty[c] = flag && sc->chan[c] > cal->chan_threshold;
+  /* Sensors that agree describe the process: when every channel of a
+   * modality is judged faulty and each has moved (tail against head) by at
+   * least half of the largest move, itself a standard deviation or more, the
+   * event is the plant's (two accelerometers rising together), not a failed
+   * sensor's (a fault moves one channel; its neighbours' scores rise only
+   * through the estimate).  It stays flagged and is passed through. */
+  if (cal->agree) fl__agree(fl_model_spec_of((fl_model *)m), sc, faulty);
   if (above) *above = up;
   return flag;
 }
@@ -410,6 +440,7 @@ static int fl__calibrate(fl_model *m, fl_calib *cal, int nw, int Bmax, fl_detect
   cal->w_ratio = dcfg->w_ratio;
   cal->w_base = seq ? dcfg->w_base : 0.0f;
   cal->base_span = dcfg->base_span;
+  cal->agree = dcfg->agree;
   fl_detect_baseline bl;
   fl_window_score one;
   /* Pass 1: raw features and embeddings of every held-out window. */

@@ -1,7 +1,8 @@
 /* Unit tests for the detector's stream features and masked correction
  * (lib/detect.c) against their contracts in faultline/detect.h:
- * fl_detect_track (the per-stream baseline), fl_detect_reestimate and the
- * out-of-range rule of fl_detect_correct.  A small two-modality model with
+ * fl_detect_track (the per-stream baseline), fl_detect_reestimate, the
+ * out-of-range rule of fl_detect_correct and fl_detect_decide's rule for
+ * channels that agree.  A small two-modality model with
  * random weights serves; the properties tested do not depend on training. */
 #include <math.h>
 #include <setjmp.h>
@@ -209,12 +210,74 @@ static void test_correct_replaces_out_of_range(void **state) {
   fl_model_free(m);
 }
 
+/* fl_detect_score measures each channel's move from the window's head to
+ * its tail; fl_detect_decide passes a modality through when all its channels
+ * are judged faulty and moved together (a process event), and replaces the
+ * faulty channels when one moved and its neighbour only scored. */
+static void test_decide_passes_channels_that_agree(void **state) {
+  (void)state;
+  fl_model *m = small_model(0);
+  int nch = fl_model_channels(m);
+  fl_calib cal;
+  memset(&cal, 0, sizeof cal);
+  cal.nch = nch;
+  cal.tail = TAIL;
+  cal.threshold = 1.0f;
+  cal.chan_threshold = 1.0f;
+  cal.agree = 1;
+  for (int c = 0; c < nch; c++) cal.res_sd[c] = cal.var_sd[c] = 1.0f;
+  fl_ctx *ctx = NULL;
+  assert_int_equal(fl_ctx_create(&ctx, m, 2), 0);
+  float ra[2][2 * W], rb[2][W];
+  for (int b = 0; b < 2; b++) {
+    fill(ra[b], rb[b]);
+    /* Window 0: both channels of modality a step up by 4 in the tail;
+     * window 1: only a0 does. */
+    for (int t = W - TAIL; t < W; t++) {
+      ra[b][t] += 4.0f;
+      if (b == 0) ra[b][W + t] += 4.0f;
+    }
+    assert_int_equal(fl_model_normalise(m, ctx, b, 0, ra[b], 10.0f), 0);
+    assert_int_equal(fl_model_normalise(m, ctx, b, 1, rb[b], 10.0f), 0);
+  }
+  fl_window_score sc[2];
+  assert_int_equal(fl_detect_score(m, &cal, ctx, 2, sc, NULL), 0);
+  assert_true(fabsf(sc[0].shift[0] - sc[0].shift[1]) < 1.0f);
+  assert_true(sc[0].shift[0] > 3.0f && sc[1].shift[0] > 3.0f);
+  assert_true(fabsf(sc[1].shift[1]) < 1.0f);
+  for (int b = 0; b < 2; b++) {
+    /* Both channels of a judged faulty, b not (whatever the random model
+     * scored): only the shifts differ between the windows. */
+    sc[b].score = 10.0f;
+    sc[b].chan[0] = sc[b].chan[1] = 10.0f;
+    sc[b].chan[2] = 0.0f;
+  }
+  for (int v = 0; v < 2; v++) {
+    cal.agree = v;
+    unsigned char faulty[2][3];
+    for (int b = 0; b < 2; b++) {
+      fl_hyst h = {0, 0};
+      fl_detect_baseline bl;
+      fl_detect_baseline_reset(&bl);
+      assert_int_equal(fl_detect_decide(m, &cal, &bl, &h, 1, 1, &sc[b], 1, faulty[b], NULL), 1);
+    }
+    assert_int_equal(faulty[0][0], !v);
+    assert_int_equal(faulty[0][1], !v);
+    assert_int_equal(faulty[1][0], 1);
+    assert_int_equal(faulty[1][1], 1);
+    assert_int_equal(faulty[0][2] | faulty[1][2], 0);
+  }
+  fl_ctx_free(ctx);
+  fl_model_free(m);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_baseline_follows_drift_and_keeps_a_step),
       cmocka_unit_test(test_baseline_ignores_drifting_modalities),
       cmocka_unit_test(test_reestimate_ignores_the_faulty_channel),
       cmocka_unit_test(test_correct_replaces_out_of_range),
+      cmocka_unit_test(test_decide_passes_channels_that_agree),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

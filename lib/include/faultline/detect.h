@@ -23,7 +23,9 @@
  *
  * Correction is gated: the corrected output equals the input on channels
  * judged healthy and the model's corrected estimate (compute block on) on
- * channels judged faulty and on every missing value. */
+ * channels judged faulty and on every missing value.  Channels of one
+ * modality that all moved together are the process, not a failed sensor:
+ * they stay flagged and pass through (fl_detect_decide). */
 #ifndef FAULTLINE_DETECT_H
 #define FAULTLINE_DETECT_H
 
@@ -44,6 +46,8 @@ typedef struct {
   float w_ratio;    /* 1: the tail's noise against the head's takes part (0) */
   float w_base;     /* 1: the tail's level against the stream's baseline takes part (0) */
   int base_span;    /* base ticks: time constant of the baseline's average (300) */
+  int agree;        /* 1: a modality whose channels all moved together is passed
+                       through uncorrected (a process event), 0: replaced (1) */
   int calibrate_all; /* 1: calibrate on every window of the recordings, 0: on the
                         held-out ones only (1) */
   int on, off;      /* hysteresis: windows above (below) to raise (clear) a flag */
@@ -66,6 +70,7 @@ typedef struct {
   int tail;
   float w_emb, w_var, w_corr, w_ratio, w_base;
   int base_span;
+  int agree; /* see fl_detect_config */
 } fl_calib;
 
 typedef struct {
@@ -76,6 +81,7 @@ typedef struct {
   float resid[FL_MAX_TOTAL_CHANNELS];     /* RMS residual over the tail, std units */
   float level[FL_MAX_TOTAL_CHANNELS];     /* mean of the tail, std units (detrended) */
   float noise[FL_MAX_TOTAL_CHANNELS];     /* mean squared successive difference of the tail */
+  float shift[FL_MAX_TOTAL_CHANNELS];     /* mean of the tail minus mean of the head, std units */
   float emb_score;
 } fl_window_score;
 
@@ -177,7 +183,8 @@ int fl_hyst_update(fl_hyst *h, int above, int on, int off);
  * folded in (fl_detect_track, `ticks` after the previous window), the
  * debounced flag from h, and the channels the correction replaces
  * (faulty[c] for the nch channels: flagged and above the channel
- * threshold).  Returns the flag; *above (if non-NULL) gets the window's own
+ * threshold, except, with cal->agree, the channels of a modality that were
+ * all above it and all moved together: see fl_detect_config.agree).  Returns the flag; *above (if non-NULL) gets the window's own
  * decision.  The offline scan and the daemon decide through this. */
 int fl_detect_decide(const fl_model *m, const fl_calib *cal, fl_detect_baseline *bl, fl_hyst *h,
                      int on, int off, fl_window_score *sc, int ticks, unsigned char *faulty,
