@@ -178,6 +178,7 @@ static int fl__handler(void *user, const char *section, const char *key, const c
   FL__F("detect", "variance_weight", c->detect.w_var)
   FL__F("detect", "correction_weight", c->detect.w_corr)
   FL__F("detect", "noise_ratio_weight", c->detect.w_ratio)
+  FL__F("detect", "noise_rise_weight", c->detect.w_rise)
   FL__F("detect", "baseline_weight", c->detect.w_base)
   FL__I("detect", "baseline_span", c->detect.base_span)
   FL__I("detect", "agree", c->detect.agree)

@@ -26,6 +26,7 @@ void fl_detect_defaults(fl_detect_config *c) {
   c->w_var = 1.0f;
   c->w_corr = 0.0f;
   c->w_ratio = 0.0f;
+  c->w_rise = 1.0f;
   c->w_base = 0.0f;
   c->base_span = 300;
   c->agree = 1;
@@ -164,6 +165,9 @@ int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
            * (stuck, saturated) leaves, which residuals cannot see; a rise
            * is noise, which the residual already measures. */
           float zv = cal->w_var > 0.0f ? -fl__z(v, cal->var_mu[off], cal->var_sd[off]) : 0.0f;
+          /* ...and, with w_rise, a rise too: the autoencoder reproduces
+           * added noise, so the residual alone misses a noisy sensor. */
+          if (cal->w_rise > 0.0f && -zv > zv) zv = -zv;
           /* The corrected estimate is what the channel should read given
            * the other modalities: its residual sees the level faults that
            * the stage-1 autoencoder reproduces. */
@@ -438,6 +442,7 @@ static int fl__calibrate(fl_model *m, fl_calib *cal, int nw, int Bmax, fl_detect
   cal->w_var = dcfg->w_var;
   cal->w_corr = dcfg->w_corr;
   cal->w_ratio = dcfg->w_ratio;
+  cal->w_rise = dcfg->w_var > 0.0f ? dcfg->w_rise : 0.0f;
   cal->w_base = seq ? dcfg->w_base : 0.0f;
   cal->base_span = dcfg->base_span;
   cal->agree = dcfg->agree;

@@ -271,6 +271,47 @@ static void test_decide_passes_channels_that_agree(void **state) {
   fl_model_free(m);
 }
 
+/* The noise feature counts a collapse always and, with w_rise, a rise:
+ * a tail ten times noisier than the calibrated level scores high only then. */
+static void test_noise_rise_counts_with_w_rise(void **state) {
+  (void)state;
+  fl_model *m = small_model(0);
+  int nch = fl_model_channels(m);
+  fl_calib cal;
+  memset(&cal, 0, sizeof cal);
+  cal.nch = nch;
+  cal.tail = TAIL;
+  cal.w_var = 1.0f;
+  cal.threshold = 1.0f;
+  fl_ctx *ctx = NULL;
+  assert_int_equal(fl_ctx_create(&ctx, m, 1), 0);
+  float ra[2 * W], rb[W];
+  fill(ra, rb);
+  for (int t = W - TAIL; t < W; t++) ra[t] += (t % 2 ? 3.0f : -3.0f);
+  assert_int_equal(fl_model_normalise(m, ctx, 0, 0, ra, 10.0f), 0);
+  assert_int_equal(fl_model_normalise(m, ctx, 0, 1, rb, 10.0f), 0);
+  fl_window_score sc[2];
+  for (int v = 0; v < 2; v++) {
+    cal.w_rise = (float)v;
+    for (int c = 0; c < nch; c++) {
+      /* Residuals calibrated far above anything seen: only the noise
+       * feature can score. */
+      cal.res_mu[c] = 100.0f;
+      cal.res_sd[c] = 1.0f;
+      cal.var_mu[c] = logf(0.1f);
+      cal.var_sd[c] = 0.5f;
+    }
+    assert_int_equal(fl_detect_score(m, &cal, ctx, 1, &sc[v], NULL), 0);
+  }
+  /* Channel a0's tail alternates by 6: its mean squared difference is about
+   * 36, log 3.6 against a clean log(0.1) = -2.3, so z = 11.8. */
+  assert_true(sc[0].chan[0] < 1.0f);
+  assert_true(sc[1].chan[0] > 10.0f);
+  assert_true(sc[1].score > 10.0f && sc[1].modality == 0);
+  fl_ctx_free(ctx);
+  fl_model_free(m);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_baseline_follows_drift_and_keeps_a_step),
@@ -278,6 +319,7 @@ int main(void) {
       cmocka_unit_test(test_reestimate_ignores_the_faulty_channel),
       cmocka_unit_test(test_correct_replaces_out_of_range),
       cmocka_unit_test(test_decide_passes_channels_that_agree),
+      cmocka_unit_test(test_noise_rise_counts_with_w_rise),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -15,7 +15,8 @@
  * and for the window the embedding's cosine distance d to the clean centroid.
  * Each feature is standardised by its mean and spread on clean held-out
  * windows (the calibration).  A channel's score is max(z(r_c), -z(v_c), z(q_c)) plus
- * a penalty for missing samples; a modality's score is its channels' maximum;
+ * a penalty for missing samples (|z(v_c)| with w_rise: the autoencoder
+ * reproduces added noise, so a noisy sensor shows in v_c, not in r_c); a modality's score is its channels' maximum;
  * the window's score is the maximum of the modality scores and z(d).  The
  * window is flagged when its score exceeds the threshold, a quantile of clean
  * held-out window scores; the faulty modality is the one with the largest
@@ -44,6 +45,8 @@ typedef struct {
   float w_var;      /* 1: the variance feature takes part in the score, 0: not */
   float w_corr;     /* 1: the corrected estimate's residual takes part, 0: not (0) */
   float w_ratio;    /* 1: the tail's noise against the head's takes part (0) */
+  float w_rise;     /* 1: a rise of the noise feature counts as well as a collapse,
+                       when w_var is on (1; models written before the key: 0) */
   float w_base;     /* 1: the tail's level against the stream's baseline takes part (0) */
   int base_span;    /* base ticks: time constant of the baseline's average (300) */
   int agree;        /* 1: a modality whose channels all moved together is passed
@@ -68,7 +71,7 @@ typedef struct {
   float emb_mu, emb_sd;
   float threshold, chan_threshold;
   int tail;
-  float w_emb, w_var, w_corr, w_ratio, w_base;
+  float w_emb, w_var, w_corr, w_ratio, w_base, w_rise;
   int base_span;
   int agree; /* see fl_detect_config */
 } fl_calib;
