@@ -4,7 +4,9 @@ faultline(1): the commands of `faultline --help` are the page's COMMANDS
   sections; for each, every --option of `faultline CMD --help` is in its
   section, every option of the section is in --help or in the command's
   getopt table (tools/*.c), and every getopt option is in the section.
-faultlined(8): the options of `faultlined --help` are the page's OPTIONS.
+faultlined(8): the options of `faultlined --help` are the page's OPTIONS;
+  the metric names daemon/*.c prints are the page's METRICS (faultline
+  proxy's, in daemon/proxy.c, are in faultline(1)).
 faultline.ini(5): every key of config/faultline.ini is in its section of the
   page with the same default, and every key of the page is in the example or
   among the keys lib/config.c and daemon/dconfig.c parse.
@@ -94,6 +96,29 @@ page = open(os.path.join(MAN, "faultlined.8.scd")).read()
 h = opts(helptext(fld, "--help"))
 m = opts(sections(page, "#").get("OPTIONS", ""))
 check(h == m, f"faultlined(8) OPTIONS {sorted(m)} != faultlined --help's {sorted(h)}")
+
+
+def metric_names(files):
+    """Metric names the sources print (a histogram's _bucket/_sum/_count
+    series belong to its name)."""
+    names = set()
+    for path in files:
+        names |= set(re.findall(r"\b(faultline_[a-z0-9_]+)", open(path).read()))
+    names = {n for n in names if "__" not in n}  # protobuf-c's faultline__frame__... functions
+    return {n for n in names
+            if not (re.search(r"_(bucket|sum|count)$", n) and re.sub(r"_(bucket|sum|count)$", "", n) in names)}
+
+
+daemon_src = [os.path.join(ROOT, "daemon", n) for n in sorted(os.listdir(os.path.join(ROOT, "daemon")))
+              if n.endswith(".c") and n != "proxy.c"]
+shown = set(re.findall(r"\*(faultline_[a-z0-9_]+)", sections(page, "#").get("METRICS", "")))
+printed = metric_names(daemon_src)
+check(printed == shown, f"faultlined(8) METRICS: missing {sorted(printed - shown)}, "
+                        f"not printed by the daemon {sorted(shown - printed)}")
+fl_page = open(os.path.join(MAN, "faultline.1.scd")).read()
+proxy = metric_names([os.path.join(ROOT, "daemon", "proxy.c")]) - printed
+check(all(n in fl_page for n in proxy),
+      f"faultline(1) proxy metrics missing: {sorted(n for n in proxy if n not in fl_page)}")
 
 # ---- faultline.ini(5)
 def ini_keys(path):
