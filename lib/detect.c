@@ -146,6 +146,12 @@ int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
          * ratio); the tail's mean is what the stream's baseline follows. */
         float h = nhd ? (float)log(sh2 / nhd + FL__LOG_EPS) : v;
         float mt = n ? (float)(st / n) : NAN;
+        if (s->mod[i].drifts && n && (!cal || cal->nch != nch || cal->base_drift)) {
+          /* The window's trend is what standardisation took out of a drifting
+           * modality: added back, the tail's mean is the sensor's level. */
+          const float *lv = fl_ctx_level(ctx, i) + (size_t)b * C * 2;
+          mt += lv[2 * c] + lv[2 * c + 1] * (0.5f * (float)(t0 + T - 1) - 0.5f * (float)(T - 1));
+        }
         if (rw) {
           rw[off] = r;
           rw[nch + off] = v;
@@ -254,10 +260,10 @@ void fl_detect_track(const fl_model *m, const fl_calib *cal, fl_detect_baseline 
     for (int c = 0; c < s->mod[i].channels; c++) {
       int k = off + c;
       float z = 0.0f;
-      if (!s->mod[i].drifts && isfinite(sc->level[k]))
+      if ((!s->mod[i].drifts || cal->base_drift) && isfinite(sc->level[k]))
         z = (float)(fabs((double)sc->level[k] - bl->level[k]) / sqrt(bl->var[k]));
       if (raw_z) raw_z[k] = z;
-      if (!fold || s->mod[i].drifts) continue;
+      if (!fold || (s->mod[i].drifts && !cal->base_drift)) continue;
       float zb = fl__z(z, cal->bas_mu[k], cal->bas_sd[k]);
       if (zb > sc->chan[k]) sc->chan[k] = zb;
       if (zb > sc->mod_score[i]) sc->mod_score[i] = zb;
@@ -446,6 +452,7 @@ static int fl__calibrate(fl_model *m, fl_calib *cal, int nw, int Bmax, fl_detect
   cal->w_base = seq ? dcfg->w_base : 0.0f;
   cal->base_span = dcfg->base_span;
   cal->agree = dcfg->agree;
+  cal->base_drift = 1;
   fl_detect_baseline bl;
   fl_window_score one;
   /* Pass 1: raw features and embeddings of every held-out window. */

@@ -109,31 +109,41 @@ static void test_baseline_follows_drift_and_keeps_a_step(void **state) {
   fl_model_free(m);
 }
 
-/* A drifting modality's level is normal whatever it is: no baseline score. */
-static void test_baseline_ignores_drifting_modalities(void **state) {
+/* A drifting modality's baseline: in models calibrated before base_drift
+ * its (detrended) level took no part; with it the level is the sensor's
+ * own, trend added back, and a jump from its baseline scores. */
+static void test_baseline_of_drifting_modalities(void **state) {
   (void)state;
   fl_model *m = small_model(1);
   fl_calib cal;
   base_calib(m, &cal);
   int nch = fl_model_channels(m);
-  fl_detect_baseline bl;
-  fl_detect_baseline_reset(&bl);
-  fl_window_score sc;
-  float raw[8];
-  window(&sc, nch, 0.0f);
-  fl_detect_track(m, &cal, &bl, &sc, 1, NULL);
-  window(&sc, nch, 0.0f);
-  sc.level[2] = 50.0f; /* channel b0, modality b, drifts */
-  fl_detect_track(m, &cal, &bl, &sc, 1, raw);
-  assert_float_equal(raw[2], 0.0f, 0.0f);
-  window(&sc, nch, 0.0f);
-  sc.level[2] = 50.0f;
-  fl_detect_track(m, &cal, &bl, &sc, 1, NULL);
-  assert_true(sc.mod_score[1] <= 0.0f);
+  for (int v = 0; v < 2; v++) {
+    cal.base_drift = v;
+    fl_detect_baseline bl;
+    fl_detect_baseline_reset(&bl);
+    fl_window_score sc;
+    float raw[8];
+    window(&sc, nch, 0.0f);
+    fl_detect_track(m, &cal, &bl, &sc, 1, NULL);
+    window(&sc, nch, 0.0f);
+    sc.level[2] = 50.0f; /* channel b0, modality b, drifts */
+    fl_detect_track(m, &cal, &bl, &sc, 1, raw);
+    if (v)
+      assert_true(raw[2] > 100.0f);
+    else
+      assert_float_equal(raw[2], 0.0f, 0.0f);
+    window(&sc, nch, 0.0f);
+    sc.level[2] = 50.0f;
+    fl_detect_track(m, &cal, &bl, &sc, 1, NULL);
+    if (v)
+      assert_true(sc.mod_score[1] > 100.0f);
+    else
+      assert_true(sc.mod_score[1] <= 0.0f);
+  }
   fl_model_free(m);
 }
 
-/* Raw windows of the two modalities, (C, W) each, with a pattern. */
 static void fill(float *ra, float *rb) {
   for (int t = 0; t < W; t++) {
     ra[t] = sinf(0.4f * t);
@@ -312,14 +322,45 @@ static void test_noise_rise_counts_with_w_rise(void **state) {
   fl_model_free(m);
 }
 
+/* A drifting modality is standardised around its window's linear trend;
+ * the tail's level that the baseline follows is the sensor's, trend added
+ * back: a ramp's tail mean, not zero. */
+static void test_level_of_a_drifting_modality_keeps_its_trend(void **state) {
+  (void)state;
+  fl_model *m = small_model(1);
+  int nch = fl_model_channels(m);
+  fl_calib cal;
+  base_calib(m, &cal);
+  cal.base_drift = 1;
+  fl_ctx *ctx = NULL;
+  assert_int_equal(fl_ctx_create(&ctx, m, 1), 0);
+  float ra[2 * W], rb[W];
+  fill(ra, rb);
+  for (int t = 0; t < W; t++) rb[t] = 2.0f + 0.5f * t; /* mean 0, std 1: standardised as is */
+  assert_int_equal(fl_model_normalise(m, ctx, 0, 0, ra, 100.0f), 0);
+  assert_int_equal(fl_model_normalise(m, ctx, 0, 1, rb, 100.0f), 0);
+  fl_window_score sc;
+  assert_int_equal(fl_detect_score(m, &cal, ctx, 1, &sc, NULL), 0);
+  double tail = 0;
+  for (int t = W - TAIL; t < W; t++) tail += rb[t];
+  assert_float_equal(sc.level[2], tail / TAIL, 1e-3);
+  cal.base_drift = 0;
+  assert_int_equal(fl_detect_score(m, &cal, ctx, 1, &sc, NULL), 0);
+  assert_true(fabsf(sc.level[2]) < 2.0f);
+  (void)nch;
+  fl_ctx_free(ctx);
+  fl_model_free(m);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_baseline_follows_drift_and_keeps_a_step),
-      cmocka_unit_test(test_baseline_ignores_drifting_modalities),
+      cmocka_unit_test(test_baseline_of_drifting_modalities),
       cmocka_unit_test(test_reestimate_ignores_the_faulty_channel),
       cmocka_unit_test(test_correct_replaces_out_of_range),
       cmocka_unit_test(test_decide_passes_channels_that_agree),
       cmocka_unit_test(test_noise_rise_counts_with_w_rise),
+      cmocka_unit_test(test_level_of_a_drifting_modality_keeps_its_trend),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -74,6 +74,8 @@ typedef struct {
   float w_emb, w_var, w_corr, w_ratio, w_base, w_rise;
   int base_span;
   int agree; /* see fl_detect_config */
+  int base_drift; /* 1: drifting modalities' levels (trend added back) have a
+                     baseline too; 0 in models calibrated before it */
 } fl_calib;
 
 typedef struct {
