@@ -306,11 +306,28 @@ static int fl__validate(fl__trainer *t, int stage, float *out) {
   return 0;
 }
 
+/* Each stage's optimisers start afresh: the moments live in the model's
+ * parameter blocks, and stage 1's, read by a new optimiser at t = 1 and
+ * scaled by its bias correction (1 / (1 - 0.9) for the first moment),
+ * made the decoder's first stage-2 steps about ten times too large. */
+static void fl__adam_reset(fl_model *m) {
+  for (int mod = 0; mod < FL_MOD_COUNT; mod++) {
+    fl_param *ps;
+    int n;
+    if (fl_model_params(m, (fl_module)mod, &ps, &n)) continue;
+    for (int k = 0; k < n; k++) {
+      memset(ps[k].m, 0, sizeof(float) * ps[k].n);
+      memset(ps[k].v, 0, sizeof(float) * ps[k].n);
+    }
+  }
+}
+
 static int fl__run_stage(fl_model *m, const fl_series *s, int ns, const fl_train_config *cfg,
                          int stage, fl_train_cb cb, void *user) {
   fl__trainer t;
   int err = fl__trainer_init(&t, m, s, ns, cfg, (uint64_t)stage);
   if (err) return err;
+  fl__adam_reset(m);
   fl_adam opt[FL_MOD_COUNT];
   fl_adam_init(&opt[FL_MOD_ENC], cfg->lr1);
   fl_adam_init(&opt[FL_MOD_DEC], stage == 1 ? cfg->lr1 : cfg->lr_dec2);
