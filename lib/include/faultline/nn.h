@@ -180,8 +180,9 @@ int fl_clip_grad_norm(fl_param *ps, int count, float max_norm, float *norm_out);
 /* Largest singular value of a layer's linear operator A by Lanczos on
  * A^T A (restarted every 24 steps), run until the top Ritz value theta has a
  * residual r <= tol * theta (tol floored at 1e-6) or iters products with A
- * and A^T pass.  sigma is sqrt(theta + r): an upper-side figure, at most a
- * relative tol / 2 above the true norm when converged and not below it
+ * and A^T pass.  sigma is sqrt(theta + max(r, tol theta)): an upper-side
+ * figure, at most a relative tol / 2 above the true norm when converged and
+ * not below it
  * (unless the start vector is orthogonal to the top singular vector), also
  * on flat top spectra where a rule on the change of the estimate stops
  * early below it.
