@@ -739,9 +739,12 @@ static int fl__tridiag_top(double *theta, double *s, const double *a, const doub
  * Krylov space finds unless the start is orthogonal to its vector (the
  * fixed seeded start, or a warm start from the previous call, is not).
  * Unlike a stopping rule on the change of the estimate between steps, this
- * bound does not stall on a flat top spectrum (several near-equal singular
- * values): a Ritz value inside a cluster of width w is within w of the top
- * and its residual says so.  tol is floored at 1e-6, the resolution of the
+ * does not stall on a flat top spectrum (several near-equal singular values,
+ * the rule for long convolutions): the Ritz value keeps climbing with the
+ * Krylov space.  What the residual cannot see is a cluster the Krylov space
+ * has not yet resolved: theta is then below sigma_1^2 by at most the
+ * cluster's width (the unit tests hold it within 1e-5 on such spectra).
+ * tol is floored at 1e-6, the resolution of the
  * single-precision operator products.  iters bounds the number of operator
  * products (pairs A, A^T). */
 static int fl__power(float *sigma, const fl__linop *op, int iters, float tol, float *v) {
