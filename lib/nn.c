@@ -757,10 +757,10 @@ static int fl__power(float *sigma, const fl__linop *op, int iters, float tol, fl
   double *q = malloc(sizeof(double) * (size_t)(m + 1) * n); /* basis, row by row */
   double *w = malloc(sizeof(double) * n);
   double *a = malloc(sizeof(double) * m), *b = malloc(sizeof(double) * m);
-  double *s = malloc(sizeof(double) * m);
+  double *s = malloc(sizeof(double) * m), *c = malloc(sizeof(double) * m);
   double *scratch = malloc(sizeof(double) * ((size_t)m * m + 4 * m));
   float *work = op->work_floats ? malloc(sizeof(float) * op->work_floats) : NULL;
-  if (!u || !x || !q || !w || !a || !b || !s || !scratch || (op->work_floats && !work)) {
+  if (!u || !x || !q || !w || !a || !b || !s || !c || !scratch || (op->work_floats && !work)) {
     err = FL_ENOMEM;
     goto done;
   }
@@ -790,16 +790,14 @@ static int fl__power(float *sigma, const fl__linop *op, int iters, float tol, fl
       if ((err = op->adjoint(op, x, u, work))) goto done;
       used++;
       for (int i = 0; i < n; i++) w[i] = x[i];
-      /* Full reorthogonalisation, twice ("twice is enough"); the first
-       * pass's coefficient on q_k is the diagonal entry alpha_k. */
-      for (int pass = 0; pass < 2; pass++)
-        for (int j = 0; j <= k; j++) {
-          const double *qj = q + (size_t)j * n;
-          double c = 0.0;
-          for (int i = 0; i < n; i++) c += qj[i] * w[i];
-          for (int i = 0; i < n; i++) w[i] -= c * qj[i];
-          if (pass == 0 && j == k) a[k] = c;
-        }
+      /* Full reorthogonalisation against the basis q_0..q_k, classical
+       * Gram-Schmidt twice ("twice is enough"), as matrix-vector products;
+       * the first pass's coefficient on q_k is the diagonal entry alpha_k. */
+      for (int pass = 0; pass < 2; pass++) {
+        cblas_dgemv(CblasRowMajor, CblasNoTrans, k + 1, n, 1.0, q, n, w, 1, 0.0, c, 1);
+        cblas_dgemv(CblasRowMajor, CblasTrans, k + 1, n, -1.0, q, n, c, 1, 1.0, w, 1);
+        if (pass == 0) a[k] = c[k];
+      }
       double beta = 0.0;
       for (int i = 0; i < n; i++) beta += w[i] * w[i];
       beta = sqrt(beta);
@@ -820,9 +818,7 @@ static int fl__power(float *sigma, const fl__linop *op, int iters, float tol, fl
     }
     /* The top Ritz vector y = Q_k s: the warm start of the next call and
      * the start of a restart. */
-    for (int i = 0; i < n; i++) w[i] = 0.0;
-    for (int j = 0; j < k; j++)
-      for (int i = 0; i < n; i++) w[i] += s[j] * q[(size_t)j * n + i];
+    cblas_dgemv(CblasRowMajor, CblasTrans, k, n, 1.0, q, n, s, 1, 0.0, w, 1);
     double ny = 0.0;
     for (int i = 0; i < n; i++) ny += w[i] * w[i];
     ny = sqrt(ny);
@@ -844,6 +840,7 @@ done:
   free(a);
   free(b);
   free(s);
+  free(c);
   free(scratch);
   free(work);
   return err;
