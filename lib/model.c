@@ -62,9 +62,8 @@ void fl_model_spec_defaults(fl_model_spec *s) {
   s->target[FL_MOD_HEAD] = 2.0f;
   s->target[FL_MOD_DEC] = 2.0f;
   /* The ablation (tests/bench/ablation.py, README) found one target of 2.0
-   * for every layer better than this tighter block; the default moves once
-   * the projection's power iteration converges properly (README). */
-  s->target[FL_MOD_BLOCK] = 1.0f;
+   * for every layer better than the design's tighter block (1.0). */
+  s->target[FL_MOD_BLOCK] = 2.0f;
 }
 
 int fl_model_spec_add(fl_model_spec *s, const char *name, int rate, int channels,
