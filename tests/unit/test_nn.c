@@ -1316,6 +1316,67 @@ static void test_spectral_flat_conv(void **state) {
   check_flat("convt1d, pairs 1e-4 apart", sigma, want);
 }
 
+/* The training loop's case: a layer is pushed up along its top directions
+ * and projected back after every step, its singular vectors turning, the
+ * estimate warm-started from the previous step's vector.  W_t = U_t
+ * diag(s_t) V_t^T with U_t and V_t turned by random rotations among the top 8
+ * singular vectors each step, so the true norm is max(s_t) throughout.  After every
+ * projection the layer must be at most its target, to FLAT_DRIFT.  This is
+ * the estimator's known limit, not its aim: a warm start that is (nearly) a
+ * singular vector of the old top has a small residual although a value the
+ * step pushed past it is larger, and Lanczos from it needs many steps to
+ * resolve a gap of 1e-3.  Measured largest excess over the 60 steps: 1.9e-3
+ * (the old stopping rule on the change of the estimate: 5.1e-3); a warm
+ * start of several vectors (block Lanczos) would be the fix. */
+#define FLAT_DRIFT 2.5e-3
+static void test_spectral_flat_projection_steps(void **state) {
+  (void)state;
+  enum { N = 48, TOP = 8, STEPS = 60 };
+  static double U[N * N], V[N * N], s[N];
+  static float w[N * N];
+  float v[N] = {0};
+  fl_rng r;
+  fl_rng_seed(&r, 1304);
+  orthonormal_cols(U, N, N, &r);
+  orthonormal_cols(V, N, N, &r);
+  for (int k = 0; k < N; k++) s[k] = k < TOP ? 1.0 - 1e-3 * k : 0.8 * pow(0.95, k - TOP);
+  double worst = 0.0;
+  for (int t = 0; t < STEPS; t++) {
+    /* The step: the top values grow unevenly, and U turns in their plane. */
+    for (int k = 0; k < TOP; k++) s[k] *= 1.0 + 2e-3 * fl_rng_uniform(&r);
+    for (int rep = 0; rep < 4; rep++) {
+      int a = (int)(fl_rng_uniform(&r) * TOP) % TOP, b = (a + 1 + rep) % TOP;
+      double th = 0.05 * (fl_rng_uniform(&r) - 0.5), c = cos(th), sn = sin(th);
+      for (int i = 0; i < N; i++) {
+        double x = U[i * N + a], y = U[i * N + b];
+        U[i * N + a] = c * x - sn * y;
+        U[i * N + b] = sn * x + c * y;
+        x = V[i * N + a], y = V[i * N + b];
+        V[i * N + a] = c * x + sn * y;
+        V[i * N + b] = -sn * x + c * y;
+      }
+    }
+    for (int o = 0; o < N; o++)
+      for (int i = 0; i < N; i++) {
+        double acc = 0.0;
+        for (int k = 0; k < N; k++) acc += U[o * N + k] * s[k] * V[i * N + k];
+        w[o * N + i] = (float)acc;
+      }
+    double truth = 0.0;
+    for (int k = 0; k < N; k++) truth = s[k] > truth ? s[k] : truth;
+    float sigma = -1.0f;
+    assert_int_equal(fl_spectral_dense(&sigma, w, N, N, 200, 1e-4f, v), 0);
+    float scale = fl_lipschitz_project(w, N * N, sigma, 1.0f);
+    for (int k = 0; k < N; k++) s[k] *= scale; /* the projection, exactly */
+    double after = truth * scale, over = after - 1.0;
+    if (over > worst) worst = over;
+    if (!(after <= 1.0 + FLAT_DRIFT))
+      fail_msg("step %d: estimate %.7g, true norm %.7g: projected to %.7g > 1 + %g", t,
+               (double)sigma, truth, after, FLAT_DRIFT);
+  }
+  print_message("  %d projected steps: largest norm after projection 1%+.2e\n", STEPS, worst);
+}
+
 /* ---- Lipschitz projection ----------------------------------------------- */
 
 static void test_lipschitz_project_dense(void **state) {
@@ -1672,6 +1733,7 @@ int main(void) {
       cmocka_unit_test(test_spectral_flat_dense_equal_top),
       cmocka_unit_test(test_spectral_flat_dense_nearly_equal),
       cmocka_unit_test(test_spectral_flat_conv),
+      cmocka_unit_test(test_spectral_flat_projection_steps),
       cmocka_unit_test(test_spectral_zero_weights_is_zero),
       cmocka_unit_test(test_lipschitz_project_dense),
       cmocka_unit_test(test_lipschitz_project_conv1d),
