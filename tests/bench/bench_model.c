@@ -369,12 +369,24 @@ static void run_train(fl_bundle *b, const float *raw, const float *raw2, const i
     fl_adam_init(&opt[FL_MOD_DEC], stage == 1 ? cfg.lr1 : cfg.lr_dec2);
     fl_adam_init(&opt[FL_MOD_BLOCK], cfg.lr2);
     fl_adam_init(&opt[FL_MOD_HEAD], cfg.lr2);
-    /* Both stages start cold, as the script's: the power iterations'
-     * warm-start vectors of the previous stage are dropped. */
+    /* Both stages start cold, as the script's: the spectral estimates'
+     * warm-start vectors of the previous stage are dropped, and so are the
+     * Adam moments (model-owned; the script makes fresh optimisers, and the
+     * decoder, trained in both stages, would otherwise start stage 2 with
+     * stage 1's moments). */
     for (int i = 0; i < fl_model_layer_count(m); i++) {
       fl_layer *l = fl_model_layer(m, i);
       size_t nv = l->kind == FL_LAYER_DENSE ? (size_t)l->nin : (size_t)l->conv.cin * l->tin;
       memset(l->v, 0, sizeof(float) * nv);
+    }
+    for (int md = 0; md < FL_MOD_COUNT; md++) {
+      fl_param *ps;
+      int np;
+      if (fl_model_params(m, (fl_module)md, &ps, &np)) die("params");
+      for (int k = 0; k < np; k++) {
+        memset(ps[k].m, 0, sizeof(float) * ps[k].n);
+        memset(ps[k].v, 0, sizeof(float) * ps[k].n);
+      }
     }
     float *start = xmalloc(sizeof(float) * fl_model_param_count(m));
     memcpy(start, fl_model_param_block(m), sizeof(float) * fl_model_param_count(m));

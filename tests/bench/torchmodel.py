@@ -8,8 +8,7 @@ its L2-normalised embedding), lib/model.c's standardisation (clamp, NaN
 masks, a drifting modality's least-squares trend removed), and one training
 step of lib/train.c (masked MSE over modalities, clean-anchored NT-Xent,
 per-module clipping by global norm, Adam, and the Lipschitz projection of
-every layer after its module's step, by power iteration on the layer's
-operator).  Used by tests/bench/bench_torch.py and tests/bench/pydaemon.py.
+every layer after its module's step, by Lanczos on the layer's operator).  Used by tests/bench/bench_torch.py and tests/bench/pydaemon.py.
 """
 import json
 import struct
@@ -76,7 +75,7 @@ class Net(torch.nn.Module):
             self.params[name.replace(".", "_") + "_w"] = P(t[name + ".weight"])
             self.params[name.replace(".", "_") + "_b"] = P(t[name + ".bias"])
         self.geom = {name: (kind, g) for name, kind, _, g in self.layers}
-        self.v = {}  # power-iteration vectors, warm starts as in lib/model.c
+        self.v = {}  # Lanczos warm starts (Ritz vectors), as in lib/model.c
 
     def w(self, name):
         return self.params[name.replace(".", "_") + "_w"]
@@ -156,27 +155,66 @@ class Net(torch.nn.Module):
             if mod != module or not target > 0:
                 continue
             ap, ad, nin = self._ops(name)
-            v = self.v.get(name)
-            if v is None:
-                v = torch.randn(nin, generator=torch.Generator().manual_seed(0x5eed))
-            v = v / v.norm()
-            est = 0.0
-            for it in range(iters):
-                u = ap(v)
-                s = u.norm().item()
-                if not s > 0:
-                    est = 0.0
-                    break
-                v = ad(u)
-                nw = v.norm()
-                v = v / nw
-                prev, est = est, s
-                if it > 0 and abs(est - prev) <= tol * est:
-                    break
-            sigma = max(ap(v).norm().item(), est)
-            self.v[name] = v
+            sigma, self.v[name] = spectral(ap, ad, nin, self.v.get(name), tol, iters)
             if sigma > target:
                 self.w(name).mul_(target / sigma)
+
+
+KRYLOV = 24  # lib/nn.c FL__KRYLOV
+
+
+def spectral(ap, ad, n, v=None, tol=1e-4, iters=200):
+    """lib/nn.c fl__power: restarted Lanczos on A^T A with full
+    reorthogonalisation from the warm start v (None: the seeded start), until
+    the top Ritz value theta has residual r <= tol * theta (tol floored at
+    1e-6) or iters products pass.  Returns (sqrt(theta + max(r, tol theta)),
+    Ritz vector):
+    an upper-side figure of the largest singular value.  Products in float32
+    as in C, the basis in float64."""
+    m = min(n, KRYLOV)
+    eps = max(tol, 1e-6)
+    if v is None or not (0 < v.norm().item() < float("inf")):
+        v = torch.randn(n, generator=torch.Generator().manual_seed(0x5eed))
+    q = torch.zeros(m + 1, n, dtype=torch.float64)
+    q[0] = v.double() / v.double().norm()
+    theta = res = 0.0
+    used = 0
+    while True:
+        a, b, k, stop = [], [], 0, False
+        s = None
+        while k < m and used < iters:
+            w = ad(ap(q[k].float())).double()
+            used += 1
+            for p in range(2):  # full reorthogonalisation, twice
+                c = q[:k + 1] @ w
+                w = w - q[:k + 1].t() @ c
+                if p == 0:
+                    a.append(c[k].item())
+            beta = w.norm().item()
+            b.append(beta)
+            k += 1
+            T = torch.diag(torch.tensor(a, dtype=torch.float64))
+            if k > 1:
+                off = torch.tensor(b[:k - 1], dtype=torch.float64)
+                T += torch.diag(off, 1) + torch.diag(off, -1)
+            ev, evec = torch.linalg.eigh(T)
+            theta, s = ev[-1].item(), evec[:, -1]
+            res = beta * abs(s[-1].item())
+            if not theta > 0:
+                theta = res = 0.0
+                stop = True
+                break
+            if res <= eps * theta or beta <= 1e-12 * theta or k == n:
+                stop = True
+                break
+            q[k] = w / beta
+        y = s @ q[:k]
+        ny = y.norm().item()
+        if ny > 0:
+            q[0] = y / ny
+        if stop or used >= iters or not ny > 0:
+            break
+    return (theta + max(res, eps * theta)) ** 0.5, q[0].float()
 
 
 def ntxent(z, label, tau):

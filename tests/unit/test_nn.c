@@ -1217,6 +1217,166 @@ static void test_spectral_zero_weights_is_zero(void **state) {
   assert_true(sigma == 0.0f);
 }
 
+/* ---- flat top spectra ---------------------------------------------------- */
+
+/* The projection's hard case: after many projected optimiser steps a layer's
+ * top singular values sit together near the target.  The estimator is run
+ * as fl_model_project runs it (200 operator products, tol 1e-4) and must
+ * give an upper-side figure: never below the true norm by more than float
+ * rounding (FLAT_BELOW), so that the projected layer ends at most
+ * FLAT_BELOW above its target, and not above it by more than FLAT_ABOVE
+ * (the projection must not shrink the layer needlessly).  A stopping rule
+ * on the change of the estimate between steps fails these: on a flat top
+ * it stops while the estimate still climbs. */
+#define FLAT_BELOW 1e-5
+#define FLAT_ABOVE 1e-3
+
+static void check_flat(const char *what, float est, double truth) {
+  double rel = est / truth - 1.0;
+  print_message("  %s: estimate %.7g, true %.7g (rel %+.2e)\n", what, (double)est, truth, rel);
+  if (!(rel >= -FLAT_BELOW && rel <= FLAT_ABOVE))
+    fail_msg("%s: estimate %.7g, true norm %.7g (rel %+.3g outside [-%g, %g])", what,
+             (double)est, truth, rel, FLAT_BELOW, FLAT_ABOVE);
+  /* The projection it drives: the layer ends at most FLAT_BELOW above. */
+  float target = 0.5f * (float)truth;
+  double after = truth * (target / est);
+  if (!(after <= target * (1.0 + FLAT_BELOW)))
+    fail_msg("%s: projected to %g, the layer's norm is %.7g", what, (double)target, after);
+}
+
+/* W (n, n) = U diag(s) V^T, U and V random orthogonal. */
+static void dense_with_spectrum(float *w, int n, const double *s, uint64_t seed) {
+  double *U = malloc(sizeof(double) * n * n), *V = malloc(sizeof(double) * n * n);
+  assert_non_null(U);
+  assert_non_null(V);
+  fl_rng r;
+  fl_rng_seed(&r, seed);
+  orthonormal_cols(U, n, n, &r);
+  orthonormal_cols(V, n, n, &r);
+  for (int o = 0; o < n; o++)
+    for (int i = 0; i < n; i++) {
+      double acc = 0.0;
+      for (int k = 0; k < n; k++) acc += U[o * n + k] * s[k] * V[i * n + k];
+      w[o * n + i] = (float)acc;
+    }
+  free(U);
+  free(V);
+}
+
+/* Several equal top singular values, then a slowly falling shelf (2e-3
+ * apart) before the tail. */
+static void test_spectral_flat_dense_equal_top(void **state) {
+  (void)state;
+  enum { N = 64 };
+  double s[N];
+  for (int k = 0; k < N; k++)
+    s[k] = k < 4 ? 2.0 : k < 24 ? 2.0 * (1.0 - 2e-3 * (k - 3)) : 1.5 * pow(0.97, k - 24);
+  static float w[N * N];
+  dense_with_spectrum(w, N, s, 1301);
+  float sigma = -1.0f;
+  assert_int_equal(fl_spectral_dense(&sigma, w, N, N, 200, 1e-4f, NULL), 0);
+  check_flat("dense, 4 equal on top", sigma, 2.0);
+}
+
+/* Nearly equal: sigma_1 / sigma_2 = 1.0001, then the same shelf. */
+static void test_spectral_flat_dense_nearly_equal(void **state) {
+  (void)state;
+  enum { N = 64 };
+  double s[N];
+  for (int k = 0; k < N; k++)
+    s[k] = k == 0 ? 2.0 : k < 24 ? 2.0 / 1.0001 * (1.0 - 1e-3 * (k - 1))
+                                 : 1.5 * pow(0.97, k - 24);
+  static float w[N * N];
+  dense_with_spectrum(w, N, s, 1302);
+  float sigma = -1.0f;
+  assert_int_equal(fl_spectral_dense(&sigma, w, N, N, 200, 1e-4f, NULL), 0);
+  check_flat("dense, s1/s2 = 1.0001", sigma, 2.0);
+}
+
+/* Kernel (b, a, b) on each of two channels, no mixing, pad 1, stride 1 on
+ * n steps: two copies of the tridiagonal Toeplitz matrix, so every singular
+ * value a + 2 b cos(k pi / (n + 1)) appears twice, and neighbours differ by
+ * a relative 1e-4 near the top (sigma_1 / sigma_3 = 1.00008 at n = 300). */
+static void test_spectral_flat_conv(void **state) {
+  (void)state;
+  const int n = 300;
+  float w[2 * 2 * 3] = {0};
+  for (int c = 0; c < 2; c++) {
+    w[(c * 2 + c) * 3 + 0] = 0.5f;
+    w[(c * 2 + c) * 3 + 1] = 1.0f;
+    w[(c * 2 + c) * 3 + 2] = 0.5f;
+  }
+  fl_conv c = {.cin = 2, .cout = 2, .k = 3, .stride = 1, .pad = 1, .dil = 1};
+  double want = 1.0 + cos(M_PI / (n + 1));
+  float sigma = -1.0f;
+  assert_int_equal(fl_spectral_conv1d(&sigma, w, &c, n, 200, 1e-4f, NULL), 0);
+  check_flat("conv1d, pairs 1e-4 apart", sigma, want);
+  sigma = -1.0f;
+  assert_int_equal(fl_spectral_convt1d(&sigma, w, &c, n, 200, 1e-4f, NULL), 0);
+  check_flat("convt1d, pairs 1e-4 apart", sigma, want);
+}
+
+/* The training loop's case: a layer is pushed up along its top directions
+ * and projected back after every step, its singular vectors turning, the
+ * estimate warm-started from the previous step's vector.  W_t = U_t
+ * diag(s_t) V_t^T with U_t and V_t turned by random rotations among the top 8
+ * singular vectors each step, so the true norm is max(s_t) throughout.  After every
+ * projection the layer must be at most its target, to FLAT_DRIFT.  This is
+ * the estimator's known limit, not its aim: a warm start that is (nearly) a
+ * singular vector of the old top has a small residual although a value the
+ * step pushed past it is larger, and Lanczos from it needs many steps to
+ * resolve a gap of 1e-3.  Measured largest excess over the 60 steps: 1.9e-3
+ * (the old stopping rule on the change of the estimate: 5.1e-3); a warm
+ * start of several vectors (block Lanczos) would be the fix. */
+#define FLAT_DRIFT 2.5e-3
+static void test_spectral_flat_projection_steps(void **state) {
+  (void)state;
+  enum { N = 48, TOP = 8, STEPS = 60 };
+  static double U[N * N], V[N * N], s[N];
+  static float w[N * N];
+  float v[N] = {0};
+  fl_rng r;
+  fl_rng_seed(&r, 1304);
+  orthonormal_cols(U, N, N, &r);
+  orthonormal_cols(V, N, N, &r);
+  for (int k = 0; k < N; k++) s[k] = k < TOP ? 1.0 - 1e-3 * k : 0.8 * pow(0.95, k - TOP);
+  double worst = 0.0;
+  for (int t = 0; t < STEPS; t++) {
+    /* The step: the top values grow unevenly, and U turns in their plane. */
+    for (int k = 0; k < TOP; k++) s[k] *= 1.0 + 2e-3 * fl_rng_uniform(&r);
+    for (int rep = 0; rep < 4; rep++) {
+      int a = (int)(fl_rng_uniform(&r) * TOP) % TOP, b = (a + 1 + rep) % TOP;
+      double th = 0.05 * (fl_rng_uniform(&r) - 0.5), c = cos(th), sn = sin(th);
+      for (int i = 0; i < N; i++) {
+        double x = U[i * N + a], y = U[i * N + b];
+        U[i * N + a] = c * x - sn * y;
+        U[i * N + b] = sn * x + c * y;
+        x = V[i * N + a], y = V[i * N + b];
+        V[i * N + a] = c * x + sn * y;
+        V[i * N + b] = -sn * x + c * y;
+      }
+    }
+    for (int o = 0; o < N; o++)
+      for (int i = 0; i < N; i++) {
+        double acc = 0.0;
+        for (int k = 0; k < N; k++) acc += U[o * N + k] * s[k] * V[i * N + k];
+        w[o * N + i] = (float)acc;
+      }
+    double truth = 0.0;
+    for (int k = 0; k < N; k++) truth = s[k] > truth ? s[k] : truth;
+    float sigma = -1.0f;
+    assert_int_equal(fl_spectral_dense(&sigma, w, N, N, 200, 1e-4f, v), 0);
+    float scale = fl_lipschitz_project(w, N * N, sigma, 1.0f);
+    for (int k = 0; k < N; k++) s[k] *= scale; /* the projection, exactly */
+    double after = truth * scale, over = after - 1.0;
+    if (over > worst) worst = over;
+    if (!(after <= 1.0 + FLAT_DRIFT))
+      fail_msg("step %d: estimate %.7g, true norm %.7g: projected to %.7g > 1 + %g", t,
+               (double)sigma, truth, after, FLAT_DRIFT);
+  }
+  print_message("  %d projected steps: largest norm after projection 1%+.2e\n", STEPS, worst);
+}
+
 /* ---- Lipschitz projection ----------------------------------------------- */
 
 static void test_lipschitz_project_dense(void **state) {
@@ -1570,6 +1730,10 @@ int main(void) {
       cmocka_unit_test(test_spectral_conv_tridiagonal),
       cmocka_unit_test(test_spectral_conv_pointwise_equals_dense),
       cmocka_unit_test(test_spectral_convt1d_adjoint_of_conv1d),
+      cmocka_unit_test(test_spectral_flat_dense_equal_top),
+      cmocka_unit_test(test_spectral_flat_dense_nearly_equal),
+      cmocka_unit_test(test_spectral_flat_conv),
+      cmocka_unit_test(test_spectral_flat_projection_steps),
       cmocka_unit_test(test_spectral_zero_weights_is_zero),
       cmocka_unit_test(test_lipschitz_project_dense),
       cmocka_unit_test(test_lipschitz_project_conv1d),

@@ -177,11 +177,19 @@ int fl_clip_grad_norm(fl_param *ps, int count, float max_norm, float *norm_out);
 
 /* ---- spectral norms and Lipschitz projection --------------------------- */
 
-/* Largest singular value of a layer's linear operator by power iteration,
- * run until the estimate changes by less than tol (relative) or iters pass.
+/* Largest singular value of a layer's linear operator A by Lanczos on
+ * A^T A (restarted every 24 steps), run until the top Ritz value theta has a
+ * residual r <= tol * theta (tol floored at 1e-6) or iters products with A
+ * and A^T pass.  sigma is sqrt(theta + max(r, tol theta)): an upper-side
+ * figure, at most a relative tol / 2 above the true norm when converged and
+ * not below it
+ * (unless the start vector is orthogonal to the top singular vector), also
+ * on flat top spectra where a rule on the change of the estimate stops
+ * early below it.
  * v holds the right singular vector estimate between calls (a warm start
- * makes repeated calls during training cheap); v == NULL starts from a fixed
- * seeded vector.  Its length is the operator's input size:
+ * makes repeated calls during training cheap: one product when it is still
+ * converged); v == NULL starts from a fixed seeded vector.  Its length is
+ * the operator's input size:
  *   dense:   nin                  (operator W, (nout, nin))
  *   conv1d:  cin * tin          (the convolution on inputs of length tin)
  *   convt1d: cin * tin
