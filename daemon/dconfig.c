@@ -20,7 +20,7 @@ void fld_config_defaults(fld_config *c) {
   c->max_streams = 64;
   c->max_message_bytes = 65536;
   c->drain_budget = 256;
-  c->rcvhwm = 100000;
+  c->rcvhwm = 1000;
   c->out_bind = 1;
   c->stride = 15;
   c->batch = 32;

@@ -77,7 +77,7 @@ int fld_engine_load(fld_engine **out, const char *path, const fld_config *cfg, c
   if (!(e->corr = malloc(sizeof(float) * maxct * (size_t)spec->n_mod)) ||
       !(e->rep = malloc(sizeof(float) * maxct * (size_t)spec->n_mod)))
     goto nomem;
-  if ((rc = fl_ctx_create(&e->ctx, e->b.model, e->batch))) goto nomem;
+  if ((rc = fl_ctx_create_infer(&e->ctx, e->b.model, e->batch))) goto nomem;
   /* Spectral norms are a property of the weights: measure them once per
    * load, not per scrape. */
   e->n_layers = fl_model_layer_count(e->b.model);

@@ -44,6 +44,7 @@ struct fl_ctx {
   float *gA, *gB, *gC;                                   // per-layer scratch
   float *demb;
   float *work;
+  int infer;      /* forward only: the buffers below alias (fl_ctx_create_infer) */
   int used_block;
   int used_head; /* the last forward pass ran the head */
 };
@@ -321,15 +322,87 @@ int fl_model_copy_params(fl_model *dst, const fl_model *src) {
 
 void fl_ctx_free(fl_ctx *c) {
   if (!c) return;
+  /* A forward-only context points several fields at one buffer: free each
+   * buffer once. */
+  float *p[16 * FL_MAX_MODALITIES + 32];
+  int n = 0;
   for (int i = 0; i < FL_MAX_MODALITIES; i++) {
-    free(c->x[i]); free(c->mask[i]); free(c->est[i]); free(c->level[i]); free(c->out[i]); free(c->dout[i]); free(c->a1[i]); free(c->h1[i]);
-    free(c->a2[i]); free(c->zin[i]); free(c->d1[i]); free(c->e1[i]);
+    p[n++] = c->x[i]; p[n++] = c->mask[i]; p[n++] = c->est[i]; p[n++] = c->level[i];
+    p[n++] = c->out[i]; p[n++] = c->dout[i]; p[n++] = c->a1[i]; p[n++] = c->h1[i];
+    p[n++] = c->a2[i]; p[n++] = c->zin[i]; p[n++] = c->d1[i]; p[n++] = c->e1[i];
   }
-  free(c->z); free(c->z2); free(c->u1); free(c->g1); free(c->u2); free(c->g2);
-  free(c->u3); free(c->p1); free(c->q1); free(c->p2); free(c->emb); free(c->norms);
-  free(c->dz); free(c->dz2); free(c->dh); free(c->dh2); free(c->dhz); free(c->gA);
-  free(c->gB); free(c->gC); free(c->demb); free(c->work);
+  float *g[] = {c->z,  c->z2, c->u1,  c->g1, c->u2,  c->g2,  c->u3, c->p1,
+                c->q1, c->p2, c->emb, c->norms, c->dz, c->dz2, c->dh, c->dh2,
+                c->dhz, c->gA, c->gB, c->gC, c->demb, c->work};
+  for (size_t k = 0; k < sizeof g / sizeof *g; k++) p[n++] = g[k];
+  for (int k = 0; k < n; k++) {
+    int seen = 0;
+    for (int j = 0; j < k && !seen; j++) seen = p[j] == p[k];
+    if (!seen) free(p[k]);
+  }
   free(c);
+}
+
+/* The forward-only layout: per modality the inputs, masks, trend levels,
+ * outputs and estimates as in training; every modality's encoder and decoder
+ * intermediates in two shared buffers, s1 (B, e1, 2L) and s2 (B, e2, L),
+ * with activations in place; the block's hidden layers in place, its last
+ * layer written straight into z'; no gradient buffers. */
+static int fl__ctx_create_infer(fl_ctx *c, const fl_model *m, size_t B, size_t work) {
+  const fl_model_spec *s = &m->spec;
+  int ok = 1;
+#define FL__ALLOC(p, n) ok &= ((p) = malloc(sizeof(float) * (n))) != NULL
+  float *s1, *s2;
+  FL__ALLOC(s1, B * s->enc1 * 2 * m->L);
+  FL__ALLOC(s2, B * s->enc2 * m->L);
+  for (int i = 0; i < s->n_mod; i++) {
+    size_t T = (size_t)s->window * s->mod[i].rate, C = s->mod[i].channels;
+    FL__ALLOC(c->x[i], B * C * T);
+    FL__ALLOC(c->mask[i], B * C * T);
+    FL__ALLOC(c->est[i], B * C * T);
+    FL__ALLOC(c->level[i], B * C * 2);
+    FL__ALLOC(c->out[i], B * C * T);
+    c->a1[i] = c->h1[i] = c->d1[i] = c->e1[i] = s1;
+    c->a2[i] = c->zin[i] = s2;
+  }
+  c->gA = s2;
+  size_t Z = m->Z, H = s->hidden > s->head_hidden ? s->hidden : s->head_hidden;
+  FL__ALLOC(c->z, B * Z); FL__ALLOC(c->z2, B * Z);
+  c->u3 = c->z2;
+  FL__ALLOC(c->u1, B * H); c->g1 = c->u1;
+  FL__ALLOC(c->u2, B * H); c->g2 = c->u2;
+  FL__ALLOC(c->p1, B * s->head_hidden); c->q1 = c->p1;
+  FL__ALLOC(c->p2, B * s->emb); FL__ALLOC(c->emb, B * s->emb); FL__ALLOC(c->norms, B);
+  FL__ALLOC(c->work, work ? work : 1);
+#undef FL__ALLOC
+  return ok ? 0 : FL_ENOMEM;
+}
+
+static size_t fl__ctx_work(const fl_model *m, int max_batch) {
+  size_t work = 0;
+  for (int i = 0; i < m->nlayers; i++) {
+    const fl_layer *l = &m->layer[i];
+    size_t w = l->kind == FL_LAYER_CONV    ? fl_conv1d_workspace(&l->conv, max_batch, l->tin)
+               : l->kind == FL_LAYER_CONVT ? fl_convt1d_workspace(&l->conv, max_batch, l->tin)
+                                           : 0;
+    if (w > work) work = w;
+  }
+  return work;
+}
+
+int fl_ctx_create_infer(fl_ctx **out, const fl_model *m, int max_batch) {
+  if (!out || !m || max_batch <= 0) return FL_EINVAL;
+  fl_ctx *c = calloc(1, sizeof *c);
+  if (!c) return FL_ENOMEM;
+  c->maxB = max_batch;
+  c->infer = 1;
+  int err = fl__ctx_create_infer(c, m, (size_t)max_batch, fl__ctx_work(m, max_batch));
+  if (err) {
+    fl_ctx_free(c);
+    return err;
+  }
+  *out = c;
+  return 0;
 }
 
 int fl_ctx_create(fl_ctx **out, const fl_model *m, int max_batch) {
@@ -359,13 +432,7 @@ int fl_ctx_create(fl_ctx **out, const fl_model *m, int max_batch) {
     if (C * T > big) big = C * T;
   }
   if ((size_t)s->enc1 * 2 * m->L > big) big = (size_t)s->enc1 * 2 * m->L;
-  for (int i = 0; i < m->nlayers; i++) {
-    const fl_layer *l = &m->layer[i];
-    size_t w = l->kind == FL_LAYER_CONV    ? fl_conv1d_workspace(&l->conv, max_batch, l->tin)
-               : l->kind == FL_LAYER_CONVT ? fl_convt1d_workspace(&l->conv, max_batch, l->tin)
-                                           : 0;
-    if (w > work) work = w;
-  }
+  work = fl__ctx_work(m, max_batch);
   size_t Z = m->Z, H = s->hidden > s->head_hidden ? s->hidden : s->head_hidden;
   FL__ALLOC(c->z, B * Z); FL__ALLOC(c->z2, B * Z); FL__ALLOC(c->u3, B * Z);
   FL__ALLOC(c->u1, B * H); FL__ALLOC(c->g1, B * H); FL__ALLOC(c->u2, B * H);
@@ -459,6 +526,7 @@ static int fl__forward(fl_model *m, fl_ctx *c, int B, int use_block, int with_he
     if ((err = fl__layer_fwd(m, c, b0, c->u1, c->g1, c->z, B))) return err;
     if ((err = fl__layer_fwd(m, c, b1, c->u2, c->g2, c->g1, B))) return err;
     if ((err = fl__layer_fwd(m, c, b2, c->u3, NULL, c->g2, B))) return err;
+    /* In a forward-only context u3 is z2 itself: the same sum. */
     for (size_t k = 0; k < (size_t)B * Z; k++) c->z2[k] = c->z[k] + c->u3[k];
   } else {
     memcpy(c->z2, c->z, sizeof(float) * (size_t)B * Z);
@@ -490,7 +558,7 @@ int fl_model_forward_latent(fl_model *m, fl_ctx *c, int B, int use_block, int wi
 }
 
 const float *fl_ctx_preact(const fl_ctx *c, const fl_model *m, int layer) {
-  if (!c || !m || layer < 0 || layer >= m->nlayers) return NULL;
+  if (!c || !m || layer < 0 || layer >= m->nlayers || c->infer) return NULL;
   for (int i = 0; i < m->spec.n_mod; i++) {
     if (layer == m->enc[i][0]) return c->a1[i];
     if (layer == m->enc[i][1]) return c->a2[i];
@@ -523,7 +591,7 @@ static int fl__encoder_bwd(fl_model *m, fl_ctx *c, const float *dz, int B) {
 }
 
 int fl_model_backward_recon(fl_model *m, fl_ctx *c, int B, int into_encoder) {
-  if (!m || !c || B <= 0 || B > c->maxB) return FL_EINVAL;
+  if (!m || !c || B <= 0 || B > c->maxB || c->infer) return FL_EINVAL;
   const fl_model_spec *s = &m->spec;
   int err, seg = s->enc2 * m->L, Z = m->Z;
   for (int i = 0; i < s->n_mod; i++) {
@@ -554,7 +622,7 @@ int fl_model_backward_recon(fl_model *m, fl_ctx *c, int B, int into_encoder) {
 }
 
 int fl_model_backward_head(fl_model *m, fl_ctx *c, int B, int into_encoder) {
-  if (!m || !c || B <= 0 || B > c->maxB) return FL_EINVAL;
+  if (!m || !c || B <= 0 || B > c->maxB || c->infer) return FL_EINVAL;
   const fl_model_spec *s = &m->spec;
   const fl_layer *h0 = &m->layer[m->head[0]], *h1 = &m->layer[m->head[1]];
   int err;

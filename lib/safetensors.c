@@ -6,7 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -18,7 +20,8 @@ typedef struct {
   int ndim;
   int64_t shape[FL_ST_MAX_DIMS];
   size_t n;    /* prod(shape) */
-  float *data; /* (n) */
+  float *data; /* (n), or NULL for a tensor still in the file */
+  uint64_t off; /* where a tensor still in the file starts in it */
 } fl__tensor;
 
 struct fl_st {
@@ -26,6 +29,7 @@ struct fl_st {
   int nt, capt;
   char **keys, **vals; /* (nm) metadata in insertion order */
   int nm, capm;
+  int fd; /* the file fl_st_read left the tensors in, or -1 */
 };
 
 /* ---- small helpers ----------------------------------------------------- */
@@ -144,9 +148,11 @@ static const fl__tensor *fl__find(const fl_st *st, const char *name) {
   return NULL;
 }
 
-/* Appends a tensor with uninitialised data of n floats; the caller has
- * checked the name and shape.  Returns NULL if out of memory. */
-static fl__tensor *fl__append(fl_st *st, const char *name, const int64_t *shape, int ndim, size_t n) {
+/* Appends a tensor with uninitialised data of n floats (none if lazy: the
+ * data stays in st's file); the caller has checked the name and shape.
+ * Returns NULL if out of memory. */
+static fl__tensor *fl__append(fl_st *st, const char *name, const int64_t *shape, int ndim, size_t n,
+                              int lazy) {
   if (st->nt == st->capt) {
     int cap = st->capt ? st->capt * 2 : 16;
     fl__tensor *grown = realloc(st->t, (size_t)cap * sizeof *grown);
@@ -157,8 +163,8 @@ static fl__tensor *fl__append(fl_st *st, const char *name, const int64_t *shape,
   fl__tensor *t = &st->t[st->nt];
   memset(t, 0, sizeof *t);
   t->name = strdup(name);
-  t->data = malloc((n ? n : 1) * sizeof(float));
-  if (!t->name || !t->data) {
+  t->data = lazy ? NULL : malloc((n ? n : 1) * sizeof(float));
+  if (!t->name || (!lazy && !t->data)) {
     free(t->name);
     free(t->data);
     return NULL;
@@ -196,10 +202,15 @@ static int fl__append_meta(fl_st *st, const char *key, const char *value) {
 
 /* ---- the set ----------------------------------------------------------- */
 
-fl_st *fl_st_new(void) { return calloc(1, sizeof(fl_st)); }
+fl_st *fl_st_new(void) {
+  fl_st *st = calloc(1, sizeof(fl_st));
+  if (st) st->fd = -1;
+  return st;
+}
 
 void fl_st_free(fl_st *st) {
   if (!st) return;
+  if (st->fd >= 0) close(st->fd);
   for (int i = 0; i < st->nt; i++) {
     free(st->t[i].name);
     free(st->t[i].data);
@@ -222,7 +233,7 @@ int fl_st_add(fl_st *st, const char *name, const float *data, const int64_t *sha
   if (rc == FL_EFORMAT) return FL_EINVAL;
   if (rc) return rc;
   if (n && !data) return FL_EINVAL;
-  fl__tensor *t = fl__append(st, name, shape, ndim, n);
+  fl__tensor *t = fl__append(st, name, shape, ndim, n, 0);
   if (!t) return FL_ENOMEM;
   if (n) memcpy(t->data, data, n * sizeof(float));
   return 0;
@@ -268,6 +279,28 @@ int fl_st_shape(const fl_st *st, const char *name, int64_t *shape, int *ndim) {
   return 0;
 }
 
+/* Reads a tensor that fl_st_read left in the file into dst (t->n floats).
+ * The descriptor stays on the file that was opened, so a model replaced by
+ * rename meanwhile still reads as it was; FL_EIO if it was cut short. */
+static int fl__load_lazy(const fl_st *st, const fl__tensor *t, float *dst) {
+  uint8_t *p = (uint8_t *)dst;
+  size_t left = t->n * sizeof(float);
+  off_t at = (off_t)t->off;
+  while (left) {
+    ssize_t k = pread(st->fd, p, left, at);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) return FL_EIO;
+    p += k, at += k, left -= (size_t)k;
+  }
+#if FL__BIG_ENDIAN
+  for (size_t i = 0; i < t->n; i++) {
+    uint8_t *b = (uint8_t *)&dst[i], c0 = b[0], c1 = b[1];
+    b[0] = b[3], b[1] = b[2], b[2] = c1, b[3] = c0;
+  }
+#endif
+  return 0;
+}
+
 int fl_st_get(const fl_st *st, const char *name, float *dst, const int64_t *shape, int ndim, char *err,
               size_t errlen) {
   if (!st || !name || ndim < 0 || (ndim > 0 && !shape)) {
@@ -288,7 +321,13 @@ int fl_st_get(const fl_st *st, const char *name, float *dst, const int64_t *shap
     fl__set_err(err, errlen, "tensor \"%s\" has shape %s, expected %s", name, have, want);
     return FL_EMISMATCH;
   }
-  if (dst && t->n) memcpy(dst, t->data, t->n * sizeof(float));
+  if (dst && t->n) {
+    if (t->data) memcpy(dst, t->data, t->n * sizeof(float));
+    else if (fl__load_lazy(st, t, dst)) {
+      fl__set_err(err, errlen, "tensor \"%s\": the file changed while being read", name);
+      return FL_EIO;
+    }
+  }
   return 0;
 }
 
@@ -306,9 +345,23 @@ static int fl__emit_st(FILE *f, void *vctx, char *err, size_t errlen) {
   for (int i = 0; i < 8; i++) size[i] = (uint8_t)((uint64_t)w->hlen >> (8 * i));
   fwrite(size, 1, 8, f);
   fwrite(w->header, 1, w->hlen, f);
-  for (int i = 0; i < w->st->nt; i++) fl__store_f32(f, w->st->t[i].data, w->st->t[i].n);
-  (void)err;
-  (void)errlen;
+  for (int i = 0; i < w->st->nt; i++) {
+    const fl__tensor *t = &w->st->t[i];
+    if (t->data || !t->n) {
+      fl__store_f32(f, t->data, t->n);
+      continue;
+    }
+    /* Still in the file it was read from. */
+    float *tmp = malloc(t->n * sizeof(float));
+    int rc = !tmp ? FL_ENOMEM : fl__load_lazy(w->st, t, tmp);
+    if (!rc) fl__store_f32(f, tmp, t->n);
+    free(tmp);
+    if (rc) {
+      fl__set_err(err, errlen, "tensor \"%s\": %s", t->name,
+                  rc == FL_ENOMEM ? "out of memory" : "its source file changed while being read");
+      return rc;
+    }
+  }
   return 0;
 }
 
@@ -481,8 +534,11 @@ static int fl__parse_entry(const char *name, json_t *v, uint64_t dlen, fl__entry
   return 0;
 }
 
-int fl_st_parse(const uint8_t *buf, size_t len, fl_st **out, char *err, size_t errlen) {
-  if (!out) return FL_EINVAL;
+/* fl_st_parse's work.  With fd >= 0 only the first min(len, 8 + header)
+ * bytes of the len at buf are there: the tensors are validated against len
+ * but stay in the file fd, which the set then owns (fl_st_read). */
+static int fl__parse(const uint8_t *buf, size_t len, int fd, fl_st **out, char *err,
+                     size_t errlen) {
   *out = NULL;
   if (!buf && len) {
     fl__set_err(err, errlen, "invalid argument");
@@ -503,6 +559,7 @@ int fl_st_parse(const uint8_t *buf, size_t len, fl_st **out, char *err, size_t e
   }
   const uint8_t *data = buf + 8 + hlen;
   uint64_t dlen = len - 8 - hlen;
+  int lazy = fd >= 0;
 
   json_error_t je;
   json_t *root = json_loadb((const char *)buf + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &je);
@@ -593,14 +650,16 @@ int fl_st_parse(const uint8_t *buf, size_t len, fl_st **out, char *err, size_t e
 
   for (size_t i = 0; i < ne; i++) {
     const fl__entry *e = &entries[i];
-    fl__tensor *t = fl__append(st, e->name, e->shape, e->ndim, e->n);
+    fl__tensor *t = fl__append(st, e->name, e->shape, e->ndim, e->n, lazy);
     if (!t) {
       fl__set_err(err, errlen, "out of memory for tensor \"%s\"", e->name);
       rc = FL_ENOMEM;
       goto done;
     }
-    fl__load_f32(t->data, data + e->begin, e->n);
+    if (lazy) t->off = 8 + hlen + e->begin;
+    else fl__load_f32(t->data, data + e->begin, e->n);
   }
+  if (lazy) st->fd = fd;
 
 done:
   free(order);
@@ -614,6 +673,27 @@ done:
   return 0;
 }
 
+int fl_st_parse(const uint8_t *buf, size_t len, fl_st **out, char *err, size_t errlen) {
+  if (!out) return FL_EINVAL;
+  return fl__parse(buf, len, -1, out, err, errlen);
+}
+
+/* Reads exactly n bytes at offset at; 0, or -1 on an error or a short file. */
+static int fl__pread_all(int fd, uint8_t *p, size_t n, off_t at) {
+  while (n) {
+    ssize_t k = pread(fd, p, n, at);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) return -1;
+    p += k, at += k, n -= (size_t)k;
+  }
+  return 0;
+}
+
+/* Only the header is read here; fl_st_get reads each tensor from the file
+ * straight into the caller's buffer.  A model is loaded so into its
+ * parameters without a copy of the file or of the tensors beside them: the
+ * daemon's resident peak while loading is the model's size, not three
+ * times it. */
 int fl_st_read(const char *path, fl_st **out, char *err, size_t errlen) {
   if (!out) return FL_EINVAL;
   *out = NULL;
@@ -621,45 +701,50 @@ int fl_st_read(const char *path, fl_st **out, char *err, size_t errlen) {
     fl__set_err(err, errlen, "no file name given");
     return FL_EINVAL;
   }
-  FILE *f = fopen(path, "rb");
-  if (!f) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
     fl__set_err(err, errlen, "%s: cannot open: %s", path, strerror(errno));
     return FL_EIO;
   }
   struct stat sb;
-  if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+  if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
     fl__set_err(err, errlen, "%s: not a regular file", path);
-    fclose(f);
+    close(fd);
     return FL_EIO;
   }
   if ((uintmax_t)sb.st_size > SIZE_MAX - 1) {
     fl__set_err(err, errlen, "%s: too large to read", path);
-    fclose(f);
+    close(fd);
     return FL_ENOMEM;
   }
-  size_t len = (size_t)sb.st_size;
-  uint8_t *buf = malloc(len ? len : 1);
-  if (!buf) {
-    fl__set_err(err, errlen, "%s: out of memory for %zu bytes", path, len);
-    fclose(f);
+  size_t len = (size_t)sb.st_size, have = len < 8 ? len : 8;
+  uint8_t size[8];
+  /* The header: as much of it as the file holds and the limit allows;
+   * fl__parse says what is wrong with a short or absurd one. */
+  uint8_t *buf = NULL;
+  int rc = fl__pread_all(fd, size, have, 0) ? FL_EIO : 0;
+  if (!rc && have == 8) {
+    uint64_t hlen = fl__le64(size);
+    if (hlen <= FL_ST_MAX_HEADER && hlen <= len - 8) have = 8 + (size_t)hlen;
+  }
+  if (!rc && !(buf = malloc(have ? have : 1))) {
+    fl__set_err(err, errlen, "%s: out of memory for its header", path);
+    close(fd);
     return FL_ENOMEM;
   }
-  size_t got = fread(buf, 1, len, f);
-  int rerr = ferror(f) ? errno : 0;
-  fclose(f);
-  if (got != len) {
-    /* The file shrank under us, or the read failed: either way what we have
-     * is not the file. */
-    if (rerr)
-      fl__set_err(err, errlen, "%s: read error: %s", path, strerror(rerr));
-    else
-      fl__set_err(err, errlen, "%s: file changed size while being read", path);
+  if (!rc && fl__pread_all(fd, buf, have, 0)) rc = FL_EIO;
+  if (rc) {
+    fl__set_err(err, errlen, "%s: read error: %s", path, errno ? strerror(errno) : "file shrank");
     free(buf);
+    close(fd);
     return FL_EIO;
   }
   char inner[512];
-  int rc = fl_st_parse(buf, len, out, inner, sizeof inner);
+  rc = fl__parse(buf, len, fd, out, inner, sizeof inner);
   free(buf);
-  if (rc) fl__set_err(err, errlen, "%s: %s", path, inner);
+  if (rc) {
+    close(fd);
+    fl__set_err(err, errlen, "%s: %s", path, inner);
+  }
   return rc;
 }

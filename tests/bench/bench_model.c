@@ -439,10 +439,11 @@ int main(int argc, char **argv) {
   } else if (!strcmp(mode, "time") && argc == 6) {
     run_time(&b, raw, n, wsize, atoi(argv[5]));
   } else if (!strcmp(mode, "rss") && argc == 4) {
-    /* What a process serving the model holds: the model, a context of 64
-     * windows, forward passes at batch 1 and 64. */
+    /* What a process serving the model holds: the model, a forward-only
+     * context of 64 windows (as faultlined's), forward passes at batch 1
+     * and 64. */
     fl_ctx *ctx;
-    if (n < 64 || fl_ctx_create(&ctx, b.model, 64)) die("rss");
+    if (n < 64 || fl_ctx_create_infer(&ctx, b.model, 64)) die("rss");
     load(&b, ctx, raw, wsize, 0, 64);
     for (int B = 1; B <= 64; B *= 64) {
       fwd_arg a = {&b, ctx, B};

@@ -55,8 +55,7 @@ def start(kind, build, model, tmp, stride, max_streams=64):
     if kind == "py":
         return Py(model, ports, stride, tmp), ports
     over = {"model": {"file": model},
-            "input": {"endpoint": f"tcp://127.0.0.1:{ports['in']}", "rcvhwm": 0,
-                      "max_streams": max_streams},
+            "input": {"endpoint": f"tcp://127.0.0.1:{ports['in']}", "max_streams": max_streams},
             "output": {"endpoint": f"tcp://127.0.0.1:{ports['out']}", "sndhwm": 0,
                        "stride": stride},
             "metrics": {"listen": f"127.0.0.1:{ports['http']}"}, "log": {"level": "warning"}}

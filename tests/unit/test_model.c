@@ -415,6 +415,44 @@ static void test_normalise(void **state) {
   fl_model_free(m);
 }
 
+/* A forward-only context gives bit for bit what a training context gives
+ * (with and without the block, with the head, and from the latent), keeps
+ * nothing for a backward pass, and refuses one. */
+static void test_ctx_infer(void **state) {
+  (void)state;
+  fixture f;
+  fixture_init(&f, 1, 1);
+  const fl_model_spec *s = fl_model_spec_of(f.m);
+  fl_ctx *ci;
+  assert_int_equal(fl_ctx_create_infer(&ci, f.m, NB), 0);
+  for (int i = 0; i < s->n_mod; i++)
+    memcpy(fl_ctx_input(ci, i), fl_ctx_input(f.c, i), sizeof(float) * mod_size(s, i));
+  int Z = fl_model_latent_size(f.m);
+  for (int pass = 0; pass < 3; pass++) {
+    int blk = pass != 1, lat = pass == 2;
+    int (*fwd)(fl_model *, fl_ctx *, int, int, int) =
+        lat ? fl_model_forward_latent : fl_model_forward;
+    assert_int_equal(fwd(f.m, f.c, NB, blk, 1), 0);
+    assert_int_equal(fwd(f.m, ci, NB, blk, 1), 0);
+    for (int i = 0; i < s->n_mod; i++)
+      assert_memory_equal(fl_ctx_output(ci, i), fl_ctx_output(f.c, i),
+                          sizeof(float) * mod_size(s, i));
+    assert_memory_equal(fl_ctx_latent(ci), fl_ctx_latent(f.c), sizeof(float) * NB * Z);
+    assert_memory_equal(fl_ctx_latent2(ci), fl_ctx_latent2(f.c), sizeof(float) * NB * Z);
+    assert_memory_equal(fl_ctx_embedding(ci), fl_ctx_embedding(f.c),
+                        sizeof(float) * NB * s->emb);
+  }
+  assert_null(fl_ctx_preact(ci, f.m, 0));
+  assert_null(fl_ctx_doutput(ci, 0));
+  assert_null(fl_ctx_dembedding(ci));
+  assert_int_equal(fl_model_backward_recon(f.m, ci, NB, 1), FL_EINVAL);
+  assert_int_equal(fl_model_backward_head(f.m, ci, NB, 1), FL_EINVAL);
+  fl_ctx *bad = NULL;
+  assert_int_equal(fl_ctx_create_infer(&bad, f.m, 0), FL_EINVAL);
+  fl_ctx_free(ci);
+  fixture_free(&f);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_every_sample_covered),
@@ -424,6 +462,7 @@ int main(void) {
       cmocka_unit_test(test_project),
       cmocka_unit_test(test_series_from_table),
       cmocka_unit_test(test_normalise),
+      cmocka_unit_test(test_ctx_infer),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

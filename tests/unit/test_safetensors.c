@@ -528,6 +528,58 @@ static void test_atomic_write(void **state) {
   free(dir);
 }
 
+/* fl_st_read leaves the tensors in the file: they read as written, a file
+ * replaced by rename afterwards still reads as it was, a set read so can be
+ * written again, and a file cut short in place makes fl_st_get fail with
+ * FL_EIO instead of returning what is not there. */
+static void test_lazy_read(void **state) {
+  (void)state;
+  float w[240], b[16], got[240];
+  fl_st *st = make_set(w, b);
+  char *dir = make_tmpdir();
+  char *path, *copy;
+  assert_true(asprintf(&path, "%s/model.safetensors", dir) > 0);
+  assert_true(asprintf(&copy, "%s/copy.safetensors", dir) > 0);
+  char err[512] = "";
+  assert_int_equal(fl_st_write(st, path, err, sizeof err), 0);
+  fl_st *in = NULL;
+  assert_int_equal(fl_st_read(path, &in, err, sizeof err), 0);
+  /* Replaced by rename: the open set still reads the old file. */
+  float zeros[240] = {0};
+  fl_st *other = fl_st_new();
+  assert_non_null(other);
+  assert_int_equal(fl_st_add(other, "enc.0.weight", zeros, W_SHAPE, 3), 0);
+  assert_int_equal(fl_st_write(other, path, err, sizeof err), 0);
+  memset(got, 0, sizeof got);
+  assert_int_equal(fl_st_get(in, "enc.0.weight", got, W_SHAPE, 3, err, sizeof err), 0);
+  assert_memory_equal(got, w, sizeof w);
+  /* Written again from the file it was read from. */
+  assert_int_equal(fl_st_write(in, copy, err, sizeof err), 0);
+  fl_st *again = NULL;
+  assert_int_equal(fl_st_read(copy, &again, err, sizeof err), 0);
+  assert_int_equal(fl_st_get(again, "enc.0.bias", got, B_SHAPE, 1, err, sizeof err), 0);
+  assert_memory_equal(got, b, sizeof b);
+  fl_st_free(again);
+  fl_st_free(in);
+  /* Cut short in place after the header was read. */
+  assert_int_equal(fl_st_read(copy, &in, err, sizeof err), 0);
+  struct stat sb;
+  assert_int_equal(stat(copy, &sb), 0);
+  assert_int_equal(truncate(copy, sb.st_size - 4), 0);
+  assert_int_equal(fl_st_get(in, "enc.0.weight", got, W_SHAPE, 3, err, sizeof err) == FL_EIO ||
+                       fl_st_get(in, "enc.0.bias", got, B_SHAPE, 1, err, sizeof err) == FL_EIO ||
+                       fl_st_get(in, "scalar", got, NULL, 0, err, sizeof err) == FL_EIO,
+                   1);
+  assert_non_null(strstr(err, "changed while being read"));
+  fl_st_free(in);
+  fl_st_free(other);
+  fl_st_free(st);
+  free(path);
+  free(copy);
+  remove_tree(dir);
+  free(dir);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_round_trip),      cmocka_unit_test(test_empty_set),
@@ -535,6 +587,7 @@ int main(void) {
       cmocka_unit_test(test_bad_sizes),       cmocka_unit_test(test_truncations),
       cmocka_unit_test(test_header_flips),    cmocka_unit_test(test_get_checks_shape),
       cmocka_unit_test(test_add_refusals),    cmocka_unit_test(test_atomic_write),
+      cmocka_unit_test(test_lazy_read),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

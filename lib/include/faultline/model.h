@@ -106,6 +106,14 @@ void fl_model_zero_grad(fl_model *m);
  * context serves one thread; the daemon and the trainer each own one. */
 typedef struct fl_ctx fl_ctx;
 int fl_ctx_create(fl_ctx **out, const fl_model *m, int max_batch);
+/* A context for forward passes only, as a detector that never trains needs:
+ * the same inputs, outputs, latents, estimates and embedding as one from
+ * fl_ctx_create, but nothing is kept for a backward pass.  Activations are
+ * applied in place and the layers' intermediates share a few buffers across
+ * modalities, so at the daemon's batch it holds under half the memory.
+ * With it fl_ctx_preact and the gradient views return NULL and the backward
+ * passes return FL_EINVAL. */
+int fl_ctx_create_infer(fl_ctx **out, const fl_model *m, int max_batch);
 void fl_ctx_free(fl_ctx *c);
 
 /* Input of a batch: one buffer per modality, x_m (B, C_m, T_m), already

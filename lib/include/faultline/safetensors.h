@@ -65,7 +65,12 @@ int fl_st_write(const fl_st *st, const char *path, char *err, size_t errlen);
 
 /* Reads a file into a new set (*out, to free with fl_st_free; NULL on
  * error).  Everything is validated and nothing outside the file is read; see
- * fl_st_parse for the errors.  FL_EIO if the file cannot be read. */
+ * fl_st_parse for the errors.  FL_EIO if the file cannot be read.  Only the
+ * header is read here: the set keeps the file open and fl_st_get (or
+ * fl_st_write) reads each tensor from it when asked, so that a caller
+ * copying tensors into its own buffers never holds a second copy.  A file
+ * replaced by rename meanwhile still reads as it was; one cut short in place
+ * makes fl_st_get return FL_EIO. */
 int fl_st_read(const char *path, fl_st **out, char *err, size_t errlen);
 
 /* As fl_st_read, from len bytes at buf.  Errors, each with a sentence in err
@@ -87,7 +92,8 @@ int fl_st_parse(const uint8_t *buf, size_t len, fl_st **out, char *err, size_t e
  * tensor, FL_EMISMATCH if the shape differs, with err naming the expected and
  * the actual shape, e.g.
  *   tensor "enc.0.weight" has shape [16, 3, 5], expected [16, 4, 5]
- * dst may be NULL to only check the shape. */
+ * dst may be NULL to only check the shape.  FL_EIO if the tensor is still in
+ * the file fl_st_read opened and that file was cut short since. */
 int fl_st_get(const fl_st *st, const char *name, float *dst, const int64_t *shape, int ndim, char *err,
               size_t errlen);
 
