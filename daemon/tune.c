@@ -8,7 +8,8 @@
  *              and no window of its stream within `span` windows before or
  *              after it was above the threshold or flagged; candidates wait
  *              in a per-stream ring until their later neighbours are seen
- *   schedule   one job at a time in the libuv thread pool, at nice 10, at
+ *   schedule   one job at a time in the libuv thread pool, under SCHED_IDLE
+ *              (nice 10 where that is refused), at
  *              most max_updates_per_hour, and after a job of t seconds the
  *              next waits t (1 / cpu_share - 1) so that training takes about
  *              cpu_share of one core
@@ -31,6 +32,8 @@
 #include <string.h>
 #include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -224,6 +227,11 @@ int fld_tune_start(fld_app *app, char *err, size_t errlen) {
   t->cfg.margin = (float)c->tune_margin;
   t->cfg.val_fraction = (float)c->tune_val_fraction;
   t->cfg.min_windows = c->tune_min_windows;
+  t->cfg.norm_rate = (float)c->tune_norm_rate;
+  t->cfg.norm_max = (float)c->tune_norm_max;
+  t->cfg.norm_parts = c->tune_norm_parts;
+  t->cfg.norm_band = (float)c->tune_norm_band;
+  t->cfg.recalibrate = c->tune_recalibrate;
   t->cfg.detect = e->b.detect;
   t->cfg.train.clamp = e->b.clamp;
   t->span = c->tune_span > 0 ? c->tune_span : e->hyst_on + e->hyst_off;
@@ -316,21 +324,35 @@ static void fld__keep_previous(const char *path) {
   if (link(path, tmp) == 0 && rename(tmp, prev) != 0) unlink(tmp);
 }
 
-/* The nice value of the thread-pool threads that run tuning jobs.  Training
- * competes with the loop thread for the cores; at a lower priority the
- * scheduler hands a contended core to the loop as soon as a frame wakes it.
- * Tuning is the only user of the thread pool, so the threads keep it (a
- * thread without CAP_SYS_NICE could not raise it back anyway). */
+/* The priority of the thread-pool threads that run tuning jobs.  Training
+ * competes with the loop thread for the cores.  Under SCHED_IDLE (Linux) a
+ * worker runs only on a core nothing else wants, and a frame that wakes the
+ * loop preempts it at once; nice 10 (the fallback elsewhere) still gets a
+ * weighted share of a contended core and lets the loop wait for its slice
+ * to end.  Tuning is the only user of the thread pool, so the threads keep
+ * it (a thread without CAP_SYS_NICE could not raise it back anyway). */
 #define FLD_TUNE_NICE 10
+
+static int fld__lower_priority(int idle) {
+#ifdef SCHED_IDLE
+  struct sched_param sp;
+  memset(&sp, 0, sizeof sp);
+  if (idle && pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp) == 0) return 0;
+#else
+  (void)idle;
+#endif
+  /* On Linux a nice value belongs to the thread. */
+  return setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), FLD_TUNE_NICE) ? -1 : 1;
+}
 
 static void fld__work(uv_work_t *req) {
   fld_tuner *t = req->data;
-  static __thread int niced;
-  if (!niced) {
-    /* On Linux a nice value belongs to the thread. */
-    niced = 1;
-    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), FLD_TUNE_NICE))
-      t->nice_failed = 1;
+  static __thread int lowered;
+  if (!lowered) {
+    lowered = 1;
+    int r = fld__lower_priority(t->app->cfg.tune_idle);
+    if (r < 0) t->nice_failed = 1;
+    else if (r > 0 && t->app->cfg.tune_idle && !t->nice_failed) t->nice_failed = 3;
   }
   t->rc = fl_tune_job_run(t->job, &t->res);
   t->save_rc = 0;
@@ -375,7 +397,10 @@ static void fld__after(uv_work_t *req, int status) {
   fld_tuner *t = req->data;
   fld_app *app = t->app;
   t->busy = 0;
-  if (t->nice_failed == 1) {
+  if (t->nice_failed == 3) {
+    t->nice_failed = 2;
+    fld_log(FLD_INFO, "tune: SCHED_IDLE unavailable; the worker runs at nice %d", FLD_TUNE_NICE);
+  } else if (t->nice_failed == 1) {
     t->nice_failed = 2;
     fld_log(FLD_WARNING, "tune: cannot lower the worker's priority: training competes with "
                          "the loop at its priority");

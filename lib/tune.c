@@ -18,6 +18,8 @@ void fl_tune_defaults(fl_tune_config *c) {
   c->min_windows = 64;
   c->norm_rate = 1.0f;
   c->norm_max = 0.5f;
+  c->norm_parts = 4;
+  c->norm_band = 0.1f;
   c->recalibrate = 1;
   c->seed = 1;
   fl_train_defaults(&c->train);
@@ -119,6 +121,8 @@ int fl_tune_buffer_move(fl_tune_buffer *dst, const fl_tune_buffer *src, int age)
 }
 
 /* ---- job ---------------------------------------------------------------- */
+
+#define FL__NORM_PARTS 16 /* most parts fl__norm_adapt splits the windows into */
 
 struct fl_tune_job {
   fl_tune_config cfg;
@@ -437,9 +441,17 @@ static int fl__norm_adapt(fl_tune_job *j, int ntrain, float *max_shift) {
   memcpy(j->winc, j->win, sizeof(float) * j->lay.stride * (size_t)j->n);
   *max_shift = 0.0f;
   if (!(j->cfg.norm_rate > 0.0f) || !(j->cfg.norm_max > 0.0f)) return 0;
+  /* The training windows, oldest first, in parts of consecutive windows:
+   * a part covers a stretch of the recent past, often one operating point. */
+  int P = j->cfg.norm_parts > 1 ? j->cfg.norm_parts : 1;
+  if (P > FL__NORM_PARTS) P = FL__NORM_PARTS;
+  if (P > ntrain) P = ntrain;
+  float band = j->cfg.norm_band > 0.0f ? j->cfg.norm_band : 0.0f;
   for (int pass = 0; pass < 3; pass++) {
-    double sum[FL_MAX_TOTAL_CHANNELS] = {0};
-    long cnt[FL_MAX_TOTAL_CHANNELS] = {0};
+    double sum[FL__NORM_PARTS][FL_MAX_TOTAL_CHANNELS];
+    long cnt[FL__NORM_PARTS][FL_MAX_TOTAL_CHANNELS];
+    memset(sum, 0, sizeof sum);
+    memset(cnt, 0, sizeof cnt);
     for (int w = 0; w < ntrain; w += j->B) {
       int B = ntrain - w < j->B ? ntrain - w : j->B;
       for (int b = 0; b < B; b++)
@@ -454,6 +466,7 @@ static int fl__norm_adapt(fl_tune_job *j, int ntrain, float *max_shift) {
           continue;
         }
         for (int b = 0; b < B; b++) {
+          int p = (int)((long)(w + b) * P / ntrain);
           const float *x = fl_ctx_input(j->ctx, i) + (size_t)b * j->lay.ct[i];
           const float *mk = fl_ctx_mask(j->ctx, i) + (size_t)b * j->lay.ct[i];
           const float *y = fl_ctx_output(j->ctx, i) + (size_t)b * j->lay.ct[i];
@@ -462,8 +475,8 @@ static int fl__norm_adapt(fl_tune_job *j, int ntrain, float *max_shift) {
               size_t k = (size_t)c * T + t;
               /* A clamped sample's level is not known. */
               if (mk[k] == 0.0f || fabsf(x[k]) >= clamp) continue;
-              sum[off + c] += (double)x[k] - y[k];
-              cnt[off + c]++;
+              sum[p][off + c] += (double)x[k] - y[k];
+              cnt[p][off + c]++;
             }
         }
         off += C;
@@ -472,8 +485,24 @@ static int fl__norm_adapt(fl_tune_job *j, int ntrain, float *max_shift) {
     int moved = 0;
     for (int k = 0; k < nch; k++) {
       d[k] = 0.0f;
-      if (!cnt[k]) continue;
-      float want = j->cfg.norm_rate * (float)(sum[k] / cnt[k]);
+      /* The persistent part of the bias: what every part agrees on (the
+       * smallest in size if all have one sign, else none), beyond the dead
+       * band.  The bias of one operating point, which the autoencoder
+       * reconstructs a little off, changes sign or size from part to part
+       * and stays; a drift of the plant biases every part the same way. */
+      double lo = HUGE_VAL, hi = -HUGE_VAL;
+      int parts = 0;
+      for (int p = 0; p < P; p++) {
+        if (!cnt[p][k]) continue;
+        double m = sum[p][k] / (double)cnt[p][k];
+        if (m < lo) lo = m;
+        if (m > hi) hi = m;
+        parts++;
+      }
+      if (!parts) continue;
+      double common = lo > 0.0 ? lo : hi < 0.0 ? hi : 0.0;
+      common = common > band ? common - band : common < -band ? common + band : 0.0;
+      float want = j->cfg.norm_rate * (float)common;
       float to = shift[k] + want;
       if (to > j->cfg.norm_max) to = j->cfg.norm_max;
       if (to < -j->cfg.norm_max) to = -j->cfg.norm_max;

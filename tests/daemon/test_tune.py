@@ -14,7 +14,9 @@ usage: test_tune.py SCENARIO FAULTLINED FAULTLINE MODEL EPISODE CONFIG
          at most half of tuning off's, and faultline eval's AUROC of injected
          faults on the last third, tuned model against base, is no more than
          0.02 lower.  FL_TUNE_SEED, FL_TUNE_SHIFT, FL_TUNE_ROWS, FL_TUNE_RATE
-         (rows/s) and FL_TUNE_EPISODES (eval's per fault type) vary it; the
+         (rows/s), FL_TUNE_EPISODES (eval's per fault type) and the [tune] keys
+         FL_TUNE_RECALIBRATE, FL_TUNE_NORM_PARTS, FL_TUNE_NORM_BAND and
+         FL_TUNE_IDLE vary it; the
          RESULT line has the numbers
   crash  kill -9 while the daemon writes checkpoints in a loop: every
          restart comes up serving a valid model (the newest checkpoint, or
@@ -45,7 +47,10 @@ TMP = tempfile.mkdtemp(prefix="fld-tune-" + SCENARIO + "-")
 pb = T.load_proto(TMP)
 STRIDE = 5
 
-TUNE_FAST = {"enabled": 1, "buffer": 256, "min_windows": 48, "gate": 0.9, "span": 2, "steps": 40, "lr": 0.0005,
+# idle 0: nice 10, as measured before SCHED_IDLE existed; under SCHED_IDLE a
+# loaded machine (other test suites) would starve the jobs and the outcome
+# would measure the load, not tuning.
+TUNE_FAST = {"enabled": 1, "idle": 0, "buffer": 256, "min_windows": 48, "gate": 0.9, "span": 2, "steps": 40, "lr": 0.0005,
              "max_updates_per_hour": 360000, "cpu_share": 1.0, "margin": 0.05}
 
 
@@ -137,7 +142,11 @@ def scenario_drift():
                     "--shift", shift, "--out", csv], check=True)
     ckpt = os.path.join(TMP, "tuned.model")
     off, m_off, _, _ = run_stream("off", csv, rows, rate, None)
-    on, m_on, text, log = run_stream("on", csv, rows, rate, dict(TUNE_FAST, checkpoint=ckpt))
+    tune = dict(TUNE_FAST, checkpoint=ckpt)
+    for key in ("recalibrate", "norm_parts", "norm_band", "idle"):
+        if os.environ.get("FL_TUNE_" + key.upper()):
+            tune[key] = os.environ["FL_TUNE_" + key.upper()]
+    on, m_on, text, log = run_stream("on", csv, rows, rate, tune)
     check(len(off) > 0.95 * ((rows - 60) // STRIDE + 1), f"drift: tuning off, {len(off)} reports")
     check(len(on) > 0.95 * ((rows - 60) // STRIDE + 1), f"drift: tuning on, {len(on)} reports")
     acc = m_on.get('faultline_tune_updates_total{result="accepted"}', 0)

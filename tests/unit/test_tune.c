@@ -358,12 +358,62 @@ static void test_norm_follows_drift(void **state) {
   fixture_free(f);
 }
 
+/* Only a bias that persists is followed: a buffer whose older half sits at
+ * one level and newer half at the opposite one (two operating points the
+ * autoencoder reconstructs off in opposite directions) moves no mean, where
+ * the same windows all at the one level do; and a dead band as large as the
+ * bias keeps even that in place. */
+static void test_norm_follows_only_persistent(void **state) {
+  (void)state;
+  fixture *f = trained();
+  fl_tune_buffer *buf;
+  assert_int_equal(fl_tune_buffer_create(&buf, f->m, 200), 0);
+  fill(buf, f, 3.0f, 100, 13);
+  fill(buf, f, -3.0f, 100, 14);
+  fl_tune_config cfg;
+  fl_tune_defaults(&cfg);
+  cfg.steps = 1;
+  cfg.batch = 16;
+  cfg.margin = 100.0f;
+  cfg.detect = f->dcfg;
+  cfg.recalibrate = 0;
+  cfg.val_fraction = 0.1f;
+  fl_tune_job *j;
+  assert_int_equal(fl_tune_job_create(&j, f->m, &cfg), 0);
+  fl_tune_result r;
+  assert_int_equal(fl_tune_job_prepare(j, f->m, &f->cal, buf), 0);
+  assert_int_equal(fl_tune_job_run(j, &r), 0);
+  print_message("two levels: norm shift %g sd\n", r.norm_shift);
+  assert_float_equal(r.norm_shift, 0.0f, 0.0f);
+  /* All the windows at the one level: every part agrees, and it moves. */
+  fl_tune_job_free(j);
+  fl_tune_buffer_clear(buf);
+  fill(buf, f, 3.0f, 200, 13);
+  assert_int_equal(fl_tune_job_create(&j, f->m, &cfg), 0);
+  assert_int_equal(fl_tune_job_prepare(j, f->m, &f->cal, buf), 0);
+  assert_int_equal(fl_tune_job_run(j, &r), 0);
+  print_message("one level: norm shift %g sd\n", r.norm_shift);
+  assert_true(r.norm_shift > 0.05f);
+  float moved = r.norm_shift;
+  fl_tune_job_free(j);
+  cfg.norm_band = 5.0f;
+  assert_int_equal(fl_tune_job_create(&j, f->m, &cfg), 0);
+  assert_int_equal(fl_tune_job_prepare(j, f->m, &f->cal, buf), 0);
+  assert_int_equal(fl_tune_job_run(j, &r), 0);
+  print_message("dead band 5 sd: norm shift %g sd (%g without)\n", r.norm_shift, moved);
+  assert_float_equal(r.norm_shift, 0.0f, 0.0f);
+  fl_tune_job_free(j);
+  fl_tune_buffer_free(buf);
+  fixture_free(f);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_buffer_ring),
       cmocka_unit_test(test_accept_and_norms),
       cmocka_unit_test(test_reject),
       cmocka_unit_test(test_norm_follows_drift),
+      cmocka_unit_test(test_norm_follows_only_persistent),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

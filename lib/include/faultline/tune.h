@@ -82,6 +82,13 @@ typedef struct {
                        * normalisation as trained */
   float norm_max;     /* largest move of a channel's mean per update, in its
                        * standard deviations (0.5) */
+  int norm_parts;     /* the training windows, oldest first, split into this
+                       * many parts of consecutive windows (1 to 16); only the
+                       * bias every part shows with one sign is followed, the
+                       * smallest of them (4) */
+  float norm_band;    /* dead band, in standard deviations: a persistent bias
+                       * this small is not followed, a larger one less this
+                       * much (0.1) */
   int recalibrate;    /* 1: an accepted update's calibration comes from the
                        * buffer, loosening only (see above); 0: the calibration
                        * in service stays unless the head is tuned or the
