@@ -71,6 +71,10 @@ typedef struct fld_tuner {
   char save_err[400];
   char lineage[1024];      /* of the model in service */
   char save_lineage[1024]; /* of the update the worker may checkpoint */
+  float *cand_norm;        /* (n_layers) the candidate's spectral norms, measured by
+                            * the worker so that the swap does not stall the loop */
+  int n_norm;
+  double swap_ms, swap_max_ms; /* loop time of the last and the slowest swap */
   /* metrics */
   uint64_t updates;      /* accepted updates in this model's lineage */
   uint64_t steps, accepted, rejected, failed, ckpt_ok, ckpt_failed;
@@ -254,6 +258,12 @@ int fld_tune_start(fld_app *app, char *err, size_t errlen) {
   fl_tune_buffer_free(t->buf);
   t->buf = NULL;
   int rc = fl_tune_buffer_create(&t->buf, e->b.model, c->tune_buffer);
+  if (!rc && !t->busy && t->n_norm != e->n_layers) {
+    /* A job in flight writes the old array; it is resized once it is done. */
+    float *n = realloc(t->cand_norm, sizeof(float) * (size_t)(e->n_layers > 0 ? e->n_layers : 1));
+    if (!n) rc = FL_ENOMEM;
+    else t->cand_norm = n, t->n_norm = e->n_layers;
+  }
   if (!rc && !t->busy) {
     fl_tune_job_free(t->job);
     t->job = NULL;
@@ -356,7 +366,13 @@ static void fld__work(uv_work_t *req) {
   }
   t->rc = fl_tune_job_run(t->job, &t->res);
   t->save_rc = 0;
-  if (t->rc || !t->res.accepted || !t->save_due) return;
+  if (t->rc || !t->res.accepted) return;
+  /* The power iterations of every layer take tens of milliseconds: here,
+   * on the job's private candidate, not on the loop after the swap. */
+  fl_model *cand = fl_tune_job_model(t->job);
+  for (int l = 0; l < t->n_norm; l++)
+    if (fl_model_layer_norm(cand, l, &t->cand_norm[l])) t->cand_norm[l] = -1.0f;
+  if (!t->save_due) return;
   /* The checkpoint is the accepted model: the job's candidate and its new
    * calibration, which the loop is about to copy into the engine. */
   fld__lineage(t, t->save_updates, t->save_lineage, sizeof t->save_lineage);
@@ -418,6 +434,10 @@ static void fld__after(uv_work_t *req, int status) {
     if (!app->stopping && !t->disable &&
         fl_tune_job_create(&t->job, app->eng->b.model, &t->cfg))
       fld_log(FLD_ERR, "tune: cannot set up the next job");
+    int nl = app->eng->n_layers;
+    float *n = t->n_norm == nl ? t->cand_norm
+                               : realloc(t->cand_norm, sizeof(float) * (size_t)(nl > 0 ? nl : 1));
+    if (n) t->cand_norm = n, t->n_norm = nl; /* else the swap measures on the loop */
   } else if (t->rc) {
     t->failed++;
     fld_log(FLD_ERR, "tune: update failed: %s", fl_strerror(t->rc));
@@ -426,6 +446,7 @@ static void fld__after(uv_work_t *req, int status) {
     t->have_last = 1;
     if (t->res.accepted) {
       fld_engine *e = app->eng;
+      uint64_t sw0 = uv_hrtime();
       /* The swap: between batches on the loop thread, so no window sees
        * half the new weights. */
       if (fl_tune_job_apply(t->job, e->b.model, &e->b.calib) == 0) {
@@ -444,17 +465,22 @@ static void fld__after(uv_work_t *req, int status) {
         t->accepted++;
         t->updates++;
         fld__lineage(t, t->updates, t->lineage, sizeof t->lineage);
-        fld__measure_norms(e);
+        if (t->n_norm == e->n_layers)
+          memcpy(e->layer_norm, t->cand_norm, sizeof(float) * (size_t)e->n_layers);
+        else
+          fld__measure_norms(e);
         fld__set_version(t);
+        t->swap_ms = (double)(uv_hrtime() - sw0) / 1e6;
+        if (t->swap_ms > t->swap_max_ms) t->swap_max_ms = t->swap_ms;
         fld_log(FLD_INFO, "tune: update %" PRIu64 " accepted (loss %.4g -> %.4g, false alarms "
                           "%.3f -> %.3f, faults caught %.3f -> %.3f, clean score %.3f -> %.3f, "
-                          "normalisation moved %.3f sd, threshold %.4g, %d steps in %.2f s); "
-                          "model %s",
+                          "normalisation moved %.3f sd, threshold %.4g, %d steps in %.2f s, "
+                          "swapped in %.2f ms); model %s",
                 t->updates, (double)t->res.loss_old, (double)t->res.loss_new,
                 (double)t->res.far_old, (double)t->res.far_new, (double)t->res.det_old,
                 (double)t->res.det_new, (double)t->res.score_old, (double)t->res.score_new,
                 (double)t->res.norm_shift, (double)t->res.threshold, t->res.steps, secs,
-                e->version);
+                t->swap_ms, e->version);
         if (t->save_due) {
           if (t->save_rc) {
             t->ckpt_failed++;
@@ -523,6 +549,7 @@ void fld_tune_free(fld_app *app) {
   if (!t) return;
   fl_tune_job_free(t->job);
   fl_tune_buffer_free(t->buf);
+  free(t->cand_norm);
   free(t);
   app->tuner = NULL;
   app->tune_metrics = NULL;
@@ -574,6 +601,12 @@ void fld_tune_metrics(fld_app *app, FILE *f) {
                "faultline_tune_validation_false_alarm_rate{model=\"candidate\"} %.6g\n",
             (double)t->last.far_old, (double)t->last.far_new);
   }
+  fprintf(f, "# HELP faultline_tune_swap_seconds Loop time of the last accepted update's swap "
+             "(parameters, calibration, buffers re-standardised), and the longest.\n"
+             "# TYPE faultline_tune_swap_seconds gauge\n"
+             "faultline_tune_swap_seconds{which=\"last\"} %.6f\n"
+             "faultline_tune_swap_seconds{which=\"max\"} %.6f\n",
+          t->swap_ms / 1e3, t->swap_max_ms / 1e3);
   fld_engine *e = app->eng;
   fprintf(f, "# HELP faultline_layer_norm_ratio Spectral norm over Lipschitz target of each "
              "layer that has one (<= 1 after every update).\n"

@@ -15,7 +15,8 @@ usage: test_tune.py SCENARIO FAULTLINED FAULTLINE MODEL EPISODE CONFIG
          faults on the last third, tuned model against base, is no more than
          0.02 lower.  FL_TUNE_SEED, FL_TUNE_SHIFT, FL_TUNE_ROWS, FL_TUNE_RATE
          (rows/s), FL_TUNE_EPISODES (eval's per fault type) and the [tune] keys
-         FL_TUNE_RECALIBRATE, FL_TUNE_NORM_PARTS, FL_TUNE_NORM_BAND and
+         FL_TUNE_RECALIBRATE, FL_TUNE_NORM_RATE, FL_TUNE_NORM_PARTS,
+         FL_TUNE_NORM_BAND and
          FL_TUNE_IDLE vary it; the
          RESULT line has the numbers
   crash  kill -9 while the daemon writes checkpoints in a loop: every
@@ -143,7 +144,7 @@ def scenario_drift():
     ckpt = os.path.join(TMP, "tuned.model")
     off, m_off, _, _ = run_stream("off", csv, rows, rate, None)
     tune = dict(TUNE_FAST, checkpoint=ckpt)
-    for key in ("recalibrate", "norm_parts", "norm_band", "idle"):
+    for key in ("recalibrate", "norm_rate", "norm_parts", "norm_band", "idle"):
         if os.environ.get("FL_TUNE_" + key.upper()):
             tune[key] = os.environ["FL_TUNE_" + key.upper()]
     on, m_on, text, log = run_stream("on", csv, rows, rate, tune)
@@ -323,9 +324,19 @@ def scenario_crash():
     check(T.wait_metric(ports["http"], 'faultline_reloads_total{result="success"}',
                         lambda v: v >= 3) == 3, "crash: three reloads while tuning")
     before = T.metrics(ports["http"])[0].get('faultline_tune_updates_total{result="accepted"}', 0)
+    # A reload empties the buffer, so the next update needs windows streamed
+    # after it: the first replay may have ended by now (2 s at 3000 rows/s;
+    # a loaded or sanitized daemon is slower to get here), so a second one
+    # streams them, however long the first took.
+    rp.wait()
+    rp = subprocess.Popen([FL, "replay", "--in", csv, "--connect",
+                           f"tcp://127.0.0.1:{ports['in']}", "--config", CONFIG,
+                           "--stream", "plant", "--rate", "1000"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     after = T.wait_metric(ports["http"], 'faultline_tune_updates_total{result="accepted"}',
-                          lambda v: v > before, timeout=60)
+                          lambda v: v > before, timeout=120)
     check(after is not None and after > before, "crash: tuning goes on after the reloads")
+    rp.kill()
     rp.wait()
     m, _ = T.metrics(ports["http"])
     check(m.get("faultline_model_updates", 0) >= 1, "crash: a tuned model serves after reloads")
