@@ -424,10 +424,12 @@ static void fl__shift_window(const fl__layout *l, const fl_model_spec *spec, flo
  * channel whose level moved where the stage-1 autoencoder never saw it is
  * reconstructed with a bias (the decoder pulls it towards levels it knows),
  * and that bias is what raises its residual feature on clean data.  The
- * bias of the clean training windows, per channel, is moved into the
- * channel's mean (norm_rate of it per pass, three passes, each re-measured,
- * at most norm_max standard deviations in all), so the autoencoder sees the
- * channel back where it reconstructs it.  Drifting modalities are judged by
+ * bias of the clean training windows is measured per channel in norm_parts
+ * parts of consecutive windows; the part of it that persists (every part
+ * shows it with one sign: the smallest, less the dead band norm_band) is
+ * moved into the channel's mean (norm_rate of it per pass, three passes,
+ * each re-measured, at most norm_max standard deviations in all), so the
+ * autoencoder sees the channel back where it reconstructs it.  Drifting modalities are judged by
  * their shape already and stay.  Only clean windows inform it, so a fault
  * is never moved into the normalisation unless it was too small to score
  * above gate x threshold; validation checks that injected faults still

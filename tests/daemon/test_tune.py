@@ -14,11 +14,10 @@ usage: test_tune.py SCENARIO FAULTLINED FAULTLINE MODEL EPISODE CONFIG
          at most half of tuning off's, and faultline eval's AUROC of injected
          faults on the last third, tuned model against base, is no more than
          0.02 lower.  FL_TUNE_SEED, FL_TUNE_SHIFT, FL_TUNE_ROWS, FL_TUNE_RATE
-         (rows/s), FL_TUNE_EPISODES (eval's per fault type) and the [tune] keys
-         FL_TUNE_RECALIBRATE, FL_TUNE_NORM_RATE, FL_TUNE_NORM_PARTS,
-         FL_TUNE_NORM_BAND and
-         FL_TUNE_IDLE vary it; the
-         RESULT line has the numbers
+         (rows/s), FL_TUNE_EPISODES (eval's per fault type) and the [tune]
+         keys FL_TUNE_RECALIBRATE, FL_TUNE_NORM_RATE, FL_TUNE_NORM_PARTS,
+         FL_TUNE_NORM_BAND and FL_TUNE_IDLE vary it; the RESULT line has the
+         numbers
   crash  kill -9 while the daemon writes checkpoints in a loop: every
          restart comes up serving a valid model (the newest checkpoint, or
          the base when none is readable), and a corrupt checkpoint is skipped

@@ -25,10 +25,15 @@
  * a channel judged by its level meets levels the autoencoder never saw; it
  * reconstructs them with a bias towards the levels it knows, and that bias
  * is the residual that raises false alarms.  The job measures the bias of
- * each such channel on the clean training windows and moves it into the
- * channel's mean (norm_rate of it per pass, three passes, at most norm_max
+ * each such channel on the clean training windows, in norm_parts parts of
+ * consecutive windows, and moves what persists into the channel's mean: the
+ * bias every part shows with one sign (the smallest), less a dead band of
+ * norm_band (norm_rate of it per pass, three passes, at most norm_max
  * standard deviations per update), so the autoencoder sees the channel back
- * where it reconstructs it.  Only windows the gate judged clean inform it:
+ * where it reconstructs it.  The bias of one operating point, which the
+ * autoencoder reconstructs a little off, comes and goes from part to part
+ * and is not followed: following it, the normalisation chased the recent
+ * operating points and raised false alarms at the next one.  Only windows the gate judged clean inform it:
  * a fault enters the normalisation only if it never scored above gate x
  * threshold, so a sensor drift slow and small enough to stay below it is
  * followed like a drift of the plant.
