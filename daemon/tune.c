@@ -75,6 +75,7 @@ typedef struct fld_tuner {
                             * the worker so that the swap does not stall the loop */
   int n_norm;
   double swap_ms, swap_max_ms; /* loop time of the last and the slowest swap */
+  double prep_ms, prep_max_ms; /* of the last and the slowest job's snapshot */
   /* metrics */
   uint64_t updates;      /* accepted updates in this model's lineage */
   uint64_t steps, accepted, rejected, failed, ckpt_ok, ckpt_failed;
@@ -511,7 +512,10 @@ void fld_tune_poll(fld_app *app) {
   if (!t || t->busy || app->stopping || !t->job) return;
   if (fl_tune_buffer_count(t->buf) < t->cfg.min_windows || t->new_windows == 0) return;
   if (fld__mono(app) < t->next_at) return;
+  uint64_t p0 = uv_hrtime();
   if (fl_tune_job_prepare(t->job, app->eng->b.model, &app->eng->b.calib, t->buf)) return;
+  t->prep_ms = (double)(uv_hrtime() - p0) / 1e6;
+  if (t->prep_ms > t->prep_max_ms) t->prep_max_ms = t->prep_ms;
   t->new_windows = 0;
   /* The lineage the checkpoint of this update will carry. */
   t->save_due = t->path[0] && app->cfg.tune_checkpoint_every > 0 &&
@@ -601,12 +605,15 @@ void fld_tune_metrics(fld_app *app, FILE *f) {
                "faultline_tune_validation_false_alarm_rate{model=\"candidate\"} %.6g\n",
             (double)t->last.far_old, (double)t->last.far_new);
   }
-  fprintf(f, "# HELP faultline_tune_swap_seconds Loop time of the last accepted update's swap "
-             "(parameters, calibration, buffers re-standardised), and the longest.\n"
-             "# TYPE faultline_tune_swap_seconds gauge\n"
-             "faultline_tune_swap_seconds{which=\"last\"} %.6f\n"
-             "faultline_tune_swap_seconds{which=\"max\"} %.6f\n",
-          t->swap_ms / 1e3, t->swap_max_ms / 1e3);
+  fprintf(f, "# HELP faultline_tune_loop_seconds Loop-thread time of tuning's two steps there: "
+             "a job's snapshot (prepare) and an accepted update's swap (parameters, "
+             "calibration, buffers re-standardised), the last and the longest.\n"
+             "# TYPE faultline_tune_loop_seconds gauge\n"
+             "faultline_tune_loop_seconds{step=\"prepare\",stat=\"last\"} %.6f\n"
+             "faultline_tune_loop_seconds{step=\"prepare\",stat=\"max\"} %.6f\n"
+             "faultline_tune_loop_seconds{step=\"swap\",stat=\"last\"} %.6f\n"
+             "faultline_tune_loop_seconds{step=\"swap\",stat=\"max\"} %.6f\n",
+          t->prep_ms / 1e3, t->prep_max_ms / 1e3, t->swap_ms / 1e3, t->swap_max_ms / 1e3);
   fld_engine *e = app->eng;
   fprintf(f, "# HELP faultline_layer_norm_ratio Spectral norm over Lipschitz target of each "
              "layer that has one (<= 1 after every update).\n"

@@ -218,8 +218,9 @@ int fl_tune_job_prepare(fl_tune_job *j, const fl_model *cur, const fl_calib *cal
   int min = j->cfg.min_windows > 4 ? j->cfg.min_windows : 4;
   if (buf->count < min) return FL_EINVAL;
   int err;
-  if ((err = fl_model_copy_params(j->cand, cur)) || (err = fl_model_copy_params(j->ref, cur)))
-    return err;
+  /* One copy here, on the caller's (the loop's) thread; the candidate is
+   * copied from it by fl_tune_job_run. */
+  if ((err = fl_model_copy_params(j->ref, cur))) return err;
   if (j->cap < buf->count) {
     float *w = realloc(j->win, sizeof(float) * j->lay.stride * buf->count);
     if (!w) return FL_ENOMEM;
@@ -610,6 +611,7 @@ int fl_tune_job_run(fl_tune_job *j, fl_tune_result *res) {
   if (ntrain < 2) return FL_EINVAL;
   res->ntrain = ntrain;
   res->nval = nval;
+  if ((err = fl_model_copy_params(j->cand, j->ref))) return err;
   /* The normalisation first: the block then trains on the windows as the
    * candidate will see them. */
   if ((err = fl__norm_adapt(j, ntrain, &res->norm_shift))) return err;
