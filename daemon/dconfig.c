@@ -48,7 +48,7 @@ void fld_config_defaults(fld_config *c) {
   c->tune_norm_rate = 1.0;
   c->tune_norm_max = 0.5;
   c->tune_norm_parts = 4;
-  c->tune_norm_band = 0.1;
+  c->tune_norm_band = 0.25;
   c->tune_recalibrate = 0;
   c->tune_idle = 1;
 }

@@ -19,7 +19,7 @@ void fl_tune_defaults(fl_tune_config *c) {
   c->norm_rate = 1.0f;
   c->norm_max = 0.5f;
   c->norm_parts = 4;
-  c->norm_band = 0.1f;
+  c->norm_band = 0.25f;
   c->recalibrate = 0;
   c->seed = 1;
   fl_train_defaults(&c->train);

@@ -326,11 +326,12 @@ def scenario_crash():
     # A reload empties the buffer, so the next update needs windows streamed
     # after it: the first replay may have ended by now (2 s at 3000 rows/s;
     # a loaded or sanitized daemon is slower to get here), so a second one
-    # streams them, however long the first took.
+    # streams them, however long the first took, as another stream (the
+    # first's sequence numbers are behind it: its frames would be old).
     rp.wait()
     rp = subprocess.Popen([FL, "replay", "--in", csv, "--connect",
                            f"tcp://127.0.0.1:{ports['in']}", "--config", CONFIG,
-                           "--stream", "plant", "--rate", "1000"],
+                           "--stream", "plant-after", "--rate", "1000"],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     after = T.wait_metric(ports["http"], 'faultline_tune_updates_total{result="accepted"}',
                           lambda v: v > before, timeout=120)

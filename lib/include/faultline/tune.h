@@ -96,7 +96,7 @@ typedef struct {
                        * smallest of them (4) */
   float norm_band;    /* dead band, in standard deviations: a persistent bias
                        * this small is not followed, a larger one less this
-                       * much (0.1) */
+                       * much (0.25) */
   int recalibrate;    /* 1: an accepted update's calibration comes from the
                        * buffer, loosening only (see above); 0: the calibration
                        * in service stays unless the head is tuned or the
