@@ -25,6 +25,7 @@
  *              once more on shutdown; at start the newest valid checkpoint
  *              of the same base model is put in service, else the base.
  */
+#define _GNU_SOURCE /* SCHED_IDLE */
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
