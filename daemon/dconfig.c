@@ -45,6 +45,12 @@ void fld_config_defaults(fld_config *c) {
   c->tune_cpu_share = 0.25;
   snprintf(c->tune_checkpoint, sizeof c->tune_checkpoint, "tuned.model");
   c->tune_checkpoint_every = 1;
+  c->tune_norm_rate = 1.0;
+  c->tune_norm_max = 0.5;
+  c->tune_norm_parts = 4;
+  c->tune_norm_band = 0.25;
+  c->tune_recalibrate = 0;
+  c->tune_idle = 1;
 }
 
 static int fld__double(const char *v, double lo, double hi, double *out) {
@@ -250,6 +256,19 @@ static int fld__handler(void *user, const char *section, const char *key, const 
   } else if (IS("tune", "checkpoint_every")) {
     if (fld__long(value, 1, 1000000, &l)) goto bad;
     c->tune_checkpoint_every = (int)l;
+  } else if (IS("tune", "norm_rate")) {
+    if (fld__double(value, 0.0, 1.0, &c->tune_norm_rate)) goto bad;
+  } else if (IS("tune", "norm_max")) {
+    if (fld__double(value, 0.0, 10.0, &c->tune_norm_max)) goto bad;
+  } else if (IS("tune", "norm_parts")) {
+    if (fld__long(value, 1, 16, &l)) goto bad;
+    c->tune_norm_parts = (int)l;
+  } else if (IS("tune", "norm_band")) {
+    if (fld__double(value, 0.0, 10.0, &c->tune_norm_band)) goto bad;
+  } else if (IS("tune", "recalibrate")) {
+    if (fld__bool(value, &c->tune_recalibrate)) goto bad;
+  } else if (IS("tune", "idle")) {
+    if (fld__bool(value, &c->tune_idle)) goto bad;
   } else if (IS("log", "level")) {
     if (fld_log_parse_level(value, &c->log_level)) goto bad;
   } else {

@@ -93,6 +93,12 @@ typedef struct {
   double tune_cpu_share;        /* share of one core the training may take */
   char tune_checkpoint[PATH_MAX]; /* empty: none; relative: under $STATE_DIRECTORY */
   int tune_checkpoint_every;    /* accepted updates between checkpoints */
+  double tune_norm_rate;        /* share of the persistent bias followed per pass */
+  double tune_norm_max;         /* largest move of a channel's mean per update, sd */
+  int tune_norm_parts;          /* parts of the buffer that must agree on a bias */
+  double tune_norm_band;        /* dead band of the followed bias, sd */
+  int tune_recalibrate;         /* 1: updates recalibrate (loosening only) */
+  int tune_idle;                /* 1: the worker under SCHED_IDLE, 0: nice 10 */
   /* [log] */
   int log_level;
   double limit_log_interval;    /* seconds between log lines of one limit being hit */

@@ -8,7 +8,8 @@
  *              and no window of its stream within `span` windows before or
  *              after it was above the threshold or flagged; candidates wait
  *              in a per-stream ring until their later neighbours are seen
- *   schedule   one job at a time in the libuv thread pool, at nice 10, at
+ *   schedule   one job at a time in the libuv thread pool, under SCHED_IDLE
+ *              (nice 10 where that is refused), at
  *              most max_updates_per_hour, and after a job of t seconds the
  *              next waits t (1 / cpu_share - 1) so that training takes about
  *              cpu_share of one core
@@ -24,6 +25,7 @@
  *              once more on shutdown; at start the newest valid checkpoint
  *              of the same base model is put in service, else the base.
  */
+#define _GNU_SOURCE /* SCHED_IDLE */
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -31,6 +33,8 @@
 #include <string.h>
 #include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -68,6 +72,11 @@ typedef struct fld_tuner {
   char save_err[400];
   char lineage[1024];      /* of the model in service */
   char save_lineage[1024]; /* of the update the worker may checkpoint */
+  float *cand_norm;        /* (n_layers) the candidate's spectral norms, measured by
+                            * the worker so that the swap does not stall the loop */
+  int n_norm;
+  double swap_ms, swap_max_ms; /* loop time of the last and the slowest swap */
+  double prep_ms, prep_max_ms; /* of the last and the slowest job's snapshot */
   /* metrics */
   uint64_t updates;      /* accepted updates in this model's lineage */
   uint64_t steps, accepted, rejected, failed, ckpt_ok, ckpt_failed;
@@ -224,6 +233,11 @@ int fld_tune_start(fld_app *app, char *err, size_t errlen) {
   t->cfg.margin = (float)c->tune_margin;
   t->cfg.val_fraction = (float)c->tune_val_fraction;
   t->cfg.min_windows = c->tune_min_windows;
+  t->cfg.norm_rate = (float)c->tune_norm_rate;
+  t->cfg.norm_max = (float)c->tune_norm_max;
+  t->cfg.norm_parts = c->tune_norm_parts;
+  t->cfg.norm_band = (float)c->tune_norm_band;
+  t->cfg.recalibrate = c->tune_recalibrate;
   t->cfg.detect = e->b.detect;
   t->cfg.train.clamp = e->b.clamp;
   t->span = c->tune_span > 0 ? c->tune_span : e->hyst_on + e->hyst_off;
@@ -246,6 +260,12 @@ int fld_tune_start(fld_app *app, char *err, size_t errlen) {
   fl_tune_buffer_free(t->buf);
   t->buf = NULL;
   int rc = fl_tune_buffer_create(&t->buf, e->b.model, c->tune_buffer);
+  if (!rc && !t->busy && t->n_norm != e->n_layers) {
+    /* A job in flight writes the old array; it is resized once it is done. */
+    float *n = realloc(t->cand_norm, sizeof(float) * (size_t)(e->n_layers > 0 ? e->n_layers : 1));
+    if (!n) rc = FL_ENOMEM;
+    else t->cand_norm = n, t->n_norm = e->n_layers;
+  }
   if (!rc && !t->busy) {
     fl_tune_job_free(t->job);
     t->job = NULL;
@@ -316,25 +336,45 @@ static void fld__keep_previous(const char *path) {
   if (link(path, tmp) == 0 && rename(tmp, prev) != 0) unlink(tmp);
 }
 
-/* The nice value of the thread-pool threads that run tuning jobs.  Training
- * competes with the loop thread for the cores; at a lower priority the
- * scheduler hands a contended core to the loop as soon as a frame wakes it.
- * Tuning is the only user of the thread pool, so the threads keep it (a
- * thread without CAP_SYS_NICE could not raise it back anyway). */
+/* The priority of the thread-pool threads that run tuning jobs.  Training
+ * competes with the loop thread for the cores.  Under SCHED_IDLE (Linux) a
+ * worker runs only on a core nothing else wants, and a frame that wakes the
+ * loop preempts it at once; nice 10 (the fallback elsewhere) still gets a
+ * weighted share of a contended core and lets the loop wait for its slice
+ * to end.  Tuning is the only user of the thread pool, so the threads keep
+ * it (a thread without CAP_SYS_NICE could not raise it back anyway). */
 #define FLD_TUNE_NICE 10
+
+static int fld__lower_priority(int idle) {
+#ifdef SCHED_IDLE
+  struct sched_param sp;
+  memset(&sp, 0, sizeof sp);
+  if (idle && pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp) == 0) return 0;
+#else
+  (void)idle;
+#endif
+  /* On Linux a nice value belongs to the thread. */
+  return setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), FLD_TUNE_NICE) ? -1 : 1;
+}
 
 static void fld__work(uv_work_t *req) {
   fld_tuner *t = req->data;
-  static __thread int niced;
-  if (!niced) {
-    /* On Linux a nice value belongs to the thread. */
-    niced = 1;
-    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), FLD_TUNE_NICE))
-      t->nice_failed = 1;
+  static __thread int lowered;
+  if (!lowered) {
+    lowered = 1;
+    int r = fld__lower_priority(t->app->cfg.tune_idle);
+    if (r < 0) t->nice_failed = 1;
+    else if (r > 0 && t->app->cfg.tune_idle && !t->nice_failed) t->nice_failed = 3;
   }
   t->rc = fl_tune_job_run(t->job, &t->res);
   t->save_rc = 0;
-  if (t->rc || !t->res.accepted || !t->save_due) return;
+  if (t->rc || !t->res.accepted) return;
+  /* The power iterations of every layer take tens of milliseconds: here,
+   * on the job's private candidate, not on the loop after the swap. */
+  fl_model *cand = fl_tune_job_model(t->job);
+  for (int l = 0; l < t->n_norm; l++)
+    if (fl_model_layer_norm(cand, l, &t->cand_norm[l])) t->cand_norm[l] = -1.0f;
+  if (!t->save_due) return;
   /* The checkpoint is the accepted model: the job's candidate and its new
    * calibration, which the loop is about to copy into the engine. */
   fld__lineage(t, t->save_updates, t->save_lineage, sizeof t->save_lineage);
@@ -375,7 +415,10 @@ static void fld__after(uv_work_t *req, int status) {
   fld_tuner *t = req->data;
   fld_app *app = t->app;
   t->busy = 0;
-  if (t->nice_failed == 1) {
+  if (t->nice_failed == 3) {
+    t->nice_failed = 2;
+    fld_log(FLD_INFO, "tune: SCHED_IDLE unavailable; the worker runs at nice %d", FLD_TUNE_NICE);
+  } else if (t->nice_failed == 1) {
     t->nice_failed = 2;
     fld_log(FLD_WARNING, "tune: cannot lower the worker's priority: training competes with "
                          "the loop at its priority");
@@ -393,6 +436,10 @@ static void fld__after(uv_work_t *req, int status) {
     if (!app->stopping && !t->disable &&
         fl_tune_job_create(&t->job, app->eng->b.model, &t->cfg))
       fld_log(FLD_ERR, "tune: cannot set up the next job");
+    int nl = app->eng->n_layers;
+    float *n = t->n_norm == nl ? t->cand_norm
+                               : realloc(t->cand_norm, sizeof(float) * (size_t)(nl > 0 ? nl : 1));
+    if (n) t->cand_norm = n, t->n_norm = nl; /* else the swap measures on the loop */
   } else if (t->rc) {
     t->failed++;
     fld_log(FLD_ERR, "tune: update failed: %s", fl_strerror(t->rc));
@@ -401,6 +448,7 @@ static void fld__after(uv_work_t *req, int status) {
     t->have_last = 1;
     if (t->res.accepted) {
       fld_engine *e = app->eng;
+      uint64_t sw0 = uv_hrtime();
       /* The swap: between batches on the loop thread, so no window sees
        * half the new weights. */
       if (fl_tune_job_apply(t->job, e->b.model, &e->b.calib) == 0) {
@@ -419,17 +467,22 @@ static void fld__after(uv_work_t *req, int status) {
         t->accepted++;
         t->updates++;
         fld__lineage(t, t->updates, t->lineage, sizeof t->lineage);
-        fld__measure_norms(e);
+        if (t->n_norm == e->n_layers)
+          memcpy(e->layer_norm, t->cand_norm, sizeof(float) * (size_t)e->n_layers);
+        else
+          fld__measure_norms(e);
         fld__set_version(t);
+        t->swap_ms = (double)(uv_hrtime() - sw0) / 1e6;
+        if (t->swap_ms > t->swap_max_ms) t->swap_max_ms = t->swap_ms;
         fld_log(FLD_INFO, "tune: update %" PRIu64 " accepted (loss %.4g -> %.4g, false alarms "
                           "%.3f -> %.3f, faults caught %.3f -> %.3f, clean score %.3f -> %.3f, "
-                          "normalisation moved %.3f sd, threshold %.4g, %d steps in %.2f s); "
-                          "model %s",
+                          "normalisation moved %.3f sd, threshold %.4g, %d steps in %.2f s, "
+                          "swapped in %.2f ms); model %s",
                 t->updates, (double)t->res.loss_old, (double)t->res.loss_new,
                 (double)t->res.far_old, (double)t->res.far_new, (double)t->res.det_old,
                 (double)t->res.det_new, (double)t->res.score_old, (double)t->res.score_new,
                 (double)t->res.norm_shift, (double)t->res.threshold, t->res.steps, secs,
-                e->version);
+                t->swap_ms, e->version);
         if (t->save_due) {
           if (t->save_rc) {
             t->ckpt_failed++;
@@ -460,7 +513,10 @@ void fld_tune_poll(fld_app *app) {
   if (!t || t->busy || app->stopping || !t->job) return;
   if (fl_tune_buffer_count(t->buf) < t->cfg.min_windows || t->new_windows == 0) return;
   if (fld__mono(app) < t->next_at) return;
+  uint64_t p0 = uv_hrtime();
   if (fl_tune_job_prepare(t->job, app->eng->b.model, &app->eng->b.calib, t->buf)) return;
+  t->prep_ms = (double)(uv_hrtime() - p0) / 1e6;
+  if (t->prep_ms > t->prep_max_ms) t->prep_max_ms = t->prep_ms;
   t->new_windows = 0;
   /* The lineage the checkpoint of this update will carry. */
   t->save_due = t->path[0] && app->cfg.tune_checkpoint_every > 0 &&
@@ -498,6 +554,7 @@ void fld_tune_free(fld_app *app) {
   if (!t) return;
   fl_tune_job_free(t->job);
   fl_tune_buffer_free(t->buf);
+  free(t->cand_norm);
   free(t);
   app->tuner = NULL;
   app->tune_metrics = NULL;
@@ -549,6 +606,15 @@ void fld_tune_metrics(fld_app *app, FILE *f) {
                "faultline_tune_validation_false_alarm_rate{model=\"candidate\"} %.6g\n",
             (double)t->last.far_old, (double)t->last.far_new);
   }
+  fprintf(f, "# HELP faultline_tune_loop_seconds Loop-thread time of tuning's two steps there: "
+             "a job's snapshot (prepare) and an accepted update's swap (parameters, "
+             "calibration, buffers re-standardised), the last and the longest.\n"
+             "# TYPE faultline_tune_loop_seconds gauge\n"
+             "faultline_tune_loop_seconds{step=\"prepare\",stat=\"last\"} %.6f\n"
+             "faultline_tune_loop_seconds{step=\"prepare\",stat=\"max\"} %.6f\n"
+             "faultline_tune_loop_seconds{step=\"swap\",stat=\"last\"} %.6f\n"
+             "faultline_tune_loop_seconds{step=\"swap\",stat=\"max\"} %.6f\n",
+          t->prep_ms / 1e3, t->prep_max_ms / 1e3, t->swap_ms / 1e3, t->swap_max_ms / 1e3);
   fld_engine *e = app->eng;
   fprintf(f, "# HELP faultline_layer_norm_ratio Spectral norm over Lipschitz target of each "
              "layer that has one (<= 1 after every update).\n"

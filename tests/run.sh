@@ -21,7 +21,6 @@ logs=(build/meson-logs/testlog.json)
 # excluded by name (name: reason):
 asan_exclude=(
   "memcheck: valgrind memcheck cannot run an ASan-instrumented faultlined (both own the heap)"
-  "daemon_tune_crash: its reload step replays 6000 frames at 3000/s and needs a tuning update after three SIGHUPs; under ASan the first update comes after the replay has ended, so no later one can (a timing assumption of the test, no sanitizer report; to fix in tests/daemon/test_tune.py, then drop this line)"
   "readme_commands: runs the README's commands, which build their own uninstrumented tree (build-rel) and run the demo; it ran in build/, and the binaries it runs are the ones every other test runs here"
 )
 if [ "$#" -eq 0 ]; then

@@ -303,7 +303,8 @@ static void test_norm_follows_drift(void **state) {
   cfg.margin = 100.0f;
   cfg.detect = f->dcfg;
   cfg.norm_max = 0.5f;
-  cfg.recalibrate = 0; /* so that both runs below judge with one calibration */
+  cfg.min_windows = 200; /* the 200 fresh windows are one unit of norm_max */
+  cfg.recalibrate = 0;   /* so that both runs below judge with one calibration */
   fl_tune_job *j;
   assert_int_equal(fl_tune_job_create(&j, f->m, &cfg), 0);
   int nch = fl_model_channels(f->m);
@@ -358,12 +359,96 @@ static void test_norm_follows_drift(void **state) {
   fixture_free(f);
 }
 
+/* Only a bias that persists is followed: a buffer whose older half sits at
+ * one level and newer half at the opposite one (two operating points the
+ * autoencoder reconstructs off in opposite directions) moves no mean, where
+ * the same windows all at the one level do; and a dead band as large as the
+ * bias keeps even that in place. */
+static void test_norm_follows_only_persistent(void **state) {
+  (void)state;
+  fixture *f = trained();
+  fl_tune_buffer *buf;
+  assert_int_equal(fl_tune_buffer_create(&buf, f->m, 200), 0);
+  fill(buf, f, 3.0f, 100, 13);
+  fill(buf, f, -3.0f, 100, 14);
+  fl_tune_config cfg;
+  fl_tune_defaults(&cfg);
+  cfg.steps = 1;
+  cfg.batch = 16;
+  cfg.margin = 100.0f;
+  cfg.detect = f->dcfg;
+  cfg.recalibrate = 0;
+  cfg.val_fraction = 0.1f;
+  fl_tune_job *j;
+  assert_int_equal(fl_tune_job_create(&j, f->m, &cfg), 0);
+  fl_tune_result r;
+  assert_int_equal(fl_tune_job_prepare(j, f->m, &f->cal, buf), 0);
+  assert_int_equal(fl_tune_job_run(j, &r), 0);
+  print_message("two levels: norm shift %g sd\n", r.norm_shift);
+  assert_float_equal(r.norm_shift, 0.0f, 0.0f);
+  /* All the windows at the one level: every part agrees, and it moves. */
+  fl_tune_job_free(j);
+  fl_tune_buffer_clear(buf);
+  fill(buf, f, 3.0f, 200, 13);
+  assert_int_equal(fl_tune_job_create(&j, f->m, &cfg), 0);
+  assert_int_equal(fl_tune_job_prepare(j, f->m, &f->cal, buf), 0);
+  assert_int_equal(fl_tune_job_run(j, &r), 0);
+  print_message("one level: norm shift %g sd\n", r.norm_shift);
+  assert_true(r.norm_shift > 0.05f);
+  float moved = r.norm_shift;
+  fl_tune_job_free(j);
+  cfg.norm_band = 5.0f;
+  assert_int_equal(fl_tune_job_create(&j, f->m, &cfg), 0);
+  assert_int_equal(fl_tune_job_prepare(j, f->m, &f->cal, buf), 0);
+  assert_int_equal(fl_tune_job_run(j, &r), 0);
+  print_message("dead band 5 sd: norm shift %g sd (%g without)\n", r.norm_shift, moved);
+  assert_float_equal(r.norm_shift, 0.0f, 0.0f);
+  fl_tune_job_free(j);
+  fl_tune_buffer_free(buf);
+  fixture_free(f);
+}
+
+/* norm_max is a rate per min_windows fresh windows: 200 fresh windows with
+ * min_windows 50 let the mean move up to four times norm_max, and the same
+ * buffer snapshot again, with nothing new in it, once. */
+static void test_norm_rate_per_window(void **state) {
+  (void)state;
+  fixture *f = trained();
+  fl_tune_buffer *buf;
+  assert_int_equal(fl_tune_buffer_create(&buf, f->m, 200), 0);
+  fill(buf, f, 3.0f, 200, 13);
+  fl_tune_config cfg;
+  fl_tune_defaults(&cfg);
+  cfg.steps = 1;
+  cfg.batch = 16;
+  cfg.margin = 100.0f;
+  cfg.detect = f->dcfg;
+  cfg.norm_max = 0.5f;
+  cfg.min_windows = 50;
+  fl_tune_job *j;
+  assert_int_equal(fl_tune_job_create(&j, f->m, &cfg), 0);
+  fl_tune_result r;
+  assert_int_equal(fl_tune_job_prepare(j, f->m, &f->cal, buf), 0);
+  assert_int_equal(fl_tune_job_run(j, &r), 0);
+  print_message("200 fresh windows: norm shift %g sd\n", r.norm_shift);
+  assert_true(r.norm_shift > 0.5f + 1e-3f && r.norm_shift <= 2.0f + 1e-5f);
+  assert_int_equal(fl_tune_job_prepare(j, f->m, &f->cal, buf), 0);
+  assert_int_equal(fl_tune_job_run(j, &r), 0);
+  print_message("none fresh: norm shift %g sd\n", r.norm_shift);
+  assert_true(r.norm_shift <= 0.5f + 1e-5f);
+  fl_tune_job_free(j);
+  fl_tune_buffer_free(buf);
+  fixture_free(f);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_buffer_ring),
       cmocka_unit_test(test_accept_and_norms),
       cmocka_unit_test(test_reject),
       cmocka_unit_test(test_norm_follows_drift),
+      cmocka_unit_test(test_norm_follows_only_persistent),
+      cmocka_unit_test(test_norm_rate_per_window),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
