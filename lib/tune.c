@@ -603,6 +603,10 @@ static void fl__merge_calib(fl_calib *c, const fl_calib *cur) {
   }
   c->w_base = cur->w_base;
   c->base_span = cur->base_span;
+  /* The baseline statistics are the model's, measured on the levels its
+   * own rule defined; the pass-through rule stays the model's too. */
+  c->base_drift = cur->base_drift;
+  c->agree = cur->agree;
   FL__UP(emb_mu);
   FL__UP(emb_sd);
   FL__UP(threshold);
