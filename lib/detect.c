@@ -167,12 +167,11 @@ int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
         float sc = 0.0f;
         if (calibrated) {
           float zr = fl__z(r, cal->res_mu[off], cal->res_sd[off]);
-          /* Only a collapse of variance counts: it is what a dead sensor
-           * (stuck, saturated) leaves, which residuals cannot see; a rise
-           * is noise, which the residual already measures. */
+          /* A collapse of the noise is what a dead sensor (stuck,
+           * saturated) leaves, which residuals cannot see; with w_rise a
+           * rise counts too, since the autoencoder reproduces added noise
+           * and the residual alone misses a noisy sensor. */
           float zv = cal->w_var > 0.0f ? -fl__z(v, cal->var_mu[off], cal->var_sd[off]) : 0.0f;
-          /* ...and, with w_rise, a rise too: the autoencoder reproduces
-           * added noise, so the residual alone misses a noisy sensor. */
           if (cal->w_rise > 0.0f && -zv > zv) zv = -zv;
           /* The corrected estimate is what the channel should read given
            * the other modalities: its residual sees the level faults that
