@@ -307,9 +307,10 @@ static int fl__validate(fl__trainer *t, int stage, float *out) {
 }
 
 /* Each stage's optimisers start afresh: the moments live in the model's
- * parameter blocks, and stage 1's, read by a new optimiser at t = 1 and
- * scaled by its bias correction (1 / (1 - 0.9) for the first moment),
- * made the decoder's first stage-2 steps about ten times too large. */
+ * parameter blocks, and stage 1's, read by a new optimiser at t = 1 through
+ * its bias correction (x10 for the first moment, x1000 for the second),
+ * gave the decoder's first stage-2 steps stage 1's direction and a size
+ * unrelated to stage 2's gradients. */
 static void fl__adam_reset(fl_model *m) {
   for (int mod = 0; mod < FL_MOD_COUNT; mod++) {
     fl_param *ps;

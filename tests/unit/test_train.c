@@ -43,9 +43,8 @@ static void sines(fl_series *ser, const fl_model_spec *s) {
 
 /* Stage 2 starts with fresh optimiser moments: a model trained by stage 1
  * and a copy of its parameters that never took a step end stage 2 with the
- * same parameters (stage 1's moments, read at t = 1 and scaled by the bias
- * correction, once made the decoder's first stage-2 steps ten times too
- * large). */
+ * same parameters (stage 1's moments, read at t = 1 through the bias
+ * correction, once steered the decoder's first stage-2 steps). */
 static void test_stage2_starts_with_fresh_moments(void **state) {
   (void)state;
   fl_model_spec s;
