@@ -118,6 +118,18 @@ static long fld__lineage_updates(const char *lin, const char *base) {
   return strtol(u + 10, NULL, 10);
 }
 
+/* Sizes the array the worker measures the candidate's norms into for a
+ * model of nl layers; on failure it keeps the old one (the swap then
+ * measures on the loop).  Only while no job is in flight: one writes it. */
+static int fld__size_norms(fld_tuner *t, int nl) {
+  if (t->n_norm == nl) return 0;
+  float *n = realloc(t->cand_norm, sizeof(float) * (size_t)(nl > 0 ? nl : 1));
+  if (!n) return FL_ENOMEM;
+  t->cand_norm = n;
+  t->n_norm = nl;
+  return 0;
+}
+
 static int fld__same_spec(const fl_model *a, const fl_model *b) {
   const fl_model_spec *x = fl_model_spec_of(a), *y = fl_model_spec_of(b);
   if (fl_model_param_count(a) != fl_model_param_count(b) || x->window != y->window ||
@@ -260,12 +272,8 @@ int fld_tune_start(fld_app *app, char *err, size_t errlen) {
   fl_tune_buffer_free(t->buf);
   t->buf = NULL;
   int rc = fl_tune_buffer_create(&t->buf, e->b.model, c->tune_buffer);
-  if (!rc && !t->busy && t->n_norm != e->n_layers) {
-    /* A job in flight writes the old array; it is resized once it is done. */
-    float *n = realloc(t->cand_norm, sizeof(float) * (size_t)(e->n_layers > 0 ? e->n_layers : 1));
-    if (!n) rc = FL_ENOMEM;
-    else t->cand_norm = n, t->n_norm = e->n_layers;
-  }
+  /* A job in flight writes the old array; it is resized once it is done. */
+  if (!rc && !t->busy) rc = fld__size_norms(t, e->n_layers);
   if (!rc && !t->busy) {
     fl_tune_job_free(t->job);
     t->job = NULL;
@@ -436,10 +444,7 @@ static void fld__after(uv_work_t *req, int status) {
     if (!app->stopping && !t->disable &&
         fl_tune_job_create(&t->job, app->eng->b.model, &t->cfg))
       fld_log(FLD_ERR, "tune: cannot set up the next job");
-    int nl = app->eng->n_layers;
-    float *n = t->n_norm == nl ? t->cand_norm
-                               : realloc(t->cand_norm, sizeof(float) * (size_t)(nl > 0 ? nl : 1));
-    if (n) t->cand_norm = n, t->n_norm = nl; /* else the swap measures on the loop */
+    fld__size_norms(t, app->eng->n_layers);
   } else if (t->rc) {
     t->failed++;
     fld_log(FLD_ERR, "tune: update failed: %s", fl_strerror(t->rc));

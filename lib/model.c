@@ -348,13 +348,13 @@ void fl_ctx_free(fl_ctx *c) {
  * intermediates in two shared buffers, s1 (B, e1, 2L) and s2 (B, e2, L),
  * with activations in place; the block's hidden layers in place, its last
  * layer written straight into z'; no gradient buffers. */
-static int fl__ctx_create_infer(fl_ctx *c, const fl_model *m, size_t B, size_t work) {
+#define FL__ALLOC(p, n) ok &= ((p) = malloc(sizeof(float) * (n))) != NULL
+
+/* What both layouts hold per modality: inputs, masks, estimates, trend
+ * levels and outputs.  Returns 1 when every allocation succeeded. */
+static int fl__ctx_alloc_io(fl_ctx *c, const fl_model *m, size_t B) {
   const fl_model_spec *s = &m->spec;
   int ok = 1;
-#define FL__ALLOC(p, n) ok &= ((p) = malloc(sizeof(float) * (n))) != NULL
-  float *s1, *s2;
-  FL__ALLOC(s1, B * s->enc1 * 2 * m->L);
-  FL__ALLOC(s2, B * s->enc2 * m->L);
   for (int i = 0; i < s->n_mod; i++) {
     size_t T = (size_t)s->window * s->mod[i].rate, C = s->mod[i].channels;
     FL__ALLOC(c->x[i], B * C * T);
@@ -362,6 +362,17 @@ static int fl__ctx_create_infer(fl_ctx *c, const fl_model *m, size_t B, size_t w
     FL__ALLOC(c->est[i], B * C * T);
     FL__ALLOC(c->level[i], B * C * 2);
     FL__ALLOC(c->out[i], B * C * T);
+  }
+  return ok;
+}
+
+static int fl__ctx_create_infer(fl_ctx *c, const fl_model *m, size_t B, size_t work) {
+  const fl_model_spec *s = &m->spec;
+  int ok = fl__ctx_alloc_io(c, m, B);
+  float *s1, *s2;
+  FL__ALLOC(s1, B * s->enc1 * 2 * m->L);
+  FL__ALLOC(s2, B * s->enc2 * m->L);
+  for (int i = 0; i < s->n_mod; i++) {
     c->a1[i] = c->h1[i] = c->d1[i] = c->e1[i] = s1;
     c->a2[i] = c->zin[i] = s2;
   }
@@ -374,7 +385,6 @@ static int fl__ctx_create_infer(fl_ctx *c, const fl_model *m, size_t B, size_t w
   FL__ALLOC(c->p1, B * s->head_hidden); c->q1 = c->p1;
   FL__ALLOC(c->p2, B * s->emb); FL__ALLOC(c->emb, B * s->emb); FL__ALLOC(c->norms, B);
   FL__ALLOC(c->work, work ? work : 1);
-#undef FL__ALLOC
   return ok ? 0 : FL_ENOMEM;
 }
 
@@ -413,15 +423,9 @@ int fl_ctx_create(fl_ctx **out, const fl_model *m, int max_batch) {
   size_t B = (size_t)max_batch;
   const fl_model_spec *s = &m->spec;
   size_t big = 0, work = 0;
-  int ok = 1;
-#define FL__ALLOC(p, n) ok &= ((p) = malloc(sizeof(float) * (n))) != NULL
+  int ok = fl__ctx_alloc_io(c, m, B);
   for (int i = 0; i < s->n_mod; i++) {
     size_t T = (size_t)s->window * s->mod[i].rate, C = s->mod[i].channels;
-    FL__ALLOC(c->x[i], B * C * T);
-    FL__ALLOC(c->mask[i], B * C * T);
-    FL__ALLOC(c->est[i], B * C * T);
-    FL__ALLOC(c->level[i], B * C * 2);
-    FL__ALLOC(c->out[i], B * C * T);
     FL__ALLOC(c->dout[i], B * C * T);
     FL__ALLOC(c->a1[i], B * s->enc1 * 2 * m->L);
     FL__ALLOC(c->h1[i], B * s->enc1 * 2 * m->L);

@@ -152,6 +152,23 @@ static void fill(float *ra, float *rb) {
   }
 }
 
+/* Window b of the context: modality a from ra, b from rb, standardised. */
+static void load(fl_model *m, fl_ctx *ctx, int b, const float *ra, const float *rb,
+                 float clamp) {
+  assert_int_equal(fl_model_normalise(m, ctx, b, 0, ra, clamp), 0);
+  assert_int_equal(fl_model_normalise(m, ctx, b, 1, rb, clamp), 0);
+}
+
+/* A calibration that scores nothing by itself: unit spreads, thresholds 1. */
+static void plain_calib(const fl_model *m, fl_calib *cal) {
+  memset(cal, 0, sizeof *cal);
+  cal->nch = fl_model_channels((fl_model *)m);
+  cal->tail = TAIL;
+  cal->threshold = 1.0f;
+  cal->chan_threshold = 1.0f;
+  for (int c = 0; c < cal->nch; c++) cal->res_sd[c] = cal->var_sd[c] = 1.0f;
+}
+
 /* Re-estimation masks the faulty channel: its estimate no longer depends on
  * its own readings, and windows without a faulty channel keep theirs. */
 static void test_reestimate_ignores_the_faulty_channel(void **state) {
@@ -170,8 +187,7 @@ static void test_reestimate_ignores_the_faulty_channel(void **state) {
     /* The faulty channel a0 of window 0 reads two different things. */
     for (int t = 0; t < W; t++) ra[0][t] = v ? 7.0f : -3.0f + 0.2f * t;
     for (int b = 0; b < 2; b++) {
-      assert_int_equal(fl_model_normalise(m, ctx, b, 0, raw[b][0], 10.0f), 0);
-      assert_int_equal(fl_model_normalise(m, ctx, b, 1, raw[b][1], 10.0f), 0);
+      load(m, ctx, b, raw[b][0], raw[b][1], 10.0f);
     }
     assert_int_equal(fl_model_forward(m, ctx, 2, 1, 0), 0);
     for (int i = 0; i < 2; i++)
@@ -205,8 +221,7 @@ static void test_correct_replaces_out_of_range(void **state) {
   float ra[2 * W], rb[W], out[2 * W];
   fill(ra, rb);
   ra[W - 1] = 1e4f; /* mean 0, std 1: 10,000 sd out */
-  assert_int_equal(fl_model_normalise(m, ctx, 0, 0, ra, 10.0f), 0);
-  assert_int_equal(fl_model_normalise(m, ctx, 0, 1, rb, 10.0f), 0);
+  load(m, ctx, 0, ra, rb, 10.0f);
   assert_int_equal(fl_model_forward(m, ctx, 1, 1, 0), 0);
   memcpy(fl_ctx_estimate(ctx, 0), fl_ctx_output(ctx, 0), sizeof(float) * 2 * W);
   int faulty[2] = {0, 0};
@@ -227,15 +242,9 @@ static void test_correct_replaces_out_of_range(void **state) {
 static void test_decide_passes_channels_that_agree(void **state) {
   (void)state;
   fl_model *m = small_model(0);
-  int nch = fl_model_channels(m);
   fl_calib cal;
-  memset(&cal, 0, sizeof cal);
-  cal.nch = nch;
-  cal.tail = TAIL;
-  cal.threshold = 1.0f;
-  cal.chan_threshold = 1.0f;
+  plain_calib(m, &cal);
   cal.agree = 1;
-  for (int c = 0; c < nch; c++) cal.res_sd[c] = cal.var_sd[c] = 1.0f;
   fl_ctx *ctx = NULL;
   assert_int_equal(fl_ctx_create(&ctx, m, 2), 0);
   float ra[2][2 * W], rb[2][W];
@@ -247,8 +256,7 @@ static void test_decide_passes_channels_that_agree(void **state) {
       ra[b][t] += 4.0f;
       if (b == 0) ra[b][W + t] += 4.0f;
     }
-    assert_int_equal(fl_model_normalise(m, ctx, b, 0, ra[b], 10.0f), 0);
-    assert_int_equal(fl_model_normalise(m, ctx, b, 1, rb[b], 10.0f), 0);
+    load(m, ctx, b, ra[b], rb[b], 10.0f);
   }
   fl_window_score sc[2];
   assert_int_equal(fl_detect_score(m, &cal, ctx, 2, sc, NULL), 0);
@@ -288,18 +296,14 @@ static void test_noise_rise_counts_with_w_rise(void **state) {
   fl_model *m = small_model(0);
   int nch = fl_model_channels(m);
   fl_calib cal;
-  memset(&cal, 0, sizeof cal);
-  cal.nch = nch;
-  cal.tail = TAIL;
+  plain_calib(m, &cal);
   cal.w_var = 1.0f;
-  cal.threshold = 1.0f;
   fl_ctx *ctx = NULL;
   assert_int_equal(fl_ctx_create(&ctx, m, 1), 0);
   float ra[2 * W], rb[W];
   fill(ra, rb);
   for (int t = W - TAIL; t < W; t++) ra[t] += (t % 2 ? 3.0f : -3.0f);
-  assert_int_equal(fl_model_normalise(m, ctx, 0, 0, ra, 10.0f), 0);
-  assert_int_equal(fl_model_normalise(m, ctx, 0, 1, rb, 10.0f), 0);
+  load(m, ctx, 0, ra, rb, 10.0f);
   fl_window_score sc[2];
   for (int v = 0; v < 2; v++) {
     cal.w_rise = (float)v;
@@ -337,8 +341,7 @@ static void test_level_of_a_drifting_modality_keeps_its_trend(void **state) {
   float ra[2 * W], rb[W];
   fill(ra, rb);
   for (int t = 0; t < W; t++) rb[t] = 2.0f + 0.5f * t; /* mean 0, std 1: standardised as is */
-  assert_int_equal(fl_model_normalise(m, ctx, 0, 0, ra, 100.0f), 0);
-  assert_int_equal(fl_model_normalise(m, ctx, 0, 1, rb, 100.0f), 0);
+  load(m, ctx, 0, ra, rb, 100.0f);
   fl_window_score sc;
   assert_int_equal(fl_detect_score(m, &cal, ctx, 1, &sc, NULL), 0);
   double tail = 0;
