@@ -4,6 +4,7 @@
 set -euo pipefail
 pkgs=(meson ninja-build pkg-config gcc libc6-dev
       libuv1-dev libzmq3-dev libprotobuf-c-dev protobuf-c-compiler libopenblas-dev
+      libopenblas-pthread-dev
       libsystemd-dev libinih-dev libjansson-dev libmicrohttpd-dev libcmocka-dev
       python3-torch python3-numpy python3-pandas python3-sklearn python3-zmq python3-protobuf
       protobuf-compiler prometheus scdoc systemd python3-yaml
