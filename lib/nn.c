@@ -228,6 +228,10 @@ int fl_dense_backward(float *dx, float *dw, float *db, const float *dy,
  * another order) by rounding only. */
 
 #if FL__HAVE_SMALL
+/* Where the next block of W rows is prefetched to (T1: L2 and beyond; T0
+ * measured no better). */
+#define FL__PF_HINT _MM_HINT_T1
+
 /* Sums of 16 accumulators a[4 r + c] (row r, input c) as one vector whose
  * 128-bit chunk c holds rows 0 .. 3 of input c.  The tree is the same for
  * every accumulator: lane i meets lane i + 8, then i + 4, i + 2, i + 1. */
@@ -250,12 +254,19 @@ fl__reduce16(const __m512 *a) {
 /* AVX-512 tile: y (C, 4) = x (C, nin) W (4, nin)^T + b, C <= 6; y's rows
  * nout apart, x's and W's nin apart.  4 C accumulators of 16 lanes, 4 + C
  * loads per 4 C FMAs (24 accumulators and 5 operands in the 32 registers).
- * Rows past nrow (1 .. 4 valid) repeat row 0 and are not stored. */
+ * Rows past nrow (1 .. 4 valid) repeat row 0 and are not stored.  Unless pf
+ * is NULL, the tile also prefetches npf (1 .. 4) rows from pf, the next
+ * block's: the model's W come from L3 or memory (5.3 MB of weights, each
+ * read once per pass), and the hardware prefetcher alone left the kernel
+ * 1.25-1.9x slower on cold W than on W in cache. */
 __attribute__((target("avx512f,avx512vl"), always_inline)) static inline void
 fl__tile512(float *y, const float *x, const float *w, const float *b, int nin, int nout,
-            int nrow, const int C) {
-  const float *wr[4];
-  for (int r = 0; r < 4; r++) wr[r] = w + (size_t)(r < nrow ? r : 0) * nin;
+            int nrow, const int C, const float *pf, int npf) {
+  const float *wr[4], *pr[4];
+  for (int r = 0; r < 4; r++) {
+    wr[r] = w + (size_t)(r < nrow ? r : 0) * nin;
+    pr[r] = pf ? pf + (size_t)(r < npf ? r : 0) * nin : NULL;
+  }
   __m512 acc[4][6];
 #pragma GCC unroll 4
   for (int r = 0; r < 4; r++)
@@ -264,6 +275,9 @@ fl__tile512(float *y, const float *x, const float *w, const float *b, int nin, i
   int k = 0;
   for (; k + 16 <= nin; k += 16) {
     __m512 v[4];
+    if (pf)
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; r++) _mm_prefetch((const char *)(pr[r] + k), FL__PF_HINT);
 #pragma GCC unroll 4
     for (int r = 0; r < 4; r++) v[r] = _mm512_loadu_ps(wr[r] + k);
 #pragma GCC unroll 6
@@ -313,6 +327,40 @@ static int fl__rows_per_pass(int nin) {
   return n < 6 ? 6 : n;
 }
 
+/* AVX-512 row of x against 16 W rows: y (16) = W (16, nin) x + b, the
+ * batch-1 case.  16 accumulators, each summed exactly as fl__tile512 sums
+ * its own (fl__reduce16 with accumulator 4 r + c holding row 4 c + r puts
+ * the 16 rows in order), so a row's outputs are the same bit for bit
+ * whichever tile computed them.  W streams from L2 or further, one load per
+ * FMA, as in sgemv; prefetching the next rows here cost more load slots
+ * than it saved (0.8-0.9x of sgemv with it, 1.0-1.5x without).  Rows past
+ * nrow (1 .. 16 valid) repeat row 0 and are not stored. */
+__attribute__((target("avx512f,avx512vl"))) static void
+fl__row512(float *y, const float *x, const float *w, const float *b, int nin, int nrow) {
+  const float *wr[16];
+  for (int r = 0; r < 16; r++) wr[r] = w + (size_t)(r < nrow ? r : 0) * nin;
+  __m512 acc[16];
+  for (int r = 0; r < 16; r++) acc[r] = _mm512_setzero_ps();
+  int k = 0;
+  for (; k + 16 <= nin; k += 16) {
+    __m512 u = _mm512_loadu_ps(x + k);
+    for (int r = 0; r < 16; r++) acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(wr[r] + k), u, acc[r]);
+  }
+  if (k < nin) {
+    __mmask16 m = (__mmask16)((1u << (nin - k)) - 1);
+    __m512 u = _mm512_maskz_loadu_ps(m, x + k);
+    for (int r = 0; r < 16; r++)
+      acc[r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, wr[r] + k), u, acc[r]);
+  }
+  __m512 a[16];
+  for (int r = 0; r < 4; r++)
+    for (int c = 0; c < 4; c++) a[4 * r + c] = acc[4 * c + r];
+  __mmask16 mrow = (__mmask16)((1u << nrow) - 1);
+  __m512 s = fl__reduce16(a);
+  s = _mm512_add_ps(s, b ? _mm512_maskz_loadu_ps(mrow, b) : _mm512_setzero_ps());
+  _mm512_mask_storeu_ps(y, mrow, s);
+}
+
 /* y (B, nout) = x (B, nin) W^T + b with fl__tile512: for each chunk of x
  * that fits in L2, for each block of 4 W rows, every 6 rows of x, then the
  * rest. */
@@ -327,20 +375,30 @@ __attribute__((target("avx512f,avx512vl"))) static void fl__dense512(float *y, c
                    B - i < chunk ? B - i : chunk, nin, nout);
     return;
   }
+  if (B == 1) {
+    for (int o = 0; o < nout; o += 16)
+      fl__row512(y + o, x, w + (size_t)o * nin, b ? b + o : NULL, nin,
+                 nout - o < 16 ? nout - o : 16);
+    return;
+  }
   for (int o = 0; o < nout; o += 4) {
     int nrow = nout - o < 4 ? nout - o : 4;
     const float *wo = w + (size_t)o * nin, *bo = b ? b + o : NULL;
+    /* The first tile of a block also prefetches the next block's rows. */
+    int npf = nout - o - 4 < 4 ? nout - o - 4 : 4;
+    const float *pf = npf > 0 ? wo + (size_t)4 * nin : NULL;
     int i = 0;
-    for (; i + 6 <= B; i += 6)
-      fl__tile512(y + (size_t)i * nout + o, x + (size_t)i * nin, wo, bo, nin, nout, nrow, 6);
+    for (; i + 6 <= B; i += 6, pf = NULL)
+      fl__tile512(y + (size_t)i * nout + o, x + (size_t)i * nin, wo, bo, nin, nout, nrow, 6,
+                  pf, npf);
     float *yi = y + (size_t)i * nout + o;
     const float *xi = x + (size_t)i * nin;
     switch (B - i) {
-    case 5: fl__tile512(yi, xi, wo, bo, nin, nout, nrow, 5); break;
-    case 4: fl__tile512(yi, xi, wo, bo, nin, nout, nrow, 4); break;
-    case 3: fl__tile512(yi, xi, wo, bo, nin, nout, nrow, 3); break;
-    case 2: fl__tile512(yi, xi, wo, bo, nin, nout, nrow, 2); break;
-    case 1: fl__tile512(yi, xi, wo, bo, nin, nout, nrow, 1); break;
+    case 5: fl__tile512(yi, xi, wo, bo, nin, nout, nrow, 5, pf, npf); break;
+    case 4: fl__tile512(yi, xi, wo, bo, nin, nout, nrow, 4, pf, npf); break;
+    case 3: fl__tile512(yi, xi, wo, bo, nin, nout, nrow, 3, pf, npf); break;
+    case 2: fl__tile512(yi, xi, wo, bo, nin, nout, nrow, 2, pf, npf); break;
+    case 1: fl__tile512(yi, xi, wo, bo, nin, nout, nrow, 1, pf, npf); break;
     default: break;
     }
   }
