@@ -84,84 +84,21 @@ void fl_init_uniform(float *w, size_t n, int fan_in, fl_rng *r) {
 
 /* ---- dense ------------------------------------------------------------- */
 
-/* A batch of up to this many rows goes through fl__dense_small when the CPU
- * has AVX2 and FMA; larger batches, and every batch without them, through
- * sgemm (one row: sgemv).  16 is where the kernel stops beating sgemm, but
- * it is OFF (1) for now: its sums, in another order than sgemm's, changed
- * the outcome of the README's online-tuning run (tests/daemon/test_tune.py
- * drift with FL_TUNE_SEED=23: false alarms 0.89 -> 0.61 and 0.66 instead of
- * halved, in two runs; passes with it off), and that needs its owner's look
- * before the kernel serves training. */
-#define FL__SMALL_ROWS 1
+/* Training's dense layers run on sgemm (one row: sgemv), whose summation
+ * order the PyTorch parity checks and the online-tuning run were settled
+ * with; the forward-only context's run on fl_dense_infer's kernels below. */
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
-#define FL__HAVE_SMALL 1
+#define FL__HAVE_KERNELS 1
 
-/* Sum of the 8 lanes of v. */
-__attribute__((target("avx2,fma"))) static inline float fl__hsum8(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-/* y (B, nout) += x (B, nin) W^T (W (nout, nin)) for a few rows, without
- * packing.  sgemm copies all of W into its panel format on every call; at a
- * batch of 8 that copy costs as much as the products, and at batch 1 to 4
- * one sgemv per row streams W from cache once per row.  Here each pair of W
- * rows is read once (it stays in L1 while every row of x passes by) and
- * meets four rows of x at a time: eight accumulators of 8 lanes, six loads
- * per eight fused multiply-adds, so the loop is bound by the FMA units, not
- * by loads.  The sums are in a fixed order: deterministic, as sgemm is. */
-__attribute__((target("avx2,fma"))) static void fl__dense_small(float *y, const float *x,
-                                                                const float *w, int B,
-                                                                int nin, int nout) {
-  int k8 = nin & ~7;
-  for (int o = 0; o < nout; o += 2) {
-    int no = nout - o < 2 ? 1 : 2;
-    const float *w0 = w + (size_t)o * nin, *w1 = no == 2 ? w0 + nin : w0;
-    for (int b = 0; b < B; b += 4) {
-      int nb = B - b < 4 ? B - b : 4;
-      const float *xr[4];
-      for (int j = 0; j < 4; j++) xr[j] = x + (size_t)(b + (j < nb ? j : 0)) * nin;
-      __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
-      __m256 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
-      for (int k = 0; k < k8; k += 8) {
-        __m256 v0 = _mm256_loadu_ps(w0 + k), v1 = _mm256_loadu_ps(w1 + k);
-        __m256 u = _mm256_loadu_ps(xr[0] + k);
-        a00 = _mm256_fmadd_ps(v0, u, a00);
-        a10 = _mm256_fmadd_ps(v1, u, a10);
-        u = _mm256_loadu_ps(xr[1] + k);
-        a01 = _mm256_fmadd_ps(v0, u, a01);
-        a11 = _mm256_fmadd_ps(v1, u, a11);
-        u = _mm256_loadu_ps(xr[2] + k);
-        a02 = _mm256_fmadd_ps(v0, u, a02);
-        a12 = _mm256_fmadd_ps(v1, u, a12);
-        u = _mm256_loadu_ps(xr[3] + k);
-        a03 = _mm256_fmadd_ps(v0, u, a03);
-        a13 = _mm256_fmadd_ps(v1, u, a13);
-      }
-      float s[2][4] = {{fl__hsum8(a00), fl__hsum8(a01), fl__hsum8(a02), fl__hsum8(a03)},
-                       {fl__hsum8(a10), fl__hsum8(a11), fl__hsum8(a12), fl__hsum8(a13)}};
-      for (int k = k8; k < nin; k++)
-        for (int j = 0; j < 4; j++) {
-          s[0][j] += w0[k] * xr[j][k];
-          s[1][j] += w1[k] * xr[j][k];
-        }
-      for (int j = 0; j < nb; j++)
-        for (int i = 0; i < no; i++) y[(size_t)(b + j) * nout + o + i] += s[i][j];
-    }
-  }
-}
-
-/* No cached flag: the builtin reads what the runtime's constructor found,
+/* No cached flags: the builtin reads what the runtime's constructor found,
  * and a static here would be state shared by every thread. */
-static int fl__small_ok(void) {
+static int fl__avx2_ok(void) {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 #else
-#define FL__HAVE_SMALL 0
+#define FL__HAVE_KERNELS 0
 #endif
 
 int fl_dense_forward(float *y, const float *x, const float *w, const float *b,
@@ -175,12 +112,6 @@ int fl_dense_forward(float *y, const float *x, const float *w, const float *b,
     if (b) memcpy(yi, b, sizeof(float) * nout);
     else memset(yi, 0, sizeof(float) * nout);
   }
-#if FL__HAVE_SMALL
-  if (B > 1 && B <= FL__SMALL_ROWS && fl__small_ok()) {
-    fl__dense_small(y, x, w, B, nin, nout);
-    return 0;
-  }
-#endif
   if (B == 1)
     cblas_sgemv(CblasRowMajor, CblasNoTrans, nout, nin, 1.0f, w, nin, x, 1, 1.0f, y, 1);
   else
@@ -227,7 +158,7 @@ int fl_dense_backward(float *dx, float *dw, float *db, const float *dy,
  * batched with; they differ from sgemm's (the same products summed in
  * another order) by rounding only. */
 
-#if FL__HAVE_SMALL
+#if FL__HAVE_KERNELS
 /* Where the next block of W rows is prefetched to (T1: L2 and beyond; T0
  * measured no better). */
 #define FL__PF_HINT _MM_HINT_T1
@@ -494,10 +425,10 @@ __attribute__((target("avx2,fma"))) static void fl__dense256(float *y, const flo
 #endif
 
 static int fl__kernel_ok(fl_dense_kernel k) {
-#if FL__HAVE_SMALL
+#if FL__HAVE_KERNELS
   if (k == FL_DENSE_AVX512)
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
-  if (k == FL_DENSE_AVX2) return fl__small_ok();
+  if (k == FL_DENSE_AVX2) return fl__avx2_ok();
 #endif
   return k == FL_DENSE_BLAS;
 }
@@ -514,7 +445,7 @@ int fl_dense_infer_with(fl_dense_kernel k, float *y, const float *x, const float
     return FL_EINVAL;
   if (k == FL_DENSE_BLAS) return fl_dense_forward(y, x, w, b, B, nin, nout);
   if (fl_check_finite(x, (size_t)B * nin)) return FL_ENONFINITE;
-#if FL__HAVE_SMALL
+#if FL__HAVE_KERNELS
   if (k == FL_DENSE_AVX512) fl__dense512(y, x, w, b, B, nin, nout);
   else fl__dense256(y, x, w, b, B, nin, nout);
 #endif
