@@ -544,6 +544,31 @@ FL__CLONES static void fl__col2im(float *x, const float *cols, int B, int C, int
       const float *row = cols + (size_t)(c * k + j) * ld;
       int off = j * d - p, lo, hi;
       fl__tap_range(off, s, tin, tout, &lo, &hi);
+      if (s == 2 && d == 1 && j + 1 < k) {
+        /* Taps j and j + 1 write the even and the odd samples of one run
+         * (or the odd and the even): where both reach, one pass writes
+         * consecutive samples instead of two passes every other one.  Each
+         * sample still receives its taps in the order of j. */
+        const float *row1 = row + ld;
+        int lo1, hi1;
+        fl__tap_range(off + 1, 2, tin, tout, &lo1, &hi1);
+        int a = lo > lo1 ? lo : lo1, e = hi < hi1 ? hi : hi1;
+        if (e < a) e = a;
+        for (int b = 0; b < B; b++) {
+          float *xb = x + ((size_t)b * C + c) * tin;
+          const float *r0 = row + (size_t)b * tout, *r1 = row1 + (size_t)b * tout;
+          for (int t = lo; t < (a < hi ? a : hi); t++) xb[2 * t + off] += r0[t];
+          for (int t = e > lo ? e : lo; t < hi; t++) xb[2 * t + off] += r0[t];
+          for (int t = lo1; t < (a < hi1 ? a : hi1); t++) xb[2 * t + off + 1] += r1[t];
+          for (int t = e > lo1 ? e : lo1; t < hi1; t++) xb[2 * t + off + 1] += r1[t];
+          for (int t = a; t < e; t++) {
+            xb[2 * t + off] += r0[t];
+            xb[2 * t + off + 1] += r1[t];
+          }
+        }
+        j++;
+        continue;
+      }
       for (int b = 0; b < B; b++) {
         float *xb = x + ((size_t)b * C + c) * tin;
         const float *r = row + (size_t)b * tout;
