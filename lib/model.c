@@ -482,8 +482,9 @@ static size_t fl__layer_out(const fl_layer *l, int B) {
 static int fl__layer_fwd(const fl_model *m, fl_ctx *c, const fl_layer *l, float *pre,
                          float *post, const float *x, int B) {
   int err;
-  if (l->kind == FL_LAYER_DENSE)
-    err = fl_dense_forward(pre, x, l->w, l->b, B, l->nin, l->nout);
+  if (l->kind == FL_LAYER_DENSE) /* a forward-only context reads W in place */
+    err = c->infer ? fl_dense_infer(pre, x, l->w, l->b, B, l->nin, l->nout)
+                   : fl_dense_forward(pre, x, l->w, l->b, B, l->nin, l->nout);
   else if (l->kind == FL_LAYER_CONV)
     err = fl_conv1d_forward(pre, x, l->w, l->b, &l->conv, B, l->tin, c->work);
   else

@@ -84,84 +84,21 @@ void fl_init_uniform(float *w, size_t n, int fan_in, fl_rng *r) {
 
 /* ---- dense ------------------------------------------------------------- */
 
-/* A batch of up to this many rows goes through fl__dense_small when the CPU
- * has AVX2 and FMA; larger batches, and every batch without them, through
- * sgemm (one row: sgemv).  16 is where the kernel stops beating sgemm, but
- * it is OFF (1) for now: its sums, in another order than sgemm's, changed
- * the outcome of the README's online-tuning run (tests/daemon/test_tune.py
- * drift with FL_TUNE_SEED=23: false alarms 0.89 -> 0.61 and 0.66 instead of
- * halved, in two runs; passes with it off), and that needs its owner's look
- * before the kernel serves training. */
-#define FL__SMALL_ROWS 1
+/* Training's dense layers run on sgemm (one row: sgemv), whose summation
+ * order the PyTorch parity checks and the online-tuning run were settled
+ * with; the forward-only context's run on fl_dense_infer's kernels below. */
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
-#define FL__HAVE_SMALL 1
+#define FL__HAVE_KERNELS 1
 
-/* Sum of the 8 lanes of v. */
-__attribute__((target("avx2,fma"))) static inline float fl__hsum8(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-/* y (B, nout) += x (B, nin) W^T (W (nout, nin)) for a few rows, without
- * packing.  sgemm copies all of W into its panel format on every call; at a
- * batch of 8 that copy costs as much as the products, and at batch 1 to 4
- * one sgemv per row streams W from cache once per row.  Here each pair of W
- * rows is read once (it stays in L1 while every row of x passes by) and
- * meets four rows of x at a time: eight accumulators of 8 lanes, six loads
- * per eight fused multiply-adds, so the loop is bound by the FMA units, not
- * by loads.  The sums are in a fixed order: deterministic, as sgemm is. */
-__attribute__((target("avx2,fma"))) static void fl__dense_small(float *y, const float *x,
-                                                                const float *w, int B,
-                                                                int nin, int nout) {
-  int k8 = nin & ~7;
-  for (int o = 0; o < nout; o += 2) {
-    int no = nout - o < 2 ? 1 : 2;
-    const float *w0 = w + (size_t)o * nin, *w1 = no == 2 ? w0 + nin : w0;
-    for (int b = 0; b < B; b += 4) {
-      int nb = B - b < 4 ? B - b : 4;
-      const float *xr[4];
-      for (int j = 0; j < 4; j++) xr[j] = x + (size_t)(b + (j < nb ? j : 0)) * nin;
-      __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
-      __m256 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
-      for (int k = 0; k < k8; k += 8) {
-        __m256 v0 = _mm256_loadu_ps(w0 + k), v1 = _mm256_loadu_ps(w1 + k);
-        __m256 u = _mm256_loadu_ps(xr[0] + k);
-        a00 = _mm256_fmadd_ps(v0, u, a00);
-        a10 = _mm256_fmadd_ps(v1, u, a10);
-        u = _mm256_loadu_ps(xr[1] + k);
-        a01 = _mm256_fmadd_ps(v0, u, a01);
-        a11 = _mm256_fmadd_ps(v1, u, a11);
-        u = _mm256_loadu_ps(xr[2] + k);
-        a02 = _mm256_fmadd_ps(v0, u, a02);
-        a12 = _mm256_fmadd_ps(v1, u, a12);
-        u = _mm256_loadu_ps(xr[3] + k);
-        a03 = _mm256_fmadd_ps(v0, u, a03);
-        a13 = _mm256_fmadd_ps(v1, u, a13);
-      }
-      float s[2][4] = {{fl__hsum8(a00), fl__hsum8(a01), fl__hsum8(a02), fl__hsum8(a03)},
-                       {fl__hsum8(a10), fl__hsum8(a11), fl__hsum8(a12), fl__hsum8(a13)}};
-      for (int k = k8; k < nin; k++)
-        for (int j = 0; j < 4; j++) {
-          s[0][j] += w0[k] * xr[j][k];
-          s[1][j] += w1[k] * xr[j][k];
-        }
-      for (int j = 0; j < nb; j++)
-        for (int i = 0; i < no; i++) y[(size_t)(b + j) * nout + o + i] += s[i][j];
-    }
-  }
-}
-
-/* No cached flag: the builtin reads what the runtime's constructor found,
+/* No cached flags: the builtin reads what the runtime's constructor found,
  * and a static here would be state shared by every thread. */
-static int fl__small_ok(void) {
+static int fl__avx2_ok(void) {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 #else
-#define FL__HAVE_SMALL 0
+#define FL__HAVE_KERNELS 0
 #endif
 
 int fl_dense_forward(float *y, const float *x, const float *w, const float *b,
@@ -175,12 +112,6 @@ int fl_dense_forward(float *y, const float *x, const float *w, const float *b,
     if (b) memcpy(yi, b, sizeof(float) * nout);
     else memset(yi, 0, sizeof(float) * nout);
   }
-#if FL__HAVE_SMALL
-  if (B > 1 && B <= FL__SMALL_ROWS && fl__small_ok()) {
-    fl__dense_small(y, x, w, B, nin, nout);
-    return 0;
-  }
-#endif
   if (B == 1)
     cblas_sgemv(CblasRowMajor, CblasNoTrans, nout, nin, 1.0f, w, nin, x, 1, 1.0f, y, 1);
   else
@@ -203,6 +134,329 @@ int fl_dense_backward(float *dx, float *dw, float *db, const float *dy,
     for (int i = 0; i < B; i++)
       for (int o = 0; o < nout; o++) db[o] += dy[(size_t)i * nout + o];
   return 0;
+}
+
+/* ---- dense, forward-only ------------------------------------------------ */
+
+/* The inference context's dense layers (fl_dense_infer).  sgemm packs all
+ * of W into its panel format on every call (22 % of faultlined's time at
+ * stride 1, and a 0.7 MB buffer), and OpenBLAS has no pre-packed GEMM.  The
+ * kernels below read W where it lies, (nout, nin) row-major, in the
+ * dot-product form: a tile of W rows meets a tile of x rows, both contiguous
+ * along k; each accumulator is a vector of partial sums of one output, and
+ * the vectors are reduced once, at the end of the rows.
+ *
+ * Loop order: one block of 4 W rows at a time (4 rows of 1920 floats are
+ * 30 KB, in L1 or L2) against every row of x in turn (x in L2, in chunks of
+ * at most 512 KB), so W comes from memory once per call, as in sgemv, while
+ * the next block is prefetched; from a batch of about 16 up the FMA units,
+ * not the loads, bound the inner loop (90-110 GFLOP/s on this Zen 4 core).
+ *
+ * Every output's sum runs in one fixed order whatever the tile, the batch
+ * size or the window's place in the batch: k in chunks of the vector width,
+ * the last chunk zero-filled, then one reduction tree for every accumulator,
+ * then the bias.  A window's outputs therefore do not depend on what it is
+ * batched with; they differ from sgemm's (the same products summed in
+ * another order) by rounding only, and the AVX2 kernel's (8 lanes, its own
+ * tree) from the AVX-512 kernel's likewise; a process uses one of them. */
+
+#if FL__HAVE_KERNELS
+/* Where the next block of W rows is prefetched to (T1: L2 and beyond; T0
+ * measured no better). */
+#define FL__PF_HINT _MM_HINT_T1
+
+/* Sums of 16 accumulators a[4 r + c] (row r, input c) as one vector whose
+ * 128-bit chunk c holds rows 0 .. 3 of input c.  The tree is the same for
+ * every accumulator: lane i meets lane i + 8, then i + 4, i + 2, i + 1. */
+__attribute__((target("avx512f"), always_inline)) static inline __m512
+fl__reduce16(const __m512 *a) {
+  __m512 t[8], u[4];
+  for (int i = 0; i < 8; i++) /* [a0+a2, a1+a3, b0+b2, b1+b3], 128-bit chunks */
+    t[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44),
+                         _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xee));
+  for (int j = 0; j < 4; j++) /* row j: chunk c holds input c's 4 partial sums */
+    u[j] = _mm512_add_ps(_mm512_shuffle_f32x4(t[2 * j], t[2 * j + 1], 0x88),
+                         _mm512_shuffle_f32x4(t[2 * j], t[2 * j + 1], 0xdd));
+  __m512 v0 = _mm512_add_ps(_mm512_unpacklo_ps(u[0], u[1]), _mm512_unpackhi_ps(u[0], u[1]));
+  __m512 v1 = _mm512_add_ps(_mm512_unpacklo_ps(u[2], u[3]), _mm512_unpackhi_ps(u[2], u[3]));
+  __m512d p = _mm512_castps_pd(v0), q = _mm512_castps_pd(v1);
+  return _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(p, q)),
+                       _mm512_castpd_ps(_mm512_unpackhi_pd(p, q)));
+}
+
+/* AVX-512 tile: y (C, 4) = x (C, nin) W (4, nin)^T + b, C <= 6; y's rows
+ * nout apart, x's and W's nin apart.  4 C accumulators of 16 lanes, 4 + C
+ * loads per 4 C FMAs (24 accumulators and 5 operands in the 32 registers).
+ * Rows past nrow (1 .. 4 valid) repeat row 0 and are not stored.  Unless pf
+ * is NULL, the tile also prefetches npf (1 .. 4) rows from pf, the next
+ * block's: the model's W come from L3 or memory (5.3 MB of weights, each
+ * read once per pass), and the hardware prefetcher alone left the kernel
+ * 1.25-1.9x slower on cold W than on W in cache. */
+__attribute__((target("avx512f,avx512vl"), always_inline)) static inline void
+fl__tile512(float *y, const float *x, const float *w, const float *b, int nin, int nout,
+            int nrow, const int C, const float *pf, int npf) {
+  const float *wr[4], *pr[4];
+  for (int r = 0; r < 4; r++) {
+    wr[r] = w + (size_t)(r < nrow ? r : 0) * nin;
+    pr[r] = pf ? pf + (size_t)(r < npf ? r : 0) * nin : NULL;
+  }
+  __m512 acc[4][6];
+#pragma GCC unroll 4
+  for (int r = 0; r < 4; r++)
+#pragma GCC unroll 6
+    for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
+  int k = 0;
+  for (; k + 16 <= nin; k += 16) {
+    __m512 v[4];
+    if (pf)
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; r++) _mm_prefetch((const char *)(pr[r] + k), FL__PF_HINT);
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) v[r] = _mm512_loadu_ps(wr[r] + k);
+#pragma GCC unroll 6
+    for (int c = 0; c < C; c++) {
+      __m512 u = _mm512_loadu_ps(x + (size_t)c * nin + k);
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; r++) acc[r][c] = _mm512_fmadd_ps(v[r], u, acc[r][c]);
+    }
+  }
+  if (k < nin) { /* the last chunk, zero-filled: masked lanes are not read */
+    __mmask16 m = (__mmask16)((1u << (nin - k)) - 1);
+    __m512 v[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) v[r] = _mm512_maskz_loadu_ps(m, wr[r] + k);
+#pragma GCC unroll 6
+    for (int c = 0; c < C; c++) {
+      __m512 u = _mm512_maskz_loadu_ps(m, x + (size_t)c * nin + k);
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; r++) acc[r][c] = _mm512_fmadd_ps(v[r], u, acc[r][c]);
+    }
+  }
+  __mmask8 mrow = (__mmask8)((1u << nrow) - 1);
+  __m512 bias = _mm512_broadcast_f32x4(b ? _mm_maskz_loadu_ps(mrow, b) : _mm_setzero_ps());
+#pragma GCC unroll 2
+  for (int c0 = 0; c0 < C; c0 += 4) {
+    __m512 a[16];
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++)
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; c++) a[4 * r + c] = acc[r][c0 + c < C ? c0 + c : c0];
+    __m512 s = _mm512_add_ps(fl__reduce16(a), bias);
+    float *yc = y + (size_t)c0 * nout;
+    _mm_mask_storeu_ps(yc, mrow, _mm512_castps512_ps128(s));
+    if (c0 + 1 < C) _mm_mask_storeu_ps(yc + nout, mrow, _mm512_extractf32x4_ps(s, 1));
+    if (c0 + 2 < C) _mm_mask_storeu_ps(yc + 2 * (size_t)nout, mrow, _mm512_extractf32x4_ps(s, 2));
+    if (c0 + 3 < C) _mm_mask_storeu_ps(yc + 3 * (size_t)nout, mrow, _mm512_extractf32x4_ps(s, 3));
+  }
+}
+
+/* Rows of x per pass over W: as many as fit in 512 KB, half of a Zen 4
+ * core's L2 (64 rows of 1920 floats are 480 KB), in whole 6-row tiles.  A
+ * larger batch (256 windows are 2 MB at the block's input) goes in chunks,
+ * each of which reads W once more, instead of streaming x from L3 for every
+ * block of W rows.  The chunks do not change any sum. */
+static int fl__rows_per_pass(int nin) {
+  int n = (int)((512u * 1024u) / (sizeof(float) * (unsigned)nin)) / 6 * 6;
+  return n < 6 ? 6 : n;
+}
+
+/* AVX-512 row of x against 16 W rows: y (16) = W (16, nin) x + b, the
+ * batch-1 case.  16 accumulators, each summed exactly as fl__tile512 sums
+ * its own (fl__reduce16 with accumulator 4 r + c holding row 4 c + r puts
+ * the 16 rows in order), so a row's outputs are the same bit for bit
+ * whichever tile computed them.  W streams from L2 or further, one load per
+ * FMA, as in sgemv; prefetching the next rows here cost more load slots
+ * than it saved (0.8-0.9x of sgemv with it, 1.0-1.5x without).  Rows past
+ * nrow (1 .. 16 valid) repeat row 0 and are not stored. */
+__attribute__((target("avx512f,avx512vl"))) static void
+fl__row512(float *y, const float *x, const float *w, const float *b, int nin, int nrow) {
+  const float *wr[16];
+  for (int r = 0; r < 16; r++) wr[r] = w + (size_t)(r < nrow ? r : 0) * nin;
+  __m512 acc[16];
+  for (int r = 0; r < 16; r++) acc[r] = _mm512_setzero_ps();
+  int k = 0;
+  for (; k + 16 <= nin; k += 16) {
+    __m512 u = _mm512_loadu_ps(x + k);
+    for (int r = 0; r < 16; r++) acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(wr[r] + k), u, acc[r]);
+  }
+  if (k < nin) {
+    __mmask16 m = (__mmask16)((1u << (nin - k)) - 1);
+    __m512 u = _mm512_maskz_loadu_ps(m, x + k);
+    for (int r = 0; r < 16; r++)
+      acc[r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, wr[r] + k), u, acc[r]);
+  }
+  __m512 a[16];
+  for (int r = 0; r < 4; r++)
+    for (int c = 0; c < 4; c++) a[4 * r + c] = acc[4 * c + r];
+  __mmask16 mrow = (__mmask16)((1u << nrow) - 1);
+  __m512 s = fl__reduce16(a);
+  s = _mm512_add_ps(s, b ? _mm512_maskz_loadu_ps(mrow, b) : _mm512_setzero_ps());
+  _mm512_mask_storeu_ps(y, mrow, s);
+}
+
+/* y (B, nout) = x (B, nin) W^T + b with fl__tile512: for each chunk of x
+ * that fits in L2, for each block of 4 W rows, every 6 rows of x, then the
+ * rest. */
+__attribute__((target("avx512f,avx512vl"))) static void fl__dense512(float *y, const float *x,
+                                                                     const float *w,
+                                                                     const float *b, int B,
+                                                                     int nin, int nout) {
+  int chunk = fl__rows_per_pass(nin);
+  if (B > chunk) {
+    for (int i = 0; i < B; i += chunk)
+      fl__dense512(y + (size_t)i * nout, x + (size_t)i * nin, w, b,
+                   B - i < chunk ? B - i : chunk, nin, nout);
+    return;
+  }
+  if (B == 1) {
+    for (int o = 0; o < nout; o += 16)
+      fl__row512(y + o, x, w + (size_t)o * nin, b ? b + o : NULL, nin,
+                 nout - o < 16 ? nout - o : 16);
+    return;
+  }
+  for (int o = 0; o < nout; o += 4) {
+    int nrow = nout - o < 4 ? nout - o : 4;
+    const float *wo = w + (size_t)o * nin, *bo = b ? b + o : NULL;
+    /* The first tile of a block also prefetches the next block's rows. */
+    int npf = nout - o - 4 < 4 ? nout - o - 4 : 4;
+    const float *pf = npf > 0 ? wo + (size_t)4 * nin : NULL;
+    int i = 0;
+    for (; i + 6 <= B; i += 6, pf = NULL)
+      fl__tile512(y + (size_t)i * nout + o, x + (size_t)i * nin, wo, bo, nin, nout, nrow, 6,
+                  pf, npf);
+    float *yi = y + (size_t)i * nout + o;
+    const float *xi = x + (size_t)i * nin;
+    switch (B - i) {
+    case 5: fl__tile512(yi, xi, wo, bo, nin, nout, nrow, 5, pf, npf); break;
+    case 4: fl__tile512(yi, xi, wo, bo, nin, nout, nrow, 4, pf, npf); break;
+    case 3: fl__tile512(yi, xi, wo, bo, nin, nout, nrow, 3, pf, npf); break;
+    case 2: fl__tile512(yi, xi, wo, bo, nin, nout, nrow, 2, pf, npf); break;
+    case 1: fl__tile512(yi, xi, wo, bo, nin, nout, nrow, 1, pf, npf); break;
+    default: break;
+    }
+  }
+}
+
+/* Sums of a0 .. a3 (8 lanes each) as [a0, a1, a2, a3], each by the same
+ * tree: ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)). */
+__attribute__((target("avx2,fma"), always_inline)) static inline __m128
+fl__reduce4x8(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+  __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+  return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+
+/* AVX2 tile: y (C, 4) = x (C, nin) W (4, nin)^T + b, C <= 3, strides as in
+ * fl__tile512.  12 accumulators of 8 lanes, the C rows of x in registers, one
+ * W row at a time: 16 registers, 4 + C loads per 4 C FMAs. */
+__attribute__((target("avx2,fma"), always_inline)) static inline void
+fl__tile256(float *y, const float *x, const float *w, const float *b, int nin, int nout,
+            int nrow, const int C) {
+  const float *wr[4];
+  for (int r = 0; r < 4; r++) wr[r] = w + (size_t)(r < nrow ? r : 0) * nin;
+  __m256 acc[4][3];
+#pragma GCC unroll 4
+  for (int r = 0; r < 4; r++)
+#pragma GCC unroll 3
+    for (int c = 0; c < 3; c++) acc[r][c] = _mm256_setzero_ps();
+  int k = 0;
+  for (; k + 8 <= nin; k += 8) {
+    __m256 u[3];
+#pragma GCC unroll 3
+    for (int c = 0; c < C; c++) u[c] = _mm256_loadu_ps(x + (size_t)c * nin + k);
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) {
+      __m256 v = _mm256_loadu_ps(wr[r] + k);
+#pragma GCC unroll 3
+      for (int c = 0; c < C; c++) acc[r][c] = _mm256_fmadd_ps(v, u[c], acc[r][c]);
+    }
+  }
+  if (k < nin) {
+    __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(nin - k),
+                                   _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256 u[3];
+#pragma GCC unroll 3
+    for (int c = 0; c < C; c++) u[c] = _mm256_maskload_ps(x + (size_t)c * nin + k, m);
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) {
+      __m256 v = _mm256_maskload_ps(wr[r] + k, m);
+#pragma GCC unroll 3
+      for (int c = 0; c < C; c++) acc[r][c] = _mm256_fmadd_ps(v, u[c], acc[r][c]);
+    }
+  }
+  float bb[4] = {0, 0, 0, 0};
+  for (int r = 0; b && r < nrow; r++) bb[r] = b[r];
+  __m128 bias = _mm_loadu_ps(bb);
+#pragma GCC unroll 3
+  for (int c = 0; c < C; c++) {
+    __m128 s = _mm_add_ps(fl__reduce4x8(acc[0][c], acc[1][c], acc[2][c], acc[3][c]), bias);
+    float *yc = y + (size_t)c * nout;
+    if (nrow == 4) {
+      _mm_storeu_ps(yc, s);
+    } else {
+      float t[4];
+      _mm_storeu_ps(t, s);
+      for (int r = 0; r < nrow; r++) yc[r] = t[r];
+    }
+  }
+}
+
+/* y (B, nout) = x (B, nin) W^T + b with fl__tile256, x in L2-sized chunks
+ * as in fl__dense512. */
+__attribute__((target("avx2,fma"))) static void fl__dense256(float *y, const float *x,
+                                                             const float *w, const float *b,
+                                                             int B, int nin, int nout) {
+  int chunk = fl__rows_per_pass(nin);
+  if (B > chunk) {
+    for (int i = 0; i < B; i += chunk)
+      fl__dense256(y + (size_t)i * nout, x + (size_t)i * nin, w, b,
+                   B - i < chunk ? B - i : chunk, nin, nout);
+    return;
+  }
+  for (int o = 0; o < nout; o += 4) {
+    int nrow = nout - o < 4 ? nout - o : 4;
+    const float *wo = w + (size_t)o * nin, *bo = b ? b + o : NULL;
+    int i = 0;
+    for (; i + 3 <= B; i += 3)
+      fl__tile256(y + (size_t)i * nout + o, x + (size_t)i * nin, wo, bo, nin, nout, nrow, 3);
+    float *yi = y + (size_t)i * nout + o;
+    const float *xi = x + (size_t)i * nin;
+    if (B - i == 2) fl__tile256(yi, xi, wo, bo, nin, nout, nrow, 2);
+    else if (B - i == 1) fl__tile256(yi, xi, wo, bo, nin, nout, nrow, 1);
+  }
+}
+#endif
+
+static int fl__kernel_ok(fl_dense_kernel k) {
+#if FL__HAVE_KERNELS
+  if (k == FL_DENSE_AVX512)
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+  if (k == FL_DENSE_AVX2) return fl__avx2_ok();
+#endif
+  return k == FL_DENSE_BLAS;
+}
+
+int fl_dense_infer_with(fl_dense_kernel k, float *y, const float *x, const float *w,
+                        const float *b, int B, int nin, int nout) {
+  if (!y || !x || !w) return FL_EINVAL;
+  if (B <= 0 || nin <= 0 || nout <= 0) return FL_ESHAPE;
+  if (k == FL_DENSE_AUTO)
+    k = fl__kernel_ok(FL_DENSE_AVX512) ? FL_DENSE_AVX512
+        : fl__kernel_ok(FL_DENSE_AVX2) ? FL_DENSE_AVX2
+                                       : FL_DENSE_BLAS;
+  else if (!fl__kernel_ok(k))
+    return FL_EINVAL;
+  if (k == FL_DENSE_BLAS) return fl_dense_forward(y, x, w, b, B, nin, nout);
+  if (fl_check_finite(x, (size_t)B * nin)) return FL_ENONFINITE;
+#if FL__HAVE_KERNELS
+  if (k == FL_DENSE_AVX512) fl__dense512(y, x, w, b, B, nin, nout);
+  else fl__dense256(y, x, w, b, B, nin, nout);
+#endif
+  return 0;
+}
+
+int fl_dense_infer(float *y, const float *x, const float *w, const float *b, int B, int nin,
+                   int nout) {
+  return fl_dense_infer_with(FL_DENSE_AUTO, y, x, w, b, B, nin, nout);
 }
 
 /* ---- 1-D convolutions -------------------------------------------------- */
@@ -292,6 +546,31 @@ FL__CLONES static void fl__col2im(float *x, const float *cols, int B, int C, int
       const float *row = cols + (size_t)(c * k + j) * ld;
       int off = j * d - p, lo, hi;
       fl__tap_range(off, s, tin, tout, &lo, &hi);
+      if (s == 2 && d == 1 && j + 1 < k) {
+        /* Taps j and j + 1 write the even and the odd samples of one run
+         * (or the odd and the even): where both reach, one pass writes
+         * consecutive samples instead of two passes every other one.  Each
+         * sample still receives its taps in the order of j. */
+        const float *row1 = row + ld;
+        int lo1, hi1;
+        fl__tap_range(off + 1, 2, tin, tout, &lo1, &hi1);
+        int a = lo > lo1 ? lo : lo1, e = hi < hi1 ? hi : hi1;
+        if (e < a) e = a;
+        for (int b = 0; b < B; b++) {
+          float *xb = x + ((size_t)b * C + c) * tin;
+          const float *r0 = row + (size_t)b * tout, *r1 = row1 + (size_t)b * tout;
+          for (int t = lo; t < (a < hi ? a : hi); t++) xb[2 * t + off] += r0[t];
+          for (int t = e > lo ? e : lo; t < hi; t++) xb[2 * t + off] += r0[t];
+          for (int t = lo1; t < (a < hi1 ? a : hi1); t++) xb[2 * t + off + 1] += r1[t];
+          for (int t = e > lo1 ? e : lo1; t < hi1; t++) xb[2 * t + off + 1] += r1[t];
+          for (int t = a; t < e; t++) {
+            xb[2 * t + off] += r0[t];
+            xb[2 * t + off + 1] += r1[t];
+          }
+        }
+        j++;
+        continue;
+      }
       for (int b = 0; b < B; b++) {
         float *xb = x + ((size_t)b * C + c) * tin;
         const float *r = row + (size_t)b * tout;

@@ -97,12 +97,13 @@ static void run_parity(fl_bundle *b, const float *raw, size_t n, size_t wsize, F
   const fl_model_spec *s = fl_model_spec_of(b->model);
   fl_ctx *ctx;
   int Bmax = 64;
-  if (fl_ctx_create(&ctx, b->model, Bmax)) die("ctx");
+  /* The forward-only context, the one faultlined runs. */
+  if (fl_ctx_create_infer(&ctx, b->model, Bmax)) die("ctx");
   float **yb = xmalloc(sizeof(float *) * s->n_mod);
   for (int i = 0; i < s->n_mod; i++)
     yb[i] = xmalloc(sizeof(float) * Bmax * s->mod[i].channels * s->window * s->mod[i].rate);
-  /* Batches of every size class of lib/nn.c's dense paths (sgemv, the
-   * small-batch kernel, sgemm) in turn. */
+  /* Batches of every size class of lib/nn.c's dense tiles (6 rows of x,
+   * and each remainder) in turn. */
   static const int sizes[] = {1, 2, 5, 8, 16, 17, 64};
   int step = 0;
   for (size_t w0 = 0, B; w0 < n; w0 += B, step++) {
@@ -258,10 +259,13 @@ static void layer_gemm(const fl_layer *l, int B, gemm *g) {
 static void run_time(fl_bundle *b, const float *raw, size_t n, size_t wsize, int reps) {
   fl_model *m = b->model;
   static const int batches[] = {1, 8, 64, 256};
-  fl_ctx *ctx;
-  if (fl_ctx_create(&ctx, m, 256)) die("ctx");
+  /* The forward-only context, the one faultlined runs (its dense
+   * layers are fl_dense_infer's); a training context (sgemm) beside it. */
+  fl_ctx *ctx, *tctx;
+  if (fl_ctx_create_infer(&ctx, m, 256) || fl_ctx_create(&tctx, m, 256)) die("ctx");
   if (n < 256) die("need 256 windows");
   load(b, ctx, raw, wsize, 0, 256);
+  load(b, tctx, raw, wsize, 0, 256);
   /* FLOPs of one forward pass (block and head on), 2 multiply-adds each,
    * from the GEMM shapes; the layers' biases and activations are left out. */
   double flops = 0;
@@ -316,6 +320,11 @@ static void run_time(fl_bundle *b, const float *raw, size_t n, size_t wsize, int
       t = timeit(fwd, &a, reps);
     }
     printf("forward_b%d_s %.9f\n", B, t);
+    /* The same pass in a training context, alternating with it again. */
+    fwd_arg ta = {b, tctx, B};
+    double ti, tt;
+    time_pair(fwd, &a, &ti, fwd, &ta, &tt, reps);
+    printf("forward_pair_b%d_s %.9f\nforward_train_b%d_s %.9f\n", B, ti, B, tt);
   }
   for (int B = 1; B <= 64; B *= 64) {
     fwd_arg a = {b, ctx, B};
@@ -326,6 +335,7 @@ static void run_time(fl_bundle *b, const float *raw, size_t n, size_t wsize, int
   free(gp.x);
   free(gp.y);
   fl_ctx_free(ctx);
+  fl_ctx_free(tctx);
 }
 
 /* ---- training ------------------------------------------------------------- */
@@ -453,7 +463,7 @@ int main(int argc, char **argv) {
   } else if (!strcmp(mode, "loop") && argc >= 6) {
     int B = atoi(argv[4]), N = atoi(argv[5]);
     fl_ctx *ctx;
-    if (B < 1 || B > 256 || (size_t)B > n || fl_ctx_create(&ctx, b.model, B)) die("loop");
+    if (B < 1 || B > 256 || (size_t)B > n || fl_ctx_create_infer(&ctx, b.model, B)) die("loop");
     load(&b, ctx, raw, wsize, 0, B);
     fwd_arg a = {&b, ctx, B};
     for (int i = 0; i < N; i++) (argc > 6 ? score : fwd)(&a);

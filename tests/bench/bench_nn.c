@@ -16,8 +16,13 @@
  * OpenBLAS's default thread count.  On a shared or loaded machine the
  * absolute rates move from run to run; the ratios move less.
  *
- * Usage: bench_nn [repetitions]   (default 15; 3 with FAULTLINE_QUICK=1, the
- * README test's quick mode) */
+ * A second table, on one thread, times fl_dense_infer (the forward-only
+ * context's dense kernel) against the same layer through sgemm, per dense
+ * shape of the default model and batch 1 .. 256.
+ *
+ * Usage: bench_nn [repetitions [infer]]   (default 15; 3 with
+ * FAULTLINE_QUICK=1, the README test's quick mode; "infer": the second
+ * table alone) */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -284,6 +289,54 @@ static void bench_conv(int transposed, fl_conv c, int B, int tin, fl_rng *r) {
   free(L.work);
 }
 
+/* ---- the forward-only dense kernel against sgemm ------------------------- */
+
+typedef struct {
+  fl_dense_kernel k;
+  int B, nin, nout;
+  float *x, *w, *b, *y;
+} infer_call;
+
+static void infer_run(void *p) {
+  infer_call *c = p;
+  int rc = fl_dense_infer_with(c->k, c->y, c->x, c->w, c->b, c->B, c->nin, c->nout);
+  if (rc) {
+    fprintf(stderr, "bench_nn: fl_dense_infer_with failed (%d)\n", rc);
+    exit(1);
+  }
+}
+
+/* fl_dense_infer's kernel (AUTO: what the CPU gets) against the same layer
+ * through sgemm (BLAS: fl_dense_forward, bias and finiteness check
+ * included on both sides), alternating, per dense shape of the default
+ * model and per batch. */
+static void run_infer_table(fl_rng *r) {
+  static const int shapes[][2] = {{1920, 256}, {256, 256}, {256, 1920}, {1920, 128}, {128, 32}};
+  static const int batches[] = {1, 8, 16, 32, 64, 256};
+  printf("%-22s %5s %11s %11s %9s %9s %7s\n", "dense forward", "batch", "sgemm us",
+         "kernel us", "sgemm", "kernel", "speed");
+  printf("%-22s %5s %11s %11s %9s %9s %7s\n", "", "", "", "", "GFLOP/s", "GFLOP/s", "up");
+  for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+    for (size_t j = 0; j < sizeof batches / sizeof *batches; j++) {
+      int nin = shapes[s][0], nout = shapes[s][1], B = batches[j];
+      infer_call k = {.k = FL_DENSE_AUTO, .B = B, .nin = nin, .nout = nout}, g;
+      k.x = randbuf((size_t)B * nin, r);
+      k.w = randbuf((size_t)nout * nin, r);
+      k.b = randbuf((size_t)nout, r);
+      k.y = randbuf((size_t)B * nout, r);
+      g = k;
+      g.k = FL_DENSE_BLAS;
+      double tg, tk;
+      time_pair(infer_run, &g, &tg, infer_run, &k, &tk);
+      double fl = 2.0 * B * nin * nout;
+      char name[32];
+      snprintf(name, sizeof name, "%d->%d", nin, nout);
+      printf("%-22s %5d %11.1f %11.1f %9.2f %9.2f %6.2fx\n", name, B, tg * 1e6, tk * 1e6,
+             fl / tg * 1e-9, fl / tk * 1e-9, tg / tk);
+      free(k.x), free(k.w), free(k.b), free(k.y);
+    }
+}
+
 static void run_table(fl_rng *r) {
   const int B = 64;
   print_header();
@@ -320,7 +373,13 @@ int main(int argc, char **argv) {
          openblas_get_config());
   printf("\n-- 1 OpenBLAS thread --\n");
   openblas_set_num_threads(1);
+  if (argc > 2 && !strcmp(argv[2], "infer")) { /* the kernel table alone */
+    run_infer_table(&r);
+    return 0;
+  }
   run_table(&r);
+  printf("\n");
+  run_infer_table(&r);
   if (threads > 1) {
     printf("\n-- %d OpenBLAS threads --\n", threads);
     openblas_set_num_threads(threads);

@@ -13,6 +13,10 @@ same way, and faultlined's batching across streams.
   streams     faultlined's windows/s with 1, 16, 256 and 4096 streams
               (stride 1, measured as throughput), and its processing p99 at a
               paced 10k frames/s over 256 streams (stride 15)
+
+Run alone, `bench_pydaemon.py MODEL RUNS BUILD [BUILD...]` puts faultlined of
+each build directory (e.g. two commits) beside the Python daemon: the
+throughput bursts in turn, RUNS times, medians and per-run ratios.
 """
 import os
 import signal
@@ -243,3 +247,45 @@ def run(build, model, csv, tmp, runs=3, quick=False):
           f"{statistics.median(x[0] for x in v):.2f} / {statistics.median(x[1] for x in v):.2f} ms"
           f" | {statistics.median(x[3] for x in v):.0f} reports |")
     return ok
+
+
+def compare(builds, model, runs):
+    """faultlined of each build directory (one model file for all) and the Python
+    daemon, the throughput bursts above in turn, runs times: a table of medians."""
+    import tempfile
+    tmp = tempfile.mkdtemp(prefix="fl-bench-compare-")
+    csv = os.path.join(tmp, "sim.csv")
+    subprocess.run([os.path.join(builds[0], "tools", "faultline"), "simulate", "--rows", "700",
+                    "--seed", "3", "--anomalies", "0", "--out", csv], check=True,
+                   capture_output=True)
+    pb = T.load_proto(tmp)
+    fr = Frames(pb, T.Table(csv, T.modalities(CONFIG)))
+    kinds = [(b, "c") for b in builds] + [("Python", "py")]
+    res, rss = {}, {}
+    for _ in range(runs):
+        for streams, per in ((1, 2000), (64, 40)):
+            for name, kind in kinds:
+                fps, kb = throughput(kind, name if kind == "c" else builds[0], model, tmp, fr,
+                                     streams, per)
+                res.setdefault((name, streams), []).append(fps)
+                rss.setdefault((name, streams), []).append(kb / 1024)
+    print("| frames/s, stride 1, medians of", runs, "| " + " | ".join(n for n, _ in kinds) + " |")
+    print("| --- " * (len(kinds) + 1) + "|")
+    for streams in (1, 64):
+        print(f"| {streams} stream{'s' if streams > 1 else ''} | " +
+              " | ".join(f"{statistics.median(res[(n, streams)]):,.0f}" for n, _ in kinds) + " |")
+    print("| VmHWM MB, 1 / 64 streams | " + " | ".join(
+        f"{statistics.median(rss[(n, 1)]):.1f} / {statistics.median(rss[(n, 64)]):.1f}"
+        for n, _ in kinds) + " |")
+    for streams in (1, 64):
+        py = res[("Python", streams)]
+        for n, _ in kinds[:-1]:
+            r = sorted(a / b for a, b in zip(res[(n, streams)], py))
+            print(f"{n}, {streams} stream(s): {statistics.median(r):.2f}x the Python daemon "
+                  f"(per run {r[0]:.2f}-{r[-1]:.2f}x)")
+
+
+if __name__ == "__main__":
+    # usage: bench_pydaemon.py MODEL RUNS BUILD [BUILD...]
+    compare([os.path.abspath(b) for b in sys.argv[3:]], os.path.abspath(sys.argv[1]),
+            int(sys.argv[2]))

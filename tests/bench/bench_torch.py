@@ -16,7 +16,10 @@ per side, the sides alternate, and the table shows medians of --runs runs.
            training steps of both stages
   infer    forward pass (encoders, block, decoders, head) per window at
            batch 1, windows/s at batch 1, 8, 64, 256; the detector's pass
-           (both decoder passes, head, scores) in C
+           (both decoder passes, head, scores) in C.  The C side runs the
+           forward-only context faultlined runs (fl_ctx_create_infer, dense
+           layers through fl_dense_infer), and times a training context
+           (dense layers through sgemm) alternately with it as well
   floor    one matrix-vector product over every weight of the model
            (cblas_sgemv): the batch-1 weight-streaming floor
   bound    the sum of plain cblas_sgemm's times at the forward pass's own
@@ -397,6 +400,10 @@ def main():
               f"model's shapes) | {bound * 1e6 / B:.1f} us/window | forward "
               f"{fwd * 1e6 / B:.1f} us/window = {bound / fwd:.0%} of the bound "
               f"({flops * B / fwd / 1e9:.1f} GFLOP/s) |")
+    for B in (1, 8, 64, 256):
+        ti, tt = med(cs, f"forward_pair_b{B}_s"), med(cs, f"forward_train_b{B}_s")
+        print(f"| forward, inference context against training context (sgemm), batch {B} | "
+              f"{ti * 1e6 / B:.1f} / {tt * 1e6 / B:.1f} us/window | {tt / ti:.2f}x |")
     for B in (1, 64):
         s = med(cs, f"score_b{B}_s")
         print(f"| detector pass (fl_detect_score), batch {B} | {s * 1e6 / B:.1f} us/window | "

@@ -322,6 +322,117 @@ static void test_dense_forward_without_bias(void **state) {
   layer_free(&L);
 }
 
+/* ---- dense, forward-only kernels ------------------------------------------ */
+
+/* Each kernel of fl_dense_infer, forced in turn, against the direct sum in
+ * double and against sgemm (fl_dense_forward).  Tolerance: a bound on the
+ * rounding of a float sum, not a fit to observed errors.  The AVX-512 kernel
+ * adds n products in ceil(n / 16) fused steps per lane, then a 4-level
+ * tree, then the bias: at most (n / 16 + 6) roundings of relative size
+ * u = 2^-24 on partial sums bounded by S = |b| + sum |x w|; AVX2 (8 lanes,
+ * 3 levels) and BLAS (any order) likewise with n / 8 and n.  So
+ * |y - ref| <= 1.01 (n / lanes + 6) u S, and against sgemm the two bounds
+ * added.  A wrong index, tail or reduction lane errs by a whole product,
+ * S / n or more, far above this (the largest shape gives 0.3 % of S / n). */
+static const struct {
+  fl_dense_kernel k;
+  const char *name;
+  int lanes;
+} g_kernels[] = {{FL_DENSE_BLAS, "blas", 1}, {FL_DENSE_AVX2, "avx2", 8},
+                 {FL_DENSE_AVX512, "avx512", 16}};
+
+/* Checks y (B, O) from kernel kk against the double sum and sgemm. */
+static void check_infer(int kk, int B, int I, int O, fl_rng *r, int with_bias) {
+  float *x = falloc((size_t)B * I), *w = falloc((size_t)O * I), *b = falloc(O);
+  float *y = falloc((size_t)B * O), *ys = falloc((size_t)B * O);
+  fill_normal(x, (size_t)B * I, r, 1.0f);
+  fill_normal(w, (size_t)O * I, r, 1.0f / sqrtf((float)I));
+  fill_normal(b, O, r, 1.0f);
+  const float *bb = with_bias ? b : NULL;
+  int rc = fl_dense_infer_with(g_kernels[kk].k, y, x, w, bb, B, I, O);
+  if (rc == FL_EINVAL) { /* the CPU lacks it: fl_dense_infer never picks it */
+    free(x), free(w), free(b), free(y), free(ys);
+    return;
+  }
+  assert_int_equal(rc, 0);
+  assert_int_equal(fl_dense_forward(ys, x, w, bb, B, I, O), 0);
+  const double u = ldexp(1.0, -24);
+  double tk = 1.01 * ((double)I / g_kernels[kk].lanes + 6) * u, tb = 1.01 * (I + 6) * u;
+  for (int n = 0; n < B; n++)
+    for (int o = 0; o < O; o++) {
+      double s = bb ? bb[o] : 0.0, S = bb ? fabs(bb[o]) : 0.0;
+      for (int i = 0; i < I; i++) {
+        double p = (double)x[(size_t)n * I + i] * w[(size_t)o * I + i];
+        s += p;
+        S += fabs(p);
+      }
+      double got = y[(size_t)n * O + o], sg = ys[(size_t)n * O + o];
+      if (!(fabs(got - s) <= tk * S) || !(fabs(got - sg) <= (tk + tb) * S))
+        fail_msg("%s B %d nin %d nout %d y[%d][%d]: got %.9g, double %.9g, sgemm %.9g, "
+                 "bound %.3g", g_kernels[kk].name, B, I, O, n, o, got, s, sg, tk * S);
+    }
+  free(x), free(w), free(b), free(y), free(ys);
+}
+
+static void test_dense_infer_kernels(void **state) {
+  (void)state;
+  fl_rng r;
+  fl_rng_seed(&r, 801);
+  /* Awkward shapes: nin below, at and past the vector widths and not a
+   * multiple of them, nout not a multiple of the 4-row tile; every batch
+   * 1 .. 67 (all remainders of the 6- and 3-row tiles, and past 64). */
+  static const int small[][2] = {{1, 1}, {7, 3}, {8, 4}, {15, 5}, {16, 6}, {17, 9},
+                                 {33, 7}, {131, 13}, {250, 2}};
+  for (int kk = 0; kk < 3; kk++) {
+    for (size_t s = 0; s < sizeof small / sizeof *small; s++)
+      for (int B = 1; B <= 67; B++)
+        check_infer(kk, B, small[s][0], small[s][1], &r, (B + (int)s) % 4 != 0);
+    /* The default model's dense shapes at batches around the tiles. */
+    static const int model[][2] = {{1920, 256}, {256, 256}, {256, 1920}, {1920, 128},
+                                   {128, 32}};
+    static const int batches[] = {1, 5, 6, 64, 67};
+    for (size_t s = 0; s < sizeof model / sizeof *model; s++)
+      for (size_t j = 0; j < sizeof batches / sizeof *batches; j++)
+        check_infer(kk, batches[j], model[s][0], model[s][1], &r, 1);
+  }
+}
+
+/* The vector kernels sum each output in one order whatever the batch: a row
+ * computed in a batch of B equals, bit for bit, the row computed alone.
+ * (sgemm gives no such promise, so BLAS is left out.) */
+static void test_dense_infer_batch_invariant(void **state) {
+  (void)state;
+  fl_rng r;
+  fl_rng_seed(&r, 802);
+  const int I = 37, O = 11, BMAX = 14;
+  float *x = falloc((size_t)BMAX * I), *w = falloc((size_t)O * I), *b = falloc(O);
+  float *y = falloc((size_t)BMAX * O), *y1 = falloc(O);
+  fill_normal(x, (size_t)BMAX * I, &r, 1.0f);
+  fill_normal(w, (size_t)O * I, &r, 0.3f);
+  fill_normal(b, O, &r, 1.0f);
+  for (int kk = 1; kk < 3; kk++) {
+    if (fl_dense_infer_with(g_kernels[kk].k, y1, x, w, b, 1, I, O) == FL_EINVAL) continue;
+    for (int B = 1; B <= BMAX; B++) {
+      assert_int_equal(fl_dense_infer_with(g_kernels[kk].k, y, x, w, b, B, I, O), 0);
+      for (int n = 0; n < B; n++) {
+        assert_int_equal(fl_dense_infer_with(g_kernels[kk].k, y1, x + (size_t)n * I, w, b, 1, I,
+                                             O), 0);
+        assert_memory_equal(y + (size_t)n * O, y1, sizeof(float) * O);
+      }
+    }
+  }
+  /* The default picks a kernel the CPU has, and refuses what fl_dense_forward
+   * refuses. */
+  assert_int_equal(fl_dense_infer(y, x, w, b, BMAX, I, O), 0);
+  x[5] = NAN;
+  assert_int_equal(fl_dense_infer(y, x, w, b, BMAX, I, O), FL_ENONFINITE);
+  assert_int_equal(fl_dense_infer(NULL, x, w, b, BMAX, I, O), FL_EINVAL);
+  assert_true(is_shape_error(fl_dense_infer(y, x, w, b, 0, I, O)));
+  assert_true(is_shape_error(fl_dense_infer(y, x, w, b, BMAX, 0, O)));
+  assert_true(is_shape_error(fl_dense_infer(y, x, w, b, BMAX, I, -1)));
+  free(x), free(w), free(b), free(y), free(y1);
+}
+
 /* ---- conv1d ------------------------------------------------------------- */
 
 static void test_conv1d_grad_stride1(void **state) {
@@ -1690,6 +1801,8 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_dense_grad),
       cmocka_unit_test(test_dense_forward_without_bias),
+      cmocka_unit_test(test_dense_infer_kernels),
+      cmocka_unit_test(test_dense_infer_batch_invariant),
       cmocka_unit_test(test_conv1d_grad_stride1),
       cmocka_unit_test(test_conv1d_grad_stride2_pad2),
       cmocka_unit_test(test_conv1d_grad_stride2_even_length),

@@ -60,6 +60,32 @@ int fl_dense_forward(float *y, const float *x, const float *w, const float *b,
 int fl_dense_backward(float *dx, float *dw, float *db, const float *dy,
                       const float *x, const float *w, int B, int nin, int nout);
 
+/* y (B, nout) = x (B, nin) W^T + b for forward-only passes (the inference
+ * context).  Same contract as fl_dense_forward, but W is read in place
+ * instead of being packed by sgemm on every call, and each output is summed
+ * in one fixed order that does not depend on B or on the row's place in
+ * the batch.  Against fl_dense_forward the outputs differ by rounding only
+ * (each within (nin / 16 + 6) 2^-24 of the sum of |b| and the terms' |x w|
+ * of the exact value with AVX-512, nin / 8 with AVX2: test_nn's bound);
+ * training stays on fl_dense_forward, whose order the PyTorch parity checks
+ * follow. */
+int fl_dense_infer(float *y, const float *x, const float *w, const float *b,
+                   int B, int nin, int nout);
+
+/* The kernels fl_dense_infer chooses from: AUTO picks the widest the CPU
+ * runs (AVX-512, else AVX2 with FMA, else BLAS, which is fl_dense_forward).
+ * fl_dense_infer_with forces one, for tests and benchmarks, and returns
+ * FL_EINVAL when the CPU lacks it. */
+typedef enum {
+  FL_DENSE_AUTO,
+  FL_DENSE_BLAS,
+  FL_DENSE_AVX2,
+  FL_DENSE_AVX512
+} fl_dense_kernel;
+
+int fl_dense_infer_with(fl_dense_kernel k, float *y, const float *x, const float *w,
+                        const float *b, int B, int nin, int nout);
+
 /* ---- 1-D convolutions -------------------------------------------------- */
 
 typedef struct {
