@@ -431,7 +431,7 @@ static int fl__calibrate(fl_model *m, fl_calib *cal, int nw, int Bmax, fl_detect
     err = FL_EINVAL;
     goto done;
   }
-  if ((err = fl_ctx_create(&ctx, m, Bmax))) goto done;
+  if ((err = fl_ctx_create_infer(&ctx, m, Bmax))) goto done;
   err = FL_ENOMEM;
   raw = malloc(sizeof(float) * (size_t)nw * nf);
   emb = malloc(sizeof(float) * (size_t)nw * spec->emb);

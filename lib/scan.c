@@ -52,7 +52,7 @@ int fl_scan(fl_bundle *b, const fl_series *s, int stride, fl_scan_result *out) {
     out->score[r] = NAN;
     out->modality[r] = -1;
   }
-  if ((err = fl_ctx_create(&ctx, m, FL__SCAN_BATCH))) goto fail;
+  if ((err = fl_ctx_create_infer(&ctx, m, FL__SCAN_BATCH))) goto fail;
   err = FL_ENOMEM;
   sc = malloc(sizeof(fl_window_score) * FL__SCAN_BATCH);
   corr = malloc(sizeof(float) * maxct);
