@@ -133,6 +133,9 @@ def pct(v, p):
     return v[min(len(v) - 1, int(p / 100 * len(v)))]
 
 
+LOOP_KEY = 'faultline_tune_loop_seconds{step="%s",stat="max"}'
+
+
 def bench_latency(tab, tune=None, label="latency", exe=None):
     rate, streams, secs = RATE, 10, SECS
     d, ports = daemon(label, exe, output={"stride": 15}, **({"tune": tune} if tune else {}))
@@ -188,7 +191,9 @@ def bench_latency(tab, tune=None, label="latency", exe=None):
         rej = m.get('faultline_tune_updates_total{result="rejected"}', 0)
         print(f"{label}: tuning {m.get('faultline_tune_seconds_total', 0):.2f} s in jobs, "
               f"{m.get('faultline_tune_steps_total', 0):g} steps, "
-              f"{acc:g} accepted, {rej:g} rejected")
+              f"{acc:g} accepted, {rej:g} rejected; loop thread: job start max "
+              f"{m.get(LOOP_KEY % 'prepare', 0) * 1e3:.2f} ms, swap max "
+              f"{m.get(LOOP_KEY % 'swap', 0) * 1e3:.2f} ms")
     print(f"{label}: {sent} frames in {elapsed:.2f} s ({sent / elapsed:,.0f} frames/s, "
           f"{streams} streams, stride 15), {len(lat)} reports: processing p50 "
           f"{pct(lat, 50):.2f} ms p99 {pct(lat, 99):.2f} ms; frame-to-subscriber p50 "
