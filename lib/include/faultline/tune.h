@@ -176,8 +176,9 @@ int fl_tune_job_run(fl_tune_job *j, fl_tune_result *res);
 /* Copies the accepted parameters and calibration into dst (FL_EINVAL when
  * the last run was not accepted).  When dst is the model the run started
  * from, only what a run can change is copied (the compute block, the head,
- * the decoders if they train, the normalisation): about a fifth of the
- * parameters of the default model. */
+ * the decoders if they train, the normalisation): not the encoders, nor the
+ * decoders when frozen, which in the default model are 2 % of the
+ * parameters (the dense block and head are the rest). */
 int fl_tune_job_apply(fl_tune_job *j, fl_model *dst, fl_calib *cal);
 /* Re-standardises the windows of b (pushed with the normalisation of the
  * model the last run started from) to the normalisation of its accepted
