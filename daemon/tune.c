@@ -8,17 +8,34 @@
  *              and no window of its stream within `span` windows before or
  *              after it was above the threshold or flagged; candidates wait
  *              in a per-stream ring until their later neighbours are seen
- *   schedule   one job at a time in the libuv thread pool, under SCHED_IDLE
- *              (nice 10 where that is refused), at
- *              most max_updates_per_hour, and after a job of t seconds the
- *              next waits t (1 / cpu_share - 1) so that training takes about
- *              cpu_share of one core
- *   swap       the job trains on private copies; its after-work callback
- *              runs on the loop thread, between batches, and copies the
- *              accepted parameters, normalisation and calibration into the
- *              engine (and re-standardises the buffered windows), so a
- *              window is scored entirely by the old or entirely by the new
- *              model
+ *   schedule   one job at a time, on the tuner's own thread, which runs
+ *              under SCHED_IDLE (nice 10 where that is refused or with
+ *              idle = 0), at most max_updates_per_hour, and after a job of
+ *              t seconds the next waits t (1 / cpu_share - 1) so that
+ *              training takes about cpu_share of one core
+ *   no lock    a thread at idle priority must never hold anything the loop
+ *              waits for: preempted (any wakeup on its core preempts it) it
+ *              may not run again for hundreds of milliseconds on a busy
+ *              machine, and the loop would stall as long.  The libuv
+ *              thread pool does exactly that at the end of every job (the
+ *              worker takes the loop's work-queue mutex and calls
+ *              uv_async_send, whose loop side spins until the sender is done),
+ *              so the tuner does not use it: the loop hands a job over with
+ *              a semaphore post and the worker reports with an atomic flag
+ *              and one byte into a pipe that the loop polls.  Neither side
+ *              takes a lock the other holds.
+ *   snapshot   the loop's part of a job start is O(1): it notes the buffer's
+ *              windows and the calibration (the parameters are the job's
+ *              already, see fl_tune_job_begin); the worker copies the
+ *              windows, and until it has, windows that pass the gate wait in
+ *              a small inbox instead of overwriting the ring it reads
+ *   swap       the job trains on private copies; when it is done the loop,
+ *              between batches, copies what an update changes (block, head,
+ *              normalisation: 98 % of the default model's parameters, about
+ *              5 MB, 0.7-0.9 ms) and the calibration into the engine (and
+ *              re-standardises the buffered windows),
+ *              so a window is scored entirely by the old or entirely by the
+ *              new model
  *   files      every checkpoint_every accepted updates the worker writes the
  *              accepted model (fl_bundle_save: temporary file, fsync, rename,
  *              fsync of the directory), the previous one kept as PATH.1, and
@@ -36,6 +53,8 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -49,13 +68,37 @@ struct fld_tune_stream {
   int run;              /* consecutive windows without alarm */
 };
 
+/* The worker thread's side of a tuner: allocated apart, so that a thread
+ * told to quit while the loop goes on (tuning switched off by a reload)
+ * may wake up and free it after the tuner is gone. */
+typedef struct {
+  uv_sem_t go;          /* posted by the loop: a job (or quit) is waiting */
+  atomic_int quit;
+  struct fld_tuner *t;  /* read by the worker only after a post of a job */
+  int idle;             /* [tune] idle when the thread started */
+  int wfd;              /* the write end of the wake pipe */
+} fld_tune_thread;
+
+/* The pipe the worker writes one byte into when a job is done, and the
+ * loop's poll handle on its read end (freed by the close callback). */
+typedef struct {
+  uv_poll_t h;
+  int fd[2];
+} fld_tune_wake;
+
 typedef struct fld_tuner {
   fld_app *app;
   fl_tune_config cfg;
   fl_tune_buffer *buf;
+  fl_tune_buffer *inbox;   /* windows that passed while the worker copied buf */
+  fl_tune_buffer *retired; /* the buffer a job in flight may still copy */
   fl_tune_job *job;
-  uv_work_t req;
-  int busy;              /* a job is in the thread pool */
+  fld_tune_thread *th;     /* NULL until the first job */
+  pthread_t thread;
+  fld_tune_wake *wake;
+  atomic_int snapped;    /* the worker has copied the buffer's windows */
+  atomic_int done;       /* the worker has finished the job */
+  int busy;              /* a job is with the worker */
   int stale;             /* the engine changed while it ran: discard */
   int stop_pending;      /* shutdown waits for the job, then checkpoints */
   int disable;           /* tuning was switched off while a job ran */
@@ -76,7 +119,7 @@ typedef struct fld_tuner {
                             * the worker so that the swap does not stall the loop */
   int n_norm;
   double swap_ms, swap_max_ms; /* loop time of the last and the slowest swap */
-  double prep_ms, prep_max_ms; /* of the last and the slowest job's snapshot */
+  double prep_ms, prep_max_ms; /* of the last and the slowest job's start */
   /* metrics */
   uint64_t updates;      /* accepted updates in this model's lineage */
   uint64_t steps, accepted, rejected, failed, ckpt_ok, ckpt_failed;
@@ -269,9 +312,15 @@ int fld_tune_start(fld_app *app, char *err, size_t errlen) {
       return FL_EINVAL;
     }
   }
-  fl_tune_buffer_free(t->buf);
-  t->buf = NULL;
+  /* A job in flight may still be copying the old buffer's windows: it is
+   * freed once the job is done. */
+  if (t->busy && !t->retired) t->retired = t->buf;
+  else fl_tune_buffer_free(t->buf);
+  fl_tune_buffer_free(t->inbox);
+  t->buf = t->inbox = NULL;
   int rc = fl_tune_buffer_create(&t->buf, e->b.model, c->tune_buffer);
+  int in_cap = c->tune_buffer / 4 > 2 ? c->tune_buffer / 4 : 2;
+  if (!rc) rc = fl_tune_buffer_create(&t->inbox, e->b.model, in_cap);
   /* A job in flight writes the old array; it is resized once it is done. */
   if (!rc && !t->busy) rc = fld__size_norms(t, e->n_layers);
   if (!rc && !t->busy) {
@@ -295,6 +344,15 @@ int fld_tune_start(fld_app *app, char *err, size_t errlen) {
                       "checkpoint %s)", c->tune_buffer, c->tune_gate, t->span, c->tune_steps,
           t->path[0] ? t->path : "none");
   return 0;
+}
+
+/* Moves the windows that waited in the inbox into the buffer, oldest
+ * first.  Only while the worker does not read the buffer. */
+static void fld__drain_inbox(fld_tuner *t) {
+  int n = fl_tune_buffer_count(t->inbox);
+  if (!n) return;
+  for (int age = n - 1; age >= 0; age--) fl_tune_buffer_move(t->buf, t->inbox, age);
+  fl_tune_buffer_clear(t->inbox);
 }
 
 void fld_tune_observe(fld_app *app, int k, fld_stream *st, float score, int flagged) {
@@ -321,8 +379,12 @@ void fld_tune_observe(fld_app *app, int k, fld_stream *st, float score, int flag
   fl_tune_buffer_push(ts->cand, e->ctx, k);
   ts->run++;
   /* The window span back has span clean windows on either side. */
-  if (ts->run >= 2 * t->span + 1 && !fl_tune_buffer_move(t->buf, ts->cand, t->span))
-    t->new_windows++;
+  if (ts->run >= 2 * t->span + 1) {
+    fl_tune_buffer *dst = t->buf;
+    if (t->busy && !atomic_load_explicit(&t->snapped, memory_order_acquire)) dst = t->inbox;
+    else fld__drain_inbox(t);
+    if (!fl_tune_buffer_move(dst, ts->cand, t->span)) t->new_windows++;
+  }
 }
 
 static void fld__lineage(fld_tuner *t, uint64_t updates, char *out, size_t len) {
@@ -344,13 +406,14 @@ static void fld__keep_previous(const char *path) {
   if (link(path, tmp) == 0 && rename(tmp, prev) != 0) unlink(tmp);
 }
 
-/* The priority of the thread-pool threads that run tuning jobs.  Training
- * competes with the loop thread for the cores.  Under SCHED_IDLE (Linux) a
- * worker runs only on a core nothing else wants, and a frame that wakes the
- * loop preempts it at once; nice 10 (the fallback elsewhere) still gets a
+/* The priority of the thread that runs tuning jobs.  Training competes
+ * with the loop thread for the cores.  Under SCHED_IDLE (Linux) the worker
+ * runs only on a core nothing else wants, and a frame that wakes the loop
+ * preempts it at once; nice 10 (the fallback elsewhere) still gets a
  * weighted share of a contended core and lets the loop wait for its slice
- * to end.  Tuning is the only user of the thread pool, so the threads keep
- * it (a thread without CAP_SYS_NICE could not raise it back anyway). */
+ * to end.  The thread is the tuner's alone and keeps its priority for its
+ * life (without CAP_SYS_NICE it could not raise it back anyway), which is
+ * why it must never hold a lock the loop takes (see the top of the file). */
 #define FLD_TUNE_NICE 10
 
 static int fld__lower_priority(int idle) {
@@ -365,16 +428,11 @@ static int fld__lower_priority(int idle) {
   return setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), FLD_TUNE_NICE) ? -1 : 1;
 }
 
-static void fld__work(uv_work_t *req) {
-  fld_tuner *t = req->data;
-  static __thread int lowered;
-  if (!lowered) {
-    lowered = 1;
-    int r = fld__lower_priority(t->app->cfg.tune_idle);
-    if (r < 0) t->nice_failed = 1;
-    else if (r > 0 && t->app->cfg.tune_idle && !t->nice_failed) t->nice_failed = 3;
-  }
-  t->rc = fl_tune_job_run(t->job, &t->res);
+static void fld__work(fld_tuner *t) {
+  t->rc = fl_tune_job_snapshot(t->job);
+  /* From here on the loop may write the buffer again. */
+  atomic_store_explicit(&t->snapped, 1, memory_order_release);
+  if (!t->rc) t->rc = fl_tune_job_run(t->job, &t->res);
   t->save_rc = 0;
   if (t->rc || !t->res.accepted) return;
   /* The power iterations of every layer take tens of milliseconds: here,
@@ -419,10 +477,117 @@ static int fld__checkpoint_now(fld_tuner *t) {
   return rc;
 }
 
-static void fld__after(uv_work_t *req, int status) {
-  fld_tuner *t = req->data;
+static void *fld__thread(void *arg) {
+  fld_tune_thread *th = arg;
+  int r = fld__lower_priority(th->idle), first = 1;
+  for (;;) {
+    uv_sem_wait(&th->go);
+    if (atomic_load_explicit(&th->quit, memory_order_acquire)) break;
+    fld_tuner *t = th->t;
+    if (first) {
+      first = 0;
+      if (r < 0) t->nice_failed = 1;
+      else if (r > 0 && th->idle) t->nice_failed = 3;
+    }
+    fld__work(t);
+    atomic_store_explicit(&t->done, 1, memory_order_release);
+    /* No lock, no handle: one byte the loop's poll sees. */
+    char c = 1;
+    while (write(th->wfd, &c, 1) < 0 && errno == EINTR) {}
+  }
+  uv_sem_destroy(&th->go);
+  free(th);
+  return NULL;
+}
+
+static void fld__wake_closed(uv_handle_t *h) {
+  fld_tune_wake *w = h->data;
+  close(w->fd[0]);
+  close(w->fd[1]);
+  free(w);
+}
+
+/* Closes the loop's end of the worker's reports (once no job is in flight):
+ * the loop can then end. */
+static void fld__close_wake(fld_tuner *t) {
+  if (!t->wake) return;
+  t->wake->h.data = t->wake;
+  uv_close((uv_handle_t *)&t->wake->h, fld__wake_closed);
+  t->wake = NULL;
+}
+
+static void fld__after(fld_tuner *t);
+
+static void fld__wake_cb(uv_poll_t *h, int status, int events) {
+  fld_tuner *t = h->data;
+  (void)status;
+  (void)events;
+  char b[64];
+  while (read(t->wake->fd[0], b, sizeof b) > 0) {}
+  if (!t->busy || !atomic_load_explicit(&t->done, memory_order_acquire)) return;
+  atomic_store_explicit(&t->done, 0, memory_order_relaxed);
+  fld__after(t);
+}
+
+/* The worker thread (its signals blocked: the loop handles them) and the
+ * pipe it reports through, at the first job (the loop exists by then). */
+static int fld__start_thread(fld_tuner *t) {
+  if (t->th) return 0;
+  fld_tune_wake *w = calloc(1, sizeof *w);
+  fld_tune_thread *th = calloc(1, sizeof *th);
+  if (!w || !th) goto fail;
+  if (pipe2(w->fd, O_CLOEXEC | O_NONBLOCK)) goto fail;
+  if (uv_sem_init(&th->go, 0)) {
+    close(w->fd[0]);
+    close(w->fd[1]);
+    goto fail;
+  }
+  th->idle = t->app->cfg.tune_idle;
+  th->wfd = w->fd[1];
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int rc = pthread_create(&t->thread, NULL, fld__thread, th);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (rc) {
+    uv_sem_destroy(&th->go);
+    close(w->fd[0]);
+    close(w->fd[1]);
+    goto fail;
+  }
+  uv_poll_init(t->app->loop, &w->h, w->fd[0]);
+  w->h.data = t;
+  uv_poll_start(&w->h, UV_READABLE, fld__wake_cb);
+  uv_unref((uv_handle_t *)&w->h); /* referenced only while a job runs */
+  t->wake = w;
+  t->th = th;
+  return 0;
+fail:
+  free(w);
+  free(th);
+  return FL_ENOMEM;
+}
+
+/* Tells the worker to quit: joined at shutdown (the loop is done), else
+ * detached, so that the loop never waits for a thread at idle priority. */
+static void fld__stop_thread(fld_tuner *t, int join) {
+  if (!t->th) return;
+  atomic_store_explicit(&t->th->quit, 1, memory_order_release);
+  uv_sem_post(&t->th->go);
+  if (join) pthread_join(t->thread, NULL);
+  else pthread_detach(t->thread);
+  t->th = NULL;
+}
+
+static void fld__after(fld_tuner *t) {
   fld_app *app = t->app;
   t->busy = 0;
+  if (t->wake) uv_unref((uv_handle_t *)&t->wake->h);
+  fl_tune_buffer_free(t->retired);
+  t->retired = NULL;
+  /* Windows that waited while the worker copied join the buffer before it
+   * is re-standardised for an update. */
+  fld__drain_inbox(t);
   if (t->nice_failed == 3) {
     t->nice_failed = 2;
     fld_log(FLD_INFO, "tune: SCHED_IDLE unavailable; the worker runs at nice %d", FLD_TUNE_NICE);
@@ -437,7 +602,7 @@ static void fld__after(uv_work_t *req, int status) {
   double share = app->cfg.tune_cpu_share;
   double gap = 3600.0 / app->cfg.tune_max_per_hour, rest = secs * (1.0 / share - 1.0);
   t->next_at = fld__mono(app) + (gap > rest ? gap : rest);
-  if (status == UV_ECANCELED || t->stale) {
+  if (t->stale) {
     t->stale = 0;
     fl_tune_job_free(t->job);
     t->job = NULL;
@@ -510,6 +675,7 @@ static void fld__after(uv_work_t *req, int status) {
     t->stop_pending = 0;
     fld__checkpoint_now(t);
   }
+  if (app->stopping) fld__close_wake(t);
   if (t->disable) fld_tune_free(app);
 }
 
@@ -518,8 +684,14 @@ void fld_tune_poll(fld_app *app) {
   if (!t || t->busy || app->stopping || !t->job) return;
   if (fl_tune_buffer_count(t->buf) < t->cfg.min_windows || t->new_windows == 0) return;
   if (fld__mono(app) < t->next_at) return;
+  if (fld__start_thread(t)) {
+    fld_log(FLD_ERR, "tune: cannot start the worker thread");
+    t->next_at = fld__mono(app) + 60.0;
+    return;
+  }
+  fld__drain_inbox(t);
   uint64_t p0 = uv_hrtime();
-  if (fl_tune_job_prepare(t->job, app->eng->b.model, &app->eng->b.calib, t->buf)) return;
+  if (fl_tune_job_begin(t->job, app->eng->b.model, &app->eng->b.calib, t->buf)) return;
   t->prep_ms = (double)(uv_hrtime() - p0) / 1e6;
   if (t->prep_ms > t->prep_max_ms) t->prep_max_ms = t->prep_ms;
   t->new_windows = 0;
@@ -527,15 +699,23 @@ void fld_tune_poll(fld_app *app) {
   t->save_due = t->path[0] && app->cfg.tune_checkpoint_every > 0 &&
                 (t->updates + 1) % (uint64_t)app->cfg.tune_checkpoint_every == 0;
   t->save_updates = t->updates + 1;
-  t->req.data = t;
-  if (uv_queue_work(app->loop, &t->req, fld__work, fld__after) == 0) t->busy = 1;
+  atomic_store_explicit(&t->snapped, 0, memory_order_relaxed);
+  atomic_store_explicit(&t->done, 0, memory_order_relaxed);
+  t->busy = 1;
+  uv_ref((uv_handle_t *)&t->wake->h); /* the loop waits for the job */
+  t->th->t = t;
+  uv_sem_post(&t->th->go); /* publishes everything above to the worker */
 }
 
 void fld_tune_stop(fld_app *app) {
   fld_tuner *t = app->tuner;
   if (!t) return;
-  if (t->busy) t->stop_pending = 1; /* the after-work callback writes it */
-  else fld__checkpoint_now(t);
+  if (t->busy) {
+    t->stop_pending = 1; /* the job's end writes it */
+  } else {
+    fld__checkpoint_now(t);
+    fld__close_wake(t);
+  }
 }
 
 int fld_tune_reload(fld_app *app, char *err, size_t errlen) {
@@ -557,8 +737,13 @@ int fld_tune_reload(fld_app *app, char *err, size_t errlen) {
 void fld_tune_free(fld_app *app) {
   fld_tuner *t = app->tuner;
   if (!t) return;
+  /* Never with a job in flight: shutdown and reloads wait for its end. */
+  fld__close_wake(t);
+  fld__stop_thread(t, app->stopping);
   fl_tune_job_free(t->job);
   fl_tune_buffer_free(t->buf);
+  fl_tune_buffer_free(t->inbox);
+  fl_tune_buffer_free(t->retired);
   free(t->cand_norm);
   free(t);
   app->tuner = NULL;

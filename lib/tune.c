@@ -152,6 +152,11 @@ struct fl_tune_job {
   const fl_tune_buffer *last_buf;   /* the buffer of the last snapshot ... */
   uint64_t last_pushed;             /* ... and its push count then */
   float norm_cap;                   /* this run's largest move of a mean, sd */
+  const fl_model *synced;           /* the model whose parameters ref holds */
+  int applied;                      /* cand went into synced: it is the new ref */
+  const float *snap_data;           /* begin's buffer: its windows, capacity, */
+  int snap_cap, snap_first;         /* oldest slot ... */
+  int snap_pending;                 /* ... not yet copied */
   /* window range a calibration loader serves */
   int from;
 };
@@ -218,36 +223,32 @@ const fl_calib *fl_tune_job_calib(const fl_tune_job *j) {
   return j && j->accepted ? &j->new_cal : NULL;
 }
 
-int fl_tune_job_prepare(fl_tune_job *j, const fl_model *cur, const fl_calib *cal,
-                        const fl_tune_buffer *buf) {
+int fl_tune_job_begin(fl_tune_job *j, const fl_model *cur, const fl_calib *cal,
+                      const fl_tune_buffer *buf) {
   if (!j || !cur || !cal || !buf || buf->lay.stride != j->lay.stride) return FL_EINVAL;
   int min = j->cfg.min_windows > 4 ? j->cfg.min_windows : 4;
   if (buf->count < min) return FL_EINVAL;
   int err;
-  /* One copy here, on the caller's (the loop's) thread; the candidate is
-   * copied from it by fl_tune_job_run. */
-  if ((err = fl_model_copy_params(j->ref, cur))) return err;
-  if (j->cap < buf->count) {
-    float *w = realloc(j->win, sizeof(float) * j->lay.stride * buf->count);
-    if (!w) return FL_ENOMEM;
-    j->win = w;
-    if (!(w = realloc(j->winc, sizeof(float) * j->lay.stride * buf->count))) return FL_ENOMEM;
-    j->winc = w;
-    if (!(w = realloc(j->vs, sizeof(float) * 2 * buf->count))) return FL_ENOMEM;
-    j->vs = w;
-    int *l = realloc(j->vl, sizeof(int) * 2 * buf->count);
-    if (!l) return FL_ENOMEM;
-    j->vl = l;
-    j->cap = buf->count;
+  /* The reference is the model in service.  After an update went in, the
+   * candidate is that model already: the two swap roles, and the candidate
+   * is copied from the new reference by fl_tune_job_run, off this thread. */
+  if (j->applied && cur == j->synced) {
+    fl_model *m = j->ref;
+    j->ref = j->cand;
+    j->cand = m;
+  } else if (cur != j->synced) {
+    j->synced = NULL;
+    if ((err = fl_model_copy_params(j->ref, cur))) return err;
   }
+  j->synced = cur;
+  j->applied = 0;
   /* Oldest first, so that the held-out part is the newest, as the trainer
    * holds out the future. */
-  int first = buf->count < buf->cap ? 0 : buf->head;
-  for (int k = 0; k < buf->count; k++)
-    memcpy(j->win + (size_t)k * j->lay.stride,
-           buf->data + (size_t)((first + k) % buf->cap) * buf->lay.stride,
-           sizeof(float) * j->lay.stride);
+  j->snap_data = buf->data;
+  j->snap_cap = buf->cap;
+  j->snap_first = buf->count < buf->cap ? 0 : buf->head;
   j->n = buf->count;
+  j->snap_pending = 1;
   /* The normalisation may move norm_max per min_windows windows that entered
    * the buffer since the last snapshot (one such unit at least): a rate per
    * window of data, so that how far it follows a drift does not depend on
@@ -263,6 +264,45 @@ int fl_tune_job_prepare(fl_tune_job *j, const fl_model *cur, const fl_calib *cal
   j->prepared = 1;
   j->accepted = 0;
   return 0;
+}
+
+int fl_tune_job_snapshot(fl_tune_job *j) {
+  if (!j || !j->prepared) return FL_EINVAL;
+  if (!j->snap_pending) return 0;
+  if (j->cap < j->n) {
+    j->prepared = 0; /* until the next begin: a run has no windows */
+    float *w = realloc(j->win, sizeof(float) * j->lay.stride * j->n);
+    if (!w) return FL_ENOMEM;
+    j->win = w;
+    if (!(w = realloc(j->winc, sizeof(float) * j->lay.stride * j->n))) return FL_ENOMEM;
+    j->winc = w;
+    if (!(w = realloc(j->vs, sizeof(float) * 2 * j->n))) return FL_ENOMEM;
+    j->vs = w;
+    int *l = realloc(j->vl, sizeof(int) * 2 * j->n);
+    if (!l) return FL_ENOMEM;
+    j->vl = l;
+    j->cap = j->n;
+    j->prepared = 1;
+  }
+  for (int k = 0; k < j->n; k++)
+    memcpy(j->win + (size_t)k * j->lay.stride,
+           j->snap_data + (size_t)((j->snap_first + k) % j->snap_cap) * j->lay.stride,
+           sizeof(float) * j->lay.stride);
+  j->snap_pending = 0;
+  return 0;
+}
+
+int fl_tune_job_prepare(fl_tune_job *j, const fl_model *cur, const fl_calib *cal,
+                        const fl_tune_buffer *buf) {
+  int err = fl_tune_job_begin(j, cur, cal, buf);
+  return err ? err : fl_tune_job_snapshot(j);
+}
+
+void fl_tune_job_resync(fl_tune_job *j) {
+  if (j) {
+    j->synced = NULL;
+    j->applied = 0;
+  }
 }
 
 /* Loads window w of the snapshot into slot b; with inject, a fault from the
@@ -624,11 +664,13 @@ static double fl__now(void) {
 int fl_tune_job_run(fl_tune_job *j, fl_tune_result *res) {
   if (!j || !res || !j->prepared) return FL_EINVAL;
   double t0 = fl__now();
+  int err;
+  if ((err = fl_tune_job_snapshot(j))) return err;
   memset(res, 0, sizeof *res);
   j->accepted = 0;
   int nval = (int)floorf(j->n * j->cfg.val_fraction + 0.5f);
   if (nval < 2) nval = 2;
-  int ntrain = j->n - nval, err;
+  int ntrain = j->n - nval;
   if (ntrain < 2) return FL_EINVAL;
   res->ntrain = ntrain;
   res->nval = nval;
@@ -729,10 +771,36 @@ judged:
   return 0;
 }
 
-int fl_tune_job_apply(const fl_tune_job *j, fl_model *dst, fl_calib *cal) {
+int fl_tune_job_apply(fl_tune_job *j, fl_model *dst, fl_calib *cal) {
   if (!j || !dst || !cal || !j->accepted) return FL_EINVAL;
-  int err = fl_model_copy_params(dst, j->cand);
-  if (err) return err;
+  int err = 0, full = dst != j->synced;
+  /* dst holds the reference's parameters: the encoders, and the decoders
+   * unless they train, are the candidate's already (stage 2 steps the
+   * block and the head, and projects only what it steps). */
+  static const fl_module mods[] = {FL_MOD_BLOCK, FL_MOD_HEAD, FL_MOD_DEC};
+  for (size_t k = 0; k < sizeof mods / sizeof *mods && !full; k++) {
+    if (mods[k] == FL_MOD_DEC && !(j->cfg.train.lr_dec2 > 0.0f)) continue;
+    fl_param *ps, *pd;
+    int ns, nd;
+    if (fl_model_params(j->cand, mods[k], &ps, &ns) || fl_model_params(dst, mods[k], &pd, &nd) ||
+        ns != nd) {
+      full = 1;
+      break;
+    }
+    for (int q = 0; q < ns && !full; q++) {
+      if (ps[q].n != pd[q].n) full = 1;
+      else memcpy(pd[q].w, ps[q].w, sizeof(float) * ps[q].n);
+    }
+  }
+  if (full) {
+    if ((err = fl_model_copy_params(dst, j->cand))) return err;
+  } else {
+    int nch = fl_model_channels(dst);
+    memcpy(fl_model_mean(dst), fl_model_mean(j->cand), sizeof(float) * nch);
+    memcpy(fl_model_std(dst), fl_model_std(j->cand), sizeof(float) * nch);
+  }
   *cal = j->new_cal;
+  j->synced = dst;
+  j->applied = 1;
   return 0;
 }

@@ -3,7 +3,8 @@
 and latency under a steady 10k frames/s.
 
 usage: bench_daemon.py FAULTLINED FAULTLINE MODEL EPISODE_CSV CONFIG [--quick]
-                       [--tune-only] [--runs N] [--rate FRAMES_PER_S]
+                       [--tune-only] [--runs N] [--rate FRAMES_PER_S] [--secs S]
+                       [--against FAULTLINED2] [--sleep]
 
   ingest    frames/s with scoring off ([output] score = 0): the daemon is
             stopped (SIGSTOP) while the frames are queued, then resumed and
@@ -17,7 +18,18 @@ usage: bench_daemon.py FAULTLINED FAULTLINE MODEL EPISODE_CSV CONFIG [--quick]
   tune      the latency run with online tuning off, on at its default CPU
             budget ([tune] cpu_share 0.25) and on without pause between
             jobs (cpu_share 1), N runs each interleaved (--runs, default 3),
-            and the medians of their p99s; --tune-only runs only this
+            S seconds each (--secs, default 6, 3 with --quick): the medians
+            of the runs' p99s, their range, and the p99 of all the runs'
+            reports pooled (a run's p99 rests on a few bursts of reports:
+            the streams' windows end on the same tick); --against runs the
+            three modes with a second faultlined too, interleaved with the
+            first (an older build, to compare side by side); --tune-only
+            runs only this
+
+  --sleep   the sender sleeps until a frame is due (at most 1 ms) instead of
+            polling for reports in a busy loop, which takes a whole core from
+            the daemon and its tuning on a small machine; a report then waits
+            up to that long before it is read, with tuning off as on
 
 Prints one line per measurement.
 """
@@ -38,12 +50,17 @@ QUICK = "--quick" in sys.argv
 TUNE_ONLY = "--tune-only" in sys.argv
 RUNS = int(sys.argv[sys.argv.index("--runs") + 1]) if "--runs" in sys.argv else 3
 RATE = int(sys.argv[sys.argv.index("--rate") + 1]) if "--rate" in sys.argv else 10000
+SECS = float(sys.argv[sys.argv.index("--secs") + 1]) if "--secs" in sys.argv else (
+    3 if QUICK else 6)
+SLEEP = "--sleep" in sys.argv
+AGAINST = (os.path.abspath(sys.argv[sys.argv.index("--against") + 1])
+           if "--against" in sys.argv else None)
 TMP = tempfile.mkdtemp(prefix="fld-bench-")
 pb = T.load_proto(TMP)
 MODS = T.modalities(CONFIG)
 
 
-def daemon(name, **sections):
+def daemon(name, exe=None, **sections):
     ports = {"in": T.free_port(), "out": T.free_port(), "http": T.free_port()}
     over = {"model": {"file": MODEL},
             "input": {"endpoint": f"tcp://127.0.0.1:{ports['in']}", "rcvhwm": 0,
@@ -54,7 +71,7 @@ def daemon(name, **sections):
         over.setdefault(s, {}).update(kv)
     path = os.path.join(TMP, name + ".ini")
     T.write_config(path, CONFIG, over)
-    d = T.Daemon(FLD, path)
+    d = T.Daemon(exe or FLD, path)
     d.wait_http(ports["http"])
     return d, ports
 
@@ -122,9 +139,12 @@ def pct(v, p):
     return v[min(len(v) - 1, int(p / 100 * len(v)))]
 
 
-def bench_latency(tab, tune=None, label="latency"):
-    rate, streams, secs = RATE, 10, 3 if QUICK else 6
-    d, ports = daemon(label, output={"stride": 15}, **({"tune": tune} if tune else {}))
+LOOP_KEY = 'faultline_tune_loop_seconds{step="%s",stat="max"}'
+
+
+def bench_latency(tab, tune=None, label="latency", exe=None):
+    rate, streams, secs = RATE, 10, SECS
+    d, ports = daemon(label, exe, output={"stride": 15}, **({"tune": tune} if tune else {}))
     ctx = zmq.Context()
     sub = T.subscriber(ctx, f"tcp://127.0.0.1:{ports['out']}")
     T.wait_metric(ports["http"], "faultline_report_subscriptions", lambda v: v >= 1)
@@ -141,6 +161,7 @@ def bench_latency(tab, tune=None, label="latency"):
         now = time.perf_counter()
         if now < due:
             # Read reports while waiting for the next frame's slot.
+            got = 0
             for _ in range(8):
                 if not poller.poll(0):
                     break
@@ -149,6 +170,9 @@ def bench_latency(tab, tune=None, label="latency"):
                 r.ParseFromString(p)
                 lat.append(r.latency_ns / 1e6)
                 e2e.append((time.time_ns() - r.end_timestamp_ns) / 1e6)
+                got += 1
+            if SLEEP and not got:
+                time.sleep(min(due - now, 0.001))
             continue
         s = sent % streams
         f = payload[s]
@@ -177,13 +201,15 @@ def bench_latency(tab, tune=None, label="latency"):
         rej = m.get('faultline_tune_updates_total{result="rejected"}', 0)
         print(f"{label}: tuning {m.get('faultline_tune_seconds_total', 0):.2f} s in jobs, "
               f"{m.get('faultline_tune_steps_total', 0):g} steps, "
-              f"{acc:g} accepted, {rej:g} rejected")
+              f"{acc:g} accepted, {rej:g} rejected; loop thread: job start max "
+              f"{m.get(LOOP_KEY % 'prepare', 0) * 1e3:.2f} ms, swap max "
+              f"{m.get(LOOP_KEY % 'swap', 0) * 1e3:.2f} ms")
     print(f"{label}: {sent} frames in {elapsed:.2f} s ({sent / elapsed:,.0f} frames/s, "
           f"{streams} streams, stride 15), {len(lat)} reports: processing p50 "
           f"{pct(lat, 50):.2f} ms p99 {pct(lat, 99):.2f} ms; frame-to-subscriber p50 "
           f"{pct(e2e, 50):.2f} ms p99 {pct(e2e, 99):.2f} ms; loop lag max "
           f"{m.get('faultline_event_loop_lag_max_seconds', 0) * 1e3:.1f} ms")
-    return pct(lat, 99), pct(e2e, 99)
+    return pct(lat, 99), pct(e2e, 99), lat, e2e
 
 
 def bench_tune():
@@ -192,18 +218,34 @@ def bench_tune():
             "steps": 50, "max_updates_per_hour": 360000, "checkpoint": ""}
     modes = [("off", None), ("on-share-0.25", dict(base, cpu_share=0.25)),
              ("on-share-1", dict(base, cpu_share=1.0))]
-    res = {k: [] for k, _ in modes}
+    exes = [("", FLD)] + ([("against ", AGAINST)] if AGAINST else [])
+    res = {}
     for r in range(RUNS):
-        for name, tune in modes:
-            res[name].append(bench_latency(tab, tune, f"tune {name} run {r + 1}"))
+        for tag, exe in exes:
+            for name, tune in modes:
+                label = f"tune {tag}{name}"
+                res.setdefault(label, []).append(
+                    bench_latency(tab, tune, f"{label} run {r + 1}", exe))
     def med(v):
         return sorted(v)[len(v) // 2]
-    off = med([p for p, _ in res["off"]]), med([e for _, e in res["off"]])
-    for name, _ in modes:
-        p, e = med([p for p, _ in res[name]]), med([e for _, e in res[name]])
-        print(f"tune {name}: medians of {RUNS} runs: processing p99 {p:.2f} ms "
-              f"({p / off[0]:.2f}x off), frame-to-subscriber p99 {e:.2f} ms "
-              f"({e / off[1]:.2f}x off)")
+    for tag, exe in exes:
+        if AGAINST:
+            print(f"tune {tag}= {exe}")
+        runs = {name: res[f"tune {tag}{name}"] for name, _ in modes}
+        off = [med([x[0] for x in runs["off"]]), med([x[1] for x in runs["off"]]),
+               pct([v for x in runs["off"] for v in x[2]], 99),
+               pct([v for x in runs["off"] for v in x[3]], 99)]
+        for name, _ in modes:
+            v = runs[name]
+            p, e = med([x[0] for x in v]), med([x[1] for x in v])
+            pp, pe = pct([y for x in v for y in x[2]], 99), pct([y for x in v for y in x[3]], 99)
+            print(f"tune {tag}{name}: medians of {RUNS} runs: processing p99 {p:.2f} ms "
+                  f"({p / off[0]:.2f}x off, runs {min(x[0] for x in v):.2f}-"
+                  f"{max(x[0] for x in v):.2f}), frame-to-subscriber p99 {e:.2f} ms "
+                  f"({e / off[1]:.2f}x off, runs {min(x[1] for x in v):.2f}-"
+                  f"{max(x[1] for x in v):.2f}); pooled {sum(len(x[3]) for x in v)} reports: "
+                  f"processing p99 {pp:.2f} ms ({pp / off[2]:.2f}x), frame-to-subscriber "
+                  f"p99 {pe:.2f} ms ({pe / off[3]:.2f}x)")
 
 
 tab = T.Table(EPISODE, MODS)

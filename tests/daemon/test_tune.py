@@ -20,7 +20,9 @@ usage: test_tune.py SCENARIO FAULTLINED FAULTLINE MODEL EPISODE CONFIG
          numbers
   crash  kill -9 while the daemon writes checkpoints in a loop: every
          restart comes up serving a valid model (the newest checkpoint, or
-         the base when none is readable), and a corrupt checkpoint is skipped
+         the base when none is readable), and a corrupt checkpoint is skipped;
+         reloads while jobs run, with tuning kept on and switched off and on:
+         the daemon serves on, resumes the newest checkpoint, tunes again
 """
 import os
 import signal
@@ -54,8 +56,8 @@ TUNE_FAST = {"enabled": 1, "idle": 0, "buffer": 256, "min_windows": 48, "gate": 
              "max_updates_per_hour": 360000, "cpu_share": 1.0, "margin": 0.05}
 
 
-def make_config(name, **sections):
-    ports = {"in": T.free_port(), "out": T.free_port(), "http": T.free_port()}
+def make_config(name, ports=None, **sections):
+    ports = ports or {"in": T.free_port(), "out": T.free_port(), "http": T.free_port()}
     over = {
         "model": {"file": MODEL},
         "input": {"endpoint": f"tcp://127.0.0.1:{ports['in']}", "bind": 1},
@@ -336,6 +338,42 @@ def scenario_crash():
     after = T.wait_metric(ports["http"], 'faultline_tune_updates_total{result="accepted"}',
                           lambda v: v > before, timeout=120)
     check(after is not None and after > before, "crash: tuning goes on after the reloads")
+    rp.kill()
+    rp.wait()
+    # Tuning switched off and on by reloads, while jobs run: the worker
+    # thread is let go and a new one started; the daemon keeps serving,
+    # resumes the newest checkpoint and tunes again.
+    rp = subprocess.Popen([FL, "replay", "--in", csv, "--connect",
+                           f"tcp://127.0.0.1:{ports['in']}", "--config", CONFIG,
+                           "--stream", "plant-toggle", "--rate", "1000"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    served = 0
+    for k, on in enumerate([0, 1, 0, 1, 1, 0, 1]):
+        time.sleep(0.4)
+        served = max(served, int(T.metrics(ports["http"])[0].get("faultline_model_updates", 0)))
+        make_config("reload", ports, tune=dict(tune, enabled=on))
+        d.signal(signal.SIGHUP)
+        check(T.wait_metric(ports["http"], 'faultline_reloads_total{result="success"}',
+                            lambda v: v >= 4 + k) == 4 + k, f"crash: reload {k} (tuning {on})")
+        # Off, the tuner and its metrics go once a job in flight is done.
+        t0, got = time.time(), None
+        while time.time() - t0 < 60:
+            got = T.metrics(ports["http"])[0].get("faultline_tune_enabled", 0)
+            if got == on:
+                break
+            time.sleep(0.05)
+        check(got == on, f"crash: tuning {'on' if on else 'off'} after reload {k}")
+    m, _ = T.metrics(ports["http"])
+    check(m.get("faultline_model_updates", 0) >= served,
+          f"crash: switched on again, the newest checkpoint serves ({served} updates or more)")
+    rp.wait()
+    rp = subprocess.Popen([FL, "replay", "--in", csv, "--connect",
+                           f"tcp://127.0.0.1:{ports['in']}", "--config", CONFIG,
+                           "--stream", "plant-on", "--rate", "1000"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    check(T.wait_metric(ports["http"], 'faultline_tune_updates_total{result="accepted"}',
+                        lambda v: v >= 1, timeout=120) is not None,
+          "crash: tuning goes on after it was switched off and on")
     rp.kill()
     rp.wait()
     m, _ = T.metrics(ports["http"])

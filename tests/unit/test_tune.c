@@ -203,6 +203,15 @@ static void test_accept_and_norms(void **state) {
   assert_memory_equal(before, fl_model_param_block(f->m), sizeof(float) * np);
   assert_int_equal(fl_tune_job_apply(j, f->m, &cal), 0);
   assert_memory_not_equal(before, fl_model_param_block(f->m), sizeof(float) * np);
+  /* apply copied only the modules a run changes (f->m is the model the run
+   * started from): the live model is the candidate, every parameter and
+   * the normalisation. */
+  fl_model *cand = fl_tune_job_model(j);
+  int nch = fl_model_channels(f->m);
+  assert_memory_equal(fl_model_param_block(cand), fl_model_param_block(f->m),
+                      sizeof(float) * np);
+  assert_memory_equal(fl_model_mean(cand), fl_model_mean(f->m), sizeof(float) * nch);
+  assert_memory_equal(fl_model_std(cand), fl_model_std(f->m), sizeof(float) * nch);
   assert_true(isfinite(cal.threshold));
   assert_float_equal(cal.threshold, r.threshold, 0.0f);
   /* Every layer's spectral norm under its target, within the power
@@ -235,6 +244,18 @@ static void test_accept_and_norms(void **state) {
   fl_tune_result r2;
   assert_int_equal(fl_tune_job_run(j, &r2), 0);
   print_message("next: far %g -> %g\n", r2.far_old, r2.far_new);
+  /* That job took the applied candidate as its reference without a copy:
+   * it judges the model in service exactly as a job that copied it. */
+  fl_tune_job *j2;
+  assert_int_equal(fl_tune_job_create(&j2, f->m, &cfg), 0);
+  assert_int_equal(fl_tune_job_prepare(j2, f->m, &cal, buf), 0);
+  fl_tune_result r3;
+  assert_int_equal(fl_tune_job_run(j2, &r3), 0);
+  assert_float_equal(r2.loss_old, r3.loss_old, 0.0f);
+  assert_float_equal(r2.far_old, r3.far_old, 0.0f);
+  assert_float_equal(r2.score_old, r3.score_old, 0.0f);
+  assert_float_equal(r2.det_old, r3.det_old, 0.0f);
+  fl_tune_job_free(j2);
   free(before);
   fl_tune_job_free(j);
   fl_tune_buffer_free(buf);

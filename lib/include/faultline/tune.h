@@ -5,9 +5,11 @@
  *   buffer   a bounded ring of clean standardised windows (input, mask and
  *            the trend removed from drifting modalities, as fl_model_normalise
  *            left them in a context slot); the oldest is overwritten
- *   job      works on private copies: fl_tune_job_prepare (caller's thread)
- *            copies the current model's parameters, its calibration and the
- *            buffer's windows; fl_tune_job_run (any thread) first lets the
+ *   job      works on private copies: fl_tune_job_begin (caller's thread)
+ *            takes the current model's parameters (a copy only when they
+ *            changed other than by this job) and calibration,
+ *            fl_tune_job_snapshot (any thread) the buffer's windows
+ *            (fl_tune_job_prepare: both); fl_tune_job_run (any thread) first lets the
  *            normalisation follow the operating point, then runs `steps`
  *            stage-2 steps (lib/train.c's fl_train_step: faults injected into
  *            the buffer windows, correction loss, and NT-Xent when the head
@@ -149,14 +151,35 @@ typedef struct fl_tune_job fl_tune_job;
 int fl_tune_job_create(fl_tune_job **out, const fl_model *m, const fl_tune_config *cfg);
 void fl_tune_job_free(fl_tune_job *j);
 /* Snapshots the current model, its calibration and the buffer (FL_EINVAL
- * with fewer than cfg->min_windows windows). */
+ * with fewer than cfg->min_windows windows): fl_tune_job_begin and
+ * fl_tune_job_snapshot in one call. */
 int fl_tune_job_prepare(fl_tune_job *j, const fl_model *cur, const fl_calib *cal,
                         const fl_tune_buffer *buf);
-/* Trains and validates; touches nothing but the job. */
+/* The caller's part of a snapshot, O(1) in the buffer's size: takes the
+ * calibration, notes which windows of buf the run will use, and the model's
+ * parameters, which it copies only when cur is not the model this job
+ * last copied or applied to (the first time, and after
+ * fl_tune_job_resync): a model in service changes only through
+ * fl_tune_job_apply of its job, whose candidate then becomes the job's
+ * reference without a copy.  fl_tune_job_snapshot (any thread) then copies
+ * the windows; buf's windows must not change until it returns (new
+ * windows wait elsewhere), and buf must live until then. */
+int fl_tune_job_begin(fl_tune_job *j, const fl_model *cur, const fl_calib *cal,
+                      const fl_tune_buffer *buf);
+int fl_tune_job_snapshot(fl_tune_job *j);
+/* Forgets which model the job's reference copies: the next begin copies
+ * the parameters (after the model in service changed some other way). */
+void fl_tune_job_resync(fl_tune_job *j);
+/* Trains and validates (taking the snapshot first if fl_tune_job_begin's
+ * is pending); touches nothing but the job. */
 int fl_tune_job_run(fl_tune_job *j, fl_tune_result *res);
 /* Copies the accepted parameters and calibration into dst (FL_EINVAL when
- * the last run was not accepted). */
-int fl_tune_job_apply(const fl_tune_job *j, fl_model *dst, fl_calib *cal);
+ * the last run was not accepted).  When dst is the model the run started
+ * from, only what a run can change is copied (the compute block, the head,
+ * the decoders if they train, the normalisation): not the encoders, nor the
+ * decoders when frozen, which in the default model are 2 % of the
+ * parameters (the dense block and head are the rest). */
+int fl_tune_job_apply(fl_tune_job *j, fl_model *dst, fl_calib *cal);
 /* Re-standardises the windows of b (pushed with the normalisation of the
  * model the last run started from) to the normalisation of its accepted
  * candidate, so that the windows buffered before an update and after it
