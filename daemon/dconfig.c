@@ -23,7 +23,7 @@ void fld_config_defaults(fld_config *c) {
   c->rcvhwm = 1000;
   c->out_bind = 1;
   c->stride = 15;
-  c->batch = 32;
+  c->batch = 16;
   c->score = 1;
   c->sndhwm = 100000;
   snprintf(c->metrics_listen, sizeof c->metrics_listen, "127.0.0.1:9108");

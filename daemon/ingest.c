@@ -230,8 +230,10 @@ void fld_ingest_flush(fld_app *app) {
       for (int c = 0; c < C; c++) fc[c] = faulty[k * nch + off + c];
       off += C;
       corr[i] = e->corr + (size_t)i * e->maxct;
-      if ((rc = fl_detect_correct(e->b.model, e->ctx, k, i, e->raw[k][i], fc, e->b.clamp,
-                                  corr[i]))) {
+      /* Only the newest stride ticks go out (fld_report_publish). */
+      int from = (spec->window - app->cfg.stride) * spec->mod[i].rate;
+      if ((rc = fl_detect_correct_tail(e->b.model, e->ctx, k, i, e->raw[k][i], fc, e->b.clamp,
+                                       from, corr[i]))) {
         fld_log(FLD_ERR, "correcting a window of \"%s\" failed: %s", sl->st->name,
                 fl_strerror(rc));
         memcpy(corr[i], e->raw[k][i],

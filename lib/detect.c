@@ -596,17 +596,23 @@ int fl_detect_reestimate(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
 
 int fl_detect_correct(const fl_model *m, fl_ctx *ctx, int b, int i, const float *raw,
                       const int *faulty, float range, float *corrected) {
+  return fl_detect_correct_tail(m, ctx, b, i, raw, faulty, range, 0, corrected);
+}
+
+int fl_detect_correct_tail(const fl_model *m, fl_ctx *ctx, int b, int i, const float *raw,
+                           const int *faulty, float range, int from, float *corrected) {
   if (!m || !ctx || !raw || !corrected) return FL_EINVAL;
   const fl_model_spec *s = fl_model_spec_of(m);
   if (i < 0 || i >= s->n_mod) return FL_EINVAL;
   int C = s->mod[i].channels, T = s->window * s->mod[i].rate, off = 0;
+  if (from < 0 || from > T) return FL_EINVAL;
   for (int j = 0; j < i; j++) off += s->mod[j].channels;
   const float *y = fl_ctx_estimate(ctx, i) + (size_t)b * C * T;
   const float *level = fl_ctx_level(ctx, i) + (size_t)b * C * 2;
   const float *mean = fl_model_mean((fl_model *)m), *std = fl_model_std((fl_model *)m);
   for (int c = 0; c < C; c++) {
     int replace = faulty && faulty[c];
-    for (int t = 0; t < T; t++) {
+    for (int t = from; t < T; t++) {
       size_t k = (size_t)c * T + t;
       float trend = level[2 * c] + level[2 * c + 1] * (t - 0.5f * (T - 1));
       float est = (y[k] + trend) * std[off + c] + mean[off + c];

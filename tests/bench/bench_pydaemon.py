@@ -225,7 +225,7 @@ def run(build, model, csv, tmp, runs=3, quick=False):
     prss = max(x[1] for v in (res[("py", 1)], res[("py", 64)]) for x in v)
     crss = max(crss, max(x[4] for x in lat["c"]))
     prss = max(prss, max(x[4] for x in lat["py"]))
-    print(f"| peak RSS (VmHWM), default batch 32 / 64 | {crss / 1024:.1f} MB | "
+    print(f"| peak RSS (VmHWM), default batch 16 / 64 | {crss / 1024:.1f} MB | "
           f"{prss / 1024:.1f} MB | {prss / crss:.1f}x less |")
 
     # Batching across streams: faultlined alone.

@@ -235,6 +235,34 @@ static void test_correct_replaces_out_of_range(void **state) {
   fl_model_free(m);
 }
 
+/* fl_detect_correct_tail writes the samples from `from` on, the same as the
+ * whole window's correction, and leaves the head as it was. */
+static void test_correct_tail_writes_the_tail_only(void **state) {
+  (void)state;
+  fl_model *m = small_model(0);
+  fl_ctx *ctx = NULL;
+  assert_int_equal(fl_ctx_create(&ctx, m, 1), 0);
+  float ra[2 * W], rb[W], all[2 * W], tail[2 * W];
+  fill(ra, rb);
+  load(m, ctx, 0, ra, rb, 10.0f);
+  assert_int_equal(fl_model_forward(m, ctx, 1, 1, 0), 0);
+  memcpy(fl_ctx_estimate(ctx, 0), fl_ctx_output(ctx, 0), sizeof(float) * 2 * W);
+  int faulty[2] = {1, 0}, from = W - 5;
+  assert_int_equal(fl_detect_correct(m, ctx, 0, 0, ra, faulty, 10.0f, all), 0);
+  for (int k = 0; k < 2 * W; k++) tail[k] = -7.0f;
+  assert_int_equal(fl_detect_correct_tail(m, ctx, 0, 0, ra, faulty, 10.0f, from, tail), 0);
+  for (int c = 0; c < 2; c++)
+    for (int t = 0; t < W; t++)
+      assert_float_equal(tail[c * W + t], t < from ? -7.0f : all[c * W + t], 0.0f);
+  assert_true(all[W - 1] != ra[W - 1]); /* the faulty channel was replaced */
+  assert_int_equal(fl_detect_correct_tail(m, ctx, 0, 0, ra, faulty, 10.0f, W + 1, tail),
+                   FL_EINVAL);
+  assert_int_equal(fl_detect_correct_tail(m, ctx, 0, 0, ra, faulty, 10.0f, -1, tail),
+                   FL_EINVAL);
+  fl_ctx_free(ctx);
+  fl_model_free(m);
+}
+
 /* fl_detect_score measures each channel's move from the window's head to
  * its tail; fl_detect_decide passes a modality through when all its channels
  * are judged faulty and moved together (a process event), and replaces the
@@ -361,6 +389,7 @@ int main(void) {
       cmocka_unit_test(test_baseline_of_drifting_modalities),
       cmocka_unit_test(test_reestimate_ignores_the_faulty_channel),
       cmocka_unit_test(test_correct_replaces_out_of_range),
+      cmocka_unit_test(test_correct_tail_writes_the_tail_only),
       cmocka_unit_test(test_decide_passes_channels_that_agree),
       cmocka_unit_test(test_noise_rise_counts_with_w_rise),
       cmocka_unit_test(test_level_of_a_drifting_modality_keeps_its_trend),

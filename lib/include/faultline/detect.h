@@ -177,6 +177,12 @@ int fl_detect_reestimate(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
 int fl_detect_correct(const fl_model *m, fl_ctx *ctx, int b, int i, const float *raw,
                       const int *faulty, float range, float *corrected);
 
+/* fl_detect_correct for the samples t >= from of each channel only (0 <= from
+ * <= T_i); corrected's other samples are left as they are.  A stream reports
+ * only the newest stride ticks of each window. */
+int fl_detect_correct_tail(const fl_model *m, fl_ctx *ctx, int b, int i, const float *raw,
+                           const int *faulty, float range, int from, float *corrected);
+
 /* Hysteresis over a stream of window decisions. */
 typedef struct {
   int state, count;
