@@ -294,20 +294,13 @@ fl__row512(float *y, const float *x, const float *w, const float *b, int nin, in
   _mm512_mask_storeu_ps(y, mrow, s);
 }
 
-/* y (B, nout) = x (B, nin) W^T + b with fl__tile512: for each chunk of x
- * that fits in L2, for each block of 4 W rows, every 6 rows of x, then the
- * rest. */
+/* y (B, nout) = x (B, nin) W^T + b with fl__tile512, B at most
+ * fl__rows_per_pass (nin): for each block of 4 W rows, every 6 rows of x,
+ * then the rest. */
 __attribute__((target("avx512f,avx512vl"))) static void fl__dense512(float *y, const float *x,
                                                                      const float *w,
                                                                      const float *b, int B,
                                                                      int nin, int nout) {
-  int chunk = fl__rows_per_pass(nin);
-  if (B > chunk) {
-    for (int i = 0; i < B; i += chunk)
-      fl__dense512(y + (size_t)i * nout, x + (size_t)i * nin, w, b,
-                   B - i < chunk ? B - i : chunk, nin, nout);
-    return;
-  }
   if (B == 1) {
     for (int o = 0; o < nout; o += 16)
       fl__row512(y + o, x, w + (size_t)o * nin, b ? b + o : NULL, nin,
@@ -400,18 +393,11 @@ fl__tile256(float *y, const float *x, const float *w, const float *b, int nin, i
   }
 }
 
-/* y (B, nout) = x (B, nin) W^T + b with fl__tile256, x in L2-sized chunks
- * as in fl__dense512. */
+/* y (B, nout) = x (B, nin) W^T + b with fl__tile256, B at most
+ * fl__rows_per_pass (nin). */
 __attribute__((target("avx2,fma"))) static void fl__dense256(float *y, const float *x,
                                                              const float *w, const float *b,
                                                              int B, int nin, int nout) {
-  int chunk = fl__rows_per_pass(nin);
-  if (B > chunk) {
-    for (int i = 0; i < B; i += chunk)
-      fl__dense256(y + (size_t)i * nout, x + (size_t)i * nin, w, b,
-                   B - i < chunk ? B - i : chunk, nin, nout);
-    return;
-  }
   for (int o = 0; o < nout; o += 4) {
     int nrow = nout - o < 4 ? nout - o : 4;
     const float *wo = w + (size_t)o * nin, *bo = b ? b + o : NULL;
@@ -448,8 +434,15 @@ int fl_dense_infer_with(fl_dense_kernel k, float *y, const float *x, const float
   if (k == FL_DENSE_BLAS) return fl_dense_forward(y, x, w, b, B, nin, nout);
   if (fl_check_finite(x, (size_t)B * nin)) return FL_ENONFINITE;
 #if FL__HAVE_KERNELS
-  if (k == FL_DENSE_AVX512) fl__dense512(y, x, w, b, B, nin, nout);
-  else fl__dense256(y, x, w, b, B, nin, nout);
+  /* x in chunks that fit in L2, each a pass over W (fl__rows_per_pass). */
+  int chunk = fl__rows_per_pass(nin);
+  for (int i = 0; i < B; i += chunk) {
+    int n = B - i < chunk ? B - i : chunk;
+    float *yi = y + (size_t)i * nout;
+    const float *xi = x + (size_t)i * nin;
+    if (k == FL_DENSE_AVX512) fl__dense512(yi, xi, w, b, n, nin, nout);
+    else fl__dense256(yi, xi, w, b, n, nin, nout);
+  }
 #endif
   return 0;
 }
