@@ -4,7 +4,7 @@ and latency under a steady 10k frames/s.
 
 usage: bench_daemon.py FAULTLINED FAULTLINE MODEL EPISODE_CSV CONFIG [--quick]
                        [--tune-only] [--runs N] [--rate FRAMES_PER_S] [--secs S]
-                       [--against FAULTLINED2] [--sleep]
+                       [--against FAULTLINED2] [--sleep] [--modes M1,M2,...]
 
   ingest    frames/s with scoring off ([output] score = 0): the daemon is
             stopped (SIGSTOP) while the frames are queued, then resumed and
@@ -25,6 +25,9 @@ usage: bench_daemon.py FAULTLINED FAULTLINE MODEL EPISODE_CSV CONFIG [--quick]
             three modes with a second faultlined too, interleaved with the
             first (an older build, to compare side by side); --tune-only
             runs only this
+
+  --modes   the tune modes to run, of off, on-share-0.25 and on-share-1
+            (default all three; the ratios need off)
 
   --sleep   the sender sleeps until a frame is due (at most 1 ms) instead of
             polling for reports in a busy loop, which takes a whole core from
@@ -53,6 +56,7 @@ RATE = int(sys.argv[sys.argv.index("--rate") + 1]) if "--rate" in sys.argv else 
 SECS = float(sys.argv[sys.argv.index("--secs") + 1]) if "--secs" in sys.argv else (
     3 if QUICK else 6)
 SLEEP = "--sleep" in sys.argv
+MODES = sys.argv[sys.argv.index("--modes") + 1].split(",") if "--modes" in sys.argv else None
 AGAINST = (os.path.abspath(sys.argv[sys.argv.index("--against") + 1])
            if "--against" in sys.argv else None)
 TMP = tempfile.mkdtemp(prefix="fld-bench-")
@@ -218,6 +222,8 @@ def bench_tune():
             "steps": 50, "max_updates_per_hour": 360000, "checkpoint": ""}
     modes = [("off", None), ("on-share-0.25", dict(base, cpu_share=0.25)),
              ("on-share-1", dict(base, cpu_share=1.0))]
+    if MODES:
+        modes = [m for m in modes if m[0] in MODES]
     exes = [("", FLD)] + ([("against ", AGAINST)] if AGAINST else [])
     res = {}
     for r in range(RUNS):
@@ -232,6 +238,8 @@ def bench_tune():
         if AGAINST:
             print(f"tune {tag}= {exe}")
         runs = {name: res[f"tune {tag}{name}"] for name, _ in modes}
+        if "off" not in runs:
+            continue
         off = [med([x[0] for x in runs["off"]]), med([x[1] for x in runs["off"]]),
                pct([v for x in runs["off"] for v in x[2]], 99),
                pct([v for x in runs["off"] for v in x[3]], 99)]

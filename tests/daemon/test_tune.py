@@ -23,6 +23,11 @@ usage: test_tune.py SCENARIO FAULTLINED FAULTLINE MODEL EPISODE CONFIG
          the base when none is readable), and a corrupt checkpoint is skipped;
          reloads while jobs run, with tuning kept on and switched off and on:
          the daemon serves on, resumes the newest checkpoint, tunes again
+  pace   tuning at the default cpu_share (0.25) while frames stream: the
+         worker thread ("fld-tune") takes no more than its share of a core
+         and gives its core up (a voluntary sleep) at least every 2 ms of
+         CPU time, so that a thread waiting behind it waits no longer; at
+         nice 10 (idle 0), which a busy test machine does not starve
 """
 import os
 import signal
@@ -383,5 +388,61 @@ def scenario_crash():
           f"file), newest checkpoint {best} updates")
 
 
-{"drift": scenario_drift, "crash": scenario_crash}[SCENARIO]()
+def thread_named(pid, name):
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                if f.read().strip() == name:
+                    return tid
+        except OSError:
+            pass
+    return None
+
+
+def thread_cpu(pid, tid):
+    """(CPU time in s, voluntary context switches) of one thread."""
+    with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+        run = int(f.read().split()[0]) / 1e9
+    with open(f"/proc/{pid}/task/{tid}/status") as f:
+        vol = next(int(ln.split()[1]) for ln in f if ln.startswith("voluntary_ctxt_switches"))
+    return run, vol
+
+
+def scenario_pace():
+    csv = os.path.join(TMP, "pace.csv")
+    sim = subprocess.run([FL, "simulate", "--rows", "9000", "--seed", "3", "--out", csv],
+                         capture_output=True, text=True)
+    check(sim.returncode == 0, "pace: simulate: " + sim.stderr.strip())
+    share = 0.25
+    tune = {"enabled": 1, "idle": 0, "buffer": 256, "min_windows": 48, "gate": 1.0, "span": 1,
+            "steps": 50, "max_updates_per_hour": 360000, "cpu_share": share, "checkpoint": ""}
+    d, _, ports = start("pace", tune=tune)
+    rp = []
+    th = threading.Thread(target=lambda: rp.append(stream(csv, ports, 600)))
+    th.start()
+    tid, t_end = None, time.time() + 60
+    while tid is None and time.time() < t_end and th.is_alive():
+        time.sleep(0.1)
+        tid = thread_named(d.p.pid, "fld-tune")
+    check(tid is not None, "pace: the tuning thread fld-tune started")
+    if tid is not None:
+        w0, (c0, v0) = time.monotonic(), thread_cpu(d.p.pid, tid)
+        time.sleep(8)
+        w1, (c1, v1) = time.monotonic(), thread_cpu(d.p.pid, tid)
+        cpu, vol, wall = c1 - c0, v1 - v0, w1 - w0
+        print(f"pace: worker {cpu:.3f} s CPU in {wall:.2f} s ({cpu / wall:.3f} of a core), "
+              f"{vol} voluntary sleeps ({vol / max(cpu, 1e-9):.0f} per CPU second)")
+        check(cpu > 0.1, f"pace: the worker ran ({cpu:.3f} s CPU in {wall:.2f} s)")
+        check(cpu / wall <= share * 1.2 + 0.02,
+              f"pace: the worker keeps to cpu_share {share} ({cpu / wall:.3f} of a core)")
+        check(vol >= cpu / 0.002,
+              f"pace: the worker sleeps at least every 2 ms of CPU ({vol} sleeps in {cpu:.3f} s)")
+    th.join()
+    check(rp and rp[0].returncode == 0, "pace: replay succeeded")
+    m, _ = T.metrics(ports["http"])
+    check(m.get("faultline_tune_steps_total", 0) > 0, "pace: tuning steps ran")
+    check(d.stop() == 0, "pace: clean exit")
+
+
+{"drift": scenario_drift, "crash": scenario_crash, "pace": scenario_pace}[SCENARIO]()
 T.finish("tune " + SCENARIO)
