@@ -120,6 +120,7 @@ typedef struct fld_tuner {
   fl_tune_result res;
   int rc, save_rc, save_due;
   int nice_failed;       /* a worker could not lower its priority (logged once) */
+  int pace_failed;       /* a worker has no pacing timer (1: to log, 2: logged) */
   uint64_t save_updates;
   char save_err[400];
   char lineage[1024];      /* of the model in service */
@@ -464,7 +465,7 @@ static int fld__lower_priority(int idle) {
  * waits until the host runs it again (1.1 ms in a trace with 600 us
  * pauses).  Pauses of a few hundred microseconds at most keep it ready.
  *
- * How: a one-shot timer of the loop's clock signals the worker thread when
+ * How: a one-shot CLOCK_MONOTONIC timer signals the worker thread when
  * its slice should be spent; the handler reads the thread's CPU time,
  * sleeps if it is (else waits for the rest), and sets the timer again.
  * The worker thus sleeps at arbitrary points of the job, as it is
@@ -511,21 +512,18 @@ static void fld__pace(int sig) {
   errno = saved;
 }
 
-/* Sets up the calling worker thread's pacing: the handler (once per
- * process), the signal unblocked on this thread alone, a timer that
- * signals it.  Returns -1 when the system lacks one of them: the worker
- * then runs unpaced, at its priority only. */
+/* Sets up the calling worker thread's pacing: the handler, the signal
+ * unblocked on this thread alone, a timer that signals it.  Returns -1
+ * when the system lacks one of them: the worker then runs unpaced, at its
+ * priority only, and waits between jobs for its share. */
 static int fld__pace_init(fld_tune_thread *th) {
-  static atomic_int installed;
   int sig = SIGRTMIN + 2;
-  if (!atomic_exchange(&installed, 1)) {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = fld__pace;
-    sa.sa_flags = SA_RESTART;
-    sigemptyset(&sa.sa_mask);
-    if (sigaction(sig, &sa, NULL)) return -1;
-  }
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = fld__pace;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(sig, &sa, NULL)) return -1;
   struct sigevent ev;
   memset(&ev, 0, sizeof ev);
   ev.sigev_notify = SIGEV_THREAD_ID;
@@ -646,6 +644,7 @@ static void *fld__thread(void *arg) {
       first = 0;
       if (r < 0) t->nice_failed = 1;
       else if (r > 0 && th->idle) t->nice_failed = 3;
+      if (!th->timed) t->pace_failed = 1;
     }
     fld__work(th, t);
     atomic_store_explicit(&t->done, 1, memory_order_release);
@@ -754,6 +753,11 @@ static void fld__after(fld_tuner *t) {
     t->nice_failed = 2;
     fld_log(FLD_WARNING, "tune: cannot lower the worker's priority: training competes with "
                          "the loop at its priority");
+  }
+  if (t->pace_failed == 1) {
+    t->pace_failed = 2;
+    fld_log(FLD_WARNING, "tune: cannot set up the worker's pacing timer: jobs run unpaced "
+                         "and may keep a core from the loop for milliseconds");
   }
   double secs = t->res.seconds;
   t->seconds += t->work_cpu;
