@@ -10,9 +10,9 @@
  *              in a per-stream ring until their later neighbours are seen
  *   schedule   one job at a time, on the tuner's own thread, which runs
  *              under SCHED_IDLE (nice 10 where that is refused or with
- *              idle = 0), at most max_updates_per_hour, and after a job of
- *              t seconds the next waits t (1 / cpu_share - 1) so that
- *              training takes about cpu_share of one core
+ *              idle = 0), at most max_updates_per_hour; within a job it
+ *              works in short slices with sleeps between them so that
+ *              training takes about cpu_share of one core (see fld__pace)
  *   no lock    a thread at idle priority must never hold anything the loop
  *              waits for: preempted (any wakeup on its core preempts it) it
  *              may not run again for hundreds of milliseconds on a busy
@@ -487,10 +487,11 @@ static uint64_t fld__cpu_ns(void) {
  * jobs): what the handler reads. */
 static _Thread_local fld_tune_thread *fld__paced;
 
+/* Signals the worker in ns nanoseconds (at least 1 us); ns 0 disarms. */
 static void fld__pace_after(fld_tune_thread *th, double ns) {
   struct itimerspec it;
   memset(&it, 0, sizeof it);
-  it.it_value.tv_nsec = ns > 1000.0 ? (long)ns : 1000;
+  if (ns > 0.0) it.it_value.tv_nsec = ns > 1000.0 ? (long)ns : 1000;
   timer_settime(th->timer, 0, &it, NULL);
 }
 
@@ -513,23 +514,23 @@ static void fld__pace(int sig) {
 }
 
 /* Sets up the calling worker thread's pacing: the handler, the signal
- * unblocked on this thread alone, a timer that signals it.  Returns -1
- * when the system lacks one of them: the worker then runs unpaced, at its
- * priority only, and waits between jobs for its share. */
-static int fld__pace_init(fld_tune_thread *th) {
+ * unblocked on this thread alone, a timer that signals it (th->timed).
+ * Without them the worker runs unpaced, at its priority only, and waits
+ * between jobs for its share. */
+static void fld__pace_init(fld_tune_thread *th) {
   int sig = SIGRTMIN + 2;
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = fld__pace;
   sa.sa_flags = SA_RESTART;
   sigemptyset(&sa.sa_mask);
-  if (sigaction(sig, &sa, NULL)) return -1;
+  if (sigaction(sig, &sa, NULL)) return;
   struct sigevent ev;
   memset(&ev, 0, sizeof ev);
   ev.sigev_notify = SIGEV_THREAD_ID;
   ev.sigev_signo = sig;
   ev._sigev_un._tid = (pid_t)syscall(SYS_gettid);
-  if (timer_create(CLOCK_MONOTONIC, &ev, &th->timer)) return -1;
+  if (timer_create(CLOCK_MONOTONIC, &ev, &th->timer)) return;
   th->timed = 1;
   sigset_t one;
   sigemptyset(&one);
@@ -537,7 +538,6 @@ static int fld__pace_init(fld_tune_thread *th) {
   pthread_sigmask(SIG_UNBLOCK, &one, NULL);
   /* Pauses of tens of microseconds: the default slack would add 50. */
   prctl(PR_SET_TIMERSLACK, 5000UL, 0, 0, 0);
-  return 0;
 }
 
 /* Starts (share > 0) or stops pacing the calling worker's job. */
@@ -556,16 +556,8 @@ static void fld__pace_job(fld_tune_thread *th, double share) {
     fld__pace_after(th, slice);
   } else {
     fld__paced = NULL;
-    struct itimerspec it;
-    memset(&it, 0, sizeof it);
-    timer_settime(th->timer, 0, &it, NULL);
+    fld__pace_after(th, 0.0);
   }
-}
-
-static double fld__wall(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 static void fld__job(fld_tuner *t);
@@ -573,13 +565,12 @@ static void fld__job(fld_tuner *t);
 /* One job on the worker, timed: its CPU time sets the wait before the next
  * (fld__after). */
 static void fld__work(fld_tune_thread *th, fld_tuner *t) {
-  double w0 = fld__wall();
-  uint64_t c0 = fld__cpu_ns();
+  uint64_t w0 = uv_hrtime(), c0 = fld__cpu_ns();
   fld__pace_job(th, t->share);
   fld__job(t);
   fld__pace_job(th, 0.0);
   t->work_cpu = (double)(fld__cpu_ns() - c0) * 1e-9;
-  t->work_wall = fld__wall() - w0;
+  t->work_wall = (double)(uv_hrtime() - w0) * 1e-9;
 }
 
 static void fld__job(fld_tuner *t) {
@@ -635,7 +626,7 @@ static void *fld__thread(void *arg) {
   fld_tune_thread *th = arg;
   pthread_setname_np(pthread_self(), "fld-tune"); /* in ps -L, top -H, perf */
   int r = fld__lower_priority(th->idle), first = 1;
-  if (fld__pace_init(th)) th->timed = 0;
+  fld__pace_init(th);
   for (;;) {
     uv_sem_wait(&th->go);
     if (atomic_load_explicit(&th->quit, memory_order_acquire)) break;

@@ -298,13 +298,6 @@ int fl_tune_job_prepare(fl_tune_job *j, const fl_model *cur, const fl_calib *cal
   return err ? err : fl_tune_job_snapshot(j);
 }
 
-void fl_tune_job_resync(fl_tune_job *j) {
-  if (j) {
-    j->synced = NULL;
-    j->applied = 0;
-  }
-}
-
 /* Loads window w of the snapshot into slot b; with inject, a fault from the
  * taxonomy goes into one random modality (probability 1 - p_clean) the way
  * the trainer injects them: in raw units, then standardised again. */

@@ -158,18 +158,15 @@ int fl_tune_job_prepare(fl_tune_job *j, const fl_model *cur, const fl_calib *cal
 /* The caller's part of a snapshot, O(1) in the buffer's size: takes the
  * calibration, notes which windows of buf the run will use, and the model's
  * parameters, which it copies only when cur is not the model this job
- * last copied or applied to (the first time, and after
- * fl_tune_job_resync): a model in service changes only through
- * fl_tune_job_apply of its job, whose candidate then becomes the job's
- * reference without a copy.  fl_tune_job_snapshot (any thread) then copies
+ * last copied or applied to (the first time): a model in service changes
+ * only through fl_tune_job_apply of its job, whose candidate then becomes
+ * the job's reference without a copy (a new model, after a reload, gets a
+ * new job).  fl_tune_job_snapshot (any thread) then copies
  * the windows; buf's windows must not change until it returns (new
  * windows wait elsewhere), and buf must live until then. */
 int fl_tune_job_begin(fl_tune_job *j, const fl_model *cur, const fl_calib *cal,
                       const fl_tune_buffer *buf);
 int fl_tune_job_snapshot(fl_tune_job *j);
-/* Forgets which model the job's reference copies: the next begin copies
- * the parameters (after the model in service changed some other way). */
-void fl_tune_job_resync(fl_tune_job *j);
 /* Trains and validates (taking the snapshot first if fl_tune_job_begin's
  * is pending); touches nothing but the job. */
 int fl_tune_job_run(fl_tune_job *j, fl_tune_result *res);
