@@ -112,13 +112,13 @@ static int fld__zap_drain(fld_zwatch *w, int budget) {
     else app->m.zap_denied++;
     /* The reply echoes the request id; the socket is REP, so the answer
      * goes before the next request can be read. */
-    zmq_send(w->sock, "1.0", 3, ZMQ_SNDMORE);
-    if (n >= 2) zmq_send(w->sock, zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]), ZMQ_SNDMORE);
-    else zmq_send(w->sock, "", 0, ZMQ_SNDMORE);
-    zmq_send(w->sock, status, 3, ZMQ_SNDMORE);
-    zmq_send(w->sock, text, strlen(text), ZMQ_SNDMORE);
-    zmq_send(w->sock, user, strlen(user), ZMQ_SNDMORE);
-    zmq_send(w->sock, "", 0, 0);
+    fld_zsend(w->sock, "1.0", 3, ZMQ_SNDMORE);
+    if (n >= 2) fld_zsend(w->sock, zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]), ZMQ_SNDMORE);
+    else fld_zsend(w->sock, "", 0, ZMQ_SNDMORE);
+    fld_zsend(w->sock, status, 3, ZMQ_SNDMORE);
+    fld_zsend(w->sock, text, strlen(text), ZMQ_SNDMORE);
+    fld_zsend(w->sock, user, strlen(user), ZMQ_SNDMORE);
+    fld_zsend(w->sock, "", 0, 0);
     fld_zclose_parts(parts, n);
   }
   return done;

@@ -208,6 +208,12 @@ void fld_zwatch_kick(fld_zwatch *w);
  * when it has more parts than max (the rest is discarded; *overflow = 1). */
 int fld_zrecv(void *sock, zmq_msg_t *parts, int max, int *overflow);
 void fld_zclose_parts(zmq_msg_t *parts, int n);
+/* zmq_msg_recv and zmq_send of one part, made again when a signal
+ * interrupted them (EINTR: nothing was taken or sent), so that a signal never
+ * fakes a lost message or leaves a multipart message half sent.
+ * fld_zmsg_recv returns the part's size, fld_zsend 0; both -errno on error. */
+int fld_zmsg_recv(zmq_msg_t *m, void *sock, int flags);
+int fld_zsend(void *sock, const void *buf, size_t len, int flags);
 
 /* CurveZMQ: loads the server keys and authorised client keys and starts
  * the ZAP handler (a REP socket on inproc://zeromq.zap.01 in the loop). */

@@ -88,15 +88,15 @@ static int fld__proxy_stats(fld_proxy *p) {
   zmq_msg_t m;
   for (;;) {
     zmq_msg_init(&m);
-    int n = zmq_msg_recv(&m, p->ctl, ZMQ_DONTWAIT);
+    int n = fld_zmsg_recv(&m, p->ctl, ZMQ_DONTWAIT);
     zmq_msg_close(&m);
     if (n < 0) break;
   }
-  if (!p->thread_on || zmq_send(p->ctl, "STATISTICS", 10, 0) != 10) goto fail;
+  if (!p->thread_on || fld_zsend(p->ctl, "STATISTICS", 10, 0)) goto fail;
   uint64_t st[8];
   for (int i = 0; i < 8; i++) {
     zmq_msg_init(&m);
-    if (zmq_msg_recv(&m, p->ctl, 0) != 8) {
+    if (fld_zmsg_recv(&m, p->ctl, 0) != 8) {
       zmq_msg_close(&m);
       goto fail;
     }
@@ -220,7 +220,7 @@ static void fld__proxy_stop(fld_proxy *p) {
   sd_notify(0, "STOPPING=1\nSTATUS=stopping");
   if (p->thread_on) {
     /* The proxy answers TERMINATE between two bursts; it returns 0. */
-    zmq_send(p->ctl, "TERMINATE", 9, 0);
+    fld_zsend(p->ctl, "TERMINATE", 9, 0);
     uv_thread_join(&p->thread);
     p->thread_on = 0;
   }
@@ -428,7 +428,14 @@ int fld_proxy_run(const fld_proxy_opts *o) {
     goto out;
   }
   if (fld__proxy_open(p) || fld_http_start(app)) goto out;
-  if (uv_thread_create(&p->thread, fld__proxy_thread, p)) {
+  /* The forwarding thread takes no signals: one delivered there would end
+   * zmq_proxy_steerable with EINTR, and the loop handles them all. */
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int trc = uv_thread_create(&p->thread, fld__proxy_thread, p);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (trc) {
     fld_log(FLD_ERR, "cannot start the forwarding thread");
     goto out;
   }
@@ -462,7 +469,8 @@ out:
   if (p->ctl) zmq_close(p->ctl);
   if (p->ctl_peer) zmq_close(p->ctl_peer);
   if (app->zap_sock) zmq_close(app->zap_sock);
-  if (app->zctx) zmq_ctx_term(app->zctx);
+  if (app->zctx)
+    while (zmq_ctx_term(app->zctx) < 0 && errno == EINTR) {}
   free(app->keys);
   if (app->loop) uv_loop_close(app->loop);
   return rc;

@@ -74,15 +74,14 @@ int fld_report_publish(fld_app *app, int k, const fld_slot *slot, int flag, int 
     return FL_ENOMEM;
   }
   faultline__report__pack(&rep, buf);
-  int rc = 0;
   /* PUB never blocks: past the high-water mark a subscriber misses
    * messages, which ZeroMQ does not report, so a failure here is ours. */
-  if (zmq_send(app->out_sock, topic, (size_t)tl, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
-      zmq_send(app->out_sock, buf, len, ZMQ_DONTWAIT) < 0) {
-    rc = -errno;
+  int rc = fld_zsend(app->out_sock, topic, (size_t)tl, ZMQ_SNDMORE | ZMQ_DONTWAIT);
+  if (!rc) rc = fld_zsend(app->out_sock, buf, len, ZMQ_DONTWAIT);
+  if (rc) {
     app->m.reports_failed++;
     fld_log(FLD_WARNING, "cannot publish a report of \"%s\": %s", slot->st->name,
-            zmq_strerror(errno));
+            zmq_strerror(-rc));
   } else {
     app->m.reports++;
     fld_metrics_latency(&app->m, (double)rep.latency_ns * 1e-9);

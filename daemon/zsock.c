@@ -14,10 +14,16 @@
 #include "faultline/error.h"
 #include "fld.h"
 
+/* Every libzmq call below may fail with EINTR: it polls its command mailbox
+ * even with ZMQ_DONTWAIT, and a signal for the loop (SIGHUP) can land there.
+ * Nothing was taken or sent then, so the call is simply made again; giving up
+ * instead would count a message that was never lost, leave a report's topic
+ * part without its body, or miss the edge that ZMQ_EVENTS re-arms. */
 static int fld__pollin(void *sock) {
-  int ev = 0;
+  int ev = 0, rc;
   size_t len = sizeof ev;
-  if (zmq_getsockopt(sock, ZMQ_EVENTS, &ev, &len)) return 0;
+  while ((rc = zmq_getsockopt(sock, ZMQ_EVENTS, &ev, &len)) < 0 && errno == EINTR) {}
+  if (rc < 0) return 0;
   return (ev & ZMQ_POLLIN) != 0;
 }
 
@@ -110,8 +116,9 @@ int fld_zrecv(void *sock, zmq_msg_t *parts, int max, int *overflow) {
     zmq_msg_init(m);
     /* Only the first part may be absent: the rest of a multipart message is
      * delivered atomically with it. */
-    if (zmq_msg_recv(m, sock, ZMQ_DONTWAIT) < 0) {
-      int e = errno;
+    int rc = fld_zmsg_recv(m, sock, ZMQ_DONTWAIT);
+    if (rc < 0) {
+      int e = -rc;
       zmq_msg_close(m);
       if (e == EAGAIN && n == 0) return 0;
       fld_zclose_parts(parts, n < max ? n : max);
@@ -125,4 +132,16 @@ int fld_zrecv(void *sock, zmq_msg_t *parts, int max, int *overflow) {
     }
   }
   return n;
+}
+
+int fld_zmsg_recv(zmq_msg_t *m, void *sock, int flags) {
+  int rc;
+  while ((rc = zmq_msg_recv(m, sock, flags)) < 0 && errno == EINTR) {}
+  return rc < 0 ? -errno : rc;
+}
+
+int fld_zsend(void *sock, const void *buf, size_t len, int flags) {
+  int rc;
+  while ((rc = zmq_send(sock, buf, len, flags)) < 0 && errno == EINTR) {}
+  return rc < 0 ? -errno : 0;
 }
