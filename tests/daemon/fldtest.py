@@ -5,11 +5,11 @@ modality layout, a daemon under test, publishers and subscribers on loopback.
 import configparser
 import math
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
@@ -45,11 +45,21 @@ def load_proto(tmp):
 
 
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+    """A loopback port that is free now, drawn at random below Linux's
+    ephemeral range (32768-60999).  A port the kernel hands out for bind(0)
+    comes from that range, where outgoing connections (ZeroMQ's connects,
+    HTTP scrapes of tests running in parallel) also take their local ports,
+    so it could be taken again before the daemon binds it."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        p = rng.randrange(20000, 32768)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p))
+            except OSError:
+                continue
+        return p
+    raise RuntimeError("no free port in 20000-32767")
 
 
 def modalities(config):

@@ -24,13 +24,14 @@ usage: test_readme_commands.py SOURCE_ROOT BUILD_ROOT [SECTION...]
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "daemon"))
+from fldtest import free_port  # noqa: E402
 
 # Blocks that are not commands: (section, start of the block's first line) -> why.
 NOT_COMMANDS = {
@@ -171,10 +172,6 @@ def blocks_of(text):
     return out
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_healthz(config, pid):
