@@ -560,19 +560,6 @@ static void fld__pace_job(fld_tune_thread *th, double share) {
   }
 }
 
-static void fld__job(fld_tuner *t);
-
-/* One job on the worker, timed: its CPU time sets the wait before the next
- * (fld__after). */
-static void fld__work(fld_tune_thread *th, fld_tuner *t) {
-  uint64_t w0 = uv_hrtime(), c0 = fld__cpu_ns();
-  fld__pace_job(th, t->share);
-  fld__job(t);
-  fld__pace_job(th, 0.0);
-  t->work_cpu = (double)(fld__cpu_ns() - c0) * 1e-9;
-  t->work_wall = (double)(uv_hrtime() - w0) * 1e-9;
-}
-
 static void fld__job(fld_tuner *t) {
   t->rc = fl_tune_job_snapshot(t->job);
   /* From here on the loop may write the buffer again. */
@@ -591,25 +578,32 @@ static void fld__job(fld_tuner *t) {
   fld__lineage(t, t->save_updates, t->save_lineage, sizeof t->save_lineage);
   fl_bundle b;
   memset(&b, 0, sizeof b);
-  b.model = fl_tune_job_model(t->job);
+  b.model = cand;
   b.calib = *fl_tune_job_calib(t->job);
   b.detect = t->cfg.detect;
   b.clamp = t->cfg.train.clamp;
   snprintf(b.lineage, sizeof b.lineage, "%s", t->save_lineage);
-  char prev[PATH_MAX + 4];
-  snprintf(prev, sizeof prev, "%s.1", t->path);
   fld__keep_previous(t->path);
   t->save_rc = fl_bundle_save(&b, t->path, t->save_err, sizeof t->save_err);
+}
+
+/* One job on the worker, timed: its CPU time sets the wait before the next
+ * (fld__after). */
+static void fld__work(fld_tune_thread *th, fld_tuner *t) {
+  uint64_t w0 = uv_hrtime(), c0 = fld__cpu_ns();
+  fld__pace_job(th, t->share);
+  fld__job(t);
+  fld__pace_job(th, 0.0);
+  t->work_cpu = (double)(fld__cpu_ns() - c0) * 1e-9;
+  t->work_wall = (double)(uv_hrtime() - w0) * 1e-9;
 }
 
 static int fld__checkpoint_now(fld_tuner *t) {
   if (!t->path[0] || !t->updates) return 0;
   fld_engine *e = t->app->eng;
   fl_bundle b = e->b;
-  char prev[PATH_MAX + 4], err[400];
+  char err[400];
   snprintf(b.lineage, sizeof b.lineage, "%s", t->lineage);
-  snprintf(prev, sizeof prev, "%s.1", t->path);
-  (void)prev;
   fld__keep_previous(t->path);
   int rc = fl_bundle_save(&b, t->path, err, sizeof err);
   if (rc) {
