@@ -39,10 +39,14 @@ if [ "$#" -eq 0 ]; then
     if [ -z "$asan_tests" ]; then
       echo "asan: meson test --list found no test" >&2; rc=1
     else
+      # The timeouts guard against hangs and are sized for build/; code
+      # under ASan runs 2-4x slower (daemon_tune_drift: 71 s, 232 s here,
+      # against 300 s), so they are tripled for it.
       # shellcheck disable=SC2086
       FAULTLINE_SANITIZED=1 ASAN_OPTIONS=detect_leaks=1 \
       UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-        meson test -C build-asan --no-rebuild --print-errorlogs --num-processes 2 $asan_tests ||
+        meson test -C build-asan --no-rebuild --print-errorlogs --num-processes 2 \
+          --timeout-multiplier 3 $asan_tests ||
         rc=1
       logs+=(build-asan/meson-logs/testlog.json)
     fi
