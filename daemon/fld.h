@@ -214,6 +214,12 @@ void fld_zclose_parts(zmq_msg_t *parts, int n);
  * fld_zmsg_recv returns the part's size, fld_zsend 0; both -errno on error. */
 int fld_zmsg_recv(zmq_msg_t *m, void *sock, int flags);
 int fld_zsend(void *sock, const void *buf, size_t len, int flags);
+/* zmq_ctx_term, made again when a signal interrupted it. */
+void fld_zterm(void *ctx);
+/* Starts fn(arg) on a thread that takes no signals (0 or -errno): the loop
+ * thread handles them all, and one landing in a blocking libzmq call there
+ * would end it with EINTR. */
+int fld_thread_quiet(pthread_t *t, void *(*fn)(void *), void *arg);
 
 /* CurveZMQ: loads the server keys and authorised client keys and starts
  * the ZAP handler (a REP socket on inproc://zeromq.zap.01 in the loop). */

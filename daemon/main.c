@@ -408,8 +408,7 @@ out:
   if (app.out_sock) zmq_close(app.out_sock);
   if (app.mon_sock) zmq_close(app.mon_sock);
   if (app.zap_sock) zmq_close(app.zap_sock);
-  if (app.zctx)
-    while (zmq_ctx_term(app.zctx) < 0 && errno == EINTR) {}
+  if (app.zctx) fld_zterm(app.zctx);
   fld_streams_clear(&app);
   free(app.streams);
   free(app.keys);

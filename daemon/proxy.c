@@ -42,7 +42,7 @@ typedef struct {
   void *ctl, *ctl_peer;    /* control PAIR: ours, the proxy thread's */
   void *mon[2];            /* socket monitors, read in the loop */
   fld_zwatch mon_w[2];
-  uv_thread_t thread;
+  pthread_t thread;
   int thread_on;
   int thread_rc, thread_errno;
   uv_async_t ended;        /* the proxy thread returned */
@@ -205,11 +205,12 @@ static int fld__mon_drain(fld_zwatch *w, int budget) {
   return done;
 }
 
-static void fld__proxy_thread(void *arg) {
+static void *fld__proxy_thread(void *arg) {
   fld_proxy *p = arg;
   p->thread_rc = zmq_proxy_steerable(p->sock[0], p->sock[1], NULL, p->ctl_peer);
   p->thread_errno = p->thread_rc ? errno : 0;
   uv_async_send(&p->ended);
+  return NULL;
 }
 
 /* Stops everything the loop watches, so that uv_run returns. */
@@ -221,7 +222,7 @@ static void fld__proxy_stop(fld_proxy *p) {
   if (p->thread_on) {
     /* The proxy answers TERMINATE between two bursts; it returns 0. */
     fld_zsend(p->ctl, "TERMINATE", 9, 0);
-    uv_thread_join(&p->thread);
+    pthread_join(p->thread, NULL);
     p->thread_on = 0;
   }
   fld_zwatch_stop(&p->mon_w[0]);
@@ -246,7 +247,7 @@ static void fld__ended_cb(uv_async_t *h) {
   fld_proxy *p = h->data;
   if (p->app.stopping) return;
   /* Not asked to stop: the thread failed (or the context is gone). */
-  uv_thread_join(&p->thread);
+  pthread_join(p->thread, NULL);
   p->thread_on = 0;
   fld_log(FLD_ERR, "the forwarding thread stopped: %s",
           p->thread_rc ? zmq_strerror(p->thread_errno) : "terminated");
@@ -429,13 +430,8 @@ int fld_proxy_run(const fld_proxy_opts *o) {
   }
   if (fld__proxy_open(p) || fld_http_start(app)) goto out;
   /* The forwarding thread takes no signals: one delivered there would end
-   * zmq_proxy_steerable with EINTR, and the loop handles them all. */
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);
-  int trc = uv_thread_create(&p->thread, fld__proxy_thread, p);
-  pthread_sigmask(SIG_SETMASK, &old, NULL);
-  if (trc) {
+   * zmq_proxy_steerable with EINTR. */
+  if (fld_thread_quiet(&p->thread, fld__proxy_thread, p)) {
     fld_log(FLD_ERR, "cannot start the forwarding thread");
     goto out;
   }
@@ -469,8 +465,7 @@ out:
   if (p->ctl) zmq_close(p->ctl);
   if (p->ctl_peer) zmq_close(p->ctl_peer);
   if (app->zap_sock) zmq_close(app->zap_sock);
-  if (app->zctx)
-    while (zmq_ctx_term(app->zctx) < 0 && errno == EINTR) {}
+  if (app->zctx) fld_zterm(app->zctx);
   free(app->keys);
   if (app->loop) uv_loop_close(app->loop);
   return rc;

@@ -695,12 +695,7 @@ static int fld__start_thread(fld_tuner *t) {
   }
   th->idle = t->app->cfg.tune_idle;
   th->wfd = w->fd[1];
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);
-  int rc = pthread_create(&t->thread, NULL, fld__thread, th);
-  pthread_sigmask(SIG_SETMASK, &old, NULL);
-  if (rc) {
+  if (fld_thread_quiet(&t->thread, fld__thread, th)) {
     uv_sem_destroy(&th->go);
     close(w->fd[0]);
     close(w->fd[1]);

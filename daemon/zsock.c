@@ -9,6 +9,7 @@
  * first it keeps a uv_idle running, which makes the loop call it again on its
  * next turn after serving timers, signals and HTTP. */
 #include <errno.h>
+#include <signal.h>
 #include <string.h>
 
 #include "faultline/error.h"
@@ -144,4 +145,17 @@ int fld_zsend(void *sock, const void *buf, size_t len, int flags) {
   int rc;
   while ((rc = zmq_send(sock, buf, len, flags)) < 0 && errno == EINTR) {}
   return rc < 0 ? -errno : 0;
+}
+
+void fld_zterm(void *ctx) {
+  while (zmq_ctx_term(ctx) < 0 && errno == EINTR) {}
+}
+
+int fld_thread_quiet(pthread_t *t, void *(*fn)(void *), void *arg) {
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int rc = pthread_create(t, NULL, fn, arg);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  return -rc;
 }

@@ -48,7 +48,8 @@ static void *storm_run(void *arg) {
 }
 
 /* Starts signalling the calling thread; threads created meanwhile block
- * every signal, so only the thread under test is interrupted. */
+ * every signal (fld_thread_quiet), so only the thread under test is
+ * interrupted. */
 static void storm_start(storm *s) {
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
@@ -58,27 +59,12 @@ static void storm_start(storm *s) {
   n_signals = 0;
   s->target = pthread_self();
   atomic_store(&s->stop, 0);
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);
-  assert_int_equal(pthread_create(&s->thread, NULL, storm_run, s), 0);
-  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  assert_int_equal(fld_thread_quiet(&s->thread, storm_run, s), 0);
 }
 
 static void storm_stop(storm *s) {
   atomic_store(&s->stop, 1);
   pthread_join(s->thread, NULL);
-}
-
-/* Starts fn(arg) on a thread that blocks every signal. */
-static pthread_t quiet_thread(void *(*fn)(void *), void *arg) {
-  pthread_t t;
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);
-  assert_int_equal(pthread_create(&t, NULL, fn, arg), 0);
-  pthread_sigmask(SIG_SETMASK, &old, NULL);
-  return t;
 }
 
 /* ---- a PUSH/PULL pair on loopback --------------------------------------- */
@@ -204,7 +190,8 @@ static void test_zrecv_interrupted(void **state) {
   pair_open(&p);
   storm s;
   storm_start(&s);
-  pthread_t t = quiet_thread(sender, &p);
+  pthread_t t;
+  assert_int_equal(fld_thread_quiet(&t, sender, &p), 0);
   uint64_t t_end = deadline();
   while (!all_in(&p) && uv_hrtime() < t_end) {
     if (stormed(&p)) atomic_store(&p.stop, 1);
@@ -220,7 +207,8 @@ static void test_zsend_interrupted(void **state) {
   (void)state;
   pair p;
   pair_open(&p);
-  pthread_t t = quiet_thread(receiver, &p);
+  pthread_t t;
+  assert_int_equal(fld_thread_quiet(&t, receiver, &p), 0);
   storm s;
   storm_start(&s);
   int errors = 0;
@@ -266,7 +254,8 @@ static void test_zwatch_interrupted(void **state) {
   uv_timer_start(&timer, watch_check, 10, 10);
   storm s;
   storm_start(&s);
-  pthread_t t = quiet_thread(sender, &p);
+  pthread_t t;
+  assert_int_equal(fld_thread_quiet(&t, sender, &p), 0);
   uv_run(&loop, UV_RUN_DEFAULT);
   storm_stop(&s);
   atomic_store(&p.stop, 1);

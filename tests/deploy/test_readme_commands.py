@@ -172,8 +172,6 @@ def blocks_of(text):
     return out
 
 
-
-
 def wait_healthz(config, pid):
     """The mode --wait-healthz CONFIG PID: waits for /healthz on the
     config's [metrics] listen while PID lives."""
