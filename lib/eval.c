@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "faultline/error.h"
+#include "faultline/nn.h"
 
 /* ---- per channel --------------------------------------------------------- */
 
@@ -50,6 +51,18 @@ void fl_eval_interpolate(float *y, const float *x, const uint8_t *label, size_t 
       }
     }
     t = end;
+  }
+}
+
+void fl_eval_hold_last(float *y, const float *x, const uint8_t *label, size_t n) {
+  float last = NAN;
+  for (size_t t = 0; t < n; t++) {
+    if (label[t]) {
+      y[t] = last;
+      continue;
+    }
+    y[t] = x[t];
+    if (!isnan(x[t])) last = x[t];
   }
 }
 
@@ -152,4 +165,56 @@ int fl_eval_pool_stats(const fl_eval_pool *p, double *auroc, fl_binary_stats *st
   if (!p) return FL_EINVAL;
   int e = fl_auroc(p->score, p->label, p->n, auroc);
   return e ? e : fl_f1(p->flag, p->label, p->n, st);
+}
+
+/* ---- AAKR ------------------------------------------------------------------ */
+
+int fl_eval_aakr(float *est, const float *mem, int m, int d, const float *q, int target,
+                 float h) {
+  if (!est || !mem || !q || m < 1 || d < 2 || target < 0 || target >= d || !(h > 0.0f))
+    return FL_EINVAL;
+  if (fl_check_finite(mem, (size_t)m * d)) return FL_ENONFINITE;
+  int used = 0;
+  for (int c = 0; c < d; c++) used += c != target && !isnan(q[c]);
+  if (!used) {
+    *est = NAN;
+    return 0;
+  }
+  double *d2 = malloc(sizeof(double) * (size_t)m), lo = INFINITY;
+  if (!d2) return FL_ENOMEM;
+  for (int j = 0; j < m; j++) {
+    const float *r = mem + (size_t)j * d;
+    double s = 0;
+    for (int c = 0; c < d; c++) {
+      if (c == target || isnan(q[c])) continue;
+      double e = (double)q[c] - r[c];
+      s += e * e;
+    }
+    d2[j] = s;
+    if (s < lo) lo = s;
+  }
+  double num = 0, den = 0, k = 1.0 / (2.0 * (double)h * h);
+  for (int j = 0; j < m; j++) {
+    double w = exp(-(d2[j] - lo) * k);
+    num += w * mem[(size_t)j * d + target];
+    den += w;
+  }
+  free(d2);
+  *est = (float)(num / den); /* den >= 1: the nearest row weighs 1 */
+  return 0;
+}
+
+int fl_eval_aakr_memory(float *mem, int m, const float *x, int rows, int d) {
+  if (!mem || (!x && rows > 0) || m < 1 || rows < 0 || d < 1) return FL_EINVAL;
+  int k = 0;
+  for (int r = 0; r < rows; r++) k += !fl_check_finite(x + (size_t)r * d, (size_t)d);
+  int take = k < m ? k : m, seen = 0, j = 0;
+  for (int r = 0; r < rows && j < take; r++) {
+    if (fl_check_finite(x + (size_t)r * d, (size_t)d)) continue;
+    /* Row r is the seen-th complete row; the j-th taken is the
+     * floor(j k / take)-th. */
+    if (seen++ != (int)((long long)j * k / take)) continue;
+    memcpy(mem + (size_t)j++ * d, x + (size_t)r * d, sizeof(float) * d);
+  }
+  return take;
 }

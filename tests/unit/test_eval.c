@@ -79,6 +79,21 @@ static void test_interpolate_holds_at_the_ends(void **state) {
   for (size_t i = 0; i < N(x); i++) assert_true(isnan(y[i]));
 }
 
+static void test_hold_last_is_causal(void **state) {
+  (void)state;
+  /* A run at the start has nothing before it; the second run holds x[4]
+   * (x[5] is missing), not x[7], which comes after it. */
+  const float x[] = {100, 2, 100, 100, 5, NAN, 100, 7};
+  const uint8_t l[] = {1, 0, 1, 1, 0, 0, 1, 0};
+  float y[N(x)];
+  fl_eval_hold_last(y, x, l, N(x));
+  assert_true(isnan(y[0]));
+  const float want[] = {0, 2, 2, 2, 5, 0, 5, 7};
+  for (size_t i = 1; i < N(x); i++)
+    if (i != 5) assert_near(y[i], want[i], 0);
+  assert_true(isnan(y[5]));
+}
+
 static void test_sq_error_masks_and_nan(void **state) {
   (void)state;
   /* Terms ((a - b) 2)^2 where both are defined: 4 and 16. */
@@ -199,6 +214,88 @@ static void test_pool_keeps_scored_rows(void **state) {
   assert_int_equal(p.n, 0);
 }
 
+/* ---- AAKR ------------------------------------------------------------------ */
+
+/* Two memory rows (target, other): (10, 0) and (20, 1); h = 1. */
+static const float g_mem[] = {10, 0, 20, 1};
+
+static void test_aakr_kernel_weights(void **state) {
+  (void)state;
+  float est;
+  /* Query other = 0: distances^2 0 and 1, weights 1 and e = exp(-1/2):
+   * (10 + 20 e) / (1 + e) = 13.7754067. */
+  const float q0[] = {NAN, 0};
+  assert_int_equal(fl_eval_aakr(&est, g_mem, 2, 2, q0, 0, 1.0f), 0);
+  assert_near(est, 13.7754067, 1e-5);
+  /* Halfway: equal weights, the mean. */
+  const float qh[] = {123, 0.5f}; /* the target's own value is not read */
+  assert_int_equal(fl_eval_aakr(&est, g_mem, 2, 2, qh, 0, 1.0f), 0);
+  assert_near(est, 15.0, 1e-6);
+  /* A wide kernel tends to the mean, a narrow one to the nearest row. */
+  assert_int_equal(fl_eval_aakr(&est, g_mem, 2, 2, q0, 0, 1000.0f), 0);
+  assert_near(est, 15.0, 1e-5);
+  assert_int_equal(fl_eval_aakr(&est, g_mem, 2, 2, q0, 0, 0.01f), 0);
+  assert_near(est, 10.0, 0);
+}
+
+static void test_aakr_far_query_takes_the_nearest_row(void **state) {
+  (void)state;
+  /* exp(-999^2 / 2) and exp(-1000^2 / 2) are both 0 in double; relative to
+   * the nearest row the far one weighs exp(-999.5): the estimate is 20. */
+  const float q[] = {NAN, 1000};
+  float est;
+  assert_int_equal(fl_eval_aakr(&est, g_mem, 2, 2, q, 0, 1.0f), 0);
+  assert_near(est, 20.0, 0);
+}
+
+static void test_aakr_skips_missing_columns(void **state) {
+  (void)state;
+  /* Rows (a, b, target): a alone decides when b is missing.  Query a = 0:
+   * row 0 (a 0) at distance 0, row 1 (a 2) at 4, h = 1: weights 1 and
+   * exp(-2); (1 + 3 exp(-2)) / (1 + exp(-2)) = 1.2384058. */
+  const float mem[] = {0, 50, 1, 2, -50, 3};
+  const float q[] = {0, NAN, NAN}, none[] = {NAN, NAN, 7};
+  float est;
+  assert_int_equal(fl_eval_aakr(&est, mem, 2, 3, q, 2, 1.0f), 0);
+  assert_near(est, 1.2384058, 1e-6);
+  assert_int_equal(fl_eval_aakr(&est, mem, 2, 3, none, 2, 1.0f), 0);
+  assert_true(isnan(est));
+}
+
+static void test_aakr_rejects_bad_arguments(void **state) {
+  (void)state;
+  const float q[] = {NAN, 0}, bad[] = {10, 0, NAN, 1};
+  float est;
+  assert_int_equal(fl_eval_aakr(&est, g_mem, 2, 2, q, 0, 0.0f), FL_EINVAL);
+  assert_int_equal(fl_eval_aakr(&est, g_mem, 2, 2, q, 0, NAN), FL_EINVAL);
+  assert_int_equal(fl_eval_aakr(&est, g_mem, 2, 2, q, 2, 1.0f), FL_EINVAL);
+  assert_int_equal(fl_eval_aakr(&est, g_mem, 2, 2, q, -1, 1.0f), FL_EINVAL);
+  assert_int_equal(fl_eval_aakr(&est, g_mem, 0, 2, q, 0, 1.0f), FL_EINVAL);
+  assert_int_equal(fl_eval_aakr(&est, g_mem, 2, 1, q, 0, 1.0f), FL_EINVAL);
+  assert_int_equal(fl_eval_aakr(NULL, g_mem, 2, 2, q, 0, 1.0f), FL_EINVAL);
+  assert_int_equal(fl_eval_aakr(&est, bad, 2, 2, q, 0, 1.0f), FL_ENONFINITE);
+}
+
+static void test_aakr_memory_evenly_spaced(void **state) {
+  (void)state;
+  /* Rows 0..6 of (r, 10 r); row 2 has a missing value, so the complete
+   * rows are 0 1 3 4 5 6 (k = 6).  m = 3 takes the 0th, 2nd and 4th of
+   * them: rows 0, 3, 5. */
+  float x[14], mem[14];
+  for (int r = 0; r < 7; r++) x[2 * r] = (float)r, x[2 * r + 1] = 10.0f * r;
+  x[5] = NAN;
+  assert_int_equal(fl_eval_aakr_memory(mem, 3, x, 7, 2), 3);
+  const float want[] = {0, 0, 3, 30, 5, 50};
+  for (int i = 0; i < 6; i++) assert_near(mem[i], want[i], 0);
+  /* m >= k: every complete row, in order. */
+  assert_int_equal(fl_eval_aakr_memory(mem, 7, x, 7, 2), 6);
+  const float all[] = {0, 0, 1, 10, 3, 30, 4, 40, 5, 50, 6, 60};
+  for (int i = 0; i < 12; i++) assert_near(mem[i], all[i], 0);
+  assert_int_equal(fl_eval_aakr_memory(mem, 3, x, 0, 2), 0);
+  assert_int_equal(fl_eval_aakr_memory(mem, 0, x, 7, 2), FL_EINVAL);
+  assert_int_equal(fl_eval_aakr_memory(NULL, 3, x, 7, 2), FL_EINVAL);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_spread_skips_nan),
@@ -206,11 +303,17 @@ int main(void) {
       cmocka_unit_test(test_interpolate_inner_run),
       cmocka_unit_test(test_interpolate_skips_missing_neighbours),
       cmocka_unit_test(test_interpolate_holds_at_the_ends),
+      cmocka_unit_test(test_hold_last_is_causal),
       cmocka_unit_test(test_sq_error_masks_and_nan),
       cmocka_unit_test(test_rmse_and_rate_of_nothing),
       cmocka_unit_test(test_settled_rows),
       cmocka_unit_test(test_detect_episodes),
       cmocka_unit_test(test_pool_keeps_scored_rows),
+      cmocka_unit_test(test_aakr_kernel_weights),
+      cmocka_unit_test(test_aakr_far_query_takes_the_nearest_row),
+      cmocka_unit_test(test_aakr_skips_missing_columns),
+      cmocka_unit_test(test_aakr_rejects_bad_arguments),
+      cmocka_unit_test(test_aakr_memory_evenly_spaced),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

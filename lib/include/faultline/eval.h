@@ -38,6 +38,12 @@ float fl_eval_spread(const float *x, size_t n);
  * are copied as they are.  y and x must not overlap. */
 void fl_eval_interpolate(float *y, const float *x, const uint8_t *label, size_t n);
 
+/* The hold-last-clean baseline, causal (it needs no sample after the
+ * fault): y (n) is x (n) with every labelled sample replaced by the last
+ * unlabelled non-NaN sample before it (NaN when there is none).  y and x
+ * must not overlap. */
+void fl_eval_hold_last(float *y, const float *x, const uint8_t *label, size_t n);
+
 /* Adds to *se the squared differences ((a[i] - b[i]) scale)^2 and to *n
  * their count, over the len samples where keep[i] is non-zero (keep NULL:
  * all) and neither a[i] nor b[i] is NaN.  Terms are added one by one in
@@ -99,5 +105,32 @@ void fl_eval_pool_free(fl_eval_pool *p);
 /* AUROC of the scores and the flags' confusion counts, F1 and FAR against
  * the labels (fl_auroc and fl_f1 over the pooled rows). */
 int fl_eval_pool_stats(const fl_eval_pool *p, double *auroc, fl_binary_stats *st);
+
+/* ---- AAKR ------------------------------------------------------------------ */
+
+/* Auto-associative kernel regression, the estimator inside MSET: one
+ * channel estimated from the others by the rows of a memory of clean data.
+ * mem (m, d) row-major, every value finite (FL_ENONFINITE otherwise); q (d)
+ * a query row whose column target is the channel to estimate (its value
+ * is not read).  Over the columns c != target where q is not NaN,
+ *
+ *   D_j^2 = sum_c (q_c - mem_jc)^2,   w_j = exp(-(D_j^2 - min_k D_k^2) / (2 h^2)),
+ *   *est  = sum_j w_j mem_j,target / sum_j w_j,
+ *
+ * a Gaussian kernel of bandwidth h on the distance; the weights are taken
+ * relative to the nearest row's, which leaves the estimate as it is and
+ * keeps a query far from every row at the nearest row's value instead of
+ * 0 / 0.  Columns should share a scale (standard units).  *est is NaN when
+ * every column of q but target is NaN.  Returns FL_EINVAL for a NULL
+ * pointer, m < 1, d < 2, target outside [0, d) or h not > 0. */
+int fl_eval_aakr(float *est, const float *mem, int m, int d, const float *q, int target,
+                 float h);
+
+/* Fills mem (m, d) with up to m rows of x (rows, d) whose values are all
+ * finite, evenly spaced among those rows, so that the same data gives the
+ * same memory: with k such rows, the j-th row taken is the floor(j k / m)-th
+ * of them (all k when k <= m).  Returns the count taken, or FL_EINVAL for a
+ * NULL pointer, m < 1, rows < 0 or d < 1. */
+int fl_eval_aakr_memory(float *mem, int m, const float *x, int rows, int d);
 
 #endif
