@@ -18,6 +18,13 @@ static void assert_near(double got, double want, double tol) {
   if (!(fabs(got - want) <= tol)) fail_msg("got %.9g, want %.9g (tol %g)", got, want, tol);
 }
 
+/* got (n) against want (n), NaN matching NaN only. */
+static void assert_all_near(const float *got, const float *want, size_t n, double tol) {
+  for (size_t i = 0; i < n; i++)
+    if (isnan(want[i]) ? !isnan(got[i]) : !(fabs(got[i] - want[i]) <= tol))
+      fail_msg("[%zu]: got %.9g, want %.9g (tol %g)", i, got[i], want[i], tol);
+}
+
 /* ---- per channel --------------------------------------------------------- */
 
 static void test_spread_skips_nan(void **state) {
@@ -46,7 +53,7 @@ static void test_interpolate_inner_run(void **state) {
   float y[N(x)];
   fl_eval_interpolate(y, x, l, N(x));
   const float want[] = {0, 1, 2, 3, 4, 5};
-  for (size_t i = 0; i < N(x); i++) assert_near(y[i], want[i], 1e-6);
+  assert_all_near(y, want, N(x), 1e-6);
 }
 
 static void test_interpolate_skips_missing_neighbours(void **state) {
@@ -57,10 +64,8 @@ static void test_interpolate_skips_missing_neighbours(void **state) {
   const uint8_t l[] = {0, 0, 1, 1, 0, 0};
   float y[N(x)];
   fl_eval_interpolate(y, x, l, N(x));
-  assert_near(y[2], 2.5, 1e-6);
-  assert_near(y[3], 4.0, 1e-6);
-  assert_true(isnan(y[4]));
-  assert_near(y[5], 7.0, 0);
+  const float want[] = {0, 1, 2.5f, 4, NAN, 7};
+  assert_all_near(y, want, N(x), 1e-6);
 }
 
 static void test_interpolate_holds_at_the_ends(void **state) {
@@ -72,11 +77,12 @@ static void test_interpolate_holds_at_the_ends(void **state) {
   float y[N(x)];
   fl_eval_interpolate(y, x, l, N(x));
   const float want[] = {3, 3, 3, 4, 4, 4};
-  for (size_t i = 0; i < N(x); i++) assert_near(y[i], want[i], 0);
+  assert_all_near(y, want, N(x), 0);
   /* Everything labelled: nothing to interpolate from. */
   const uint8_t all[] = {1, 1, 1, 1, 1, 1};
+  const float none[] = {NAN, NAN, NAN, NAN, NAN, NAN};
   fl_eval_interpolate(y, x, all, N(x));
-  for (size_t i = 0; i < N(x); i++) assert_true(isnan(y[i]));
+  assert_all_near(y, none, N(x), 0);
 }
 
 static void test_hold_last_is_causal(void **state) {
@@ -87,11 +93,8 @@ static void test_hold_last_is_causal(void **state) {
   const uint8_t l[] = {1, 0, 1, 1, 0, 0, 1, 0};
   float y[N(x)];
   fl_eval_hold_last(y, x, l, N(x));
-  assert_true(isnan(y[0]));
-  const float want[] = {0, 2, 2, 2, 5, 0, 5, 7};
-  for (size_t i = 1; i < N(x); i++)
-    if (i != 5) assert_near(y[i], want[i], 0);
-  assert_true(isnan(y[5]));
+  const float want[] = {NAN, 2, 2, 2, 5, NAN, 5, 7};
+  assert_all_near(y, want, N(x), 0);
 }
 
 static void test_sq_error_masks_and_nan(void **state) {
@@ -286,11 +289,11 @@ static void test_aakr_memory_evenly_spaced(void **state) {
   x[5] = NAN;
   assert_int_equal(fl_eval_aakr_memory(mem, 3, x, 7, 2), 3);
   const float want[] = {0, 0, 3, 30, 5, 50};
-  for (int i = 0; i < 6; i++) assert_near(mem[i], want[i], 0);
+  assert_all_near(mem, want, N(want), 0);
   /* m >= k: every complete row, in order. */
   assert_int_equal(fl_eval_aakr_memory(mem, 7, x, 7, 2), 6);
   const float all[] = {0, 0, 1, 10, 3, 30, 4, 40, 5, 50, 6, 60};
-  for (int i = 0; i < 12; i++) assert_near(mem[i], all[i], 0);
+  assert_all_near(mem, all, N(all), 0);
   assert_int_equal(fl_eval_aakr_memory(mem, 3, x, 0, 2), 0);
   assert_int_equal(fl_eval_aakr_memory(mem, 0, x, 7, 2), FL_EINVAL);
   assert_int_equal(fl_eval_aakr_memory(NULL, 3, x, 7, 2), FL_EINVAL);

@@ -420,28 +420,43 @@ static void test_dense_infer_avx512(void **state) {
   check_kernel(K_AVX512);
 }
 
+/* A small dense layer for the tests below: x (DB, DI), W (DO, DI), b (DO),
+ * y (DB, DO) and one output row y1 (DO). */
+enum { DI = 37, DO = 11, DB = 14 };
+typedef struct {
+  float *x, *w, *b, *y, *y1;
+} dense_case;
+
+static void dense_case_init(dense_case *c, uint64_t seed) {
+  fl_rng r;
+  fl_rng_seed(&r, seed);
+  c->x = falloc((size_t)DB * DI), c->w = falloc((size_t)DO * DI), c->b = falloc(DO);
+  c->y = falloc((size_t)DB * DO), c->y1 = falloc(DO);
+  fill_normal(c->x, (size_t)DB * DI, &r, 1.0f);
+  fill_normal(c->w, (size_t)DO * DI, &r, 0.3f);
+  fill_normal(c->b, DO, &r, 1.0f);
+}
+
+static void dense_case_free(dense_case *c) {
+  free(c->x), free(c->w), free(c->b), free(c->y), free(c->y1);
+}
+
 /* The vector kernels sum each output in one order whatever the batch: a row
  * computed in a batch of B equals, bit for bit, the row computed alone.
  * (sgemm gives no such promise, so BLAS is left out.) */
 static void check_batch_invariant(int kk) {
   require_kernel(kk);
-  fl_rng r;
-  fl_rng_seed(&r, 802);
-  const int I = 37, O = 11, BMAX = 14;
-  float *x = falloc((size_t)BMAX * I), *w = falloc((size_t)O * I), *b = falloc(O);
-  float *y = falloc((size_t)BMAX * O), *y1 = falloc(O);
-  fill_normal(x, (size_t)BMAX * I, &r, 1.0f);
-  fill_normal(w, (size_t)O * I, &r, 0.3f);
-  fill_normal(b, O, &r, 1.0f);
-  for (int B = 1; B <= BMAX; B++) {
-    assert_int_equal(fl_dense_infer_with(g_kernels[kk].k, y, x, w, b, B, I, O), 0);
+  dense_case c;
+  dense_case_init(&c, 802);
+  fl_dense_kernel k = g_kernels[kk].k;
+  for (int B = 1; B <= DB; B++) {
+    assert_int_equal(fl_dense_infer_with(k, c.y, c.x, c.w, c.b, B, DI, DO), 0);
     for (int n = 0; n < B; n++) {
-      assert_int_equal(fl_dense_infer_with(g_kernels[kk].k, y1, x + (size_t)n * I, w, b, 1, I,
-                                           O), 0);
-      assert_memory_equal(y + (size_t)n * O, y1, sizeof(float) * O);
+      assert_int_equal(fl_dense_infer_with(k, c.y1, c.x + (size_t)n * DI, c.w, c.b, 1, DI, DO), 0);
+      assert_memory_equal(c.y + (size_t)n * DO, c.y1, sizeof(float) * DO);
     }
   }
-  free(x), free(w), free(b), free(y), free(y1);
+  dense_case_free(&c);
 }
 
 static void test_dense_infer_batch_invariant_avx2(void **state) {
@@ -458,27 +473,22 @@ static void test_dense_infer_batch_invariant_avx512(void **state) {
  * refuses; a kernel the CPU lacks is refused when forced. */
 static void test_dense_infer_default(void **state) {
   (void)state;
-  fl_rng r;
-  fl_rng_seed(&r, 803);
-  const int I = 37, O = 11, B = 14;
-  float *x = falloc((size_t)B * I), *w = falloc((size_t)O * I), *b = falloc(O);
-  float *y = falloc((size_t)B * O);
-  fill_normal(x, (size_t)B * I, &r, 1.0f);
-  fill_normal(w, (size_t)O * I, &r, 0.3f);
-  fill_normal(b, O, &r, 1.0f);
+  dense_case c;
+  dense_case_init(&c, 803);
+  float *x = c.x, *w = c.w, *b = c.b, *y = c.y;
   assert_true(fl_dense_kernel_available(FL_DENSE_AUTO));
   assert_true(fl_dense_kernel_available(FL_DENSE_BLAS));
   for (int kk = 0; kk < K_COUNT; kk++)
-    assert_int_equal(fl_dense_infer_with(g_kernels[kk].k, y, x, w, b, B, I, O),
+    assert_int_equal(fl_dense_infer_with(g_kernels[kk].k, y, x, w, b, DB, DI, DO),
                      fl_dense_kernel_available(g_kernels[kk].k) ? 0 : FL_EINVAL);
-  assert_int_equal(fl_dense_infer(y, x, w, b, B, I, O), 0);
+  assert_int_equal(fl_dense_infer(y, x, w, b, DB, DI, DO), 0);
   x[5] = NAN;
-  assert_int_equal(fl_dense_infer(y, x, w, b, B, I, O), FL_ENONFINITE);
-  assert_int_equal(fl_dense_infer(NULL, x, w, b, B, I, O), FL_EINVAL);
-  assert_true(is_shape_error(fl_dense_infer(y, x, w, b, 0, I, O)));
-  assert_true(is_shape_error(fl_dense_infer(y, x, w, b, B, 0, O)));
-  assert_true(is_shape_error(fl_dense_infer(y, x, w, b, B, I, -1)));
-  free(x), free(w), free(b), free(y);
+  assert_int_equal(fl_dense_infer(y, x, w, b, DB, DI, DO), FL_ENONFINITE);
+  assert_int_equal(fl_dense_infer(NULL, x, w, b, DB, DI, DO), FL_EINVAL);
+  assert_true(is_shape_error(fl_dense_infer(y, x, w, b, 0, DI, DO)));
+  assert_true(is_shape_error(fl_dense_infer(y, x, w, b, DB, 0, DO)));
+  assert_true(is_shape_error(fl_dense_infer(y, x, w, b, DB, DI, -1)));
+  dense_case_free(&c);
 }
 
 /* ---- conv1d ------------------------------------------------------------- */
