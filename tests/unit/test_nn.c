@@ -1,4 +1,4 @@
-/* Unit tests for the numeric core (lib/nn.c) against its contract in
+/* Unit tests for the numeric core (lib/nn.c, lib/nn_x86.c) against its contract in
  * faultline/nn.h.
  *
  * The backward passes are checked against central finite differences of the
