@@ -1,5 +1,7 @@
 #include "faultline/error.h"
 
+#include <string.h>
+
 const char *fl_strerror(int err) {
   switch (err) {
   case FL_OK: return "success";
@@ -14,6 +16,9 @@ const char *fl_strerror(int err) {
   case FL_ENOTFOUND: return "not found";
   case FL_ERANGE: return "value out of range";
   case FL_EDIVERGED: return "training diverged (non-finite loss)";
-  default: return "unknown error";
+  default: break;
   }
+  /* Any other -errno, as a daemon's socket or file call returns it. */
+  if (err < 0 && err > FL_ERRNO_LIMIT) return strerror(-err);
+  return "unknown error";
 }

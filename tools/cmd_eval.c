@@ -16,6 +16,7 @@
 
 #include "cli.h"
 #include "faultline/error.h"
+#include "faultline/eval.h"
 #include "faultline/faults.h"
 #include "faultline/metrics.h"
 #include "faultline/scan.h"
@@ -70,24 +71,11 @@ static int ev_data_add(ev_data *d, const fl_table *t, const char *name, int C, i
   if (!d->col[i] || !d->x[i] || !d->lab[i] || !d->sd[i]) return FL_ENOMEM;
   memcpy(d->col[i], cols, sizeof(int) * C * rate);
   for (int c = 0; c < C; c++) {
-    double s = 0, q = 0;
-    size_t n = 0;
     for (int k = 0; k < rate; k++)
-      for (int r = 0; r < t->rows; r++) {
-        float v = t->data[(size_t)r * t->cols + cols[c * rate + k]];
-        d->x[i][(size_t)c * len + (size_t)r * rate + k] = v;
-        if (isnan(v)) continue;
-        s += v;
-        q += (double)v * v;
-        n++;
-      }
-    double mu = n ? s / n : 0, var = n ? q / n - mu * mu : 0;
-    float sd = (float)sqrt(var > 0 ? var : 0);
-    /* A constant channel would take no additive fault at all; one raw unit
-     * (or a thousandth of its level) stands in for its spread. */
-    if (!(sd > 1e-6f * (float)fabs(mu)) || !isfinite(sd))
-      sd = fabs(mu) > 1e-3 ? 1e-3f * (float)fabs(mu) : 1.0f;
-    d->sd[i][c] = sd;
+      for (int r = 0; r < t->rows; r++)
+        d->x[i][(size_t)c * len + (size_t)r * rate + k] =
+            t->data[(size_t)r * t->cols + cols[c * rate + k]];
+    d->sd[i][c] = fl_eval_spread(d->x[i] + (size_t)c * len, len);
   }
   return 0;
 }
@@ -149,13 +137,6 @@ static void ev_clear_labels(ev_data *d) {
 
 /* ---- injection --------------------------------------------------------- */
 
-typedef struct {
-  fl_fault_type type;
-  int mod, ch;        /* ch -1: every channel of the modality (timeshift) */
-  int start, len;     /* base ticks [start, start + len) */
-  size_t labelled;    /* samples the fault affected */
-} ev_episode;
-
 /* The most episodes that fit between row `from` and the end. */
 static int ev_max_episodes(int rows, int from) {
   return rows > from ? (rows - from) / (EV_SPAN_MIN + EV_GAP) : 0;
@@ -173,7 +154,7 @@ static int ev_max_episodes(int rows, int from) {
  * shift replays real history; labels go into d->lab. */
 static int ev_inject(ev_data *d, const fl_fault_params params[FL_FAULT_COUNT],
                      const fl_fault_type *types, int ntypes, int count, int from,
-                     uint64_t seed, ev_episode *eps, char *err, size_t errlen) {
+                     uint64_t seed, fl_eval_episode *eps, char *err, size_t errlen) {
   int part = count > 0 ? (d->rows - from) / count : 0;
   if (count <= 0 || from < 0 || part < EV_SPAN_MIN + EV_GAP) {
     snprintf(err, errlen,
@@ -210,7 +191,7 @@ static int ev_inject(ev_data *d, const fl_fault_params params[FL_FAULT_COUNT],
         order[r] = tmp;
       }
     }
-    ev_episode *ep = &eps[k];
+    fl_eval_episode *ep = &eps[k];
     ep->type = order[k % ntypes];
     if (ep->type == FL_FAULT_TIMESHIFT) {
       ep->mod = (int)fl_rng_below(&rng, (uint32_t)d->n_mod);
@@ -434,7 +415,7 @@ int cmd_inject(int argc, char **argv) {
   fl_table t;
   if (cli_read_csv("inject", in, &t)) return 1;
   ev_data d;
-  ev_episode *eps = NULL;
+  fl_eval_episode *eps = NULL;
   char err[512];
   int rc = 1;
   int e = c.spec.n_mod ? ev_data_from_spec(&d, &c.spec, &t, err, sizeof err)
@@ -495,8 +476,7 @@ typedef struct {
   double auroc;
   fl_binary_stats st;
   size_t rows_faulty, rows_clean;
-  int episodes, detected, localised;
-  double delay_sum;      /* over detected episodes, base ticks from onset */
+  fl_eval_detection det;
   double se[EST_COUNT];  /* squared errors in std units */
   size_t n[EST_COUNT];
   double se_mod[EST_COUNT][FL_MAX_MODALITIES]; /* the same, per faulted modality */
@@ -509,44 +489,9 @@ typedef struct {
   size_t n_clean, n_settled;
 } ev_result;
 
-static double ev_rmse(double se, size_t n) { return n ? sqrt(se / (double)n) : NAN; }
-
-/* Row-level arrays of every scored row, pooled over the fault types. */
-typedef struct {
-  float *score;
-  uint8_t *flag, *label;
-  size_t n, cap;
-} ev_pool;
-
-static int ev_pool_add(ev_pool *p, float s, uint8_t f, uint8_t l) {
-  if (p->n == p->cap) {
-    size_t cap = p->cap ? 2 * p->cap : 4096;
-    float *s2 = realloc(p->score, sizeof(float) * cap);
-    if (s2) p->score = s2;
-    uint8_t *f2 = realloc(p->flag, cap);
-    if (f2) p->flag = f2;
-    uint8_t *l2 = realloc(p->label, cap);
-    if (l2) p->label = l2;
-    if (!s2 || !f2 || !l2) return FL_ENOMEM;
-    p->cap = cap;
-  }
-  p->score[p->n] = s;
-  p->flag[p->n] = f;
-  p->label[p->n++] = l;
-  return 0;
-}
-
-static void ev_pool_free(ev_pool *p) {
-  free(p->score);
-  free(p->flag);
-  free(p->label);
-  memset(p, 0, sizeof *p);
-}
-
-static int ev_pool_stats(const ev_pool *p, ev_result *r) {
-  int e;
-  if ((e = fl_auroc(p->score, p->label, p->n, &r->auroc))) return e;
-  if ((e = fl_f1(p->flag, p->label, p->n, &r->st))) return e;
+static int ev_pool_stats(const fl_eval_pool *p, ev_result *r) {
+  int e = fl_eval_pool_stats(p, &r->auroc, &r->st);
+  if (e) return e;
   r->rows_faulty = r->st.tp + r->st.fn;
   r->rows_clean = r->st.fp + r->st.tn;
   return 0;
@@ -617,145 +562,86 @@ done:
   return e;
 }
 
-/* Linear interpolation of every labelled run of samples of every channel,
- * from the last unlabelled finite sample before it to the first after it
- * (held flat at the recording's ends).  An oracle: it knows the labels. */
+/* The interpolation baseline of every channel (fl_eval_interpolate). */
 static void ev_interpolate(const ev_data *d, float *out[FL_MAX_MODALITIES]) {
   for (int i = 0; i < d->n_mod; i++) {
     size_t len = (size_t)d->rows * d->rate[i];
-    for (int c = 0; c < d->C[i]; c++) {
-      const float *x = d->x[i] + (size_t)c * len;
-      const uint8_t *l = d->lab[i] + (size_t)c * len;
-      float *y = out[i] + (size_t)c * len;
-      memcpy(y, x, sizeof(float) * len);
-      long last = -1; /* last usable sample before the current run */
-      for (size_t t = 0; t < len;) {
-        if (!l[t]) {
-          if (!isnan(x[t])) last = (long)t;
-          t++;
-          continue;
-        }
-        size_t a = t, bnd = t;
-        while (bnd < len && l[bnd]) bnd++;
-        size_t next = bnd;
-        while (next < len && (l[next] || isnan(x[next]))) next++;
-        for (size_t u = a; u < bnd; u++) {
-          if (last >= 0 && next < len) {
-            double w = (double)((long)u - last) / (double)((long)next - last);
-            y[u] = (float)((1 - w) * x[last] + w * x[next]);
-          } else if (last >= 0) {
-            y[u] = x[last];
-          } else if (next < len) {
-            y[u] = x[next];
-          } else {
-            y[u] = NAN;
-          }
-        }
-        t = bnd;
-      }
-    }
+    for (int c = 0; c < d->C[i]; c++)
+      fl_eval_interpolate(out[i] + (size_t)c * len, d->x[i] + (size_t)c * len,
+                          d->lab[i] + (size_t)c * len, len);
   }
 }
 
 /* Scores the scan of one corrupted copy: rows into the pools, episodes,
- * and the correction errors of every estimate. */
+ * and the correction errors of every estimate.  Each channel's errors go
+ * into the totals and the modality's as separate sums in the same order. */
 static int ev_score(fl_bundle *b, const ev_data *clean, const ev_data *d,
-                    const ev_episode *eps, int neps, const fl_scan_result *sr,
-                    float *est[EST_COUNT][FL_MAX_MODALITIES], ev_pool *pool, ev_pool *all,
-                    ev_result *res) {
+                    const fl_eval_episode *eps, int neps, const fl_scan_result *sr,
+                    float *est[EST_COUNT][FL_MAX_MODALITIES], fl_eval_pool *pool,
+                    fl_eval_pool *all, ev_result *res) {
   const float *std = fl_model_std(b->model);
-  int W = fl_model_spec_of(b->model)->window, e;
-  uint8_t *faulty = malloc(d->rows ? d->rows : 1), *settled = malloc(d->rows ? d->rows : 1);
-  if (!faulty || !settled) {
-    free(faulty);
-    free(settled);
-    return FL_ENOMEM;
-  }
-  memset(settled, 1, d->rows);
-  for (int k = 0; k < neps; k++)
-    for (int r = eps[k].start; r < eps[k].start + eps[k].len + W && r < d->rows; r++)
-      settled[r] = 0;
-  for (int r = 0; r < d->rows; r++) {
-    faulty[r] = ev_row_label(d, r, NULL) != 0;
-    if (isnan(sr->score[r])) continue;
-    if ((e = ev_pool_add(pool, sr->score[r], sr->flag[r], faulty[r])) ||
-        (all && (e = ev_pool_add(all, sr->score[r], sr->flag[r], faulty[r])))) {
-      free(faulty);
-      free(settled);
-      return e;
-    }
-    if (!faulty[r] && settled[r]) {
+  int W = fl_model_spec_of(b->model)->window, e = FL_ENOMEM, maxlen = 1;
+  for (int i = 0; i < d->n_mod; i++)
+    if (d->rows * d->rate[i] > maxlen) maxlen = d->rows * d->rate[i];
+  size_t rows = d->rows ? (size_t)d->rows : 1;
+  uint8_t *faulty = malloc(rows), *settled = malloc(rows);
+  uint8_t *keep = malloc((size_t)maxlen), *keep_settled = malloc((size_t)maxlen);
+  if (!faulty || !settled || !keep || !keep_settled) goto done;
+  fl_eval_settled(settled, d->rows, eps, neps, W);
+  for (int r = 0; r < d->rows; r++) faulty[r] = ev_row_label(d, r, NULL) != 0;
+  if ((e = fl_eval_pool_add(pool, sr->score, sr->flag, faulty, d->rows)) ||
+      (all && (e = fl_eval_pool_add(all, sr->score, sr->flag, faulty, d->rows))) ||
+      (e = fl_eval_detect(&res->det, eps, neps, sr->flag, sr->modality, d->n_mod)))
+    goto done;
+  for (int r = 0; r < d->rows; r++)
+    if (!isnan(sr->score[r]) && !faulty[r] && settled[r]) {
       res->settled_rows++;
       res->settled_alarms += sr->flag[r] != 0;
     }
-  }
-  for (int k = 0; k < neps; k++) {
-    const ev_episode *ep = &eps[k];
-    if (!ep->labelled) continue;
-    res->episodes++;
-    int votes[FL_MAX_MODALITIES] = {0}, first = -1;
-    for (int r = ep->start; r < ep->start + ep->len; r++) {
-      if (!sr->flag[r]) continue;
-      if (first < 0) first = r;
-      if (sr->modality[r] >= 0 && sr->modality[r] < FL_MAX_MODALITIES) votes[sr->modality[r]]++;
-    }
-    if (first < 0) continue;
-    res->detected++;
-    res->delay_sum += first - ep->start;
-    int best = 0;
-    for (int i = 1; i < d->n_mod; i++)
-      if (votes[i] > votes[best]) best = i;
-    if (votes[best] > 0 && best == ep->mod) res->localised++;
-  }
   int off = 0;
   for (int i = 0; i < d->n_mod; i++) {
     int rate = d->rate[i];
     size_t len = (size_t)d->rows * rate;
     for (int c = 0; c < d->C[i]; c++) {
+      size_t o = (size_t)c * len;
       double inv = 1.0 / std[off + c];
+      /* The faulted samples (none in a run without episodes): every
+       * estimate against the clean original. */
+      for (int j = 0; j < EST_COUNT && neps > 0; j++) {
+        fl_eval_sq_error(&res->se[j], &res->n[j], est[j][i] + o, clean->x[i] + o,
+                         d->lab[i] + o, len, inv);
+        fl_eval_sq_error(&res->se_mod[j][i], &res->n_mod[j][i], est[j][i] + o,
+                         clean->x[i] + o, d->lab[i] + o, len, inv);
+      }
+      /* The clean rows with a score (rows before the first window are
+       * passed through unscored): the corrected output against the input. */
       for (int r = 0; r < d->rows; r++)
         for (int q = 0; q < rate; q++) {
-          size_t k = (size_t)c * len + (size_t)r * rate + q;
-          float truth = clean->x[i][k];
-          if (isnan(truth)) continue;
-          if (!faulty[r]) {
-            /* Rows before the first window are passed through unscored. */
-            if (isnan(sr->score[r])) continue;
-            float v = sr->corrected.x[i][k], x = d->x[i][k];
-            if (isnan(v) || isnan(x)) continue;
-            double err = ((double)v - x) * inv;
-            res->se_clean += err * err;
-            res->n_clean++;
-            if (settled[r]) {
-              res->se_settled += err * err;
-              res->n_settled++;
-            }
-            continue;
-          }
-          if (!d->lab[i][k]) continue;
-          for (int j = 0; j < EST_COUNT; j++) {
-            float v = est[j][i][k];
-            if (isnan(v)) continue;
-            double err = ((double)v - truth) * inv;
-            res->se[j] += err * err;
-            res->n[j]++;
-            res->se_mod[j][i] += err * err;
-            res->n_mod[j][i]++;
-          }
+          size_t k = (size_t)r * rate + q;
+          keep[k] = !faulty[r] && !isnan(sr->score[r]) && !isnan(clean->x[i][o + k]);
+          keep_settled[k] = keep[k] && settled[r];
         }
+      fl_eval_sq_error(&res->se_clean, &res->n_clean, sr->corrected.x[i] + o, d->x[i] + o,
+                       keep, len, inv);
+      fl_eval_sq_error(&res->se_settled, &res->n_settled, sr->corrected.x[i] + o,
+                       d->x[i] + o, keep_settled, len, inv);
     }
     off += d->C[i];
   }
+  e = 0;
+done:
   free(faulty);
   free(settled);
-  return 0;
+  free(keep);
+  free(keep_settled);
+  return e;
 }
 
 static void ev_add(ev_result *to, const ev_result *from) {
-  to->episodes += from->episodes;
-  to->detected += from->detected;
-  to->localised += from->localised;
-  to->delay_sum += from->delay_sum;
+  to->det.episodes += from->det.episodes;
+  to->det.detected += from->det.detected;
+  to->det.localised += from->det.localised;
+  to->det.delay_sum += from->det.delay_sum;
   for (int j = 0; j < EST_COUNT; j++) {
     to->se[j] += from->se[j];
     to->n[j] += from->n[j];
@@ -793,15 +679,15 @@ static void ev_print_row(FILE *f, const ev_result *r, int detection) {
   ev_num(f1, sizeof f1, detection ? r->st.f1 : NAN, "%.3f");
   ev_num(far, sizeof far, r->st.far, "%.4f");
   ev_num(farw, sizeof farw,
-         r->settled_rows ? (double)r->settled_alarms / (double)r->settled_rows : NAN, "%.4f");
-  if (r->episodes) snprintf(det, sizeof det, "%d/%d", r->detected, r->episodes);
+         fl_eval_rate((double)r->settled_alarms, (double)r->settled_rows), "%.4f");
+  if (r->det.episodes) snprintf(det, sizeof det, "%d/%d", r->det.detected, r->det.episodes);
   else snprintf(det, sizeof det, "-");
-  ev_num(loc, sizeof loc, r->detected ? (double)r->localised / r->detected : NAN, "%.2f");
-  ev_num(dl, sizeof dl, r->detected ? r->delay_sum / r->detected : NAN, "%.1f");
+  ev_num(loc, sizeof loc, fl_eval_rate(r->det.localised, r->det.detected), "%.2f");
+  ev_num(dl, sizeof dl, fl_eval_rate(r->det.delay_sum, r->det.detected), "%.1f");
   for (int j = 0; j < EST_COUNT; j++)
-    ev_num(est[j], sizeof est[j], ev_rmse(r->se[j], r->n[j]), "%.3f");
-  ev_num(cl, sizeof cl, ev_rmse(r->se_clean, r->n_clean), "%.4f");
-  ev_num(clw, sizeof clw, ev_rmse(r->se_settled, r->n_settled), "%.4f");
+    ev_num(est[j], sizeof est[j], fl_eval_rmse(r->se[j], r->n[j]), "%.3f");
+  ev_num(cl, sizeof cl, fl_eval_rmse(r->se_clean, r->n_clean), "%.4f");
+  ev_num(clw, sizeof clw, fl_eval_rmse(r->se_settled, r->n_settled), "%.4f");
   fprintf(f, EV_ROW_FMT, r->name, a, f1, far, farw, det, loc, dl, est[0], est[1], est[2],
           est[3], est[4], cl, clw);
 }
@@ -818,29 +704,28 @@ static json_t *ev_json(const ev_result *r, int detection, const ev_data *d) {
     json_object_set_new(o, "recall", ev_real(r->st.recall));
   }
   json_object_set_new(o, "far", ev_real(r->st.far));
-  json_object_set_new(o, "far_settled", ev_real(r->settled_rows ? (double)r->settled_alarms /
-                                                                      (double)r->settled_rows
-                                                                : NAN));
+  json_object_set_new(o, "far_settled",
+                      ev_real(fl_eval_rate((double)r->settled_alarms, (double)r->settled_rows)));
   json_object_set_new(o, "rows_faulty", json_integer((json_int_t)r->rows_faulty));
   json_object_set_new(o, "rows_clean", json_integer((json_int_t)r->rows_clean));
   json_object_set_new(o, "rows_settled", json_integer((json_int_t)r->settled_rows));
   json_object_set_new(o, "false_alarm_rows", json_integer((json_int_t)r->st.fp));
   if (detection) {
-    json_object_set_new(o, "episodes", json_integer(r->episodes));
-    json_object_set_new(o, "detected", json_integer(r->detected));
-    json_object_set_new(o, "localised", json_integer(r->localised));
+    json_object_set_new(o, "episodes", json_integer(r->det.episodes));
+    json_object_set_new(o, "detected", json_integer(r->det.detected));
+    json_object_set_new(o, "localised", json_integer(r->det.localised));
     json_object_set_new(o, "detection_rate",
-                        ev_real(r->episodes ? (double)r->detected / r->episodes : NAN));
+                        ev_real(fl_eval_rate(r->det.detected, r->det.episodes)));
     json_object_set_new(o, "localisation",
-                        ev_real(r->detected ? (double)r->localised / r->detected : NAN));
-    json_object_set_new(o, "delay", ev_real(r->detected ? r->delay_sum / r->detected : NAN));
+                        ev_real(fl_eval_rate(r->det.localised, r->det.detected)));
+    json_object_set_new(o, "delay", ev_real(fl_eval_rate(r->det.delay_sum, r->det.detected)));
     for (int j = 0; j < EST_COUNT; j++) {
-      json_object_set_new(rm, est_key[j], ev_real(ev_rmse(r->se[j], r->n[j])));
+      json_object_set_new(rm, est_key[j], ev_real(fl_eval_rmse(r->se[j], r->n[j])));
       json_object_set_new(ns, est_key[j], json_integer((json_int_t)r->n[j]));
     }
   }
-  json_object_set_new(rm, "clean", ev_real(ev_rmse(r->se_clean, r->n_clean)));
-  json_object_set_new(rm, "clean_settled", ev_real(ev_rmse(r->se_settled, r->n_settled)));
+  json_object_set_new(rm, "clean", ev_real(fl_eval_rmse(r->se_clean, r->n_clean)));
+  json_object_set_new(rm, "clean_settled", ev_real(fl_eval_rmse(r->se_settled, r->n_settled)));
   json_object_set_new(ns, "clean", json_integer((json_int_t)r->n_clean));
   json_object_set_new(ns, "clean_settled", json_integer((json_int_t)r->n_settled));
   json_object_set_new(o, "rmse", rm);
@@ -850,7 +735,7 @@ static json_t *ev_json(const ev_result *r, int detection, const ev_data *d) {
     for (int i = 0; i < d->n_mod; i++) {
       json_t *mo = json_object();
       for (int j = 0; j < EST_COUNT; j++)
-        json_object_set_new(mo, est_key[j], ev_real(ev_rmse(r->se_mod[j][i], r->n_mod[j][i])));
+        json_object_set_new(mo, est_key[j], ev_real(fl_eval_rmse(r->se_mod[j][i], r->n_mod[j][i])));
       json_object_set_new(mo, "samples", json_integer((json_int_t)r->n_mod[EST_CORRECTED][i]));
       json_object_set_new(bm, d->name[i], mo);
     }
@@ -935,9 +820,9 @@ int cmd_eval(int argc, char **argv) {
   int rc = 1, e;
   fl_table t = {0};
   ev_data clean = {0}, d = {0};
-  ev_episode *eps = NULL;
+  fl_eval_episode *eps = NULL;
   ev_result *res = NULL, total = {0}, base = {0};
-  ev_pool pool = {0}, all = {0};
+  fl_eval_pool pool = {0}, all = {0};
   fl_scan_result sr = {0};
   float *est[EST_COUNT][FL_MAX_MODALITIES] = {{0}};
   json_t *root = NULL;
@@ -1080,8 +965,8 @@ done:
     if (j != EST_INPUT && j != EST_CORRECTED)
       for (int i = 0; i < FL_MAX_MODALITIES; i++) free(est[j][i]);
   fl_scan_free(&sr);
-  ev_pool_free(&pool);
-  ev_pool_free(&all);
+  fl_eval_pool_free(&pool);
+  fl_eval_pool_free(&all);
   free(eps);
   free(res);
   ev_data_free(&clean);

@@ -102,7 +102,7 @@ static void run_parity(fl_bundle *b, const float *raw, size_t n, size_t wsize, F
   float **yb = xmalloc(sizeof(float *) * s->n_mod);
   for (int i = 0; i < s->n_mod; i++)
     yb[i] = xmalloc(sizeof(float) * Bmax * s->mod[i].channels * s->window * s->mod[i].rate);
-  /* Batches of every size class of lib/nn.c's dense tiles (6 rows of x,
+  /* Batches of every size class of lib/nn_x86.c's dense tiles (6 rows of x,
    * and each remainder) in turn. */
   static const int sizes[] = {1, 2, 5, 8, 16, 17, 64};
   int step = 0;

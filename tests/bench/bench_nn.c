@@ -30,6 +30,7 @@
 
 #include <cblas.h>
 
+#include "faultline/error.h"
 #include "faultline/nn.h"
 
 static double now(void) {
@@ -161,7 +162,7 @@ static void layer_run(void *p) {
                                            L->tin, L->work)
                      : fl_convt1d_forward(L->y, L->x, L->w, L->b, &L->c, L->B, L->tin, L->work);
   if (rc) {
-    fprintf(stderr, "bench_nn: layer call failed (%d)\n", rc);
+    fprintf(stderr, "bench_nn: layer call failed: %s\n", fl_strerror(rc));
     exit(1);
   }
 }
@@ -301,7 +302,7 @@ static void infer_run(void *p) {
   infer_call *c = p;
   int rc = fl_dense_infer_with(c->k, c->y, c->x, c->w, c->b, c->B, c->nin, c->nout);
   if (rc) {
-    fprintf(stderr, "bench_nn: fl_dense_infer_with failed (%d)\n", rc);
+    fprintf(stderr, "bench_nn: fl_dense_infer_with failed: %s\n", fl_strerror(rc));
     exit(1);
   }
 }

@@ -11,6 +11,8 @@ scrape: a real faultlined (the daemon tests' quick model) and a real
         Bounded: 90 s at most.
 
 argv: check PROMTOOL | scrape PROMETHEUS FAULTLINED MODEL CONFIG [FAULTLINE]
+An empty PROMTOOL or PROMETHEUS (not installed) makes the test report SKIP
+(exit status 77) with the reason, as does a missing PyYAML for scrape.
 """
 import json
 import os
@@ -35,6 +37,11 @@ def check(cond, what):
     return cond
 
 
+def skip(why):
+    print(f"SKIP: {why}")
+    sys.exit(77)
+
+
 def finish(name):
     if failures:
         print(f"{name}: {len(failures)} checks failed", file=sys.stderr)
@@ -44,6 +51,8 @@ def finish(name):
 
 
 def run_check(promtool):
+    if not promtool:
+        skip("promtool not found (Debian package prometheus): config and rules not checked")
     for args in (["check", "config", "prometheus.yml"], ["check", "rules", "rules.yml"],
                  ["test", "rules", "rules_test.yml"]):
         r = subprocess.run([promtool, *args], cwd=PROM, capture_output=True, text=True,
@@ -60,7 +69,12 @@ def query(port, q):
 
 
 def run_scrape(prometheus, fld, model, config, fl=None):
-    import yaml
+    if not prometheus:
+        skip("prometheus not found (Debian package prometheus): no scrape of faultlined")
+    try:
+        import yaml
+    except ImportError:
+        skip("PyYAML not found (Debian package python3-yaml): prometheus.yml cannot be edited")
     import fldtest as T
 
     tmp = tempfile.mkdtemp(prefix="fl-prom-")

@@ -1,4 +1,4 @@
-/* Unit tests for the numeric core (lib/nn.c) against its contract in
+/* Unit tests for the numeric core (lib/nn.c, lib/nn_x86.c) against its contract in
  * faultline/nn.h.
  *
  * The backward passes are checked against central finite differences of the
@@ -338,8 +338,21 @@ static const struct {
   fl_dense_kernel k;
   const char *name;
   int lanes;
-} g_kernels[] = {{FL_DENSE_BLAS, "blas", 1}, {FL_DENSE_AVX2, "avx2", 8},
-                 {FL_DENSE_AVX512, "avx512", 16}};
+  const char *needs; /* the CPU features it runs on */
+} g_kernels[] = {{FL_DENSE_BLAS, "blas", 1, "nothing"},
+                 {FL_DENSE_AVX2, "avx2", 8, "AVX2 and FMA"},
+                 {FL_DENSE_AVX512, "avx512", 16, "AVX-512F and AVX-512VL"}};
+enum { K_BLAS, K_AVX2, K_AVX512, K_COUNT };
+
+/* Skips the calling test, saying why, when this CPU cannot run kernel kk
+ * (fl_dense_infer never picks it there). */
+static void require_kernel(int kk) {
+  if (!fl_dense_kernel_available(g_kernels[kk].k)) {
+    print_message("SKIP: the CPU has no %s: the %s kernel cannot run here\n",
+                  g_kernels[kk].needs, g_kernels[kk].name);
+    skip();
+  }
+}
 
 /* Checks y (B, O) from kernel kk against the double sum and sgemm. */
 static void check_infer(int kk, int B, int I, int O, fl_rng *r, int with_bias) {
@@ -349,12 +362,7 @@ static void check_infer(int kk, int B, int I, int O, fl_rng *r, int with_bias) {
   fill_normal(w, (size_t)O * I, r, 1.0f / sqrtf((float)I));
   fill_normal(b, O, r, 1.0f);
   const float *bb = with_bias ? b : NULL;
-  int rc = fl_dense_infer_with(g_kernels[kk].k, y, x, w, bb, B, I, O);
-  if (rc == FL_EINVAL) { /* the CPU lacks it: fl_dense_infer never picks it */
-    free(x), free(w), free(b), free(y), free(ys);
-    return;
-  }
-  assert_int_equal(rc, 0);
+  assert_int_equal(fl_dense_infer_with(g_kernels[kk].k, y, x, w, bb, B, I, O), 0);
   assert_int_equal(fl_dense_forward(ys, x, w, bb, B, I, O), 0);
   const double u = ldexp(1.0, -24);
   double tk = 1.01 * ((double)I / g_kernels[kk].lanes + 6) * u, tb = 1.01 * (I + 6) * u;
@@ -374,8 +382,10 @@ static void check_infer(int kk, int B, int I, int O, fl_rng *r, int with_bias) {
   free(x), free(w), free(b), free(y), free(ys);
 }
 
-static void test_dense_infer_kernels(void **state) {
-  (void)state;
+/* Every shape and batch below through kernel kk (skipped where the CPU
+ * lacks it). */
+static void check_kernel(int kk) {
+  require_kernel(kk);
   fl_rng r;
   fl_rng_seed(&r, 801);
   /* Awkward shapes: nin below, at and past the vector widths and not a
@@ -383,54 +393,102 @@ static void test_dense_infer_kernels(void **state) {
    * 1 .. 67 (all remainders of the 6- and 3-row tiles, and past 64). */
   static const int small[][2] = {{1, 1}, {7, 3}, {8, 4}, {15, 5}, {16, 6}, {17, 9},
                                  {33, 7}, {131, 13}, {250, 2}};
-  for (int kk = 0; kk < 3; kk++) {
-    for (size_t s = 0; s < sizeof small / sizeof *small; s++)
-      for (int B = 1; B <= 67; B++)
-        check_infer(kk, B, small[s][0], small[s][1], &r, (B + (int)s) % 4 != 0);
-    /* The default model's dense shapes at batches around the tiles. */
-    static const int model[][2] = {{1920, 256}, {256, 256}, {256, 1920}, {1920, 128},
-                                   {128, 32}};
-    static const int batches[] = {1, 5, 6, 64, 67};
-    for (size_t s = 0; s < sizeof model / sizeof *model; s++)
-      for (size_t j = 0; j < sizeof batches / sizeof *batches; j++)
-        check_infer(kk, batches[j], model[s][0], model[s][1], &r, 1);
-  }
+  for (size_t s = 0; s < sizeof small / sizeof *small; s++)
+    for (int B = 1; B <= 67; B++)
+      check_infer(kk, B, small[s][0], small[s][1], &r, (B + (int)s) % 4 != 0);
+  /* The default model's dense shapes at batches around the tiles. */
+  static const int model[][2] = {{1920, 256}, {256, 256}, {256, 1920}, {1920, 128},
+                                 {128, 32}};
+  static const int batches[] = {1, 5, 6, 64, 67};
+  for (size_t s = 0; s < sizeof model / sizeof *model; s++)
+    for (size_t j = 0; j < sizeof batches / sizeof *batches; j++)
+      check_infer(kk, batches[j], model[s][0], model[s][1], &r, 1);
+}
+
+static void test_dense_infer_blas(void **state) {
+  (void)state;
+  check_kernel(K_BLAS);
+}
+
+static void test_dense_infer_avx2(void **state) {
+  (void)state;
+  check_kernel(K_AVX2);
+}
+
+static void test_dense_infer_avx512(void **state) {
+  (void)state;
+  check_kernel(K_AVX512);
+}
+
+/* A small dense layer for the tests below: x (DB, DI), W (DO, DI), b (DO),
+ * y (DB, DO) and one output row y1 (DO). */
+enum { DI = 37, DO = 11, DB = 14 };
+typedef struct {
+  float *x, *w, *b, *y, *y1;
+} dense_case;
+
+static void dense_case_init(dense_case *c, uint64_t seed) {
+  fl_rng r;
+  fl_rng_seed(&r, seed);
+  c->x = falloc((size_t)DB * DI), c->w = falloc((size_t)DO * DI), c->b = falloc(DO);
+  c->y = falloc((size_t)DB * DO), c->y1 = falloc(DO);
+  fill_normal(c->x, (size_t)DB * DI, &r, 1.0f);
+  fill_normal(c->w, (size_t)DO * DI, &r, 0.3f);
+  fill_normal(c->b, DO, &r, 1.0f);
+}
+
+static void dense_case_free(dense_case *c) {
+  free(c->x), free(c->w), free(c->b), free(c->y), free(c->y1);
 }
 
 /* The vector kernels sum each output in one order whatever the batch: a row
  * computed in a batch of B equals, bit for bit, the row computed alone.
  * (sgemm gives no such promise, so BLAS is left out.) */
-static void test_dense_infer_batch_invariant(void **state) {
-  (void)state;
-  fl_rng r;
-  fl_rng_seed(&r, 802);
-  const int I = 37, O = 11, BMAX = 14;
-  float *x = falloc((size_t)BMAX * I), *w = falloc((size_t)O * I), *b = falloc(O);
-  float *y = falloc((size_t)BMAX * O), *y1 = falloc(O);
-  fill_normal(x, (size_t)BMAX * I, &r, 1.0f);
-  fill_normal(w, (size_t)O * I, &r, 0.3f);
-  fill_normal(b, O, &r, 1.0f);
-  for (int kk = 1; kk < 3; kk++) {
-    if (fl_dense_infer_with(g_kernels[kk].k, y1, x, w, b, 1, I, O) == FL_EINVAL) continue;
-    for (int B = 1; B <= BMAX; B++) {
-      assert_int_equal(fl_dense_infer_with(g_kernels[kk].k, y, x, w, b, B, I, O), 0);
-      for (int n = 0; n < B; n++) {
-        assert_int_equal(fl_dense_infer_with(g_kernels[kk].k, y1, x + (size_t)n * I, w, b, 1, I,
-                                             O), 0);
-        assert_memory_equal(y + (size_t)n * O, y1, sizeof(float) * O);
-      }
+static void check_batch_invariant(int kk) {
+  require_kernel(kk);
+  dense_case c;
+  dense_case_init(&c, 802);
+  fl_dense_kernel k = g_kernels[kk].k;
+  for (int B = 1; B <= DB; B++) {
+    assert_int_equal(fl_dense_infer_with(k, c.y, c.x, c.w, c.b, B, DI, DO), 0);
+    for (int n = 0; n < B; n++) {
+      assert_int_equal(fl_dense_infer_with(k, c.y1, c.x + (size_t)n * DI, c.w, c.b, 1, DI, DO), 0);
+      assert_memory_equal(c.y + (size_t)n * DO, c.y1, sizeof(float) * DO);
     }
   }
-  /* The default picks a kernel the CPU has, and refuses what fl_dense_forward
-   * refuses. */
-  assert_int_equal(fl_dense_infer(y, x, w, b, BMAX, I, O), 0);
+  dense_case_free(&c);
+}
+
+static void test_dense_infer_batch_invariant_avx2(void **state) {
+  (void)state;
+  check_batch_invariant(K_AVX2);
+}
+
+static void test_dense_infer_batch_invariant_avx512(void **state) {
+  (void)state;
+  check_batch_invariant(K_AVX512);
+}
+
+/* The default picks a kernel the CPU has and refuses what fl_dense_forward
+ * refuses; a kernel the CPU lacks is refused when forced. */
+static void test_dense_infer_default(void **state) {
+  (void)state;
+  dense_case c;
+  dense_case_init(&c, 803);
+  float *x = c.x, *w = c.w, *b = c.b, *y = c.y;
+  assert_true(fl_dense_kernel_available(FL_DENSE_AUTO));
+  assert_true(fl_dense_kernel_available(FL_DENSE_BLAS));
+  for (int kk = 0; kk < K_COUNT; kk++)
+    assert_int_equal(fl_dense_infer_with(g_kernels[kk].k, y, x, w, b, DB, DI, DO),
+                     fl_dense_kernel_available(g_kernels[kk].k) ? 0 : FL_EINVAL);
+  assert_int_equal(fl_dense_infer(y, x, w, b, DB, DI, DO), 0);
   x[5] = NAN;
-  assert_int_equal(fl_dense_infer(y, x, w, b, BMAX, I, O), FL_ENONFINITE);
-  assert_int_equal(fl_dense_infer(NULL, x, w, b, BMAX, I, O), FL_EINVAL);
-  assert_true(is_shape_error(fl_dense_infer(y, x, w, b, 0, I, O)));
-  assert_true(is_shape_error(fl_dense_infer(y, x, w, b, BMAX, 0, O)));
-  assert_true(is_shape_error(fl_dense_infer(y, x, w, b, BMAX, I, -1)));
-  free(x), free(w), free(b), free(y), free(y1);
+  assert_int_equal(fl_dense_infer(y, x, w, b, DB, DI, DO), FL_ENONFINITE);
+  assert_int_equal(fl_dense_infer(NULL, x, w, b, DB, DI, DO), FL_EINVAL);
+  assert_true(is_shape_error(fl_dense_infer(y, x, w, b, 0, DI, DO)));
+  assert_true(is_shape_error(fl_dense_infer(y, x, w, b, DB, 0, DO)));
+  assert_true(is_shape_error(fl_dense_infer(y, x, w, b, DB, DI, -1)));
+  dense_case_free(&c);
 }
 
 /* ---- conv1d ------------------------------------------------------------- */
@@ -1801,8 +1859,12 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_dense_grad),
       cmocka_unit_test(test_dense_forward_without_bias),
-      cmocka_unit_test(test_dense_infer_kernels),
-      cmocka_unit_test(test_dense_infer_batch_invariant),
+      cmocka_unit_test(test_dense_infer_blas),
+      cmocka_unit_test(test_dense_infer_avx2),
+      cmocka_unit_test(test_dense_infer_avx512),
+      cmocka_unit_test(test_dense_infer_batch_invariant_avx2),
+      cmocka_unit_test(test_dense_infer_batch_invariant_avx512),
+      cmocka_unit_test(test_dense_infer_default),
       cmocka_unit_test(test_conv1d_grad_stride1),
       cmocka_unit_test(test_conv1d_grad_stride2_pad2),
       cmocka_unit_test(test_conv1d_grad_stride2_even_length),

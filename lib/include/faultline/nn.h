@@ -86,6 +86,9 @@ typedef enum {
 int fl_dense_infer_with(fl_dense_kernel k, float *y, const float *x, const float *w,
                         const float *b, int B, int nin, int nout);
 
+/* 1 if this CPU runs kernel k (BLAS and AUTO: always), else 0. */
+int fl_dense_kernel_available(fl_dense_kernel k);
+
 /* ---- 1-D convolutions -------------------------------------------------- */
 
 typedef struct {
