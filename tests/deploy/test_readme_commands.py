@@ -333,11 +333,11 @@ def check_only_script(cmd):
         out.append(f"{sh_quote(sys.executable)} -m py_compile {sh_quote(prog)}")
     else:
         out.append(f"test -x {sh_quote(prog)} || {{ echo {sh_quote('readme: no program ' + prog)} "
-                   ">&2; exit 1; }}")
+                   ">&2; exit 1; }")
     for a in args:
         if "/" in a and not a.startswith(("-", "/")) and "://" not in a:
             out.append(f"test -e {sh_quote(a)} || {{ echo {sh_quote('readme: no file ' + a)} "
-                       ">&2; exit 1; }}")
+                       ">&2; exit 1; }")
     return "\n".join(out)
 
 
