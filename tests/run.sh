@@ -21,7 +21,7 @@ logs=(build/meson-logs/testlog.json)
 # excluded by name (name: reason):
 asan_exclude=(
   "memcheck: valgrind memcheck cannot run an ASan-instrumented faultlined (both own the heap)"
-  "readme_commands: runs the README's commands, which build their own uninstrumented tree (build-rel) and run the demo; it ran in build/, and the binaries it runs are the ones every other test runs here"
+  "readme_commands: runs the commands of the README and docs/, which build their own uninstrumented tree (build-rel) and run the demo; it ran in build/, and the binaries it runs are the ones every other test runs here"
 )
 if [ "$#" -eq 0 ]; then
   asan_ok=1
