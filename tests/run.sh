@@ -22,7 +22,7 @@ logs=(build/meson-logs/testlog.json)
 asan_exclude=(
   "memcheck: valgrind memcheck cannot run an ASan-instrumented faultlined (both own the heap)"
   "systemd_sandbox: the sanitizers' runtime makes system calls of its own (LeakSanitizer stops the threads with ptrace) that the units' filter refuses; the units run the uninstrumented faultlined, tested here in build/"
-  "readme_commands: runs the README's commands, which build their own uninstrumented tree (build-rel) and run the demo; it ran in build/, and the binaries it runs are the ones every other test runs here"
+  "readme_commands: runs the commands of the README and docs/, which build their own uninstrumented tree (build-rel) and run the demo; it ran in build/, and the binaries it runs are the ones every other test runs here"
 )
 if [ "$#" -eq 0 ]; then
   asan_ok=1

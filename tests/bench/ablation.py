@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""The Lipschitz ablation of issue 5: does layer-specific modulation help?
+"""The Lipschitz ablation: does layer-specific modulation help?
 
 For each dataset (the built-in plant simulator, SKAB's anomaly-free recording) and
 each variant of Lipschitz modulation and gradient clipping, train a model with

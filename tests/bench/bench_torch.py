@@ -33,7 +33,7 @@ per side, the sides alternate, and the table shows medians of --runs runs.
            faultlined's windows/s with 1, 16, 256 and 4096 streams
 
 --quick (a meson test; also with FAULTLINE_QUICK=1 in the environment, as
-the README's commands are run by the test readme_commands) runs the parity
+the documented commands are run by the test readme_commands) runs the parity
 checks and one short timing of each kind, with small counts.
 """
 import argparse

@@ -1,15 +1,23 @@
 #!/usr/bin/python3
-"""Every command in README.md, run, so that the README cannot rot.
+"""Every command in README.md and docs/, run, so that the documentation cannot rot.
 
-Extracts every code block of README.md (4-space indented blocks and ```
-fenced blocks), in order, and runs each block as one bash script
+Extracts every code block of README.md, then of docs/*.md and
+docs/results/*.md (4-space indented blocks and ``` fenced blocks), in order,
+and runs each block as one bash script
 (`set -eo pipefail`, so a failing command fails its block) in a scratch copy
 of the source tree, whose `build` is a symlink to the build directory under
 test and whose `../shared` is the real ../shared.  Long commands run in
 their quick mode: FAULTLINE_QUICK=1 is in the environment and the scripts
 honour it (deploy/demo.sh: 7000 rows, 4 + 3 epochs; bench_nn: 3
 repetitions).  After each block the expectations of its section (files
-written, output) are checked.
+written, output) are checked.  A section is named "FILE: HEADING" (FILE
+relative to the source root, HEADING the `## ` heading above the block, or
+"(top)" before the first).
+
+The few long benchmarks listed in CHECK_ONLY are not run: their programs are
+checked instead (a Python script compiles, a binary is executable, every path
+argument exists, a `meson test --benchmark NAME` is among the build's
+benchmarks), so a renamed script, binary or benchmark still fails the test.
 
 A new block is picked up by itself.  Nothing is left out silently: a block
 that is not commands, a command that is not run, a fixture and a path
@@ -19,10 +27,13 @@ cannot rot either).  A fenced block in a language other than sh/bash/shell/
 console, or none, fails the test until it is listed.
 
 usage: test_readme_commands.py SOURCE_ROOT BUILD_ROOT [SECTION...]
-       (with SECTION...: only the blocks of those sections, for debugging)
+       (with SECTION...: only the blocks of those sections, "FILE: HEADING",
+       for debugging)
 """
 import os
+import glob
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -35,12 +46,12 @@ from fldtest import free_port  # noqa: E402
 
 # Blocks that are not commands: (section, start of the block's first line) -> why.
 NOT_COMMANDS = {
-    ("Architecture", "CSV / simulator"): "a data-flow diagram",
-    ("Layout", "lib/"): "the source tree, not commands",
+    ("README.md: Layout", "lib/"): "the source tree, not commands",
+    ("docs/model.md: The network", "CSV / frames"): "a data-flow diagram",
 }
 # Blocks another test runs: (section, start of first line) -> which test.
 RUN_ELSEWHERE = {
-    ("Reading the reports from Python", "#!/usr/bin/python3"):
+    ("README.md: Reading the reports from Python", "#!/usr/bin/python3"):
         "the subscriber script: readme_subscriber (tests/daemon/test_readme.py) runs it as "
         "written against a real faultlined",
 }
@@ -52,6 +63,19 @@ EXEMPT = [
     (r"^systemctl ",
      "needs systemd as PID 1 and root; this container has neither.  The units are "
      "checked by the test systemd_units (systemd-analyze verify, security --offline)"),
+]
+# Commands not run because they take many minutes by design (repeated timed
+# runs): regex on the command's line -> why.  Their programs and arguments are
+# checked instead (check_only_script), so that the command cannot rot.
+CHECK_ONLY = [
+    (r"(?s)^/usr/bin/python3 tests/bench/bench_daemon\.py .*--tune-only",
+     "nine interleaved 10-second runs of three daemons; the benchmark `daemon` runs the script"),
+    (r"^/usr/bin/python3 tests/bench/bench_pydaemon\.py ",
+     "nine alternating runs of faultlined and the Python daemon; bench_torch_quick runs the "
+     "Python daemon"),
+    (r"^meson test -C build .*--benchmark (daemon|scale)\b",
+     "the daemon and scale-out benchmarks take minutes; the tests daemon_* and scale_* run "
+     "the same code"),
 ]
 # Commands that serve until stopped: regex -> why.  Each is started in the
 # background, must answer /healthz on its config's [metrics] listen within
@@ -70,7 +94,7 @@ REWRITES = [
 ]
 # Environment per section -> why.
 SECTION_ENV = {
-    "Installing on a gateway": (
+    "README.md: Installing on a gateway": (
         lambda stage: {
             "DESTDIR": stage,
             "PATH": f"{stage}/usr/bin:{stage}/usr/sbin:" + os.environ.get("PATH", ""),
@@ -82,14 +106,14 @@ SECTION_ENV = {
 }
 # Shell run before a section's first block -> why.
 SETUP = {
-    "Training your own model": (
+    "README.md: First use on your own CSV": (
         "cp config/plant.ini my.ini\n"
         "sed -i -e 's/^;epochs1 = .*/epochs1 = 4/' -e 's/^;epochs2 = .*/epochs2 = 3/' my.ini\n"
         "build/tools/faultline simulate --rows 3000 --seed 3 --out clean.csv\n"
         "build/tools/faultline simulate --rows 600 --seed 4 --anomalies 2 --out today.csv\n",
         "my.ini, clean.csv and today.csv stand for the reader's own: the plant's config "
         "with a quick schedule and the simulator's data"),
-    "Running the daemon": (
+    "README.md: Running the daemon": (
         "sed -i -e \"/^\\[input\\]/,/^\\[/ s|^endpoint = .*|endpoint = tcp://127.0.0.1:$PORT_IN|\" "
         "-e \"/^\\[output\\]/,/^\\[/ s|^endpoint = .*|endpoint = tcp://127.0.0.1:$PORT_OUT|\" "
         "-e \"/^\\[metrics\\]/,/^\\[/ s|^listen = .*|listen = 127.0.0.1:$PORT_METRICS|\" "
@@ -101,25 +125,39 @@ SETUP = {
 # it the block is reported as not run (the test still passes), as run.sh's
 # SKAB tests do.
 REQUIRES = {
-    "SKAB results": "../shared/data/skab",
-    "Injected sensor faults": "../shared/data/skab/anomaly-free/anomaly-free.csv",
+    "docs/results/skab.md: Result": "../shared/data/skab",
+    "docs/results/skab.md: Training time": "../shared/data/skab/valve1/1.csv",
+    "docs/results/injected-faults.md: SKAB's anomaly-free recording":
+        "../shared/data/skab/anomaly-free/anomaly-free.csv",
+}
+# Sections whose blocks need a program that may be absent: section -> program.
+# Without it the block is reported as not run, as meson leaves out the tests
+# that need it.
+REQUIRES_PROGRAM = {
+    "docs/operations.md: Alerts": "promtool",
 }
 # What each section's blocks must leave behind: files (relative to the
 # scratch tree, $STAGE expanded) and regexes the output must match.
 EXPECT = {
-    "(top)": {
+    "README.md: Try it": {
         "files": ["out/plant.model", "out/eval.json", "out/episode.svg", "out/reports.jsonl"],
         "output": [r"faultlined: [1-9]\d* reports, \d+ flagged",
                    r"== wrote out/plant\.model"]},
-    "Training your own model": {"files": ["my.model", "scored.csv"]},
-    "Running the daemon": {"files": ["config/plant.model"]},
-    "Installing on a gateway": {
+    "README.md: First use on your own CSV": {"files": ["my.model", "scored.csv"]},
+    "README.md: Running the daemon": {"files": ["config/plant.model"]},
+    "README.md: Installing on a gateway": {
         "files": ["$STAGE/usr/bin/faultline", "$STAGE/usr/sbin/faultlined",
                   "$STAGE/etc/faultline/faultline.ini", "$STAGE/etc/faultline/plant.model",
                   "plant.csv"]},
-    "SKAB results": {"output": [r"F1"]},
-    "Injected sensor faults": {"files": ["af.model"], "output": [r"overall"]},
-    "Benchmarks": {"output": [r"GFLOP/s", r"conv1d"]},
+    "docs/results/skab.md: Result": {"output": [r"F1"]},
+    "docs/results/skab.md: Training time": {"files": ["valve1-1.model"], "output": [r"real"]},
+    "docs/results/injected-faults.md: SKAB's anomaly-free recording": {
+        "files": ["af.model"], "output": [r"overall"]},
+    "docs/results/lipschitz-ablation.md: (top)": {"output": [r"global"]},
+    "docs/results/online-tuning.md: Drift of the operating point": {"output": [r"all checks passed"]},
+    "docs/results/performance.md: The numeric core against sgemm": {
+        "output": [r"GFLOP/s", r"conv1d"]},
+    "docs/operations.md: Alerts": {"output": [r"SUCCESS"]},
 }
 BLOCK_TIMEOUT = 1500
 
@@ -132,9 +170,18 @@ def libdir_multiarch():
         return "lib"
 
 
-def blocks_of(text):
-    """[(section, kind, lang, lines)] for every code block, in order."""
-    out, section = [], "(top)"
+def documents(src):
+    """The documents whose commands are run, relative to src, in order."""
+    docs = ["README.md"]
+    for pattern in ("docs/*.md", "docs/results/*.md"):
+        docs += sorted(os.path.relpath(p, src) for p in glob.glob(os.path.join(src, pattern)))
+    return docs
+
+
+def blocks_of(text, doc="README.md"):
+    """[(section, kind, lang, lines)] for every code block, in order; section
+    is "DOC: HEADING"."""
+    out, section = [], f"{doc}: (top)"
     lines = text.split("\n")
     i, prev_blank = 0, True
     while i < len(lines):
@@ -153,7 +200,7 @@ def blocks_of(text):
         if line.startswith("#"):
             h = re.match(r"^#{1,6}\s+(.*?)\s*#*$", line)
             if h and line.startswith("## "):
-                section = h.group(1)
+                section = f"{doc}: {h.group(1)}"
             prev_blank = False
             i += 1
             continue
@@ -236,6 +283,12 @@ def script_for(body, used):
             used.add(("exempt", ex[0][0]))
             out.append("echo " + sh_quote(f"readme: NOT RUN: {stripped}  ({ex[0][1]})"))
             continue
+        co = [(k, why) for k, (pat, why) in enumerate(CHECK_ONLY) if re.search(pat, stripped)]
+        if co:
+            used.add(("check", co[0][0]))
+            out.append("echo " + sh_quote(f"readme: CHECKED, NOT RUN: {stripped}  ({co[0][1]})"))
+            out.append(check_only_script(stripped))
+            continue
         dm = [(k, re.search(pat, stripped)) for k, (pat, _w) in enumerate(DAEMONS)]
         dm = [(k, m) for k, m in dm if m]
         if dm:
@@ -258,6 +311,36 @@ def script_for(body, used):
     return "\n".join(out) + "\n"
 
 
+def check_only_script(cmd):
+    """Shell that checks a command's programs and arguments without running
+    it: a `meson test --benchmark NAME` is among the build's benchmarks; a
+    Python script compiles; a program is executable; every argument that is
+    a relative path exists."""
+    words = shlex.split(cmd.replace("\\\n", " "))
+    while words and re.match(r"^\w+=", words[0]):  # leading environment assignments
+        words.pop(0)
+    out = []
+    if words[:2] == ["meson", "test"]:
+        build = words[words.index("-C") + 1]
+        names = [w for w in words[words.index("--benchmark") + 1:] if not w.startswith("-")]
+        for n in names:
+            out.append(f"meson test -C {sh_quote(build)} --benchmark --list | "
+                       f"grep -Eq {sh_quote('(^|:)' + re.escape(n) + '$')} || "
+                       f"{{ echo {sh_quote('readme: no benchmark ' + n)} >&2; exit 1; }}")
+        return "\n".join(out)
+    prog, args = (words[1], words[2:]) if words[0].endswith("python3") else (words[0], words[1:])
+    if words[0].endswith("python3"):
+        out.append(f"{sh_quote(sys.executable)} -m py_compile {sh_quote(prog)}")
+    else:
+        out.append(f"test -x {sh_quote(prog)} || {{ echo {sh_quote('readme: no program ' + prog)} "
+                   ">&2; exit 1; }")
+    for a in args:
+        if "/" in a and not a.startswith(("-", "/")) and "://" not in a:
+            out.append(f"test -e {sh_quote(a)} || {{ echo {sh_quote('readme: no file ' + a)} "
+                       ">&2; exit 1; }")
+    return "\n".join(out)
+
+
 def sh_quote(s):
     return "'" + s.replace("'", "'\"'\"'") + "'"
 
@@ -275,8 +358,10 @@ def main():
         return wait_healthz(sys.argv[2], int(sys.argv[3]))
     src, build = map(os.path.abspath, sys.argv[1:3])
     only = set(sys.argv[3:])
-    with open(os.path.join(src, "README.md")) as f:
-        blocks = blocks_of(f.read())
+    blocks = []
+    for doc in documents(src):
+        with open(os.path.join(src, doc)) as f:
+            blocks += blocks_of(f.read(), doc)
     failures, notes = [], []
 
     def fail(msg):
@@ -332,6 +417,10 @@ def main():
                 print(f"readme: {label}: NOT RUN, {REQUIRES[section]} is absent")
                 notes.append(f"{label}: not run ({REQUIRES[section]} absent)")
                 continue
+        if section in REQUIRES_PROGRAM and not shutil.which(REQUIRES_PROGRAM[section]):
+            print(f"readme: {label}: NOT RUN, {REQUIRES_PROGRAM[section]} is not installed")
+            notes.append(f"{label}: not run ({REQUIRES_PROGRAM[section]} not installed)")
+            continue
         benv = dict(env)
         if section in SECTION_ENV:
             benv.update(SECTION_ENV[section][0](stage))
@@ -359,7 +448,7 @@ def main():
         tail = "\n".join(out.splitlines()[-40:])
         print("    " + tail.replace("\n", "\n    "), flush=True)
         if rc != 0:
-            fail(f"{label} exited {rc} after {dt:.0f} s (a README command broke; a block "
+            fail(f"{label} exited {rc} after {dt:.0f} s (a documented command broke; a block "
                  "that is not commands goes in NOT_COMMANDS, a command that cannot run here "
                  "in EXEMPT, with the reason)")
         else:
@@ -368,7 +457,7 @@ def main():
     # The expectations of each section that ran.
     for section, exp in EXPECT.items():
         if section not in sections:
-            fail(f"EXPECT names section '{section}', which the README no longer has")
+            fail(f"EXPECT names section '{section}', which the documents no longer have")
             continue
         if section not in outputs:
             continue
@@ -379,26 +468,29 @@ def main():
         for rx in exp.get("output", []):
             if not re.search(rx, outputs[section]):
                 fail(f"{section}: the output does not match /{rx}/")
-    # Every list entry must still match something in the README.
+    # Every list entry must still match something in the documents.
     for key in NOT_COMMANDS:
         if ("not", key) not in used:
-            fail(f"NOT_COMMANDS entry {key} matches no README block")
+            fail(f"NOT_COMMANDS entry {key} matches no block")
     for key in RUN_ELSEWHERE:
         if ("elsewhere", key) not in used:
-            fail(f"RUN_ELSEWHERE entry {key} matches no README block")
-    for section in list(SETUP) + list(SECTION_ENV) + list(REQUIRES):
+            fail(f"RUN_ELSEWHERE entry {key} matches no block")
+    for section in list(SETUP) + list(SECTION_ENV) + list(REQUIRES) + list(REQUIRES_PROGRAM):
         if section not in sections:
-            fail(f"an entry names section '{section}', which the README no longer has")
+            fail(f"an entry names section '{section}', which the documents no longer have")
     if not only:
         for k, (pat, _w) in enumerate(EXEMPT):
             if ("exempt", k) not in used:
-                fail(f"EXEMPT /{pat}/ matches no README command")
+                fail(f"EXEMPT /{pat}/ matches no command")
+        for k, (pat, _w) in enumerate(CHECK_ONLY):
+            if ("check", k) not in used:
+                fail(f"CHECK_ONLY /{pat}/ matches no command")
         for k, (pat, _w) in enumerate(DAEMONS):
             if ("daemon", k) not in used:
-                fail(f"DAEMONS /{pat}/ matches no README command")
+                fail(f"DAEMONS /{pat}/ matches no command")
         for k, ((pat, _r), _w) in enumerate(REWRITES):
             if ("rewrite", k) not in used:
-                fail(f"REWRITES /{pat}/ matches no README command")
+                fail(f"REWRITES /{pat}/ matches no command")
     print(f"readme: {time.time() - t_all:.0f} s in all")
     for note in notes:
         print("note: " + note)
@@ -406,7 +498,7 @@ def main():
         print(f"{len(failures)} failures; scratch tree kept in {tmp}")
         return 1
     shutil.rmtree(tmp, ignore_errors=True)
-    print("readme_commands: every README command ran")
+    print("readme_commands: every documented command ran or was checked")
     return 0
 
 

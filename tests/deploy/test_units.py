@@ -1,4 +1,4 @@
-"""The systemd units: the directives issue 7 asks for are there,
+"""The systemd units: the hardening directives (sandbox, watchdog, restart) are there,
 `systemd-analyze verify` accepts both (faultlined.service and an instance of
 faultlined@.service), and each with its commented LoadCredential= example
 uncommented, without a warning, and `systemd-analyze security

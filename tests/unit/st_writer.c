@@ -1,4 +1,4 @@
-/* A small helper for tests/reference/check_safetensors.py, which checks the
+/* A small program for tests/reference/check_safetensors.py, which checks the
  * safetensors module against an independent reader and writer in Python.
  *
  *   st_writer write PATH   writes the fixed set of tensors and metadata below
