@@ -29,8 +29,10 @@ static int fld__hash_file(const char *path, char out[17]) {
 void fld_engine_free(fld_engine *e) {
   if (!e) return;
   for (int k = 0; k < FLD_MAX_BATCH; k++)
-    for (int i = 0; i < FL_MAX_MODALITIES; i++) free(e->raw[k][i]);
-  free(e->corr);
+    for (int i = 0; i < FL_MAX_MODALITIES; i++) {
+      free(e->win[k].raw[i]);
+      free(e->win[k].corrected[i]);
+    }
   free(e->rep);
   free(e->layer_name);
   free(e->layer_norm);
@@ -71,12 +73,12 @@ int fld_engine_load(fld_engine **out, const char *path, const fld_config *cfg, c
     size_t ct = (size_t)spec->mod[i].channels * spec->window * spec->mod[i].rate;
     if (ct > maxct) maxct = ct;
     for (int k = 0; k < e->batch; k++)
-      if (!(e->raw[k][i] = malloc(sizeof(float) * ct))) goto nomem;
+      if (!(e->win[k].raw[i] = malloc(sizeof(float) * ct)) ||
+          !(e->win[k].corrected[i] = malloc(sizeof(float) * ct)))
+        goto nomem;
   }
   e->maxct = maxct;
-  if (!(e->corr = malloc(sizeof(float) * maxct * (size_t)spec->n_mod)) ||
-      !(e->rep = malloc(sizeof(float) * maxct * (size_t)spec->n_mod)))
-    goto nomem;
+  if (!(e->rep = malloc(sizeof(float) * maxct * (size_t)spec->n_mod))) goto nomem;
   if ((rc = fl_ctx_create_infer(&e->ctx, e->b.model, e->batch))) goto nomem;
   /* Spectral norms are a property of the weights: measure them once per
    * load, not per scrape. */

@@ -21,6 +21,7 @@
 #include "faultline/bundle.h"
 #include "faultline/config.h"
 #include "faultline/model.h"
+#include "faultline/pipeline.h"
 
 #define FLD_VERSION "0.1.0"
 
@@ -238,10 +239,10 @@ typedef struct {
   fl_bundle b;
   fl_ctx *ctx;
   int batch;
-  float *raw[FLD_MAX_BATCH][FL_MAX_MODALITIES]; /* (C_i, T_i) raw windows */
-  fl_window_score sc[FLD_MAX_BATCH];
+  /* The batch's windows: raw and corrected (C_i, T_i) buffers of their own,
+   * scores and decisions (fl_pipeline_run). */
+  fl_pipeline_window win[FLD_MAX_BATCH];
   size_t maxct;                               /* largest C_i T_i */
-  float *corr;                                /* (n_mod, maxct): corrected windows */
   float *rep;                                 /* (n_mod, maxct): report rows */
   char version[40];                           /* hex of a 64-bit file hash, -uN when tuned */
   double load_time;                           /* Unix seconds */
@@ -258,10 +259,10 @@ void fld_engine_free(fld_engine *e);
  * rates)?  Streams survive a reload only then. */
 int fld_engine_compatible(const fld_engine *a, const fld_engine *b);
 
-/* ---- stream.c -----------------------------------------------------------
+/* ---- streams (ingest.c) -------------------------------------------------
  * Per-stream state: the last `window` ticks of every modality in a ring
- * (channel-major, each modality at its own rate), sequence tracking and the
- * hysteresis of its flags. */
+ * (channel-major, each modality at its own rate), sequence tracking and
+ * what the per-window pipeline carries from one window to the next. */
 typedef struct {
   char name[65];
   int have_seq;
@@ -270,8 +271,7 @@ typedef struct {
   uint64_t ticks;      /* ticks held since the last reset */
   int head;            /* ring slot of the next tick */
   float *ring[FL_MAX_MODALITIES]; /* (C_i, window * rate_i) */
-  fl_hyst hyst, mhyst[FL_MAX_MODALITIES];
-  fl_detect_baseline base; /* the baseline feature's level per channel */
+  fl_stream_state state; /* baseline and hysteresis (fl_pipeline_run) */
   uint64_t report_seq;
   uint64_t frames;
   struct fld_tune_stream *tune; /* the tuning gate's candidates (tune.c) */
@@ -357,15 +357,16 @@ void fld_ingest_flush(fld_app *app);
 /* Frees every stream (model change with another layout, shutdown). */
 void fld_streams_clear(fld_app *app);
 
-/* report.c: builds and sends the report of slot k of the scored batch. */
-/* gate: the window may replace channels (its own decision or the flag). */
-int fld_report_publish(fld_app *app, int k, const fld_slot *slot, int flag, int gate,
-                       const int *mflag, float *const corrected[FL_MAX_MODALITIES]);
+/* report.c: builds and sends the report of one window of the batch, as
+ * fl_pipeline_run left it (scores, flags, corrected values). */
+int fld_report_publish(fld_app *app, const fl_pipeline_window *w, const fld_slot *slot);
 
 /* tune.c: online fine-tuning ([tune]).  fld_tune_start (after the model is
  * loaded) builds the tuner and puts the newest valid checkpoint of this base
  * model in service; fld_tune_observe sees every scored window (slot k of the
- * engine's context) and keeps the clean ones; fld_tune_poll starts a training
+ * engine's context after fl_pipeline_run) and keeps the clean ones: those
+ * the pipeline calls learnable (their slot intact) that also pass the
+ * tuner's score gate; fld_tune_poll starts a training
  * job in the thread pool when one is due; an accepted update is swapped in
  * on the loop thread, between batches.  fld_tune_stop writes the shutdown
  * checkpoint (the after-work callback does when a job is in flight: the loop
@@ -376,7 +377,7 @@ int fld_tune_start(fld_app *app, char *err, size_t errlen);
 /* After a reload: the tuner follows the new model and [tune] (off: tuning
  * stops; the checkpoint on disk holds the last accepted update). */
 int fld_tune_reload(fld_app *app, char *err, size_t errlen);
-void fld_tune_observe(fld_app *app, int k, fld_stream *st, float score, int flagged);
+void fld_tune_observe(fld_app *app, int k, fld_stream *st, float score, int learnable);
 void fld_tune_poll(fld_app *app);
 void fld_tune_stop(fld_app *app);
 void fld_tune_free(fld_app *app);

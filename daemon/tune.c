@@ -368,7 +368,7 @@ static void fld__drain_inbox(fld_tuner *t) {
   fl_tune_buffer_clear(t->inbox);
 }
 
-void fld_tune_observe(fld_app *app, int k, fld_stream *st, float score, int flagged) {
+void fld_tune_observe(fld_app *app, int k, fld_stream *st, float score, int learnable) {
   fld_tuner *t = app->tuner;
   if (!t || app->stopping) return;
   fld_engine *e = app->eng;
@@ -381,7 +381,9 @@ void fld_tune_observe(fld_app *app, int k, fld_stream *st, float score, int flag
     }
   }
   struct fld_tune_stream *ts = st->tune;
-  int ok = !flagged && score < (float)app->cfg.tune_gate * e->b.calib.threshold;
+  /* Only a learnable window's slot holds its input as it came (see
+   * fl_pipeline_run). */
+  int ok = learnable && score < (float)app->cfg.tune_gate * e->b.calib.threshold;
   if (!ok) {
     /* This alarm disqualifies the span windows before it, and the run
      * restarts: the next span windows are disqualified too. */
@@ -786,7 +788,7 @@ static void fld__after(fld_tuner *t) {
         if (fl_tune_job_norm_delta(t->job, d) == 0)
           for (int s = 0; s < app->n_streams; s++)
             for (int c = 0; c < fl_model_channels(e->b.model); c++)
-              app->streams[s]->base.level[c] -= d[c];
+              app->streams[s]->state.base.level[c] -= d[c];
         t->accepted++;
         t->updates++;
         fld__lineage(t, t->updates, t->lineage, sizeof t->lineage);
