@@ -93,8 +93,9 @@ int fld_engine_load(fld_engine **out, const char *path, const fld_config *cfg, c
     e->layer_target[l] = ly->target;
     if (fl_model_layer_norm(e->b.model, l, &e->layer_norm[l])) e->layer_norm[l] = -1.0f;
   }
-  e->hyst_on = cfg->hyst_on > 0 ? cfg->hyst_on : e->b.detect.on;
-  e->hyst_off = cfg->hyst_off > 0 ? cfg->hyst_off : e->b.detect.off;
+  /* The file's hysteresis, where it gives one, before the model's own. */
+  e->hyst_on = cfg->lib.on_given ? cfg->lib.detect.on : e->b.detect.on;
+  e->hyst_off = cfg->lib.off_given ? cfg->lib.detect.off : e->b.detect.off;
   if (e->hyst_on < 1) e->hyst_on = 1;
   if (e->hyst_off < 1) e->hyst_off = 1;
   e->load_time = fld_now();

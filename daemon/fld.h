@@ -35,11 +35,12 @@ int fld_log_parse_level(const char *s, int *level);
 void fld_log(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* ---- dconfig.c ----------------------------------------------------------
- * The daemon's configuration: the sections the library leaves to it
- * ([input], [output], [metrics], [security], [tune], [log]) and [model]
- * file / [detect] hysteresis.  The library's sections are validated by
- * fl_config_load on the same file, so one file serves `faultline train` and
- * the daemon.  Every key is documented in config/faultline.ini. */
+ * The daemon's configuration: the library's settings as fl_config_load_with
+ * parses them (the model file, [detect] hysteresis, the tuner's options of
+ * [tune]), and the daemon's own sections ([input], [output], [metrics],
+ * [security], [log]) and keys of [tune], parsed in the same pass.  One file
+ * serves `faultline train` and the daemon.  Every key is documented in
+ * config/faultline.ini. */
 #define FLD_MAX_ENDPOINTS 8
 #define FLD_ENDPOINT_MAX 256
 /* Subscription prefixes of one daemon: its shard of the stream names. */
@@ -49,7 +50,8 @@ void fld_log(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)
 enum { FLD_IN_SUB = 0, FLD_IN_PULL = 1 };
 
 typedef struct {
-  char model_file[PATH_MAX];
+  fl_config lib;                /* the library's sections and keys */
+  char model_file[PATH_MAX];    /* lib.model_file, relative to the file's directory */
   /* [input] */
   int in_type;                  /* FLD_IN_SUB or FLD_IN_PULL */
   int in_bind;                  /* 1: bind the endpoints, 0: connect to them */
@@ -69,8 +71,6 @@ typedef struct {
   int batch;                    /* windows per model call at most */
   int score;                    /* 0: ingest only, no window is scored */
   int sndhwm;
-  /* [detect] overrides of the model's hysteresis; 0 keeps the model's */
-  int hyst_on, hyst_off;
   /* [metrics] */
   char metrics_listen[128];     /* "ADDR:PORT"; empty: no HTTP endpoint */
   int metrics_max_connections;  /* open HTTP connections at most; more are refused */
@@ -80,25 +80,16 @@ typedef struct {
   int curve;
   char secret_key_file[PATH_MAX];
   char authorized_keys[PATH_MAX]; /* directory of client public keys */
-  /* [tune] online fine-tuning of the compute block (tune.c) */
+  /* [tune]: when and where the tuner runs (tune.c); the job's own options
+   * are the library's (lib.tune) */
   int tune_enabled;
   int tune_buffer;              /* windows in the replay buffer */
   double tune_gate;             /* clean: score below gate x threshold */
   int tune_span;                /* windows around a clean one without a flag; 0: on + off */
-  int tune_steps;               /* optimiser steps per update */
-  double tune_lr;
-  double tune_margin;
-  int tune_min_windows;         /* buffer fill before the first update */
-  double tune_val_fraction;
   double tune_max_per_hour;     /* updates started per hour at most */
   double tune_cpu_share;        /* share of one core the training may take */
   char tune_checkpoint[PATH_MAX]; /* empty: none; relative: under $STATE_DIRECTORY */
   int tune_checkpoint_every;    /* accepted updates between checkpoints */
-  double tune_norm_rate;        /* share of the persistent bias followed per pass */
-  double tune_norm_max;         /* largest move of a channel's mean per update, sd */
-  int tune_norm_parts;          /* parts of the buffer that must agree on a bias */
-  double tune_norm_band;        /* dead band of the followed bias, sd */
-  int tune_recalibrate;         /* 1: updates recalibrate (loosening only) */
   int tune_idle;                /* 1: the worker under SCHED_IDLE, 0: nice 10 */
   /* [log] */
   int log_level;
@@ -109,6 +100,13 @@ void fld_config_defaults(fld_config *c);
 /* Loads and validates path (library sections included); err names the file,
  * line and key of the first problem. */
 int fld_config_load(fld_config *c, const char *path, char *err, size_t errlen);
+/* SIGHUP: the settings a reload cannot change (sockets, keys and listeners
+ * set up once, the tuning thread's priority), one table in dconfig.c,
+ * documented in faultline.ini(5).  Copies them from the configuration in
+ * service `old` into the new one `nc` ([input] topic too when the socket's
+ * type is kept) and returns how many differed, their names in `names`
+ * ("[input] endpoint, ..."). */
+int fld_config_keep_fixed(fld_config *nc, const fld_config *old, char *names, size_t len);
 
 /* ---- metrics.c ----------------------------------------------------------
  * Counters the loop updates and the HTTP endpoint reads, in the same thread

@@ -294,17 +294,7 @@ int fld_tune_start(fld_app *app, char *err, size_t errlen) {
   fld_engine *e = app->eng;
   /* The base's identity is its file hash (a reload brings a new one). */
   snprintf(t->base, sizeof t->base, "%.16s", e->version);
-  fl_tune_defaults(&t->cfg);
-  t->cfg.steps = c->tune_steps;
-  t->cfg.lr = (float)c->tune_lr;
-  t->cfg.margin = (float)c->tune_margin;
-  t->cfg.val_fraction = (float)c->tune_val_fraction;
-  t->cfg.min_windows = c->tune_min_windows;
-  t->cfg.norm_rate = (float)c->tune_norm_rate;
-  t->cfg.norm_max = (float)c->tune_norm_max;
-  t->cfg.norm_parts = c->tune_norm_parts;
-  t->cfg.norm_band = (float)c->tune_norm_band;
-  t->cfg.recalibrate = c->tune_recalibrate;
+  t->cfg = c->lib.tune;
   t->cfg.detect = e->b.detect;
   t->cfg.train.clamp = e->b.clamp;
   t->span = c->tune_span > 0 ? c->tune_span : e->hyst_on + e->hyst_off;
@@ -354,7 +344,7 @@ int fld_tune_start(fld_app *app, char *err, size_t errlen) {
   t->next_at = 0;
   fld__resume(t);
   fld_log(FLD_NOTICE, "tune: on (buffer %d windows, gate %.2f x threshold, span %d, %d steps, "
-                      "checkpoint %s)", c->tune_buffer, c->tune_gate, t->span, c->tune_steps,
+                      "checkpoint %s)", c->tune_buffer, c->tune_gate, t->span, t->cfg.steps,
           t->path[0] ? t->path : "none");
   return 0;
 }

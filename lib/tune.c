@@ -15,7 +15,7 @@ void fl_tune_defaults(fl_tune_config *c) {
   c->lr = 2e-4f;
   c->margin = 0.05f;
   c->val_fraction = 0.25f;
-  c->min_windows = 64;
+  c->min_windows = 128;
   c->norm_rate = 1.0f;
   c->norm_max = 0.5f;
   c->norm_parts = 4;
