@@ -109,11 +109,6 @@ fail:
 }
 
 int fld_engine_compatible(const fld_engine *a, const fld_engine *b) {
-  const fl_model_spec *x = fl_model_spec_of(a->b.model), *y = fl_model_spec_of(b->b.model);
-  if (x->window != y->window || x->n_mod != y->n_mod) return 0;
-  for (int i = 0; i < x->n_mod; i++)
-    if (strcmp(x->mod[i].name, y->mod[i].name) || x->mod[i].channels != y->mod[i].channels ||
-        x->mod[i].rate != y->mod[i].rate)
-      return 0;
-  return 1;
+  return fl_model_spec_compatible(fl_model_spec_of(a->b.model), fl_model_spec_of(b->b.model),
+                                  NULL, 0);
 }

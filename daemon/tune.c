@@ -185,18 +185,6 @@ static int fld__size_norms(fld_tuner *t, int nl) {
   return 0;
 }
 
-static int fld__same_spec(const fl_model *a, const fl_model *b) {
-  const fl_model_spec *x = fl_model_spec_of(a), *y = fl_model_spec_of(b);
-  if (fl_model_param_count(a) != fl_model_param_count(b) || x->window != y->window ||
-      x->n_mod != y->n_mod)
-    return 0;
-  for (int i = 0; i < x->n_mod; i++)
-    if (strcmp(x->mod[i].name, y->mod[i].name) || x->mod[i].channels != y->mod[i].channels ||
-        x->mod[i].rate != y->mod[i].rate)
-      return 0;
-  return 1;
-}
-
 /* A daemon killed while writing a checkpoint leaves PATH.tmp.PID (and
  * perhaps PATH.1.lnk) behind; the files of processes that are gone are
  * removed, so that a crash loop cannot fill the state directory. */
@@ -250,7 +238,10 @@ static void fld__resume(fld_tuner *t) {
       continue;
     }
     long u = fld__lineage_updates(b.lineage, t->base);
-    if (u < 0 || !fld__same_spec(b.model, e->b.model)) {
+    /* Same windows (its calibration fits the streams) and same parameters. */
+    if (u < 0 || !fl_model_spec_compatible(fl_model_spec_of(b.model), fl_model_spec_of(e->b.model),
+                                           NULL, 0) ||
+        fl_model_param_count(b.model) != fl_model_param_count(e->b.model)) {
       fld_log(FLD_NOTICE, "tune: checkpoint %s belongs to another base model; ignored",
               paths[k]);
       fl_bundle_free(&b);

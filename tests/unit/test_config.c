@@ -316,6 +316,37 @@ static void test_program_keys(void **state) {
   assert_int_equal(seen, 0);
 }
 
+/* The one layout check: window, modalities in order, rates, channels and
+ * their names; each difference is named. */
+static void test_spec_compatible(void **state) {
+  (void)state;
+  static fl_config a, b;
+  char err[512] = "", why[300];
+  const char *base = "[model]\nwindow = 16\n[modality.m]\nrate = 2\nchannels = x, y\n";
+  fl_config_defaults(&a);
+  assert_int_equal(fl_config_parse(&a, base, err, sizeof err), 0);
+  fl_config_defaults(&b);
+  assert_int_equal(fl_config_parse(&b, base, err, sizeof err), 0);
+  assert_int_equal(fl_model_spec_compatible(&a.spec, &b.spec, why, sizeof why), 1);
+  const char *other[] = {
+      "[model]\nwindow = 20\n[modality.m]\nrate = 2\nchannels = x, y\n",
+      "[model]\nwindow = 16\n[modality.m]\nrate = 1\nchannels = x, y\n",
+      "[model]\nwindow = 16\n[modality.m]\nrate = 2\nchannels = x, z\n",
+      "[model]\nwindow = 16\n[modality.n]\nrate = 2\nchannels = x, y\n",
+      "[model]\nwindow = 16\n[modality.m]\nrate = 2\nchannels = x, y\n[modality.n]\n"
+      "channels = z\n",
+  };
+  const char *named[] = {"window", "modality 1", "modality 1", "modality 1", "modalities"};
+  for (size_t i = 0; i < sizeof other / sizeof *other; i++) {
+    fl_config_defaults(&b);
+    assert_int_equal(fl_config_parse(&b, other[i], err, sizeof err), 0);
+    why[0] = 0;
+    assert_int_equal(fl_model_spec_compatible(&a.spec, &b.spec, why, sizeof why), 0);
+    assert_non_null(strstr(why, named[i]));
+    assert_int_equal(fl_model_spec_compatible(&b.spec, &a.spec, NULL, 0), 0);
+  }
+}
+
 static void test_skab(void **state) {
   (void)state;
   fl_config c;
@@ -361,6 +392,7 @@ int main(void) {
       cmocka_unit_test(test_errors),
       cmocka_unit_test(test_defaults),
       cmocka_unit_test(test_program_keys),
+      cmocka_unit_test(test_spec_compatible),
       cmocka_unit_test(test_skab),
       cmocka_unit_test(test_load_error_names_file_and_line),
   };
