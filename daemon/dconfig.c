@@ -67,18 +67,6 @@ static int fld__long(const char *v, long lo, long hi, long *out) {
   return 0;
 }
 
-static int fld__bool(const char *v, int *out) {
-  if (!strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "on")) {
-    *out = 1;
-    return 0;
-  }
-  if (!strcmp(v, "0") || !strcmp(v, "false") || !strcmp(v, "no") || !strcmp(v, "off")) {
-    *out = 0;
-    return 0;
-  }
-  return -1;
-}
-
 /* Splits a comma-separated list into at most max items of fewer than cap
  * characters each; an empty item is an error. */
 static int fld__list(const char *v, char *dst, size_t cap, int max, int *n) {
@@ -139,7 +127,7 @@ static int fld__key(void *user, const char *section, const char *key, const char
     else if (!strcmp(value, "pull")) c->in_type = FLD_IN_PULL;
     else goto bad;
   } else if (IS("input", "bind")) {
-    if (fld__bool(value, &c->in_bind)) goto bad;
+    if (fl_config_bool(value, &c->in_bind)) goto bad;
   } else if (IS("input", "endpoint")) {
     if (fld__endpoints(value, c->in_endpoint, &c->n_in)) goto bad;
     p->have_in = 1;
@@ -161,7 +149,7 @@ static int fld__key(void *user, const char *section, const char *key, const char
     if (fld__endpoints(value, c->out_endpoint, &c->n_out)) goto bad;
     p->have_out = 1;
   } else if (IS("output", "bind")) {
-    if (fld__bool(value, &c->out_bind)) goto bad;
+    if (fl_config_bool(value, &c->out_bind)) goto bad;
   } else if (IS("output", "stride")) {
     if (fld__long(value, 1, 100000, &l)) goto bad;
     c->stride = (int)l;
@@ -169,7 +157,7 @@ static int fld__key(void *user, const char *section, const char *key, const char
     if (fld__long(value, 1, FLD_MAX_BATCH, &l)) goto bad;
     c->batch = (int)l;
   } else if (IS("output", "score")) {
-    if (fld__bool(value, &c->score)) goto bad;
+    if (fl_config_bool(value, &c->score)) goto bad;
   } else if (IS("output", "sndhwm")) {
     if (fld__long(value, 0, 100000000, &l)) goto bad;
     c->sndhwm = (int)l;
@@ -181,7 +169,7 @@ static int fld__key(void *user, const char *section, const char *key, const char
     if (end == value || *end || !(d >= 0.1 && d <= 3600)) goto bad;
     c->status_interval = d;
   } else if (IS("security", "curve")) {
-    if (fld__bool(value, &c->curve)) goto bad;
+    if (fl_config_bool(value, &c->curve)) goto bad;
   } else if (IS("security", "secret_key")) {
     if (fld__copy(c->secret_key_file, sizeof c->secret_key_file, value)) goto bad;
   } else if (IS("security", "authorized_keys")) {
@@ -198,7 +186,7 @@ static int fld__key(void *user, const char *section, const char *key, const char
     if (end == value || *end || !(d >= 0.1 && d <= 86400)) goto bad;
     c->limit_log_interval = d;
   } else if (IS("tune", "enabled")) {
-    if (fld__bool(value, &c->tune_enabled)) goto bad;
+    if (fl_config_bool(value, &c->tune_enabled)) goto bad;
   } else if (IS("tune", "buffer")) {
     if (fld__long(value, 16, 1000000, &l)) goto bad;
     c->tune_buffer = (int)l;
@@ -217,7 +205,7 @@ static int fld__key(void *user, const char *section, const char *key, const char
     if (fld__long(value, 1, 1000000, &l)) goto bad;
     c->tune_checkpoint_every = (int)l;
   } else if (IS("tune", "idle")) {
-    if (fld__bool(value, &c->tune_idle)) goto bad;
+    if (fl_config_bool(value, &c->tune_idle)) goto bad;
   } else if (IS("log", "level")) {
     if (fld_log_parse_level(value, &c->log_level)) goto bad;
   } else {

@@ -59,7 +59,7 @@ static int fl__owner(const char *section) {
   return 0;
 }
 
-static int fl__bool(const char *v, int *out) {
+int fl_config_bool(const char *v, int *out) {
   if (!strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "on")) {
     *out = 1;
     return 0;
@@ -247,7 +247,7 @@ static int fl__handler(void *user, const char *section, const char *key, const c
   FL__IR("tune", "norm_parts", c->tune.norm_parts, 1, 16)
   FL__FR("tune", "norm_band", c->tune.norm_band, 0.0, 10.0)
   if (!strcmp(section, "tune") && !strcmp(key, "recalibrate")) {
-    if (fl__bool(value, &c->tune.recalibrate)) goto bad;
+    if (fl_config_bool(value, &c->tune.recalibrate)) goto bad;
     return 1;
   }
   if (owner & FL__APP) {

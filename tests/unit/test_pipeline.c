@@ -26,22 +26,7 @@
 #define NCH 3
 #define CLAMP 10.0f
 
-static fl_model *small_model(void) {
-  static const char *a[] = {"a0", "a1"}, *b[] = {"b0"};
-  fl_model_spec s;
-  fl_model_spec_defaults(&s);
-  s.window = W;
-  s.enc1 = 3;
-  s.enc2 = 4;
-  s.hidden = 5;
-  s.head_hidden = 6;
-  s.emb = 3;
-  assert_int_equal(fl_model_spec_add(&s, "a", 1, 2, a), 0);
-  assert_int_equal(fl_model_spec_add(&s, "b", 1, 1, b), 0);
-  fl_model *m = NULL;
-  assert_int_equal(fl_model_create(&m, &s, 7), 0);
-  return m;
-}
+#include "small_model.h"
 
 /* Stream `id`'s ticks, channel-major per modality: a (2, ROWS), b (ROWS).
  * Stream 0 has a step on a0 halfway, so that its later windows score high
@@ -200,7 +185,7 @@ static int by_value(const void *a, const void *b) {
  * in batches of three. */
 static void test_interleaved_streams_match_each_alone(void **state) {
   (void)state;
-  fl_model *m = small_model();
+  fl_model *m = small_model(0);
   fl_calib cal;
   calib(m, &cal);
   fl_pipeline_config pc = {2, 2, CLAMP};
@@ -249,7 +234,7 @@ static void test_interleaved_streams_match_each_alone(void **state) {
  * state answers otherwise than with the state of the windows before it. */
 static void test_state_carries_across_calls(void **state) {
   (void)state;
-  fl_model *m = small_model();
+  fl_model *m = small_model(0);
   fl_calib cal;
   calib(m, &cal);
   cal.threshold = -1e30f; /* every window above: the hysteresis alone decides */
@@ -278,7 +263,7 @@ static void test_state_carries_across_calls(void **state) {
 /* Bad arguments are refused before anything runs. */
 static void test_invalid_arguments(void **state) {
   (void)state;
-  fl_model *m = small_model();
+  fl_model *m = small_model(0);
   fl_calib cal;
   calib(m, &cal);
   fl_ctx *ctx = NULL;

@@ -46,6 +46,9 @@ int fl_config_load(fl_config *c, const char *path, char *err, size_t errlen);
 /* As fl_config_load, from a string (for tests and fuzzing). */
 int fl_config_parse(fl_config *c, const char *text, char *err, size_t errlen);
 
+/* A boolean value: 1, true, yes, on or 0, false, no, off; 0 or -1. */
+int fl_config_bool(const char *v, int *out);
+
 /* A program's keys: called for every key of a section the program owns
  * (alone or with the library) that the library does not read.  Returns 1
  * when the key is the program's and its value valid, 0 when it is not one
