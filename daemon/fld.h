@@ -359,13 +359,14 @@ void fld_streams_clear(fld_app *app);
  * fl_pipeline_run left it (scores, flags, corrected values). */
 int fld_report_publish(fld_app *app, const fl_pipeline_window *w, const fld_slot *slot);
 
-/* tune.c: online fine-tuning ([tune]).  fld_tune_start (after the model is
+/* tune.c, tune_worker.c, tune_ckpt.c (tune_int.h between them): online
+ * fine-tuning ([tune]).  fld_tune_start (after the model is
  * loaded) builds the tuner and puts the newest valid checkpoint of this base
  * model in service; fld_tune_observe sees every scored window (slot k of the
  * engine's context after fl_pipeline_run) and keeps the clean ones: those
  * the pipeline calls learnable (their slot intact) that also pass the
- * tuner's score gate; fld_tune_poll starts a training
- * job in the thread pool when one is due; an accepted update is swapped in
+ * tuner's score gate; fld_tune_poll hands a training job to the tuner's
+ * worker thread when one is due; an accepted update is swapped in
  * on the loop thread, between batches.  fld_tune_stop writes the shutdown
  * checkpoint (the after-work callback does when a job is in flight: the loop
  * runs until it has); fld_tune_free releases the rest. */

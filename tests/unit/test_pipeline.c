@@ -172,12 +172,9 @@ static void reset(test_stream *s) {
   }
 }
 
-static float cmp_float(const void *a, const void *b) {
-  return *(const float *)a - *(const float *)b;
-}
 static int by_value(const void *a, const void *b) {
-  float d = cmp_float(a, b);
-  return (d > 0) - (d < 0);
+  float x = *(const float *)a, y = *(const float *)b;
+  return (x > y) - (x < y);
 }
 
 /* Two streams interleaved in batches of four get, window for window, what
