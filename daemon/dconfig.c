@@ -1,9 +1,9 @@
-/* faultlined configuration: see fld.h.  The library parses the model,
- * training and detection sections; this file parses the daemon's own with a
- * second pass of libinih over the same file, so that an error in either
- * makes the whole file invalid (and a SIGHUP with it keeps the old one). */
+/* faultlined configuration: see fld.h.  The library parses its sections
+ * and calls fld__key for the daemon's in the same pass, so that an error in
+ * either makes the whole file invalid (and a SIGHUP with it keeps the old
+ * one). */
 #include <errno.h>
-#include <ini.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,21 +36,12 @@ void fld_config_defaults(fld_config *c) {
   c->tune_buffer = 512;
   c->tune_gate = 0.5;
   c->tune_span = 0;
-  c->tune_steps = 50;
-  c->tune_lr = 2e-4;
-  c->tune_margin = 0.05;
-  c->tune_min_windows = 128;
-  c->tune_val_fraction = 0.25;
   c->tune_max_per_hour = 12;
   c->tune_cpu_share = 0.25;
   snprintf(c->tune_checkpoint, sizeof c->tune_checkpoint, "tuned.model");
   c->tune_checkpoint_every = 1;
-  c->tune_norm_rate = 1.0;
-  c->tune_norm_max = 0.5;
-  c->tune_norm_parts = 4;
-  c->tune_norm_band = 0.25;
-  c->tune_recalibrate = 0;
   c->tune_idle = 1;
+  fl_config_defaults(&c->lib);
 }
 
 static int fld__double(const char *v, double lo, double hi, double *out) {
@@ -63,9 +54,6 @@ static int fld__double(const char *v, double lo, double hi, double *out) {
 
 typedef struct {
   fld_config *c;
-  char *err;
-  size_t errlen;
-  int failed;
   int have_in, have_out;
 } fld__parse;
 
@@ -77,18 +65,6 @@ static int fld__long(const char *v, long lo, long hi, long *out) {
   if (end == v || *end || errno || x < lo || x > hi) return -1;
   *out = x;
   return 0;
-}
-
-static int fld__bool(const char *v, int *out) {
-  if (!strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "on")) {
-    *out = 1;
-    return 0;
-  }
-  if (!strcmp(v, "0") || !strcmp(v, "false") || !strcmp(v, "no") || !strcmp(v, "off")) {
-    *out = 0;
-    return 0;
-  }
-  return -1;
 }
 
 /* Splits a comma-separated list into at most max items of fewer than cap
@@ -139,40 +115,24 @@ static int fld__copy(char *dst, size_t cap, const char *v) {
   return 0;
 }
 
-static int fld__handler(void *user, const char *section, const char *key, const char *value) {
+/* The daemon's keys (fl_config_key_fn): 1 taken, 0 unknown, -1 invalid. */
+static int fld__key(void *user, const char *section, const char *key, const char *value,
+                    char *why, size_t whylen) {
   fld__parse *p = user;
   fld_config *c = p->c;
   long l;
-  if (p->failed) return 0;
 #define IS(s, k) (!strcmp(section, s) && !strcmp(key, k))
-  if (IS("model", "file")) {
-    if (fld__copy(c->model_file, sizeof c->model_file, value) || !*value) goto bad;
-  } else if (!strcmp(section, "model") || !strcmp(section, "train") ||
-             !strncmp(section, "modality.", 9)) {
-    /* The library's keys, checked by fl_config_load. */
-  } else if (IS("detect", "hysteresis_on")) {
-    if (fld__long(value, 1, 1000, &l)) goto bad;
-    c->hyst_on = (int)l;
-  } else if (IS("detect", "hysteresis_off")) {
-    if (fld__long(value, 1, 1000, &l)) goto bad;
-    c->hyst_off = (int)l;
-  } else if (!strcmp(section, "detect")) {
-  } else if (IS("input", "type")) {
+  if (IS("input", "type")) {
     if (!strcmp(value, "sub")) c->in_type = FLD_IN_SUB;
     else if (!strcmp(value, "pull")) c->in_type = FLD_IN_PULL;
     else goto bad;
   } else if (IS("input", "bind")) {
-    if (fld__bool(value, &c->in_bind)) goto bad;
+    if (fl_config_bool(value, &c->in_bind)) goto bad;
   } else if (IS("input", "endpoint")) {
     if (fld__endpoints(value, c->in_endpoint, &c->n_in)) goto bad;
     p->have_in = 1;
   } else if (IS("input", "topic")) {
-    char why[200];
-    if (fld__topics(value, c, why, sizeof why)) {
-      snprintf(p->err, p->errlen, "[input] topic = \"%s\": %s", value, why);
-      p->failed = FL_EINVAL;
-      return 0;
-    }
+    if (fld__topics(value, c, why, whylen)) return -1;
   } else if (IS("input", "max_streams")) {
     if (fld__long(value, 1, 100000, &l)) goto bad;
     c->max_streams = (int)l;
@@ -189,7 +149,7 @@ static int fld__handler(void *user, const char *section, const char *key, const 
     if (fld__endpoints(value, c->out_endpoint, &c->n_out)) goto bad;
     p->have_out = 1;
   } else if (IS("output", "bind")) {
-    if (fld__bool(value, &c->out_bind)) goto bad;
+    if (fl_config_bool(value, &c->out_bind)) goto bad;
   } else if (IS("output", "stride")) {
     if (fld__long(value, 1, 100000, &l)) goto bad;
     c->stride = (int)l;
@@ -197,7 +157,7 @@ static int fld__handler(void *user, const char *section, const char *key, const 
     if (fld__long(value, 1, FLD_MAX_BATCH, &l)) goto bad;
     c->batch = (int)l;
   } else if (IS("output", "score")) {
-    if (fld__bool(value, &c->score)) goto bad;
+    if (fl_config_bool(value, &c->score)) goto bad;
   } else if (IS("output", "sndhwm")) {
     if (fld__long(value, 0, 100000000, &l)) goto bad;
     c->sndhwm = (int)l;
@@ -209,7 +169,7 @@ static int fld__handler(void *user, const char *section, const char *key, const 
     if (end == value || *end || !(d >= 0.1 && d <= 3600)) goto bad;
     c->status_interval = d;
   } else if (IS("security", "curve")) {
-    if (fld__bool(value, &c->curve)) goto bad;
+    if (fl_config_bool(value, &c->curve)) goto bad;
   } else if (IS("security", "secret_key")) {
     if (fld__copy(c->secret_key_file, sizeof c->secret_key_file, value)) goto bad;
   } else if (IS("security", "authorized_keys")) {
@@ -226,7 +186,7 @@ static int fld__handler(void *user, const char *section, const char *key, const 
     if (end == value || *end || !(d >= 0.1 && d <= 86400)) goto bad;
     c->limit_log_interval = d;
   } else if (IS("tune", "enabled")) {
-    if (fld__bool(value, &c->tune_enabled)) goto bad;
+    if (fl_config_bool(value, &c->tune_enabled)) goto bad;
   } else if (IS("tune", "buffer")) {
     if (fld__long(value, 16, 1000000, &l)) goto bad;
     c->tune_buffer = (int)l;
@@ -235,18 +195,6 @@ static int fld__handler(void *user, const char *section, const char *key, const 
   } else if (IS("tune", "span")) {
     if (fld__long(value, 0, 1000, &l)) goto bad;
     c->tune_span = (int)l;
-  } else if (IS("tune", "steps")) {
-    if (fld__long(value, 1, 100000, &l)) goto bad;
-    c->tune_steps = (int)l;
-  } else if (IS("tune", "lr")) {
-    if (fld__double(value, 1e-8, 1.0, &c->tune_lr)) goto bad;
-  } else if (IS("tune", "margin")) {
-    if (fld__double(value, 0.0, 10.0, &c->tune_margin)) goto bad;
-  } else if (IS("tune", "min_windows")) {
-    if (fld__long(value, 8, 1000000, &l)) goto bad;
-    c->tune_min_windows = (int)l;
-  } else if (IS("tune", "val_fraction")) {
-    if (fld__double(value, 0.05, 0.9, &c->tune_val_fraction)) goto bad;
   } else if (IS("tune", "max_updates_per_hour")) {
     if (fld__double(value, 0.01, 360000.0, &c->tune_max_per_hour)) goto bad;
   } else if (IS("tune", "cpu_share")) {
@@ -256,58 +204,25 @@ static int fld__handler(void *user, const char *section, const char *key, const 
   } else if (IS("tune", "checkpoint_every")) {
     if (fld__long(value, 1, 1000000, &l)) goto bad;
     c->tune_checkpoint_every = (int)l;
-  } else if (IS("tune", "norm_rate")) {
-    if (fld__double(value, 0.0, 1.0, &c->tune_norm_rate)) goto bad;
-  } else if (IS("tune", "norm_max")) {
-    if (fld__double(value, 0.0, 10.0, &c->tune_norm_max)) goto bad;
-  } else if (IS("tune", "norm_parts")) {
-    if (fld__long(value, 1, 16, &l)) goto bad;
-    c->tune_norm_parts = (int)l;
-  } else if (IS("tune", "norm_band")) {
-    if (fld__double(value, 0.0, 10.0, &c->tune_norm_band)) goto bad;
-  } else if (IS("tune", "recalibrate")) {
-    if (fld__bool(value, &c->tune_recalibrate)) goto bad;
   } else if (IS("tune", "idle")) {
-    if (fld__bool(value, &c->tune_idle)) goto bad;
+    if (fl_config_bool(value, &c->tune_idle)) goto bad;
   } else if (IS("log", "level")) {
     if (fld_log_parse_level(value, &c->log_level)) goto bad;
   } else {
-    snprintf(p->err, p->errlen, "unknown key \"%s\" in section [%s]", key, section);
-    p->failed = FL_EINVAL;
     return 0;
   }
 #undef IS
   return 1;
 bad:
-  snprintf(p->err, p->errlen, "[%s] %s = \"%s\" is not a valid value", section, key, value);
-  p->failed = FL_EINVAL;
-  return 0;
+  return -1;
 }
 
 int fld_config_load(fld_config *c, const char *path, char *err, size_t errlen) {
-  fl_config lib;
-  fl_config_defaults(&lib);
-  /* The library's sections first: its message is the better one for them. */
-  int rc = fl_config_load(&lib, path, err, errlen);
-  if (rc) return rc;
   fld_config_defaults(c);
-  char buf[400];
-  fld__parse p = {c, buf, sizeof buf, 0, 0, 0};
-  FILE *f = fopen(path, "r");
-  if (!f) {
-    snprintf(err, errlen, "%s: %s", path, strerror(errno));
-    return FL_EIO;
-  }
-  int line = ini_parse_file(f, fld__handler, &p);
-  fclose(f);
-  if (p.failed) {
-    snprintf(err, errlen, "%s: line %d: %s", path, line, buf);
-    return p.failed;
-  }
-  if (line) {
-    snprintf(err, errlen, "%s: line %d: cannot parse", path, line);
-    return FL_EFORMAT;
-  }
+  fld__parse p = {c, 0, 0};
+  int rc = fl_config_load_with(&c->lib, path, fld__key, &p, err, errlen);
+  if (rc) return rc;
+  snprintf(c->model_file, sizeof c->model_file, "%s", c->lib.model_file);
   if (!c->model_file[0]) {
     snprintf(err, errlen, "%s: [model] file is required", path);
     return FL_EINVAL;
@@ -320,7 +235,7 @@ int fld_config_load(fld_config *c, const char *path, char *err, size_t errlen) {
     snprintf(err, errlen, "%s: [security] curve = 1 needs secret_key and authorized_keys", path);
     return FL_EINVAL;
   }
-  if (c->tune_enabled && c->tune_min_windows > c->tune_buffer) {
+  if (c->tune_enabled && c->lib.tune.min_windows > c->tune_buffer) {
     snprintf(err, errlen, "%s: [tune] min_windows exceeds buffer", path);
     return FL_EINVAL;
   }
@@ -343,4 +258,54 @@ int fld_config_load(fld_config *c, const char *path, char *err, size_t errlen) {
     }
   }
   return 0;
+}
+
+/* The settings a reload keeps as they are, each a field (and the count of
+ * its list, if it is one) of fld_config. */
+typedef struct {
+  const char *name;
+  size_t off, size, off2, size2;
+} fld__fixed;
+#define FLD__F(n, f) {n, offsetof(fld_config, f), sizeof(((fld_config *)0)->f), 0, 0}
+#define FLD__F2(n, f, g)                                                                   \
+  {n, offsetof(fld_config, f), sizeof(((fld_config *)0)->f), offsetof(fld_config, g),      \
+   sizeof(((fld_config *)0)->g)}
+static const fld__fixed fld__restart[] = {
+    FLD__F("[input] type", in_type),
+    FLD__F("[input] bind", in_bind),
+    FLD__F2("[input] endpoint", in_endpoint, n_in),
+    FLD__F("[input] max_message_bytes", max_message_bytes),
+    FLD__F("[output] bind", out_bind),
+    FLD__F2("[output] endpoint", out_endpoint, n_out),
+    FLD__F("[metrics] listen", metrics_listen),
+    FLD__F("[security] curve", curve),
+    FLD__F("[security] secret_key", secret_key_file),
+    FLD__F("[tune] idle", tune_idle),
+};
+
+int fld_config_keep_fixed(fld_config *nc, const fld_config *old, char *names, size_t len) {
+  int n = 0;
+  size_t used = 0;
+  if (len) names[0] = 0;
+  /* The socket stays what it was, and so do its subscriptions. */
+  if (nc->in_type != old->in_type) {
+    nc->n_topics = old->n_topics;
+    memcpy(nc->in_topic, old->in_topic, sizeof nc->in_topic);
+  }
+  for (size_t i = 0; i < sizeof fld__restart / sizeof *fld__restart; i++) {
+    const fld__fixed *f = &fld__restart[i];
+    char *a = (char *)nc;
+    const char *b = (const char *)old;
+    int differ = memcmp(a + f->off, b + f->off, f->size) ||
+                 (f->size2 && memcmp(a + f->off2, b + f->off2, f->size2));
+    memcpy(a + f->off, b + f->off, f->size);
+    if (f->size2) memcpy(a + f->off2, b + f->off2, f->size2);
+    if (!differ) continue;
+    if (used < len) {
+      int w = snprintf(names + used, len - used, "%s%s", n ? ", " : "", f->name);
+      if (w > 0) used += (size_t)w;
+    }
+    n++;
+  }
+  return n;
 }

@@ -29,8 +29,10 @@ static int fld__hash_file(const char *path, char out[17]) {
 void fld_engine_free(fld_engine *e) {
   if (!e) return;
   for (int k = 0; k < FLD_MAX_BATCH; k++)
-    for (int i = 0; i < FL_MAX_MODALITIES; i++) free(e->raw[k][i]);
-  free(e->corr);
+    for (int i = 0; i < FL_MAX_MODALITIES; i++) {
+      free(e->win[k].raw[i]);
+      free(e->win[k].corrected[i]);
+    }
   free(e->rep);
   free(e->layer_name);
   free(e->layer_norm);
@@ -71,12 +73,12 @@ int fld_engine_load(fld_engine **out, const char *path, const fld_config *cfg, c
     size_t ct = (size_t)spec->mod[i].channels * spec->window * spec->mod[i].rate;
     if (ct > maxct) maxct = ct;
     for (int k = 0; k < e->batch; k++)
-      if (!(e->raw[k][i] = malloc(sizeof(float) * ct))) goto nomem;
+      if (!(e->win[k].raw[i] = malloc(sizeof(float) * ct)) ||
+          !(e->win[k].corrected[i] = malloc(sizeof(float) * ct)))
+        goto nomem;
   }
   e->maxct = maxct;
-  if (!(e->corr = malloc(sizeof(float) * maxct * (size_t)spec->n_mod)) ||
-      !(e->rep = malloc(sizeof(float) * maxct * (size_t)spec->n_mod)))
-    goto nomem;
+  if (!(e->rep = malloc(sizeof(float) * maxct * (size_t)spec->n_mod))) goto nomem;
   if ((rc = fl_ctx_create_infer(&e->ctx, e->b.model, e->batch))) goto nomem;
   /* Spectral norms are a property of the weights: measure them once per
    * load, not per scrape. */
@@ -91,8 +93,9 @@ int fld_engine_load(fld_engine **out, const char *path, const fld_config *cfg, c
     e->layer_target[l] = ly->target;
     if (fl_model_layer_norm(e->b.model, l, &e->layer_norm[l])) e->layer_norm[l] = -1.0f;
   }
-  e->hyst_on = cfg->hyst_on > 0 ? cfg->hyst_on : e->b.detect.on;
-  e->hyst_off = cfg->hyst_off > 0 ? cfg->hyst_off : e->b.detect.off;
+  /* The file's hysteresis, where it gives one, before the model's own. */
+  e->hyst_on = cfg->lib.on_given ? cfg->lib.detect.on : e->b.detect.on;
+  e->hyst_off = cfg->lib.off_given ? cfg->lib.detect.off : e->b.detect.off;
   if (e->hyst_on < 1) e->hyst_on = 1;
   if (e->hyst_off < 1) e->hyst_off = 1;
   e->load_time = fld_now();
@@ -106,11 +109,6 @@ fail:
 }
 
 int fld_engine_compatible(const fld_engine *a, const fld_engine *b) {
-  const fl_model_spec *x = fl_model_spec_of(a->b.model), *y = fl_model_spec_of(b->b.model);
-  if (x->window != y->window || x->n_mod != y->n_mod) return 0;
-  for (int i = 0; i < x->n_mod; i++)
-    if (strcmp(x->mod[i].name, y->mod[i].name) || x->mod[i].channels != y->mod[i].channels ||
-        x->mod[i].rate != y->mod[i].rate)
-      return 0;
-  return 1;
+  return fl_model_spec_compatible(fl_model_spec_of(a->b.model), fl_model_spec_of(b->b.model),
+                                  NULL, 0);
 }

@@ -21,6 +21,7 @@
 #include "faultline/bundle.h"
 #include "faultline/config.h"
 #include "faultline/model.h"
+#include "faultline/pipeline.h"
 
 #define FLD_VERSION "0.1.0"
 
@@ -34,11 +35,12 @@ int fld_log_parse_level(const char *s, int *level);
 void fld_log(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* ---- dconfig.c ----------------------------------------------------------
- * The daemon's configuration: the sections the library leaves to it
- * ([input], [output], [metrics], [security], [tune], [log]) and [model]
- * file / [detect] hysteresis.  The library's sections are validated by
- * fl_config_load on the same file, so one file serves `faultline train` and
- * the daemon.  Every key is documented in config/faultline.ini. */
+ * The daemon's configuration: the library's settings as fl_config_load_with
+ * parses them (the model file, [detect] hysteresis, the tuner's options of
+ * [tune]), and the daemon's own sections ([input], [output], [metrics],
+ * [security], [log]) and keys of [tune], parsed in the same pass.  One file
+ * serves `faultline train` and the daemon.  Every key is documented in
+ * config/faultline.ini. */
 #define FLD_MAX_ENDPOINTS 8
 #define FLD_ENDPOINT_MAX 256
 /* Subscription prefixes of one daemon: its shard of the stream names. */
@@ -48,7 +50,8 @@ void fld_log(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)
 enum { FLD_IN_SUB = 0, FLD_IN_PULL = 1 };
 
 typedef struct {
-  char model_file[PATH_MAX];
+  fl_config lib;                /* the library's sections and keys */
+  char model_file[PATH_MAX];    /* lib.model_file, relative to the file's directory */
   /* [input] */
   int in_type;                  /* FLD_IN_SUB or FLD_IN_PULL */
   int in_bind;                  /* 1: bind the endpoints, 0: connect to them */
@@ -68,8 +71,6 @@ typedef struct {
   int batch;                    /* windows per model call at most */
   int score;                    /* 0: ingest only, no window is scored */
   int sndhwm;
-  /* [detect] overrides of the model's hysteresis; 0 keeps the model's */
-  int hyst_on, hyst_off;
   /* [metrics] */
   char metrics_listen[128];     /* "ADDR:PORT"; empty: no HTTP endpoint */
   int metrics_max_connections;  /* open HTTP connections at most; more are refused */
@@ -79,25 +80,16 @@ typedef struct {
   int curve;
   char secret_key_file[PATH_MAX];
   char authorized_keys[PATH_MAX]; /* directory of client public keys */
-  /* [tune] online fine-tuning of the compute block (tune.c) */
+  /* [tune]: when and where the tuner runs (tune.c); the job's own options
+   * are the library's (lib.tune) */
   int tune_enabled;
   int tune_buffer;              /* windows in the replay buffer */
   double tune_gate;             /* clean: score below gate x threshold */
   int tune_span;                /* windows around a clean one without a flag; 0: on + off */
-  int tune_steps;               /* optimiser steps per update */
-  double tune_lr;
-  double tune_margin;
-  int tune_min_windows;         /* buffer fill before the first update */
-  double tune_val_fraction;
   double tune_max_per_hour;     /* updates started per hour at most */
   double tune_cpu_share;        /* share of one core the training may take */
   char tune_checkpoint[PATH_MAX]; /* empty: none; relative: under $STATE_DIRECTORY */
   int tune_checkpoint_every;    /* accepted updates between checkpoints */
-  double tune_norm_rate;        /* share of the persistent bias followed per pass */
-  double tune_norm_max;         /* largest move of a channel's mean per update, sd */
-  int tune_norm_parts;          /* parts of the buffer that must agree on a bias */
-  double tune_norm_band;        /* dead band of the followed bias, sd */
-  int tune_recalibrate;         /* 1: updates recalibrate (loosening only) */
   int tune_idle;                /* 1: the worker under SCHED_IDLE, 0: nice 10 */
   /* [log] */
   int log_level;
@@ -108,6 +100,13 @@ void fld_config_defaults(fld_config *c);
 /* Loads and validates path (library sections included); err names the file,
  * line and key of the first problem. */
 int fld_config_load(fld_config *c, const char *path, char *err, size_t errlen);
+/* SIGHUP: the settings a reload cannot change (sockets, keys and listeners
+ * set up once, the tuning thread's priority), one table in dconfig.c,
+ * documented in faultline.ini(5).  Copies them from the configuration in
+ * service `old` into the new one `nc` ([input] topic too when the socket's
+ * type is kept) and returns how many differed, their names in `names`
+ * ("[input] endpoint, ..."). */
+int fld_config_keep_fixed(fld_config *nc, const fld_config *old, char *names, size_t len);
 
 /* ---- metrics.c ----------------------------------------------------------
  * Counters the loop updates and the HTTP endpoint reads, in the same thread
@@ -238,10 +237,10 @@ typedef struct {
   fl_bundle b;
   fl_ctx *ctx;
   int batch;
-  float *raw[FLD_MAX_BATCH][FL_MAX_MODALITIES]; /* (C_i, T_i) raw windows */
-  fl_window_score sc[FLD_MAX_BATCH];
+  /* The batch's windows: raw and corrected (C_i, T_i) buffers of their own,
+   * scores and decisions (fl_pipeline_run). */
+  fl_pipeline_window win[FLD_MAX_BATCH];
   size_t maxct;                               /* largest C_i T_i */
-  float *corr;                                /* (n_mod, maxct): corrected windows */
   float *rep;                                 /* (n_mod, maxct): report rows */
   char version[40];                           /* hex of a 64-bit file hash, -uN when tuned */
   double load_time;                           /* Unix seconds */
@@ -258,10 +257,10 @@ void fld_engine_free(fld_engine *e);
  * rates)?  Streams survive a reload only then. */
 int fld_engine_compatible(const fld_engine *a, const fld_engine *b);
 
-/* ---- stream.c -----------------------------------------------------------
+/* ---- streams (ingest.c) -------------------------------------------------
  * Per-stream state: the last `window` ticks of every modality in a ring
- * (channel-major, each modality at its own rate), sequence tracking and the
- * hysteresis of its flags. */
+ * (channel-major, each modality at its own rate), sequence tracking and
+ * what the per-window pipeline carries from one window to the next. */
 typedef struct {
   char name[65];
   int have_seq;
@@ -270,8 +269,7 @@ typedef struct {
   uint64_t ticks;      /* ticks held since the last reset */
   int head;            /* ring slot of the next tick */
   float *ring[FL_MAX_MODALITIES]; /* (C_i, window * rate_i) */
-  fl_hyst hyst, mhyst[FL_MAX_MODALITIES];
-  fl_detect_baseline base; /* the baseline feature's level per channel */
+  fl_stream_state state; /* baseline and hysteresis (fl_pipeline_run) */
   uint64_t report_seq;
   uint64_t frames;
   struct fld_tune_stream *tune; /* the tuning gate's candidates (tune.c) */
@@ -357,16 +355,18 @@ void fld_ingest_flush(fld_app *app);
 /* Frees every stream (model change with another layout, shutdown). */
 void fld_streams_clear(fld_app *app);
 
-/* report.c: builds and sends the report of slot k of the scored batch. */
-/* gate: the window may replace channels (its own decision or the flag). */
-int fld_report_publish(fld_app *app, int k, const fld_slot *slot, int flag, int gate,
-                       const int *mflag, float *const corrected[FL_MAX_MODALITIES]);
+/* report.c: builds and sends the report of one window of the batch, as
+ * fl_pipeline_run left it (scores, flags, corrected values). */
+int fld_report_publish(fld_app *app, const fl_pipeline_window *w, const fld_slot *slot);
 
-/* tune.c: online fine-tuning ([tune]).  fld_tune_start (after the model is
+/* tune.c, tune_worker.c, tune_ckpt.c (tune_int.h between them): online
+ * fine-tuning ([tune]).  fld_tune_start (after the model is
  * loaded) builds the tuner and puts the newest valid checkpoint of this base
  * model in service; fld_tune_observe sees every scored window (slot k of the
- * engine's context) and keeps the clean ones; fld_tune_poll starts a training
- * job in the thread pool when one is due; an accepted update is swapped in
+ * engine's context after fl_pipeline_run) and keeps the clean ones: those
+ * the pipeline calls learnable (their slot intact) that also pass the
+ * tuner's score gate; fld_tune_poll hands a training job to the tuner's
+ * worker thread when one is due; an accepted update is swapped in
  * on the loop thread, between batches.  fld_tune_stop writes the shutdown
  * checkpoint (the after-work callback does when a job is in flight: the loop
  * runs until it has); fld_tune_free releases the rest. */
@@ -376,7 +376,7 @@ int fld_tune_start(fld_app *app, char *err, size_t errlen);
 /* After a reload: the tuner follows the new model and [tune] (off: tuning
  * stops; the checkpoint on disk holds the last accepted update). */
 int fld_tune_reload(fld_app *app, char *err, size_t errlen);
-void fld_tune_observe(fld_app *app, int k, fld_stream *st, float score, int flagged);
+void fld_tune_observe(fld_app *app, int k, fld_stream *st, float score, int learnable);
 void fld_tune_poll(fld_app *app);
 void fld_tune_stop(fld_app *app);
 void fld_tune_free(fld_app *app);

@@ -81,7 +81,7 @@ static void fld__enqueue(fld_app *app, fld_stream *st, uint64_t seq, int64_t ts,
   for (int i = 0; i < spec->n_mod; i++) {
     int C = spec->mod[i].channels, r = spec->mod[i].rate, T = W * r;
     size_t head = (size_t)st->head * r, tail = (size_t)T - head;
-    float *raw = e->raw[k][i];
+    float *raw = e->win[k].raw[i];
     for (int c = 0; c < C; c++) {
       const float *ring = st->ring[i] + (size_t)c * T;
       memcpy(raw + (size_t)c * T, ring + head, sizeof(float) * tail);
@@ -164,7 +164,7 @@ void fld_ingest_message(fld_app *app, zmq_msg_t *parts, int nparts, uint64_t t_r
        * rather than score windows of nothing but gap. */
       st->ticks = 0;
       st->head = 0;
-      fl_detect_baseline_reset(&st->base);
+      fl_detect_baseline_reset(&st->state.base);
       app->m.stream_resets++;
       fld_log(FLD_NOTICE, "stream \"%s\": %llu ticks lost, history restarted", st->name,
               (unsigned long long)gap);
@@ -188,62 +188,28 @@ void fld_ingest_flush(fld_app *app) {
   app->n_pending = 0;
   fld_engine *e = app->eng;
   const fl_model_spec *spec = fl_model_spec_of(e->b.model);
-  int rc = fl_detect_score(e->b.model, &e->b.calib, e->ctx, B, e->sc, NULL);
+  /* Every window reports its newest stride ticks (fld_report_publish). */
+  for (int k = 0; k < B; k++) {
+    e->win[k].st = &app->pending[k].st->state;
+    e->win[k].ticks = app->cfg.stride;
+    e->win[k].from = spec->window - app->cfg.stride;
+  }
+  fl_pipeline_config pc = {e->hyst_on, e->hyst_off, e->b.clamp};
+  int rc = fl_pipeline_run(e->b.model, &e->b.calib, e->ctx, &pc, B, e->win);
   if (rc) {
     /* Inputs are validated and clamped: a failure here is the model's. */
     fld_log(FLD_ERR, "scoring %d windows failed: %s", B, fl_strerror(rc));
     app->m.reports_failed += (uint64_t)B;
     return;
   }
-  float thr = e->b.calib.threshold;
-  int nch = fl_model_channels(e->b.model);
-  unsigned char faulty[FLD_MAX_BATCH * FL_MAX_TOTAL_CHANNELS];
-  int flags[FLD_MAX_BATCH], gates[FLD_MAX_BATCH];
-  /* As the offline scan: decisions in arrival order (the baseline follows
-   * each stream), the windows with faulty channels estimated again without
-   * them, then the gated correction.  The tuner's gate is stricter: no window
-   * above threshold is learned from. */
   for (int k = 0; k < B; k++) {
     fld_slot *sl = &app->pending[k];
-    fl_window_score *sc = &e->sc[k];
-    int above;
-    flags[k] = fl_detect_decide(e->b.model, &e->b.calib, &sl->st->base, &sl->st->hyst,
-                                e->hyst_on, e->hyst_off, sc, app->cfg.stride,
-                                faulty + (size_t)k * nch, &above);
-    gates[k] = flags[k] || above;
-  }
-  if ((rc = fl_detect_reestimate(e->b.model, &e->b.calib, e->ctx, B, e->raw, faulty,
-                                 e->b.clamp)))
-    fld_log(FLD_ERR, "re-estimating %d windows failed: %s", B, fl_strerror(rc));
-  for (int k = 0; k < B; k++) {
-    fld_slot *sl = &app->pending[k];
-    fl_window_score *sc = &e->sc[k];
-    int flag = flags[k];
-    int mflag[FL_MAX_MODALITIES] = {0};
-    float *corr[FL_MAX_MODALITIES] = {0};
-    int off = 0;
-    for (int i = 0; i < spec->n_mod; i++) {
-      int C = spec->mod[i].channels;
-      mflag[i] = fl_hyst_update(&sl->st->mhyst[i], sc->mod_score[i] > thr, e->hyst_on,
-                                e->hyst_off);
-      int fc[FL_MAX_CHANNELS];
-      for (int c = 0; c < C; c++) fc[c] = faulty[k * nch + off + c];
-      off += C;
-      corr[i] = e->corr + (size_t)i * e->maxct;
-      /* Only the newest stride ticks go out (fld_report_publish). */
-      int from = (spec->window - app->cfg.stride) * spec->mod[i].rate;
-      if ((rc = fl_detect_correct_tail(e->b.model, e->ctx, k, i, e->raw[k][i], fc, e->b.clamp,
-                                       from, corr[i]))) {
-        fld_log(FLD_ERR, "correcting a window of \"%s\" failed: %s", sl->st->name,
-                fl_strerror(rc));
-        memcpy(corr[i], e->raw[k][i],
-               sizeof(float) * (size_t)C * spec->window * spec->mod[i].rate);
-      }
-      if (mflag[i]) app->m.anomalies[fld_metrics_modality(&app->m, spec->mod[i].name)]++;
-    }
-    if (flag) app->m.windows_flagged++;
-    fld_report_publish(app, k, sl, flag, flag, mflag, corr);
-    if (app->tuner) fld_tune_observe(app, k, sl->st, sc->score, gates[k]);
+    const fl_pipeline_window *w = &e->win[k];
+    for (int i = 0; i < spec->n_mod; i++)
+      if (w->mflag[i]) app->m.anomalies[fld_metrics_modality(&app->m, spec->mod[i].name)]++;
+    if (w->flag) app->m.windows_flagged++;
+    fld_report_publish(app, w, sl);
+    if (app->tuner) fld_tune_observe(app, k, sl->st, w->sc.score, w->learnable);
   }
   if (app->tuner) fld_tune_poll(app);
 }

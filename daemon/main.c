@@ -179,9 +179,9 @@ static void fld__reshard(fld_app *app, const fld_config *nc) {
 }
 
 /* SIGHUP: a new configuration and model, or the old ones with a reason.
- * Endpoints, socket types, CurveZMQ and the metrics address stay as they
- * were (they need a restart); everything else takes effect now, the
- * shard's topic prefixes included. */
+ * The settings that need a restart (fld_config_keep_fixed) stay as they
+ * were; everything else takes effect now, the shard's topic prefixes
+ * included. */
 static void fld__reload(fld_app *app) {
   char err[600];
   fld_config nc;
@@ -198,14 +198,10 @@ static void fld__reload(fld_app *app) {
     return;
   }
   const fld_config *oc = &app->cfg;
-  if (nc.in_type != oc->in_type || nc.in_bind != oc->in_bind || nc.n_in != oc->n_in ||
-      memcmp(nc.in_endpoint, oc->in_endpoint, sizeof nc.in_endpoint) ||
-      nc.out_bind != oc->out_bind || nc.n_out != oc->n_out ||
-      memcmp(nc.out_endpoint, oc->out_endpoint, sizeof nc.out_endpoint) ||
-      nc.curve != oc->curve || strcmp(nc.secret_key_file, oc->secret_key_file) ||
-      strcmp(nc.metrics_listen, oc->metrics_listen) || nc.max_message_bytes != oc->max_message_bytes)
-    fld_log(FLD_WARNING, "reload: endpoints, size limit, CurveZMQ and the metrics address "
-                         "take effect at the next restart");
+  /* Keep what needs a restart as it is, take the rest. */
+  char fixed[400];
+  if (fld_config_keep_fixed(&nc, oc, fixed, sizeof fixed))
+    fld_log(FLD_WARNING, "reload: %s take effect at the next restart", fixed);
   fld__reshard(app, &nc);
   /* The old model finishes what it started. */
   fld_ingest_flush(app);
@@ -223,25 +219,7 @@ static void fld__reload(fld_app *app) {
     /* Existing streams keep their state; only new ones are refused. */
     nc.max_streams = app->n_streams;
   }
-  /* Keep what needs a restart as it is, take the rest. */
-  fld_config merged = nc;
-  if (nc.in_type != oc->in_type) {
-    /* The socket stays what it was, and so do its subscriptions. */
-    merged.n_topics = oc->n_topics;
-    memcpy(merged.in_topic, oc->in_topic, sizeof merged.in_topic);
-  }
-  merged.in_type = oc->in_type;
-  merged.in_bind = oc->in_bind;
-  merged.n_in = oc->n_in;
-  memcpy(merged.in_endpoint, oc->in_endpoint, sizeof merged.in_endpoint);
-  merged.out_bind = oc->out_bind;
-  merged.n_out = oc->n_out;
-  memcpy(merged.out_endpoint, oc->out_endpoint, sizeof merged.out_endpoint);
-  merged.curve = oc->curve;
-  memcpy(merged.secret_key_file, oc->secret_key_file, sizeof merged.secret_key_file);
-  memcpy(merged.metrics_listen, oc->metrics_listen, sizeof merged.metrics_listen);
-  merged.max_message_bytes = oc->max_message_bytes;
-  app->cfg = merged;
+  app->cfg = nc;
   fld_log_set_level(app->cfg.log_level);
   app->in_w.budget = app->cfg.drain_budget;
   if (fld_curve_reload(app, err, sizeof err))

@@ -8,11 +8,11 @@
 #include "faultline/error.h"
 #include "fld.h"
 
-int fld_report_publish(fld_app *app, int k, const fld_slot *slot, int flag, int gate,
-                       const int *mflag, float *const corrected[FL_MAX_MODALITIES]) {
+int fld_report_publish(fld_app *app, const fl_pipeline_window *w, const fld_slot *slot) {
   fld_engine *e = app->eng;
   const fl_model_spec *spec = fl_model_spec_of(e->b.model);
-  const fl_window_score *sc = &e->sc[k];
+  const fl_window_score *sc = &w->sc;
+  int flag = w->flag;
   int W = spec->window, S = app->cfg.stride;
   Faultline__Report rep = FAULTLINE__REPORT__INIT;
   Faultline__ModalityReport mr[FL_MAX_MODALITIES], *mrp[FL_MAX_MODALITIES];
@@ -41,11 +41,11 @@ int fld_report_publish(fld_app *app, int k, const fld_slot *slot, int flag, int 
     m->channels = (uint32_t)C;
     m->rate = (uint32_t)r;
     m->score = sc->mod_score[i];
-    m->flag = mflag[i] != 0;
+    m->flag = w->mflag[i] != 0;
     for (int c = 0; c < C; c++) {
       resid[off + c] = sc->resid[off + c];
       cscore[off + c] = sc->chan[off + c];
-      cfaulty[off + c] = gate && sc->chan[off + c] > e->b.calib.chan_threshold;
+      cfaulty[off + c] = flag && sc->chan[off + c] > e->b.calib.chan_threshold;
     }
     m->n_residuals = m->n_channel_scores = m->n_channel_faulty = (size_t)C;
     m->residuals = resid + off;
@@ -56,7 +56,7 @@ int fld_report_publish(fld_app *app, int k, const fld_slot *slot, int flag, int 
      * row-major (stride * rate, C). */
     float *rows = e->rep + (size_t)i * e->maxct;
     for (int t = t0; t < T; t++)
-      for (int c = 0; c < C; c++) rows[(size_t)(t - t0) * C + c] = corrected[i][(size_t)c * T + t];
+      for (int c = 0; c < C; c++) rows[(size_t)(t - t0) * C + c] = w->corrected[i][(size_t)c * T + t];
     m->n_corrected = (size_t)(T - t0) * C;
     m->corrected = rows;
   }

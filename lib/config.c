@@ -17,6 +17,7 @@ void fl_config_defaults(fl_config *c) {
   fl_model_spec_defaults(&c->spec);
   fl_train_defaults(&c->train);
   fl_detect_defaults(&c->detect);
+  fl_tune_defaults(&c->tune);
 }
 
 typedef struct {
@@ -24,6 +25,8 @@ typedef struct {
   char *err;
   size_t errlen;
   int failed;
+  fl_config_key_fn fn;
+  void *user;
 } fl__parse;
 
 static int fl__num(const char *v, double *out) {
@@ -36,12 +39,36 @@ static int fl__num(const char *v, double *out) {
   return 0;
 }
 
-/* The daemon's sections, parsed by it, not here. */
-static int fl__foreign(const char *section) {
-  static const char *names[] = {"input", "output", "metrics", "security", "tune", "log"};
-  for (size_t i = 0; i < sizeof names / sizeof *names; i++)
-    if (!strcmp(section, names[i])) return 1;
+/* The sections of the file and who reads their keys: the library, the
+ * program that reads the file with fl_config_load_with (the daemon), or
+ * both ([tune]: the tuner's options here, its schedule there). */
+enum { FL__LIB = 1, FL__APP = 2 };
+static const struct {
+  const char *name;
+  int owner;
+} fl__sections[] = {
+    {"model", FL__LIB},  {"train", FL__LIB},  {"detect", FL__LIB},
+    {"tune", FL__LIB | FL__APP}, {"input", FL__APP}, {"output", FL__APP},
+    {"metrics", FL__APP}, {"security", FL__APP}, {"log", FL__APP},
+};
+
+static int fl__owner(const char *section) {
+  if (!strncmp(section, "modality.", 9)) return FL__LIB;
+  for (size_t i = 0; i < sizeof fl__sections / sizeof *fl__sections; i++)
+    if (!strcmp(section, fl__sections[i].name)) return fl__sections[i].owner;
   return 0;
+}
+
+int fl_config_bool(const char *v, int *out) {
+  if (!strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "on")) {
+    *out = 1;
+    return 0;
+  }
+  if (!strcmp(v, "0") || !strcmp(v, "false") || !strcmp(v, "no") || !strcmp(v, "off")) {
+    *out = 0;
+    return 0;
+  }
+  return -1;
 }
 
 static int fl__faults(fl_train_config *t, const char *v) {
@@ -112,12 +139,31 @@ static int fl__modality(fl_model_spec *s, const char *name, const char *key, con
     field = (float)d;                                                                    \
     return 1;                                                                            \
   }
+/* With a range, lo <= value <= hi. */
+#define FL__IR(sec, k, field, lo, hi)                                                    \
+  if (!strcmp(section, sec) && !strcmp(key, k)) {                                        \
+    if (fl__num(value, &d) || !(d >= (lo) && d <= (hi)) || d != (int)d) goto bad;       \
+    field = (int)d;                                                                      \
+    return 1;                                                                            \
+  }
+#define FL__FR(sec, k, field, lo, hi)                                                    \
+  if (!strcmp(section, sec) && !strcmp(key, k)) {                                        \
+    if (fl__num(value, &d) || !(d >= (lo) && d <= (hi))) goto bad;                      \
+    field = (float)d;                                                                    \
+    return 1;                                                                            \
+  }
 
 static int fl__handler(void *user, const char *section, const char *key, const char *value) {
   fl__parse *p = user;
   fl_config *c = p->c;
   double d;
   if (p->failed) return 0;
+  int owner = fl__owner(section);
+  if (!owner) {
+    snprintf(p->err, p->errlen, "unknown section [%s]", section);
+    p->failed = FL_EINVAL;
+    return 0;
+  }
   if (!strncmp(section, "modality.", 9)) {
     int r = fl__modality(&c->spec, section + 9, key, value);
     if (r == -2) goto unknown;
@@ -132,9 +178,13 @@ static int fl__handler(void *user, const char *section, const char *key, const c
       (fl__num(value, &d) || d < 1 || (!strcmp(key, "window") && (d < 8 || fmod(d, 4) != 0)) ||
        (!strcmp(key, "kernel") && fmod(d, 2) != 1)))
     goto bad;
-  /* The model file is the daemon's to read; a training run ignores it so
+  /* The model file is the daemon's to load; a training run ignores it so
    * that one file serves both. */
-  if (!strcmp(section, "model") && !strcmp(key, "file")) return 1;
+  if (!strcmp(section, "model") && !strcmp(key, "file")) {
+    if (!*value || strlen(value) >= sizeof c->model_file) goto bad;
+    snprintf(c->model_file, sizeof c->model_file, "%s", value);
+    return 1;
+  }
   FL__I("model", "window", c->spec.window)
   FL__I("model", "enc1", c->spec.enc1)
   FL__I("model", "enc2", c->spec.enc2)
@@ -183,9 +233,36 @@ static int fl__handler(void *user, const char *section, const char *key, const c
   FL__I("detect", "baseline_span", c->detect.base_span)
   FL__I("detect", "agree", c->detect.agree)
   FL__I("detect", "calibrate_all", c->detect.calibrate_all)
-  FL__I("detect", "hysteresis_on", c->detect.on)
-  FL__I("detect", "hysteresis_off", c->detect.off)
-  if (fl__foreign(section)) return 1;
+  if (!strcmp(section, "detect") && !strcmp(key, "hysteresis_on")) c->on_given = 1;
+  if (!strcmp(section, "detect") && !strcmp(key, "hysteresis_off")) c->off_given = 1;
+  FL__IR("detect", "hysteresis_on", c->detect.on, 1, 1000)
+  FL__IR("detect", "hysteresis_off", c->detect.off, 1, 1000)
+  FL__IR("tune", "steps", c->tune.steps, 1, 100000)
+  FL__FR("tune", "lr", c->tune.lr, 1e-8, 1.0)
+  FL__FR("tune", "margin", c->tune.margin, 0.0, 10.0)
+  FL__IR("tune", "min_windows", c->tune.min_windows, 8, 1000000)
+  FL__FR("tune", "val_fraction", c->tune.val_fraction, 0.05, 0.9)
+  FL__FR("tune", "norm_rate", c->tune.norm_rate, 0.0, 1.0)
+  FL__FR("tune", "norm_max", c->tune.norm_max, 0.0, 10.0)
+  FL__IR("tune", "norm_parts", c->tune.norm_parts, 1, 16)
+  FL__FR("tune", "norm_band", c->tune.norm_band, 0.0, 10.0)
+  if (!strcmp(section, "tune") && !strcmp(key, "recalibrate")) {
+    if (fl_config_bool(value, &c->tune.recalibrate)) goto bad;
+    return 1;
+  }
+  if (owner & FL__APP) {
+    /* Not the library's key: the program's, or left to it. */
+    if (!p->fn) return 1;
+    char why[256] = "";
+    int r = p->fn(p->user, section, key, value, why, sizeof why);
+    if (r > 0) return 1;
+    if (r < 0 && why[0]) {
+      snprintf(p->err, p->errlen, "[%s] %s = \"%s\": %s", section, key, value, why);
+      p->failed = FL_EINVAL;
+      return 0;
+    }
+    if (r < 0) goto bad;
+  }
 unknown:
   snprintf(p->err, p->errlen, "unknown key \"%s\" in section [%s]", key, section);
   p->failed = FL_EINVAL;
@@ -250,9 +327,14 @@ static int fl__finish(fl_config *c, fl__parse *p, int rc, char *err, size_t errl
 }
 
 int fl_config_load(fl_config *c, const char *path, char *err, size_t errlen) {
+  return fl_config_load_with(c, path, NULL, NULL, err, errlen);
+}
+
+int fl_config_load_with(fl_config *c, const char *path, fl_config_key_fn fn, void *user,
+                        char *err, size_t errlen) {
   char buf[512], dummy[8];
   if (!err) { err = dummy; errlen = sizeof dummy; }
-  fl__parse p = {c, buf, sizeof buf, 0};
+  fl__parse p = {c, buf, sizeof buf, 0, fn, user};
   FILE *f = fopen(path, "r");
   if (!f) {
     snprintf(err, errlen, "%s: %s", path, strerror(errno));
@@ -276,7 +358,7 @@ int fl_config_load(fl_config *c, const char *path, char *err, size_t errlen) {
 int fl_config_parse(fl_config *c, const char *text, char *err, size_t errlen) {
   char dummy[8];
   if (!err) { err = dummy; errlen = sizeof dummy; }
-  fl__parse p = {c, err, errlen, 0};
+  fl__parse p = {c, err, errlen, 0, NULL, NULL};
   int rc = ini_parse_string(text, fl__handler, &p);
   return fl__finish(c, &p, rc, err, errlen, text);
 }

@@ -85,6 +85,35 @@ int fl_model_spec_add(fl_model_spec *s, const char *name, int rate, int channels
   return 0;
 }
 
+int fl_model_spec_compatible(const fl_model_spec *a, const fl_model_spec *b, char *why,
+                             size_t len) {
+  char dummy[8];
+  if (!why) {
+    why = dummy;
+    len = sizeof dummy;
+  }
+  if (a->window != b->window) {
+    snprintf(why, len, "a window of %d ticks against %d", a->window, b->window);
+    return 0;
+  }
+  if (a->n_mod != b->n_mod) {
+    snprintf(why, len, "%d modalities against %d", a->n_mod, b->n_mod);
+    return 0;
+  }
+  for (int i = 0; i < a->n_mod; i++) {
+    const fl_modality *x = &a->mod[i], *y = &b->mod[i];
+    int same = !strcmp(x->name, y->name) && x->rate == y->rate && x->channels == y->channels;
+    for (int c = 0; same && c < x->channels; c++) same = !strcmp(x->channel[c], y->channel[c]);
+    if (!same) {
+      snprintf(why, len, "modality %d is %s (rate %d, %d channels) against %s (rate %d, %d "
+               "channels) or its channels' names differ", i + 1, x->name, x->rate,
+               x->channels, y->name, y->rate, y->channels);
+      return 0;
+    }
+  }
+  return 1;
+}
+
 int fl_model_spec_check(const fl_model_spec *s) {
   if (!s || s->n_mod <= 0 || s->n_mod > FL_MAX_MODALITIES) return FL_EINVAL;
   if (s->window < 8 || s->window % 4) return FL_EINVAL;

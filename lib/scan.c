@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "faultline/error.h"
+#include "faultline/pipeline.h"
 
 void fl_scan_free(fl_scan_result *r) {
   if (!r) return;
@@ -26,10 +27,8 @@ int fl_scan(fl_bundle *b, const fl_series *s, int stride, fl_scan_result *out) {
   const fl_model_spec *spec = fl_model_spec_of(m);
   int nch = fl_model_channels(m), rows = s->rows, W = spec->window, err = FL_ENOMEM;
   fl_ctx *ctx = NULL;
-  fl_window_score *sc = NULL;
-  float *raw[FL__SCAN_BATCH][FL_MAX_MODALITIES] = {{0}}, *corr = NULL;
+  fl_pipeline_window *w = NULL;
   int *ends = NULL;
-  unsigned char *faulty = NULL;
   out->rows = rows;
   out->score = malloc(sizeof(float) * (rows ? rows : 1));
   out->flag = calloc(rows ? rows : 1, 1);
@@ -37,15 +36,16 @@ int fl_scan(fl_bundle *b, const fl_series *s, int stride, fl_scan_result *out) {
   out->chan = calloc((size_t)(rows ? rows : 1) * nch, sizeof(float));
   out->corrected.rows = rows;
   out->corrected.n_mod = spec->n_mod;
-  size_t maxct = 0;
+  if (!(w = calloc(FL__SCAN_BATCH, sizeof *w))) goto fail;
   for (int i = 0; i < spec->n_mod; i++) {
     size_t n = (size_t)spec->mod[i].channels * rows * spec->mod[i].rate;
     if (!(out->corrected.x[i] = malloc(sizeof(float) * (n ? n : 1)))) goto fail;
     memcpy(out->corrected.x[i], s->x[i], sizeof(float) * n);
     size_t ct = (size_t)spec->mod[i].channels * W * spec->mod[i].rate;
-    if (ct > maxct) maxct = ct;
     for (int k = 0; k < FL__SCAN_BATCH; k++)
-      if (!(raw[k][i] = malloc(sizeof(float) * ct))) goto fail;
+      if (!(w[k].raw[i] = malloc(sizeof(float) * ct)) ||
+          !(w[k].corrected[i] = malloc(sizeof(float) * ct)))
+        goto fail;
   }
   if (!out->score || !out->flag || !out->modality || !out->chan) goto fail;
   for (int r = 0; r < rows; r++) {
@@ -54,70 +54,59 @@ int fl_scan(fl_bundle *b, const fl_series *s, int stride, fl_scan_result *out) {
   }
   if ((err = fl_ctx_create_infer(&ctx, m, FL__SCAN_BATCH))) goto fail;
   err = FL_ENOMEM;
-  sc = malloc(sizeof(fl_window_score) * FL__SCAN_BATCH);
-  corr = malloc(sizeof(float) * maxct);
-  ends = malloc(sizeof(int) * (rows / stride + 2));
-  faulty = malloc((size_t)FL__SCAN_BATCH * nch);
-  if (!sc || !corr || !ends || !faulty) goto fail;
+  if (!(ends = malloc(sizeof(int) * (rows / stride + 2)))) goto fail;
   int nw = 0;
   for (int e = W; e <= rows; e += stride) ends[nw++] = e;
-  fl_hyst h = {0, 0};
-  fl_detect_baseline bl;
-  fl_detect_baseline_reset(&bl);
+  fl_stream_state st;
+  fl_stream_state_reset(&st);
+  fl_pipeline_config pc = {b->detect.on, b->detect.off, b->clamp};
   for (int j = 0; j < nw; j += FL__SCAN_BATCH) {
     int B = nw - j < FL__SCAN_BATCH ? nw - j : FL__SCAN_BATCH;
-    for (int k = 0; k < B; k++) {
-      if ((err = fl_series_window(s, spec, ends[j + k], raw[k]))) goto fail;
-      for (int i = 0; i < spec->n_mod; i++)
-        if ((err = fl_model_normalise(m, ctx, k, i, raw[k][i], b->clamp))) goto fail;
-    }
-    if ((err = fl_detect_score(m, &b->calib, ctx, B, sc, NULL))) goto fail;
-    /* Decisions first, in the stream's order (the baseline follows it);
-     * then the windows with faulty channels are estimated again without
-     * them; then the gated correction. */
     for (int k = 0; k < B; k++) {
       int e = ends[j + k], first = e - stride < W - 1 ? W - 1 : e - stride;
       /* The first window also decides for nothing before its own last tick. */
       if (j + k == 0) first = e - 1;
-      int flag = fl_detect_decide(m, &b->calib, &bl, &h, b->detect.on, b->detect.off, &sc[k],
-                                  stride, faulty + (size_t)k * nch, NULL);
-      for (int r = first; r < e; r++) {
-        out->score[r] = sc[k].score;
-        out->flag[r] = (unsigned char)flag;
-        out->modality[r] = (signed char)(flag ? sc[k].modality : -1);
-        memcpy(out->chan + (size_t)r * nch, sc[k].chan, sizeof(float) * nch);
-      }
+      w[k].st = &st;
+      w[k].ticks = stride;
+      w[k].from = first > e - W ? first - (e - W) : 0;
+      if ((err = fl_series_window(s, spec, e, w[k].raw))) goto fail;
+      for (int i = 0; i < spec->n_mod; i++)
+        if ((err = fl_model_normalise(m, ctx, k, i, w[k].raw[i], b->clamp))) goto fail;
     }
-    if ((err = fl_detect_reestimate(m, &b->calib, ctx, B, raw, faulty, b->clamp))) goto fail;
+    if ((err = fl_pipeline_run(m, &b->calib, ctx, &pc, B, w))) goto fail;
     for (int k = 0; k < B; k++) {
       int e = ends[j + k], first = e - stride < W - 1 ? W - 1 : e - stride;
       if (j + k == 0) first = e - 1;
-      int off = 0;
+      const fl_pipeline_window *x = &w[k];
+      for (int r = first; r < e; r++) {
+        out->score[r] = x->sc.score;
+        out->flag[r] = (unsigned char)x->flag;
+        out->modality[r] = (signed char)(x->flag ? x->sc.modality : -1);
+        memcpy(out->chan + (size_t)r * nch, x->sc.chan, sizeof(float) * nch);
+      }
+      /* Only the ticks this window decides for are written. */
       for (int i = 0; i < spec->n_mod; i++) {
         int C = spec->mod[i].channels, rate = spec->mod[i].rate, T = W * rate;
-        int fc[FL_MAX_CHANNELS];
-        for (int c = 0; c < C; c++) fc[c] = faulty[k * nch + off + c];
-        off += C;
-        if ((err = fl_detect_correct(m, ctx, k, i, raw[k][i], fc, b->clamp, corr))) goto fail;
-        /* Only the newest ticks this window decides for are written. */
         for (int c = 0; c < C; c++)
-          for (int r = first; r < e; r++)
+          for (int r = e - W + x->from; r < e; r++)
             for (int q = 0; q < rate; q++) {
               int t = (r - (e - W)) * rate + q;
               out->corrected.x[i][(size_t)c * rows * rate + (size_t)r * rate + q] =
-                  corr[(size_t)c * T + t];
+                  x->corrected[i][(size_t)c * T + t];
             }
       }
     }
   }
   err = 0;
 fail:
-  for (int k = 0; k < FL__SCAN_BATCH; k++)
-    for (int i = 0; i < FL_MAX_MODALITIES; i++) free(raw[k][i]);
-  free(sc);
-  free(corr);
+  if (w)
+    for (int k = 0; k < FL__SCAN_BATCH; k++)
+      for (int i = 0; i < FL_MAX_MODALITIES; i++) {
+        free(w[k].raw[i]);
+        free(w[k].corrected[i]);
+      }
+  free(w);
   free(ends);
-  free(faulty);
   fl_ctx_free(ctx);
   if (err) fl_scan_free(out);
   return err;

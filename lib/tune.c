@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "faultline/error.h"
+#include "faultline/metrics.h"
 
 void fl_tune_defaults(fl_tune_config *c) {
   memset(c, 0, sizeof *c);
@@ -15,7 +16,7 @@ void fl_tune_defaults(fl_tune_config *c) {
   c->lr = 2e-4f;
   c->margin = 0.05f;
   c->val_fraction = 0.25f;
-  c->min_windows = 64;
+  c->min_windows = 128;
   c->norm_rate = 1.0f;
   c->norm_max = 0.5f;
   c->norm_parts = 4;
@@ -145,7 +146,7 @@ struct fl_tune_job {
   int *label;
   float *work;
   float *vs;                        /* (2 cap) validation scores */
-  int *vl;                          /* (2 cap) their labels: 1 faulted */
+  uint8_t *vl;                      /* (2 cap) their labels: 1 faulted */
   fl_window_score *sc;
   fl_rng rng;
   int prepared, accepted, runs;
@@ -278,7 +279,7 @@ int fl_tune_job_snapshot(fl_tune_job *j) {
     j->winc = w;
     if (!(w = realloc(j->vs, sizeof(float) * 2 * j->n))) return FL_ENOMEM;
     j->vs = w;
-    int *l = realloc(j->vl, sizeof(int) * 2 * j->n);
+    uint8_t *l = realloc(j->vl, 2 * (size_t)j->n);
     if (!l) return FL_ENOMEM;
     j->vl = l;
     j->cap = j->n;
@@ -342,44 +343,6 @@ static int fl__cal_load(void *user, fl_model *m, fl_ctx *ctx, int b, int w) {
   return 0;
 }
 
-typedef struct {
-  float s;
-  int l;
-} fl__scored;
-
-static int fl__cmp_scored(const void *a, const void *b) {
-  float x = ((const fl__scored *)a)->s, y = ((const fl__scored *)b)->s;
-  return (x > y) - (x < y);
-}
-
-/* AUROC of n scores against labels (1 positive), ties counting one half:
- * the rank-sum (Mann-Whitney) form, O(n log n).  NaN when a class is empty
- * or the scratch cannot be had (the check then passes: it has no evidence). */
-static float fl__auroc(const float *s, const int *l, int n) {
-  fl__scored *v = malloc(sizeof *v * (size_t)(n > 0 ? n : 1));
-  if (!v) return NAN;
-  long pos = 0;
-  for (int k = 0; k < n; k++) {
-    v[k].s = isfinite(s[k]) ? s[k] : (s[k] > 0 ? 3e38f : -3e38f);
-    v[k].l = l[k];
-    pos += l[k] != 0;
-  }
-  qsort(v, (size_t)n, sizeof *v, fl__cmp_scored);
-  double rsum = 0.0;
-  for (int a = 0; a < n;) {
-    int b = a;
-    while (b < n && v[b].s == v[a].s) b++;
-    double rank = 0.5 * (a + 1 + b); /* mean of ranks a+1 .. b */
-    for (int k = a; k < b; k++)
-      if (v[k].l) rsum += rank;
-    a = b;
-  }
-  free(v);
-  long neg = n - pos;
-  if (!pos || !neg) return NAN;
-  return (float)((rsum - 0.5 * pos * (pos + 1)) / ((double)pos * neg));
-}
-
 /* Held-out correction loss (faults from a fixed seed), the share of the
  * faulted windows above the threshold, and the clean false-alarm rate and
  * mean score (over the threshold) of model m judged with cal, on the windows
@@ -426,7 +389,10 @@ static int fl__validate(fl_tune_job *j, fl_model *m, const fl_calib *cal, const 
   /* Threshold-free: an update that lowers every clean score (a drift
    * followed) also lowers the share of faults above the threshold of a
    * detector that was half-alarmed before; the ranking is what must hold. */
-  float auc = fl__auroc(j->vs, j->vl, nv);
+  /* NaN (no evidence: the check passes) when a class is empty or the
+   * scratch cannot be had. */
+  double auc = NAN;
+  if (fl_auroc(j->vs, j->vl, (size_t)nv, &auc)) auc = NAN;
   if (cand) {
     res->auc_new = auc;
     res->loss_new = loss;

@@ -114,21 +114,10 @@ int cli_default_modality(const char *cmd, fl_config *c, const fl_table *t) {
 }
 
 int cli_same_layout(const fl_model_spec *a, const fl_model_spec *b, char *why, size_t len) {
-  if (a->n_mod != b->n_mod) {
-    snprintf(why, len, "the model has %d modalities, the config %d", a->n_mod, b->n_mod);
-    return 0;
-  }
-  for (int i = 0; i < a->n_mod; i++) {
-    const fl_modality *x = &a->mod[i], *y = &b->mod[i];
-    int same = !strcmp(x->name, y->name) && x->rate == y->rate && x->channels == y->channels;
-    for (int c = 0; same && c < x->channels; c++) same = !strcmp(x->channel[c], y->channel[c]);
-    if (!same) {
-      snprintf(why, len, "modality %d is %s in the model and %s in the config", i + 1,
-               x->name, y->name);
-      return 0;
-    }
-  }
-  return 1;
+  char d[300];
+  if (fl_model_spec_compatible(a, b, d, sizeof d)) return 1;
+  snprintf(why, len, "the model against the config: %s", d);
+  return 0;
 }
 
 typedef struct {

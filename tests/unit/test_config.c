@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -75,6 +76,19 @@ static const char *full_config =
     "drifts = 1\n"
     "channels = current\n"
     "\n"
+    "[tune]\n"
+    "steps = 7\n"
+    "lr = 0.001\n"
+    "margin = 0.2\n"
+    "min_windows = 40\n"
+    "val_fraction = 0.3\n"
+    "norm_rate = 0.5\n"
+    "norm_max = 0.75\n"
+    "norm_parts = 3\n"
+    "norm_band = 0.125\n"
+    "recalibrate = yes\n"
+    "enabled = 1\n"
+    "\n"
     "[input]\n"
     "anything = left to the daemon\n";
 
@@ -134,6 +148,19 @@ static void test_full(void **state) {
   assert_int_equal(d->calibrate_all, 0);
   assert_int_equal(d->on, 4);
   assert_int_equal(d->off, 6);
+  assert_int_equal(c.on_given, 1);
+  assert_int_equal(c.off_given, 1);
+  const fl_tune_config *u = &c.tune;
+  assert_int_equal(u->steps, 7);
+  assert_float_equal(u->lr, 0.001, 1e-9);
+  assert_float_equal(u->margin, 0.2, 1e-7);
+  assert_int_equal(u->min_windows, 40);
+  assert_float_equal(u->val_fraction, 0.3, 1e-7);
+  assert_float_equal(u->norm_rate, 0.5, 1e-7);
+  assert_float_equal(u->norm_max, 0.75, 1e-7);
+  assert_int_equal(u->norm_parts, 3);
+  assert_float_equal(u->norm_band, 0.125, 1e-7);
+  assert_int_equal(u->recalibrate, 1);
   assert_int_equal(s->n_mod, 2);
   assert_string_equal(s->mod[0].name, "mech");
   assert_int_equal(s->mod[0].rate, 1);
@@ -190,9 +217,134 @@ static void test_errors(void **state) {
   expect_error(buf, 4, "window");
   snprintf(buf, sizeof buf, "%s[model]\nkernel = 4\n", mod);
   expect_error(buf, 4, "kernel");
+  /* The library's [tune] keys are checked here, with their ranges. */
+  snprintf(buf, sizeof buf, "%s[tune]\nnorm_parts = 17\n", mod);
+  expect_error(buf, 4, "norm_parts");
+  snprintf(buf, sizeof buf, "%s[tune]\nrecalibrate = maybe\n", mod);
+  expect_error(buf, 4, "recalibrate");
+  snprintf(buf, sizeof buf, "%s[detect]\nhysteresis_on = 0\n", mod);
+  expect_error(buf, 4, "hysteresis_on");
   /* Not an INI line at all. */
   snprintf(buf, sizeof buf, "%s[model]\nthis is not a key\n", mod);
   expect_error(buf, 4, NULL);
+}
+
+/* One default per setting: the tuner's are fl_tune_defaults', the
+ * hysteresis is not "given" unless the file gives it, and no model file. */
+static void test_defaults(void **state) {
+  (void)state;
+  fl_config c;
+  fl_tune_config t;
+  char err[512] = "";
+  fl_config_defaults(&c);
+  fl_tune_defaults(&t);
+  assert_int_equal(fl_config_parse(&c, "[modality.m]\nchannels = x\n", err, sizeof err), 0);
+  assert_int_equal(c.tune.min_windows, 128);
+  assert_int_equal(c.tune.min_windows, t.min_windows);
+  assert_int_equal(c.tune.steps, t.steps);
+  assert_float_equal(c.tune.lr, t.lr, 0);
+  assert_int_equal(c.on_given, 0);
+  assert_int_equal(c.off_given, 0);
+  assert_string_equal(c.model_file, "");
+}
+
+/* A program's keys: its function sees the keys of its sections the library
+ * does not read; what it refuses is an error naming the line and key, with
+ * its reason when it gives one. */
+static int app_key(void *user, const char *section, const char *key, const char *value,
+                   char *why, size_t whylen) {
+  int *seen = user;
+  (*seen)++;
+  if (!strcmp(section, "model") || !strcmp(section, "detect")) return 0; /* never asked */
+  if (!strcmp(key, "port")) return atoi(value) > 0 ? 1 : -1;
+  if (!strcmp(key, "name")) {
+    if (strlen(value) > 3) snprintf(why, whylen, "longer than 3");
+    return strlen(value) > 3 ? -1 : 1;
+  }
+  return 0;
+}
+
+static void load_with(const char *text, int *seen, char *err, size_t errlen, int *rc,
+                      fl_config *c) {
+  char path[] = "/tmp/faultline-test-config-XXXXXX";
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  FILE *f = fdopen(fd, "w");
+  fputs(text, f);
+  fclose(f);
+  fl_config_defaults(c);
+  *seen = 0;
+  *rc = fl_config_load_with(c, path, app_key, seen, err, errlen);
+  unlink(path);
+}
+
+static void test_program_keys(void **state) {
+  (void)state;
+  static fl_config c;
+  char err[512] = "";
+  int seen, rc;
+  const char *ok = "[modality.m]\nchannels = x\n[model]\nfile = m.model\n"
+                   "[tune]\nsteps = 9\nport = 5\n[input]\nname = abc\n";
+  load_with(ok, &seen, err, sizeof err, &rc, &c);
+  if (rc) print_error("%s\n", err);
+  assert_int_equal(rc, 0);
+  assert_int_equal(seen, 2); /* port and name; steps and file are the library's */
+  assert_int_equal(c.tune.steps, 9);
+  assert_string_equal(c.model_file, "m.model");
+  load_with("[modality.m]\nchannels = x\n[input]\nbogus = 1\n", &seen, err, sizeof err, &rc,
+            &c);
+  assert_true(rc < 0);
+  assert_non_null(strstr(err, "line 4"));
+  assert_non_null(strstr(err, "bogus"));
+  load_with("[modality.m]\nchannels = x\n[tune]\nport = 0\n", &seen, err, sizeof err, &rc, &c);
+  assert_true(rc < 0);
+  assert_non_null(strstr(err, "line 4"));
+  assert_non_null(strstr(err, "port"));
+  load_with("[modality.m]\nchannels = x\n[log]\nname = abcd\n", &seen, err, sizeof err, &rc,
+            &c);
+  assert_true(rc < 0);
+  assert_non_null(strstr(err, "longer than 3"));
+  /* Without a function the same keys are left to the program. */
+  fl_config_defaults(&c);
+  assert_int_equal(fl_config_parse(&c, "[modality.m]\nchannels = x\n[input]\nbogus = 1\n", err,
+                                   sizeof err), 0);
+  /* A section nobody owns is an error either way. */
+  load_with("[modality.m]\nchannels = x\n[nosuch]\nport = 1\n", &seen, err, sizeof err, &rc,
+            &c);
+  assert_true(rc < 0);
+  assert_non_null(strstr(err, "nosuch"));
+  assert_int_equal(seen, 0);
+}
+
+/* The one layout check: window, modalities in order, rates, channels and
+ * their names; each difference is named. */
+static void test_spec_compatible(void **state) {
+  (void)state;
+  static fl_config a, b;
+  char err[512] = "", why[300];
+  const char *base = "[model]\nwindow = 16\n[modality.m]\nrate = 2\nchannels = x, y\n";
+  fl_config_defaults(&a);
+  assert_int_equal(fl_config_parse(&a, base, err, sizeof err), 0);
+  fl_config_defaults(&b);
+  assert_int_equal(fl_config_parse(&b, base, err, sizeof err), 0);
+  assert_int_equal(fl_model_spec_compatible(&a.spec, &b.spec, why, sizeof why), 1);
+  const char *other[] = {
+      "[model]\nwindow = 20\n[modality.m]\nrate = 2\nchannels = x, y\n",
+      "[model]\nwindow = 16\n[modality.m]\nrate = 1\nchannels = x, y\n",
+      "[model]\nwindow = 16\n[modality.m]\nrate = 2\nchannels = x, z\n",
+      "[model]\nwindow = 16\n[modality.n]\nrate = 2\nchannels = x, y\n",
+      "[model]\nwindow = 16\n[modality.m]\nrate = 2\nchannels = x, y\n[modality.n]\n"
+      "channels = z\n",
+  };
+  const char *named[] = {"window", "modality 1", "modality 1", "modality 1", "modalities"};
+  for (size_t i = 0; i < sizeof other / sizeof *other; i++) {
+    fl_config_defaults(&b);
+    assert_int_equal(fl_config_parse(&b, other[i], err, sizeof err), 0);
+    why[0] = 0;
+    assert_int_equal(fl_model_spec_compatible(&a.spec, &b.spec, why, sizeof why), 0);
+    assert_non_null(strstr(why, named[i]));
+    assert_int_equal(fl_model_spec_compatible(&b.spec, &a.spec, NULL, 0), 0);
+  }
 }
 
 static void test_skab(void **state) {
@@ -238,6 +390,9 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_full),
       cmocka_unit_test(test_errors),
+      cmocka_unit_test(test_defaults),
+      cmocka_unit_test(test_program_keys),
+      cmocka_unit_test(test_spec_compatible),
       cmocka_unit_test(test_skab),
       cmocka_unit_test(test_load_error_names_file_and_line),
   };

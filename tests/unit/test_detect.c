@@ -21,23 +21,7 @@
 #define W 16
 #define TAIL 4
 
-static fl_model *small_model(int drifts_b) {
-  static const char *a[] = {"a0", "a1"}, *b[] = {"b0"};
-  fl_model_spec s;
-  fl_model_spec_defaults(&s);
-  s.window = W;
-  s.enc1 = 3;
-  s.enc2 = 4;
-  s.hidden = 5;
-  s.head_hidden = 6;
-  s.emb = 3;
-  assert_int_equal(fl_model_spec_add(&s, "a", 1, 2, a), 0);
-  assert_int_equal(fl_model_spec_add(&s, "b", 1, 1, b), 0);
-  s.mod[1].drifts = drifts_b;
-  fl_model *m = NULL;
-  assert_int_equal(fl_model_create(&m, &s, 7), 0);
-  return m;
-}
+#include "small_model.h"
 
 /* A calibration with the baseline feature on and unit statistics, so that a
  * channel's baseline score is its raw distance minus one. */

@@ -58,6 +58,13 @@ int fl_model_spec_add(fl_model_spec *s, const char *name, int rate, int channels
                       const char *const *names);
 /* Validates the spec: sizes, window a multiple of 4, rates, names. */
 int fl_model_spec_check(const fl_model_spec *s);
+/* Do models of specs a and b take the same windows: the same window length
+ * and the same modalities in the same order, each with the same name, rate
+ * and channels (count and names)?  Then one's streams, rows and buffered
+ * windows serve the other.  Returns 1 if so, else 0 with the first
+ * difference in why ("a" against "b") when why is non-NULL. */
+int fl_model_spec_compatible(const fl_model_spec *a, const fl_model_spec *b, char *why,
+                             size_t len);
 const char *fl_module_name(fl_module m);
 
 /* One layer as the analysis and the projection see it. */

@@ -4,7 +4,8 @@
  * newest `stride` ticks, as the daemon does, so a row's answer uses only
  * rows up to it.  Rows before the first full window get no score (NaN),
  * flag 0, and their input as output.  Flags are debounced with the bundle's
- * hysteresis. */
+ * hysteresis.  Each window goes through fl_pipeline_run, as in the daemon,
+ * so the two agree window for window. */
 #ifndef FAULTLINE_SCAN_H
 #define FAULTLINE_SCAN_H
 

@@ -83,7 +83,7 @@ typedef struct {
                        * a narrow slice of windows judges the next slice worse */
   float margin;       /* tolerated worsening, see above (0.05) */
   float val_fraction; /* share of the buffer held out for validation (0.25) */
-  int min_windows;    /* windows the buffer needs before an update (64) */
+  int min_windows;    /* windows the buffer needs before an update (128) */
   float norm_rate;    /* share of the clean windows' stage-1 residual bias moved
                        * into the normalisation per pass (1); 0 keeps the
                        * normalisation as trained */
