@@ -32,6 +32,7 @@ void fld_engine_free(fld_engine *e) {
     for (int i = 0; i < FL_MAX_MODALITIES; i++) {
       free(e->win[k].raw[i]);
       free(e->win[k].corrected[i]);
+      free(e->win[k].sigma[i]);
     }
   free(e->rep);
   free(e->layer_name);
@@ -74,11 +75,12 @@ int fld_engine_load(fld_engine **out, const char *path, const fld_config *cfg, c
     if (ct > maxct) maxct = ct;
     for (int k = 0; k < e->batch; k++)
       if (!(e->win[k].raw[i] = malloc(sizeof(float) * ct)) ||
-          !(e->win[k].corrected[i] = malloc(sizeof(float) * ct)))
+          !(e->win[k].corrected[i] = malloc(sizeof(float) * ct)) ||
+          !(e->win[k].sigma[i] = malloc(sizeof(float) * ct)))
         goto nomem;
   }
   e->maxct = maxct;
-  if (!(e->rep = malloc(sizeof(float) * maxct * (size_t)spec->n_mod))) goto nomem;
+  if (!(e->rep = malloc(sizeof(float) * maxct * 2 * (size_t)spec->n_mod))) goto nomem;
   if ((rc = fl_ctx_create_infer(&e->ctx, e->b.model, e->batch))) goto nomem;
   /* Spectral norms are a property of the weights: measure them once per
    * load, not per scrape. */

@@ -241,7 +241,8 @@ typedef struct {
    * scores and decisions (fl_pipeline_run). */
   fl_pipeline_window win[FLD_MAX_BATCH];
   size_t maxct;                               /* largest C_i T_i */
-  float *rep;                                 /* (n_mod, maxct): report rows */
+  float *rep;                                 /* (2, n_mod, maxct): report rows,
+                                                 corrected then uncertainty */
   char version[40];                           /* hex of a 64-bit file hash, -uN when tuned */
   double load_time;                           /* Unix seconds */
   int n_layers;

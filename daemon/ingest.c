@@ -194,7 +194,7 @@ void fld_ingest_flush(fld_app *app) {
     e->win[k].ticks = app->cfg.stride;
     e->win[k].from = spec->window - app->cfg.stride;
   }
-  fl_pipeline_config pc = {e->hyst_on, e->hyst_off, e->b.clamp};
+  fl_pipeline_config pc = {e->hyst_on, e->hyst_off, e->b.clamp, &e->b.est};
   int rc = fl_pipeline_run(e->b.model, &e->b.calib, e->ctx, &pc, B, e->win);
   if (rc) {
     /* Inputs are validated and clamped: a failure here is the model's. */

@@ -55,10 +55,15 @@ int fld_report_publish(fld_app *app, const fl_pipeline_window *w, const fld_slot
     /* The newest stride ticks, from channel-major (C, T) to the wire's
      * row-major (stride * rate, C). */
     float *rows = e->rep + (size_t)i * e->maxct;
+    float *unc = e->rep + (size_t)(spec->n_mod + i) * e->maxct;
     for (int t = t0; t < T; t++)
-      for (int c = 0; c < C; c++) rows[(size_t)(t - t0) * C + c] = w->corrected[i][(size_t)c * T + t];
-    m->n_corrected = (size_t)(T - t0) * C;
+      for (int c = 0; c < C; c++) {
+        rows[(size_t)(t - t0) * C + c] = w->corrected[i][(size_t)c * T + t];
+        unc[(size_t)(t - t0) * C + c] = w->sigma[i][(size_t)c * T + t];
+      }
+    m->n_corrected = m->n_uncertainty = (size_t)(T - t0) * C;
     m->corrected = rows;
+    m->uncertainty = unc;
   }
   rep.n_modalities = (size_t)spec->n_mod;
   rep.modalities = mrp;

@@ -138,6 +138,12 @@ int fl_bundle_save(const fl_bundle *b, const char *path, char *err, size_t errle
   if (!rc) rc = fl_st_add(st, "calib.rat_mu", b->calib.rat_mu, nch, 1);
   if (!rc) rc = fl_st_add(st, "calib.rat_sd", b->calib.rat_sd, nch, 1);
   if (!rc) rc = fl_st_add(st, "calib.centroid", b->calib.centroid, ne, 1);
+  if (!rc && b->est.on && b->est.nch == nch[0]) {
+    int64_t ww[2] = {nch[0], nch[0]}, wv[2] = {nch[0], FL_ESTIMATE_LAGS};
+    rc = fl_st_add(st, "estimate.w", b->est.w, ww, 2);
+    if (!rc) rc = fl_st_add(st, "estimate.v", b->est.v, wv, 2);
+    if (!rc) rc = fl_st_add(st, "estimate.vm", b->est.vm, nch, 1);
+  }
   char *spec = fl__spec_json(fl_model_spec_of(m));
   json_t *det = json_pack("{s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:i, s:i, s:i, s:f, s:f, s:i, s:i, s:f}", "tail",
                           b->calib.tail, "threshold", (double)b->calib.threshold,
@@ -239,6 +245,16 @@ int fl_bundle_load(fl_bundle *b, const char *path, char *err, size_t errlen) {
     if (rc == FL_ENOTFOUND) has_lr = 0;
     else if (rc) goto fail;
   }
+  /* Models from before the estimator correct with the network's estimate. */
+  int64_t ew[2] = {nch, nch}, ev[2] = {nch, FL_ESTIMATE_LAGS};
+  rc = fl_st_get(st, "estimate.w", b->est.w, ew, 2, err, errlen);
+  if (!rc) rc = fl_st_get(st, "estimate.v", b->est.v, ev, 2, err, errlen);
+  if (!rc) rc = fl__get(st, "estimate.vm", b->est.vm, nch, err, errlen);
+  if (!rc) {
+    b->est.on = 1;
+    b->est.nch = nch;
+  }
+  if (rc && rc != FL_ENOTFOUND) goto fail;
   rc = 0;
   for (int c = 0; c < nch; c++)
     if (!(fl_model_std(m)[c] > 0.0f)) {

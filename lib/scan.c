@@ -15,6 +15,7 @@ void fl_scan_free(fl_scan_result *r) {
   free(r->modality);
   free(r->chan);
   fl_series_free(&r->corrected);
+  fl_series_free(&r->sigma);
   memset(r, 0, sizeof *r);
 }
 
@@ -36,15 +37,19 @@ int fl_scan(fl_bundle *b, const fl_series *s, int stride, fl_scan_result *out) {
   out->chan = calloc((size_t)(rows ? rows : 1) * nch, sizeof(float));
   out->corrected.rows = rows;
   out->corrected.n_mod = spec->n_mod;
+  out->sigma.rows = rows;
+  out->sigma.n_mod = spec->n_mod;
   if (!(w = calloc(FL__SCAN_BATCH, sizeof *w))) goto fail;
   for (int i = 0; i < spec->n_mod; i++) {
     size_t n = (size_t)spec->mod[i].channels * rows * spec->mod[i].rate;
     if (!(out->corrected.x[i] = malloc(sizeof(float) * (n ? n : 1)))) goto fail;
     memcpy(out->corrected.x[i], s->x[i], sizeof(float) * n);
+    if (!(out->sigma.x[i] = calloc(n ? n : 1, sizeof(float)))) goto fail;
     size_t ct = (size_t)spec->mod[i].channels * W * spec->mod[i].rate;
     for (int k = 0; k < FL__SCAN_BATCH; k++)
       if (!(w[k].raw[i] = malloc(sizeof(float) * ct)) ||
-          !(w[k].corrected[i] = malloc(sizeof(float) * ct)))
+          !(w[k].corrected[i] = malloc(sizeof(float) * ct)) ||
+          !(w[k].sigma[i] = malloc(sizeof(float) * ct)))
         goto fail;
   }
   if (!out->score || !out->flag || !out->modality || !out->chan) goto fail;
@@ -59,7 +64,7 @@ int fl_scan(fl_bundle *b, const fl_series *s, int stride, fl_scan_result *out) {
   for (int e = W; e <= rows; e += stride) ends[nw++] = e;
   fl_stream_state st;
   fl_stream_state_reset(&st);
-  fl_pipeline_config pc = {b->detect.on, b->detect.off, b->clamp};
+  fl_pipeline_config pc = {b->detect.on, b->detect.off, b->clamp, &b->est};
   for (int j = 0; j < nw; j += FL__SCAN_BATCH) {
     int B = nw - j < FL__SCAN_BATCH ? nw - j : FL__SCAN_BATCH;
     for (int k = 0; k < B; k++) {
@@ -91,8 +96,9 @@ int fl_scan(fl_bundle *b, const fl_series *s, int stride, fl_scan_result *out) {
           for (int r = e - W + x->from; r < e; r++)
             for (int q = 0; q < rate; q++) {
               int t = (r - (e - W)) * rate + q;
-              out->corrected.x[i][(size_t)c * rows * rate + (size_t)r * rate + q] =
-                  x->corrected[i][(size_t)c * T + t];
+              size_t o = (size_t)c * rows * rate + (size_t)r * rate + q;
+              out->corrected.x[i][o] = x->corrected[i][(size_t)c * T + t];
+              out->sigma.x[i][o] = x->sigma[i][(size_t)c * T + t];
             }
       }
     }
@@ -104,6 +110,7 @@ fail:
       for (int i = 0; i < FL_MAX_MODALITIES; i++) {
         free(w[k].raw[i]);
         free(w[k].corrected[i]);
+        free(w[k].sigma[i]);
       }
   free(w);
   free(ends);

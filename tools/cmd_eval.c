@@ -466,9 +466,16 @@ done:
 /* ---- eval -------------------------------------------------------------- */
 
 /* Correction estimates scored on the faulted samples. */
-enum { EST_INPUT, EST_CORRECTED, EST_INTERP, EST_STAGE1, EST_BLOCK, EST_COUNT };
-static const char *const est_key[EST_COUNT] = {"input", "corrected", "interp", "stage1",
-                                               "estimate"};
+enum {
+  EST_INPUT, EST_CORRECTED, EST_INTERP, EST_STAGE1, EST_BLOCK, EST_HOLD, EST_AAKR, EST_ORACLE,
+  EST_COUNT
+};
+static const char *const est_key[EST_COUNT] = {"input",    "corrected", "interp",
+                                               "stage1",   "estimate",  "hold",
+                                               "aakr",     "oracle_mask"};
+/* AAKR's memory (rows of the training recording) and bandwidth (std units). */
+enum { EV_AAKR_MEMORY = 600 };
+#define EV_AAKR_H 1.0f
 
 typedef struct {
   const char *name;
@@ -503,7 +510,8 @@ static int ev_pool_stats(const fl_eval_pool *p, ev_result *r) {
  * corrected estimate (block on, not gated) into est[EST_BLOCK], raw units,
  * NaN on rows with no label. */
 static int ev_estimates(fl_bundle *b, const ev_data *d, const fl_series *s,
-                        float *est1[FL_MAX_MODALITIES], float *est2[FL_MAX_MODALITIES]) {
+                        float *est1[FL_MAX_MODALITIES], float *est2[FL_MAX_MODALITIES],
+                        float *est3[FL_MAX_MODALITIES]) {
   enum { BATCH = 64 };
   fl_model *m = b->model;
   const fl_model_spec *spec = fl_model_spec_of(m);
@@ -516,7 +524,7 @@ static int ev_estimates(fl_bundle *b, const ev_data *d, const fl_series *s,
   for (int i = 0; i < d->n_mod; i++) {
     size_t n = (size_t)d->C[i] * d->rows * d->rate[i];
     if ((size_t)d->C[i] * W * d->rate[i] > maxct) maxct = (size_t)d->C[i] * W * d->rate[i];
-    for (size_t k = 0; k < n; k++) est1[i][k] = est2[i][k] = NAN;
+    for (size_t k = 0; k < n; k++) est1[i][k] = est2[i][k] = est3[i][k] = NAN;
     for (int k = 0; k < BATCH; k++)
       if (!(raw[k][i] = malloc(sizeof(float) * d->C[i] * W * d->rate[i]))) goto done;
   }
@@ -530,13 +538,24 @@ static int ev_estimates(fl_bundle *b, const ev_data *d, const fl_series *s,
       for (int i = 0; i < d->n_mod; i++)
         if ((e = fl_model_normalise(m, ctx, k, i, raw[k][i], b->clamp))) goto done;
     }
-    for (int pass = 0; pass < 2; pass++) {
-      if ((e = fl_model_forward(m, ctx, nb, pass, 0))) goto done;
+    for (int pass = 0; pass < 3; pass++) {
+      if (pass == 2)
+        /* The oracle mask: every labelled sample of the window missing. */
+        for (int k = 0; k < nb; k++)
+          for (int i = 0; i < d->n_mod; i++) {
+            int C = d->C[i], rate = d->rate[i], T = W * rate;
+            size_t len = (size_t)d->rows * rate, t0 = (size_t)(ends[k] - W) * rate;
+            for (int c = 0; c < C; c++)
+              for (int t = 0; t < T; t++)
+                if (d->lab[i][(size_t)c * len + t0 + t]) raw[k][i][(size_t)c * T + t] = NAN;
+            if ((e = fl_model_normalise(m, ctx, k, i, raw[k][i], b->clamp))) goto done;
+          }
+      if ((e = fl_model_forward(m, ctx, nb, pass > 0, 0))) goto done;
       /* fl_detect_correct substitutes the detector's estimate slot. */
       for (int i = 0; i < d->n_mod; i++)
         memcpy(fl_ctx_estimate(ctx, i), fl_ctx_output(ctx, i),
                sizeof(float) * nb * d->C[i] * W * d->rate[i]);
-      float *const *dst = pass ? est2 : est1;
+      float *const *dst = pass == 2 ? est3 : pass ? est2 : est1;
       for (int i = 0; i < d->n_mod; i++) {
         int C = d->C[i], rate = d->rate[i], T = W * rate;
         size_t len = (size_t)d->rows * rate;
@@ -562,14 +581,87 @@ done:
   return e;
 }
 
-/* The interpolation baseline of every channel (fl_eval_interpolate). */
-static void ev_interpolate(const ev_data *d, float *out[FL_MAX_MODALITIES]) {
+/* The interpolation and hold-last-clean baselines of every channel
+ * (fl_eval_interpolate, fl_eval_hold_last). */
+static void ev_interpolate(const ev_data *d, float *out[FL_MAX_MODALITIES],
+                           float *hold[FL_MAX_MODALITIES]) {
   for (int i = 0; i < d->n_mod; i++) {
     size_t len = (size_t)d->rows * d->rate[i];
-    for (int c = 0; c < d->C[i]; c++)
+    for (int c = 0; c < d->C[i]; c++) {
       fl_eval_interpolate(out[i] + (size_t)c * len, d->x[i] + (size_t)c * len,
                           d->lab[i] + (size_t)c * len, len);
+      fl_eval_hold_last(hold[i] + (size_t)c * len, d->x[i] + (size_t)c * len,
+                        d->lab[i] + (size_t)c * len, len);
+    }
   }
+}
+
+/* One row per base tick: every channel standardised with the model's
+ * normalisation (a fast channel: the mean of its sub-samples), NaN where a
+ * sub-sample is missing. */
+static void ev_tick_row(const fl_bundle *b, const ev_data *d, const float *const x[], int r,
+                        float *row) {
+  const float *mean = fl_model_mean(b->model), *std = fl_model_std(b->model);
+  for (int i = 0, off = 0; i < d->n_mod; off += d->C[i], i++) {
+    size_t len = (size_t)d->rows * d->rate[i];
+    for (int c = 0; c < d->C[i]; c++) {
+      double a = 0;
+      for (int q = 0; q < d->rate[i]; q++)
+        a += x[i][(size_t)c * len + (size_t)r * d->rate[i] + q];
+      row[off + c] = (float)((a / d->rate[i] - mean[off + c]) / std[off + c]);
+    }
+  }
+}
+
+/* The AAKR (MSET) baseline: every labelled sample of channel c estimated by
+ * kernel regression of c on the other channels at its tick, on a memory of
+ * clean training rows, given the true faulty channel. */
+static int ev_aakr(const fl_bundle *b, const ev_data *d, const float *mem, int nmem, int d_all,
+                   float *out[FL_MAX_MODALITIES]) {
+  const float *mean = fl_model_mean(b->model), *std = fl_model_std(b->model);
+  float *row = malloc(sizeof(float) * d_all), *q = malloc(sizeof(float) * d_all);
+  if (!row || !q) {
+    free(row);
+    free(q);
+    return FL_ENOMEM;
+  }
+  const float *x[FL_MAX_MODALITIES];
+  for (int i = 0; i < d->n_mod; i++) x[i] = d->x[i];
+  int e = 0;
+  for (int i = 0; i < d->n_mod; i++)
+    for (size_t k = 0; k < (size_t)d->C[i] * d->rows * d->rate[i]; k++) out[i][k] = NAN;
+  for (int r = 0; r < d->rows && !e; r++) {
+    int any = 0;
+    for (int i = 0; i < d->n_mod; i++)
+      for (int c = 0; c < d->C[i]; c++)
+        for (int k = 0; k < d->rate[i]; k++)
+          any |= d->lab[i][(size_t)c * d->rows * d->rate[i] + (size_t)r * d->rate[i] + k] != 0;
+    if (!any) continue;
+    ev_tick_row(b, d, x, r, row);
+    for (int i = 0, off = 0; i < d->n_mod && !e; off += d->C[i], i++) {
+      size_t len = (size_t)d->rows * d->rate[i];
+      for (int c = 0; c < d->C[i] && !e; c++) {
+        int hit = 0;
+        for (int k = 0; k < d->rate[i]; k++) hit |= d->lab[i][(size_t)c * len + (size_t)r * d->rate[i] + k] != 0;
+        if (!hit) continue;
+        /* The other faulted channels of the tick are no evidence either. */
+        for (int j2 = 0, o2 = 0; j2 < d->n_mod; o2 += d->C[j2], j2++)
+          for (int c2 = 0; c2 < d->C[j2]; c2++) {
+            size_t l2 = (size_t)d->rows * d->rate[j2];
+            int bad = 0;
+            for (int k = 0; k < d->rate[j2]; k++) bad |= d->lab[j2][(size_t)c2 * l2 + (size_t)r * d->rate[j2] + k] != 0;
+            q[o2 + c2] = bad ? NAN : row[o2 + c2];
+          }
+        float z;
+        if ((e = fl_eval_aakr(&z, mem, nmem, d_all, q, off + c, EV_AAKR_H))) break;
+        for (int k = 0; k < d->rate[i]; k++)
+          out[i][(size_t)c * len + (size_t)r * d->rate[i] + k] = z * std[off + c] + mean[off + c];
+      }
+    }
+  }
+  free(row);
+  free(q);
+  return e;
 }
 
 /* Scores the scan of one corrupted copy: rows into the pools, episodes,
@@ -663,13 +755,15 @@ static void ev_num(char *buf, size_t n, double v, const char *fmt) {
   else snprintf(buf, n, fmt, v);
 }
 
-#define EV_ROW_FMT "%-11s %6s %6s %6s %6s  %7s %5s %5s  %7s %9s %7s %7s %8s  %6s %6s\n"
+#define EV_ROW_FMT \
+  "%-11s %6s %6s %6s %6s  %7s %5s %5s  %7s %9s %7s %7s %8s %6s %6s %6s  %6s %6s\n"
 
 static void ev_print_header(FILE *f) {
   fprintf(f, EV_ROW_FMT, "", "rows", "", "", "", "episodes", "", "", "RMSE on", "faulted",
-          "samples", "(sd)", "", "clean", "rows");
+          "samples", "(sd)", "", "", "", "", "clean", "rows");
   fprintf(f, EV_ROW_FMT, "fault", "AUROC", "F1", "FAR", "FARw", "det", "loc", "delay", "input",
-          "corrected", "interp", "stage1", "estimate", "RMSE", "RMSEw");
+          "corrected", "interp*", "stage1", "estimate", "hold", "aakr", "oracle", "RMSE",
+          "RMSEw");
 }
 
 static void ev_print_row(FILE *f, const ev_result *r, int detection) {
@@ -689,7 +783,7 @@ static void ev_print_row(FILE *f, const ev_result *r, int detection) {
   ev_num(cl, sizeof cl, fl_eval_rmse(r->se_clean, r->n_clean), "%.4f");
   ev_num(clw, sizeof clw, fl_eval_rmse(r->se_settled, r->n_settled), "%.4f");
   fprintf(f, EV_ROW_FMT, r->name, a, f1, far, farw, det, loc, dl, est[0], est[1], est[2],
-          est[3], est[4], cl, clw);
+          est[3], est[4], est[5], est[6], est[7], cl, clw);
 }
 
 static json_t *ev_real(double v) { return isfinite(v) ? json_real(v) : json_null(); }
@@ -748,16 +842,17 @@ int cmd_eval(int argc, char **argv) {
   static const struct option opts[] = {
       {"model", 1, 0, 'm'},    {"data", 1, 0, 'd'}, {"config", 1, 0, 'c'},
       {"seed", 1, 0, 's'},     {"episodes", 1, 0, 'n'}, {"json", 1, 0, 'j'},
-      {"fault", 1, 0, 'f'},    {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
-  const char *model = NULL, *data = NULL, *config = NULL, *json = NULL;
+      {"fault", 1, 0, 'f'},    {"memory", 1, 0, 'M'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+  const char *model = NULL, *data = NULL, *config = NULL, *json = NULL, *memory = NULL;
   fl_fault_type types[FL_FAULT_COUNT];
   int ntypes = 0, o;
   long episodes = 20;
   uint64_t seed = 1;
   optind = 1;
-  while ((o = getopt_long(argc, argv, "m:d:c:s:n:j:f:h", opts, NULL)) != -1) {
+  while ((o = getopt_long(argc, argv, "m:d:c:s:n:j:f:M:h", opts, NULL)) != -1) {
     switch (o) {
     case 'm': model = optarg; break;
+    case 'M': memory = optarg; break;
     case 'd': data = optarg; break;
     case 'c': config = optarg; break;
     case 'j': json = optarg; break;
@@ -774,7 +869,8 @@ int cmd_eval(int argc, char **argv) {
     case 'h':
       printf(
           "usage: faultline eval --model MODEL --data CSV [--config FILE] [--seed N]\n"
-          "                      [--episodes N] [--fault TYPE] [--json FILE]\n\n"
+          "                      [--episodes N] [--fault TYPE] [--json FILE]\n"
+          "                      [--memory TRAIN_CSV]\n\n"
           "Evaluates a model on a CLEAN held-out recording.  For each fault type it injects\n"
           "N episodes (as faultline inject does, from the first full window on, a seed per\n"
           "type) into a copy, runs the model over it causally with one window per row, and\n"
@@ -793,9 +889,14 @@ int cmd_eval(int argc, char **argv) {
           "  delay   mean rows from an episode's onset to its first flag\n"
           "  RMSE    on the faulted samples, in the model's per-channel std units, of the\n"
           "          corrupted input, the gated corrected output, linear interpolation\n"
-          "          across each labelled run (an oracle that knows the labels), the\n"
-          "          stage-1 estimate (compute block bypassed) and the corrected estimate\n"
-          "          (block on, ungated), each the newest tick of its window\n"
+          "          across each labelled run (interp*: it knows the labels and the\n"
+          "          future, not causal), the stage-1 estimate (compute block bypassed),\n"
+          "          the corrected estimate (block on, ungated), each the newest tick of\n"
+          "          its window; hold: the last clean value before the fault (causal,\n"
+          "          knows the labels); aakr: kernel regression of the faulty channel on\n"
+          "          the others (MSET's estimator, %d rows of --memory, bandwidth %.1f\n"
+          "          sd, knows the faulty channel); oracle: the model's estimate with\n"
+          "          the labelled samples masked (estimation without detection)\n"
           "  clean   RMSE of the corrected output against the input on the clean rows\n"
           "          (no label), std units: gating should leave them untouched; RMSEw\n"
           "          on the settled clean rows only\n\n"
@@ -804,7 +905,9 @@ int cmd_eval(int argc, char **argv) {
           "  --config FILE the model's configuration: its modalities must match the\n"
           "                model's, and its [train] faults list selects the types evaluated\n"
           "  --seed N      random seed (default 1)\n"
-          "  --json FILE   also write every number as JSON (NaN as null)\n");
+          "  --memory CSV  clean training rows for the aakr baseline (without: no aakr)\n"
+          "  --json FILE   also write every number as JSON (NaN as null)\n",
+          EV_AAKR_MEMORY, (double)EV_AAKR_H);
       return 0;
     default: return 2;
     }
@@ -824,6 +927,8 @@ int cmd_eval(int argc, char **argv) {
   ev_result *res = NULL, total = {0}, base = {0};
   fl_eval_pool pool = {0}, all = {0};
   fl_scan_result sr = {0};
+  float *mem = NULL;
+  int nmem = 0, d_all = fl_model_channels(b.model);
   float *est[EST_COUNT][FL_MAX_MODALITIES] = {{0}};
   json_t *root = NULL;
   if (config && cfg.spec.n_mod && !cli_same_layout(spec, &cfg.spec, err, sizeof err)) {
@@ -873,6 +978,30 @@ int cmd_eval(int argc, char **argv) {
     cli_fail("eval", "out of memory");
     goto done;
   }
+  if (memory) {
+    fl_table mt = {0};
+    ev_data md = {0};
+    float *rows = NULL;
+    if (cli_read_csv("eval", memory, &mt)) goto done;
+    e = ev_data_from_spec(&md, spec, &mt, err, sizeof err);
+    if (!e && (!(rows = malloc(sizeof(float) * (size_t)(mt.rows ? mt.rows : 1) * d_all)) ||
+               !(mem = malloc(sizeof(float) * EV_AAKR_MEMORY * (size_t)d_all))))
+      e = FL_ENOMEM;
+    if (!e) {
+      const float *mx[FL_MAX_MODALITIES];
+      for (int i = 0; i < md.n_mod; i++) mx[i] = md.x[i];
+      for (int r = 0; r < md.rows; r++) ev_tick_row(&b, &md, mx, r, rows + (size_t)r * d_all);
+      nmem = fl_eval_aakr_memory(mem, EV_AAKR_MEMORY, rows, md.rows, d_all);
+      if (nmem < 1) e = FL_EINVAL;
+    }
+    free(rows);
+    ev_data_free(&md);
+    fl_table_free(&mt);
+    if (e) {
+      cli_fail("eval", "%s: %s", memory, e == FL_EINVAL ? "no complete row" : err);
+      goto done;
+    }
+  }
   fl_series s = {.rows = d.rows, .n_mod = d.n_mod};
   for (int i = 0; i < d.n_mod; i++) s.x[i] = d.x[i];
 
@@ -903,12 +1032,20 @@ int cmd_eval(int argc, char **argv) {
       cli_fail("eval", "%s", err);
       goto done;
     }
-    if ((e = fl_scan(&b, &s, 1, &sr)) || (e = ev_estimates(&b, &d, &s, est[EST_STAGE1],
-                                                           est[EST_BLOCK]))) {
+    if ((e = fl_scan(&b, &s, 1, &sr)) ||
+        (e = ev_estimates(&b, &d, &s, est[EST_STAGE1], est[EST_BLOCK], est[EST_ORACLE]))) {
       cli_fail("eval", "scoring %s failed: %s", r->name, fl_strerror(e));
       goto done;
     }
-    ev_interpolate(&d, est[EST_INTERP]);
+    ev_interpolate(&d, est[EST_INTERP], est[EST_HOLD]);
+    if (mem) e = ev_aakr(&b, &d, mem, nmem, d_all, est[EST_AAKR]);
+    else
+      for (int i = 0; i < d.n_mod; i++)
+        for (size_t q = 0; q < (size_t)d.C[i] * d.rows * d.rate[i]; q++) est[EST_AAKR][i][q] = NAN;
+    if (e) {
+      cli_fail("eval", "%s", fl_strerror(e));
+      goto done;
+    }
     for (int i = 0; i < d.n_mod; i++) {
       est[EST_INPUT][i] = d.x[i];
       est[EST_CORRECTED][i] = sr.corrected.x[i];
@@ -961,6 +1098,7 @@ int cmd_eval(int argc, char **argv) {
   rc = 0;
 done:
   json_decref(root);
+  free(mem);
   for (int j = 0; j < EST_COUNT; j++)
     if (j != EST_INPUT && j != EST_CORRECTED)
       for (int i = 0; i < FL_MAX_MODALITIES; i++) free(est[j][i]);

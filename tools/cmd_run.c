@@ -126,7 +126,8 @@ done:
 }
 
 /* Writes the scan as CSV: datetime if the input had it, score, anomaly,
- * modality, then <column>_corrected for every channel column. */
+ * modality, then <column>_corrected for every channel column, then
+ * <column>_sd (the correction's uncertainty, raw units) for every one. */
 static int write_scored(const char *path, const fl_table *in, const fl_bundle *b,
                         const fl_scan_result *r, int from) {
   FILE *f = strcmp(path, "-") ? fopen(path, "w") : stdout;
@@ -135,14 +136,15 @@ static int write_scored(const char *path, const fl_table *in, const fl_bundle *b
   char name[2 * FL_NAME_MAX];
   if (in->stamps) fprintf(f, "datetime,");
   fprintf(f, "score,anomaly,modality");
-  for (int i = 0; i < spec->n_mod; i++)
-    for (int c = 0; c < spec->mod[i].channels; c++)
-      for (int k = 0; k < spec->mod[i].rate; k++) {
-        fl_model_column_name(spec, i, c, k, name, sizeof name);
-        strcat(name, "_corrected");
-        fputc(',', f);
-        fl_csv_put_field(f, name);
-      }
+  for (int u = 0; u < 2; u++)
+    for (int i = 0; i < spec->n_mod; i++)
+      for (int c = 0; c < spec->mod[i].channels; c++)
+        for (int k = 0; k < spec->mod[i].rate; k++) {
+          fl_model_column_name(spec, i, c, k, name, sizeof name);
+          strcat(name, u ? "_sd" : "_corrected");
+          fputc(',', f);
+          fl_csv_put_field(f, name);
+        }
   fputc('\n', f);
   for (int row = from; row < r->rows; row++) {
     if (in->stamps) {
@@ -153,15 +155,18 @@ static int write_scored(const char *path, const fl_table *in, const fl_bundle *b
     else
       fprintf(f, "%.6g,%d,%s", (double)r->score[row], r->flag[row],
               r->modality[row] >= 0 ? spec->mod[(int)r->modality[row]].name : "");
-    for (int i = 0; i < spec->n_mod; i++) {
-      int rate = spec->mod[i].rate;
-      size_t len = (size_t)r->rows * rate;
-      for (int c = 0; c < spec->mod[i].channels; c++)
-        for (int k = 0; k < rate; k++) {
-          float v = r->corrected.x[i][(size_t)c * len + (size_t)row * rate + k];
-          if (isnan(v)) fprintf(f, ",");
-          else fprintf(f, ",%.9g", (double)v);
-        }
+    for (int u = 0; u < 2; u++) {
+      const fl_series *o = u ? &r->sigma : &r->corrected;
+      for (int i = 0; i < spec->n_mod; i++) {
+        int rate = spec->mod[i].rate;
+        size_t len = (size_t)r->rows * rate;
+        for (int c = 0; c < spec->mod[i].channels; c++)
+          for (int k = 0; k < rate; k++) {
+            float v = o->x[i][(size_t)c * len + (size_t)row * rate + k];
+            if (isnan(v)) fprintf(f, ",");
+            else fprintf(f, ",%.9g", (double)v);
+          }
+      }
     }
     fputc('\n', f);
   }
@@ -238,6 +243,10 @@ int cmd_calibrate(int argc, char **argv) {
              e == FL_EINVAL ? " (need at least two windows of clean data)" : "");
     goto done;
   }
+  if ((e = fl_estimate_fit(b.model, &b.est, s, nd, b.calib.tail, b.clamp))) {
+    cli_fail("calibrate", "fitting the estimator failed: %s", fl_strerror(e));
+    goto done;
+  }
   b.detect = c.detect;
   json_error_t je;
   json_t *lin = json_loads(b.lineage, 0, &je);
@@ -287,8 +296,11 @@ int cmd_score(int argc, char **argv) {
       printf("usage: faultline score --model MODEL --in CSV --out CSV\n\n"
              "Scores every row causally (each row's answer uses only rows up to it) and\n"
              "writes one row per input row: datetime (if present), score, anomaly (0/1),\n"
-             "modality (the faulty modality's name, or empty) and <column>_corrected for\n"
-             "every channel column.  Rows before the first full window have no score.\n"
+             "modality (the faulty modality's name, or empty), <column>_corrected for\n"
+             "every channel column, then <column>_sd for every one: the correction's\n"
+             "standard uncertainty in the column's units (0 where the input passed, empty\n"
+             "for a model without an estimator).  Rows before the first full window have no\n"
+             "score.\n"
              "--out - writes to standard output.\n");
       return 0;
     default: return 2;

@@ -245,7 +245,7 @@ def main():
 
     # ---- eval -------------------------------------------------------------
     p = run("eval", "--model", P("m.model"), "--data", P("held.csv"), "--config",
-            P("fast.ini"), "--episodes", "6", "--json", P("ev.json"))
+            P("fast.ini"), "--episodes", "6", "--json", P("ev.json"), "--memory", P("sim.csv"))
     lines = p.stdout.splitlines()
     for t in TYPES + ["clean", "overall"]:
         check(any(l.split()[:1] == [t] for l in lines), f"table has a row for {t}")

@@ -5,7 +5,8 @@
  * (out, in), ...), the per-channel normalisation ("norm.mean", "norm.std"),
  * the detector's calibration ("calib.*"), and in its metadata the
  * architecture ("faultline.spec", JSON), the detector settings and
- * thresholds ("faultline.detect", JSON) and the model's lineage
+ * thresholds ("faultline.detect", JSON), the correction's estimator
+ * ("estimate.*", optional) and the model's lineage
  * ("faultline.lineage", JSON).  Files are written atomically. */
 #ifndef FAULTLINE_BUNDLE_H
 #define FAULTLINE_BUNDLE_H
@@ -13,12 +14,14 @@
 #include <stddef.h>
 
 #include "faultline/detect.h"
+#include "faultline/estimate.h"
 #include "faultline/model.h"
 
 typedef struct {
   fl_model *model;
   fl_calib calib;
   fl_detect_config detect;
+  fl_estimator est;     /* the correction's causal estimator (est.on 0: absent) */
   float clamp;          /* standardised inputs are clamped to +-clamp */
   char lineage[1024];   /* JSON object: base model, updates, times */
 } fl_bundle;

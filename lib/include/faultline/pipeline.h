@@ -11,6 +11,9 @@
  *                the per-modality hysteresis of each modality's score
  *   re-estimate  fl_detect_reestimate of the windows with faulty channels
  *   correct      fl_detect_correct_tail from the window's `from` tick on
+ *   estimate     fl_estimate_apply over the same ticks, when the config
+ *                gives an estimator: the replaced samples re-estimated from
+ *                the stream's anchors, with their uncertainty
  *
  * Windows of one stream must come in the stream's order, within a batch
  * and across calls: the state carries the stream from one window to the
@@ -21,6 +24,7 @@
 #define FAULTLINE_PIPELINE_H
 
 #include "faultline/detect.h"
+#include "faultline/estimate.h"
 
 /* What a stream carries from one window to the next.  Zero it (or
  * fl_stream_state_reset) when the stream starts.  State that later steps
@@ -30,6 +34,7 @@ typedef struct {
   fl_detect_baseline base;          /* the baseline feature's level per channel */
   fl_hyst hyst;                     /* the window flag's hysteresis */
   fl_hyst mhyst[FL_MAX_MODALITIES]; /* each modality's flag's hysteresis */
+  fl_estimate_state est;            /* each channel's last trusted anchor */
 } fl_stream_state;
 
 void fl_stream_state_reset(fl_stream_state *s);
@@ -38,6 +43,8 @@ typedef struct {
   int on, off;  /* hysteresis: windows above (below) the threshold to raise
                    (clear) a flag, >= 1 */
   float clamp;  /* the bundle's clamp, as given to fl_model_normalise */
+  const fl_estimator *est; /* the bundle's estimator, or NULL: the network's
+                              estimate stands */
 } fl_pipeline_config;
 
 /* One window of a batch: the caller fills the inputs, the pipeline the
@@ -54,6 +61,10 @@ typedef struct {
   float *corrected[FL_MAX_MODALITIES]; /* (C_i, T_i) raw units: samples
                                           t >= from * rate_i are written, the
                                           others left alone */
+  float *sigma[FL_MAX_MODALITIES];     /* (C_i, T_i) or NULL: each written
+                                          sample's uncertainty, raw units (0
+                                          where the input passed, NaN where
+                                          no estimator says) */
   /* out */
   fl_window_score sc;   /* scores, the baseline folded in (fl_detect_decide) */
   int flag;             /* debounced window flag */

@@ -18,6 +18,9 @@ typedef struct {
   signed char *modality; /* (rows) faulty modality or -1 */
   float *chan;      /* (rows, nch) channel scores */
   fl_series corrected; /* the gated correction, the input's layout */
+  fl_series sigma;     /* the correction's uncertainty, raw units, the input's
+                          layout: 0 where the input passed, NaN where no
+                          estimator says (fl_estimate_apply) */
 } fl_scan_result;
 
 /* Runs b over s with the given stride (>= 1). */

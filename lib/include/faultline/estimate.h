@@ -1,0 +1,83 @@
+/* faultline estimate: the causal estimate of a channel the correction
+ * replaces, and how sure it is.
+ *
+ * The network's masked estimate knows the other channels now but not the
+ * replaced channel's own recent level: a masked channel enters the model as
+ * its training mean.  Next to it runs an anchored regression, per rate-1
+ * channel k, in standardised units:
+ *
+ *   g_k(t) = r_k(a) + sum_j w_kj o_j(t),   r_k(a) = z_k(a) - sum_j w_kj o_j(a)
+ *
+ * a the channel's last trusted tick, o the other rate-1 channels (their
+ * corrected values), w fitted on the training data's changes over a window
+ * (ridge), so that the channel's own last level carries over and the other
+ * channels move it.  Its error variance grows with the age t - a (measured
+ * on training data); the network's masked error variance is measured once by
+ * masking each channel of training windows.  The two are fused by inverse
+ * variance; the fused standard deviation is the correction's uncertainty.
+ * Channels of rate > 1 keep the network's estimate, with its measured
+ * spread as their uncertainty. */
+#ifndef FAULTLINE_ESTIMATE_H
+#define FAULTLINE_ESTIMATE_H
+
+#include "faultline/detect.h"
+
+/* Lags (base ticks) at which the anchored regression's error variance is
+ * measured: 1 tick, W/4, W, 2W, 4W for a window of W ticks. */
+#define FL_ESTIMATE_LAGS 5
+
+/* What the estimator learnt from training data; part of the model file
+ * (optional: without it, corrections are the network's estimate). */
+typedef struct {
+  int on; /* 1: fitted */
+  int nch;
+  float w[FL_MAX_TOTAL_CHANNELS * FL_MAX_TOTAL_CHANNELS]; /* (nch, nch) row k: k on the others */
+  float v[FL_MAX_TOTAL_CHANNELS * FL_ESTIMATE_LAGS];      /* (nch, lags) anchored error variance */
+  float vm[FL_MAX_TOTAL_CHANNELS]; /* the network's masked error variance */
+} fl_estimator;
+
+/* Per stream and channel: the residual at the last trusted tick and its
+ * age.  Zero it when the stream starts (no anchor yet). */
+typedef struct {
+  float res[FL_MAX_TOTAL_CHANNELS];
+  int age[FL_MAX_TOTAL_CHANNELS];
+  unsigned char anchored[FL_MAX_TOTAL_CHANNELS]; /* res holds an anchor */
+  unsigned char held[FL_MAX_TOTAL_CHANNELS];     /* replaced at the previous tick */
+} fl_estimate_state;
+
+/* The lag (base ticks) of variance entry l for a window of W ticks. */
+int fl_estimate_lag(int W, int l);
+
+/* The anchored regression's error variance (std units^2) after `age`
+ * ticks: piecewise linear between the measured lags, constant beyond. */
+float fl_estimate_var(const fl_estimator *e, int W, int k, int age);
+
+/* Fuses two estimates by inverse variance; *var receives the fused one. */
+float fl_estimate_fuse(float a, float va, float b, float vb, float *var);
+
+/* Fits e on the ns recordings s (raw units, the model's layout): the
+ * regression and its error at every lag, then the network's masked error
+ * on up to 64 windows spread over the recordings (tail ticks, `tail` of
+ * them, each channel masked in turn as fl_detect_reestimate masks it).
+ * Returns 0, FL_EINVAL, FL_ENOMEM or the model's error. */
+int fl_estimate_fit(fl_model *m, fl_estimator *e, const fl_series *s, int ns, int tail,
+                    float clamp);
+
+/* Re-estimates the replaced samples of window b, ticks from..W-1, in
+ * order, and advances the stream's state by those ticks.  On entry
+ * corrected[i] holds fl_detect_correct_tail's output (the network's
+ * estimate where replaced) and raw[i] the window's input; faulty (total
+ * channels) the channels judged faulty.  A sample is replaced when its
+ * channel is faulty, or it is missing or beyond `range` sd.  sigma[i]
+ * (may be NULL) receives each written sample's standard uncertainty in raw
+ * units: 0 where the input passed.  Without an estimator (e NULL or not
+ * fitted) the network's estimate stands and its uncertainty is NaN.
+ * `tail` is the detector's tail: a channel judged faulty from a trusted
+ * tick on is anchored on the ticks just before the window's tail, not on
+ * the readings that raised the flag. */
+int fl_estimate_apply(const fl_model *m, const fl_estimator *e, fl_estimate_state *st, int tail,
+                      float *const raw[FL_MAX_MODALITIES], const unsigned char *faulty,
+                      float range, int from, float *const corrected[FL_MAX_MODALITIES],
+                      float *const sigma[FL_MAX_MODALITIES]);
+
+#endif

@@ -1,0 +1,178 @@
+#!/usr/bin/python3
+"""The corrected signal's benchmark: docs/results/correction.md.
+
+For each dataset (SKAB's anomaly-free recording with config/skab-sensors.ini,
+the plant simulator with config/plant.ini) and each training seed, trains on
+the first 70 % and runs `faultline eval` on the rest with the training part
+as the AAKR baseline's memory; prints the medians over the seeds of the RMSE
+over faulted samples of every estimate (mean over the fault types and per
+type), the targets' ratios, detection and clean-row numbers, and the
+training time.  SKAB is read from ../shared/data/skab (skipped when absent).
+
+    /usr/bin/python3 tests/bench/correction.py --faultline build/tools/faultline \
+        --out /tmp/correction [--seeds 1,2,3] [--datasets skab,sim] [--json FILE]
+"""
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SKAB = os.path.join(ROOT, "..", "shared", "data", "skab", "anomaly-free", "anomaly-free.csv")
+EST = ["corrected", "hold", "aakr", "oracle_mask", "interp", "estimate", "stage1", "input"]
+
+
+def with_seed(cfg_text, seed):
+    """The config with [train] seed set."""
+    lines = cfg_text.splitlines()
+    out, in_train, done = [], False, False
+    for ln in lines:
+        m = re.match(r"\s*\[(.+)\]\s*$", ln)
+        if m:
+            if in_train and not done:
+                out.append(f"seed = {seed}")
+                done = True
+            in_train = m.group(1).strip() == "train"
+        elif in_train and re.match(r"\s*seed\s*=", ln):
+            ln, done = f"seed = {seed}", True
+        out.append(ln)
+    if in_train and not done:
+        out.append(f"seed = {seed}")
+        done = True
+    if not done:
+        out += ["", "[train]", f"seed = {seed}"]
+    return "\n".join(out) + "\n"
+
+
+def split(src, train, held):
+    with open(src) as f:
+        lines = f.readlines()
+    k = (len(lines) - 1) * 7 // 10
+    with open(train, "w") as f:
+        f.writelines(lines[:k + 1])
+    with open(held, "w") as f:
+        f.writelines(lines[:1] + lines[k + 1:])
+
+
+def run_one(fl, out, name, data, cfg, seed):
+    d = os.path.join(out, f"{name}-{seed}")
+    os.makedirs(d, exist_ok=True)
+    train, held = os.path.join(d, "train.csv"), os.path.join(d, "held.csv")
+    split(data, train, held)
+    ini = os.path.join(d, "config.ini")
+    with open(cfg) as f:
+        text = f.read()
+    with open(ini, "w") as f:
+        f.write(with_seed(text, seed))
+    model, js = os.path.join(d, "model"), os.path.join(d, "eval.json")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    t0 = time.process_time()
+    r0 = os.times()
+    subprocess.run([fl, "train", "--config", ini, "--data", train, "--out", model, "--quiet"],
+                   check=True, env=env)
+    r1 = os.times()
+    cpu = (r1.children_user + r1.children_system) - (r0.children_user + r0.children_system)
+    subprocess.run([fl, "eval", "--model", model, "--config", ini, "--data", held,
+                    "--memory", train, "--json", js], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+    with open(js) as f:
+        ev = json.load(f)
+    ev["train_cpu_s"] = cpu
+    del t0
+    return ev
+
+
+def mean_over_types(ev, key):
+    v = [f["rmse"][key] for f in ev["faults"].values() if f["rmse"].get(key) is not None]
+    return sum(v) / len(v) if v else float("nan")
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None and x == x]
+    return statistics.median(xs) if xs else float("nan")
+
+
+def report(name, evs):
+    print(f"\n## {name}: medians over seeds {', '.join(str(e['_seed']) for e in evs)}\n")
+    print("| estimate | RMSE over faulted samples, mean over fault types (sd) |")
+    print("| --- | --- |")
+    m = {k: med([mean_over_types(e, k) for e in evs]) for k in EST}
+    for k in EST:
+        print(f"| {k} | {m[k]:.3f} |")
+    c = m["corrected"]
+    miss = med([e["faults"]["missing"]["rmse"]["corrected"] / e["faults"]["missing"]["rmse"]["aakr"]
+                for e in evs if "missing" in e["faults"]])
+    print("\n| target | value | met |")
+    print("| --- | --- | --- |")
+    r1 = med([mean_over_types(e, "corrected") / mean_over_types(e, "aakr") for e in evs])
+    r2 = med([mean_over_types(e, "corrected") / mean_over_types(e, "hold") for e in evs])
+    print(f"| corrected / AAKR <= 0.8 | {r1:.2f} | {'yes' if r1 <= 0.8 else 'no'} |")
+    print(f"| corrected / hold <= 0.7 | {r2:.2f} | {'yes' if r2 <= 0.7 else 'no'} |")
+    print(f"| missing: corrected / AAKR <= 0.75 | {miss:.2f} | {'yes' if miss <= 0.75 else 'no'} |")
+    worse = []
+    for t in evs[0]["faults"]:
+        a = med([e["faults"][t]["rmse"]["corrected"] for e in evs])
+        h = med([e["faults"][t]["rmse"]["hold"] for e in evs])
+        if a > h:
+            worse.append(f"{t} {a:.2f} > {h:.2f}")
+    print(f"| no type worse than hold | {'; '.join(worse) or 'none'} | {'no' if worse else 'yes'} |")
+    print("\n| fault | " + " | ".join(EST) + " |")
+    print("| --- |" + " --- |" * len(EST))
+    for t in evs[0]["faults"]:
+        vals = [med([e["faults"][t]["rmse"][k] for e in evs]) for k in EST]
+        print(f"| {t} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
+    ov = [e["overall"] for e in evs]
+    print("\n| detection and clean rows | value |")
+    print("| --- | --- |")
+    print(f"| AUROC (all types pooled) | {med([o['auroc'] for o in ov]):.3f} |")
+    print(f"| episodes detected | {med([o['detection_rate'] for o in ov]):.3f} |")
+    print(f"| modality named (of detected) | {med([o['localisation'] for o in ov]):.3f} |")
+    print(f"| clean recording: rows flagged | {med([e['clean']['far'] for e in evs]):.4f} |")
+    print(f"| clean rows: corrected vs input RMSE (sd) | {med([o['rmse']['clean'] for o in ov]):.4f} |")
+    print(f"| settled clean rows: RMSE (sd) | {med([o['rmse']['clean_settled'] for o in ov]):.4f} |")
+    print(f"| training CPU time (s) | {med([e['train_cpu_s'] for e in evs]):.2f} |")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--faultline", default=os.path.join(ROOT, "build", "tools", "faultline"))
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument("--datasets", default="skab,sim")
+    ap.add_argument("--sim-rows", type=int, default=12000)
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    seeds = [int(s) for s in a.seeds.split(",")]
+    allres = {}
+    for ds in a.datasets.split(","):
+        if ds == "skab":
+            if not os.path.exists(SKAB):
+                print(f"skab: {SKAB} is absent, skipped", file=sys.stderr)
+                continue
+            data, cfg = SKAB, os.path.join(ROOT, "config", "skab-sensors.ini")
+        elif ds == "sim":
+            data, cfg = os.path.join(a.out, "plant.csv"), os.path.join(ROOT, "config", "plant.ini")
+            if not os.path.exists(data):
+                subprocess.run([a.faultline, "simulate", "--rows", str(a.sim_rows), "--seed", "1",
+                                "--out", data], check=True)
+        else:
+            sys.exit(f"unknown dataset {ds}")
+        evs = []
+        for s in seeds:
+            ev = run_one(a.faultline, a.out, ds, data, cfg, s)
+            ev["_seed"] = s
+            evs.append(ev)
+        allres[ds] = evs
+        report(ds, evs)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(allres, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
