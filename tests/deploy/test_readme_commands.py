@@ -154,7 +154,8 @@ EXPECT = {
     "docs/results/injected-faults.md: SKAB's anomaly-free recording": {
         "files": ["af.model"], "output": [r"overall"]},
     "docs/results/lipschitz-ablation.md: (top)": {"output": [r"global"]},
-    "docs/results/online-tuning.md: Drift of the operating point": {"output": [r"all checks passed"]},
+    "docs/results/online-tuning.md: Drift of the operating point": {
+        "output": [r"all checks passed"]},
     "docs/results/performance.md: The numeric core against sgemm": {
         "output": [r"GFLOP/s", r"conv1d"]},
     "docs/operations.md: Alerts": {"output": [r"SUCCESS"]},
