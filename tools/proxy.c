@@ -1,4 +1,4 @@
-/* faultline proxy: XSUB/XPUB fan-in for many daemons.  See fld.h.
+/* faultline proxy: XSUB/XPUB fan-in for many daemons.  See proxy.h.
  *
  * One site runs two: one for frames (publishers connect to its frontend,
  * every daemon's SUB connects to its backend and subscribes to its shard of
@@ -9,9 +9,9 @@
  *
  * zmq_proxy_steerable blocks, so it runs in a thread of its own and owns the
  * frontend, the backend and one end of an inproc PAIR, the control socket.
- * Everything else happens in the loop thread with the daemon's parts: the
- * HTTP endpoint (metrics.c, with this file's renderer), the ZAP handler
- * (curve.c), sd_notify, signals.  The loop asks the proxy for STATISTICS
+ * Everything else happens in the loop thread with net/'s parts: the HTTP
+ * endpoint (this file's routes), the ZAP handler, sd_notify, signals.  The
+ * loop asks the proxy for STATISTICS
  * (messages and bytes in and out of each socket) at every scrape and every
  * watchdog tick, so a watchdog ping proves that the forwarding thread still
  * answers, and stops it with TERMINATE. */
@@ -23,53 +23,57 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <systemd/sd-daemon.h>
-
 #include "faultline/error.h"
-#include "fld.h"
+#include "proxy.h"
 
-#define FLD_PROXY_CTL "inproc://faultline-proxy-control"
+#define PROXY_CTL "inproc://faultline-proxy-control"
 /* How long a scrape waits for the forwarding thread's statistics, ms. */
-#define FLD_PROXY_STATS_MS 2000
+#define PROXY_STATS_MS 2000
 
-enum { FLD_SIDE_FRONT = 0, FLD_SIDE_BACK = 1 };
-static const char *const fld__side_name[2] = {"frontend", "backend"};
+enum { PROXY_FRONT = 0, PROXY_BACK = 1 };
+static const char *const proxy_side_name[2] = {"frontend", "backend"};
 
 typedef struct {
-  fld_app app; /* loop, ZeroMQ context, HTTP endpoint, CurveZMQ: the daemon's */
-  const fld_proxy_opts *o;
+  const proxy_opts *o;
+  uv_loop_t *loop;
+  void *zctx;
+  fln_http http;
+  fln_curve curve;
+  fln_watchdog watchdog;
+  uv_signal_t sig_hup, sig_term, sig_int;
+  int stopping, exit_code;
+  double start_time;
   void *sock[2];           /* XSUB frontend, XPUB backend (the proxy thread's) */
   void *ctl, *ctl_peer;    /* control PAIR: ours, the proxy thread's */
   void *mon[2];            /* socket monitors, read in the loop */
-  fld_zwatch mon_w[2];
+  fln_zwatch mon_w[2];
   pthread_t thread;
   int thread_on;
   int thread_rc, thread_errno;
   uv_async_t ended;        /* the proxy thread returned */
-  uv_timer_t t_watchdog;
-  int watchdog_on, handles_on;
+  int handles_on;
   /* Peers: connections accepted or made minus those that ended. */
   int64_t peers[2];
   uint64_t handshake_failed[2];
   uint64_t stats[8];       /* the latest STATISTICS reply */
   uint64_t stats_failed;
-} fld_proxy;
+} proxy_state;
 
-void fld_proxy_defaults(fld_proxy_opts *o) {
+void proxy_defaults(proxy_opts *o) {
   memset(o, 0, sizeof *o);
   o->metrics_max_connections = 16;
   o->hwm = 100000;
-  o->log_level = FLD_INFO;
+  o->log_level = FLN_INFO;
 }
 
-int fld_proxy_endpoints(const char *v, char dst[][FLD_ENDPOINT_MAX], int *n) {
+int proxy_endpoints(const char *v, char dst[][FLN_ENDPOINT_MAX], int *n) {
   const char *p = v;
   while (*p) {
     const char *e = strchr(p, ',');
     size_t len = e ? (size_t)(e - p) : strlen(p);
     while (len && (*p == ' ' || *p == '\t')) p++, len--;
     while (len && (p[len - 1] == ' ' || p[len - 1] == '\t')) len--;
-    if (!len || len >= FLD_ENDPOINT_MAX || *n >= FLD_MAX_ENDPOINTS) return FL_EINVAL;
+    if (!len || len >= FLN_ENDPOINT_MAX || *n >= FLN_MAX_ENDPOINTS) return FL_EINVAL;
     memcpy(dst[*n], p, len);
     dst[*n][len] = 0;
     (*n)++;
@@ -84,19 +88,19 @@ int fld_proxy_endpoints(const char *v, char dst[][FLD_ENDPOINT_MAX], int *n) {
  * messages out, bytes out (a multipart message counts once).  A reply that
  * came too late for the previous request is still queued: it is dropped
  * first, so that a request never reads an older answer. */
-static int fld__proxy_stats(fld_proxy *p) {
+static int proxy_stats(proxy_state *p) {
   zmq_msg_t m;
   for (;;) {
     zmq_msg_init(&m);
-    int n = fld_zmsg_recv(&m, p->ctl, ZMQ_DONTWAIT);
+    int n = fln_zmsg_recv(&m, p->ctl, ZMQ_DONTWAIT);
     zmq_msg_close(&m);
     if (n < 0) break;
   }
-  if (!p->thread_on || fld_zsend(p->ctl, "STATISTICS", 10, 0)) goto fail;
+  if (!p->thread_on || fln_zsend(p->ctl, "STATISTICS", 10, 0)) goto fail;
   uint64_t st[8];
   for (int i = 0; i < 8; i++) {
     zmq_msg_init(&m);
-    if (fld_zmsg_recv(&m, p->ctl, 0) != 8) {
+    if (fln_zmsg_recv(&m, p->ctl, 0) != 8) {
       zmq_msg_close(&m);
       goto fail;
     }
@@ -112,7 +116,7 @@ fail:
   return FL_EIO;
 }
 
-static void fld__counter(FILE *f, const char *name, const char *help, const char *label,
+static void proxy_counter(FILE *f, const char *name, const char *help, const char *label,
                          const char *v0, uint64_t x0, const char *v1, uint64_t x1) {
   fprintf(f, "# HELP %s %s\n# TYPE %s counter\n", name, help, name);
   fprintf(f, "%s{%s=\"%s\"} %llu\n%s{%s=\"%s\"} %llu\n", name, label, v0,
@@ -122,17 +126,16 @@ static void fld__counter(FILE *f, const char *name, const char *help, const char
 /* /metrics of the proxy.  Directions: "downstream" is what publishers (or
  * daemons, for reports) send to subscribers, "upstream" the subscriptions
  * and unsubscriptions going the other way. */
-static char *fld__proxy_render(fld_app *app, size_t *len) {
-  fld_proxy *p = (fld_proxy *)app;
-  int ok = fld__proxy_stats(p) == 0;
+static char *proxy_render(proxy_state *p, size_t *len) {
+  int ok = proxy_stats(p) == 0;
   char *buf = NULL;
   FILE *f = open_memstream(&buf, len);
   if (!f) return NULL;
   const uint64_t *s = p->stats;
-  fld__counter(f, "faultline_proxy_messages_total",
+  proxy_counter(f, "faultline_proxy_messages_total",
                "Messages forwarded (a multipart message counts once), by direction.",
                "direction", "downstream", s[0], "upstream", s[4]);
-  fld__counter(f, "faultline_proxy_bytes_total", "Bytes forwarded, by direction.", "direction",
+  proxy_counter(f, "faultline_proxy_bytes_total", "Bytes forwarded, by direction.", "direction",
                "downstream", s[1], "upstream", s[5]);
   fprintf(f, "# HELP faultline_proxy_subscription_messages_total Subscriptions and "
              "unsubscriptions seen on the backend and passed upstream.\n"
@@ -142,9 +145,9 @@ static char *fld__proxy_render(fld_app *app, size_t *len) {
   fprintf(f, "# HELP faultline_proxy_peers Connected peers, by side.\n"
              "# TYPE faultline_proxy_peers gauge\n");
   for (int k = 0; k < 2; k++)
-    fprintf(f, "faultline_proxy_peers{side=\"%s\"} %lld\n", fld__side_name[k],
+    fprintf(f, "faultline_proxy_peers{side=\"%s\"} %lld\n", proxy_side_name[k],
             (long long)p->peers[k]);
-  fld__counter(f, "faultline_proxy_handshakes_failed_total",
+  proxy_counter(f, "faultline_proxy_handshakes_failed_total",
                "ZeroMQ handshakes that failed (CurveZMQ refusals among them), by side.", "side",
                "frontend", p->handshake_failed[0], "backend", p->handshake_failed[1]);
   fprintf(f, "# HELP faultline_proxy_statistics_failures_total Requests for the forwarding "
@@ -154,27 +157,27 @@ static char *fld__proxy_render(fld_app *app, size_t *len) {
           (unsigned long long)p->stats_failed);
   fprintf(f, "# HELP faultline_proxy_up 1 while the forwarding thread answers.\n"
              "# TYPE faultline_proxy_up gauge\nfaultline_proxy_up %d\n", ok);
-  fld__counter(f, "faultline_zap_requests_total", "CurveZMQ authentication requests, by result.",
-               "result", "allowed", app->m.zap_allowed, "denied", app->m.zap_denied);
+  proxy_counter(f, "faultline_zap_requests_total", "CurveZMQ authentication requests, by result.",
+               "result", "allowed", p->curve.allowed, "denied", p->curve.denied);
   fprintf(f, "# HELP faultline_http_connections Open connections to this endpoint.\n"
              "# TYPE faultline_http_connections gauge\nfaultline_http_connections %d\n",
-          app->m.http_open);
+          p->http.open);
   fprintf(f, "# HELP faultline_http_connections_refused_total Connections to this endpoint "
              "refused over --max-connections.\n"
              "# TYPE faultline_http_connections_refused_total counter\n"
              "faultline_http_connections_refused_total %llu\n",
-          (unsigned long long)app->m.http_refused);
-  double now = fld_now();
+          (unsigned long long)p->http.refused);
+  double now = fln_now();
   fprintf(f, "# HELP faultline_proxy_start_time_seconds When the proxy started.\n"
              "# TYPE faultline_proxy_start_time_seconds gauge\n"
              "faultline_proxy_start_time_seconds %.3f\n"
              "# HELP faultline_proxy_uptime_seconds Seconds since the proxy started.\n"
              "# TYPE faultline_proxy_uptime_seconds gauge\n"
              "faultline_proxy_uptime_seconds %.3f\n",
-          app->m.start_time, now - app->m.start_time);
+          p->start_time, now - p->start_time);
   fprintf(f, "# HELP faultline_build_info The program's version (value 1).\n"
              "# TYPE faultline_build_info gauge\nfaultline_build_info{version=\"%s\"} 1\n",
-          FLD_VERSION);
+          FLN_VERSION);
   if (fclose(f)) {
     free(buf);
     return NULL;
@@ -182,13 +185,34 @@ static char *fld__proxy_render(fld_app *app, size_t *len) {
   return buf;
 }
 
+static int proxy_metrics(void *user, const char *url, unsigned *status, const char **body,
+                         size_t *len) {
+  (void)url;
+  char *b = proxy_render(user, len);
+  if (!b) return -1;
+  *status = 200;
+  *body = b;
+  return 1;
+}
+
+static int proxy_healthz(void *user, const char *url, unsigned *status, const char **body,
+                         size_t *len) {
+  (void)url;
+  return fln_http_health(((proxy_state *)user)->stopping, status, body, len);
+}
+
+static const fln_route proxy_routes[] = {
+    {"/metrics", proxy_metrics, "text/plain; version=0.0.4; charset=utf-8"},
+    {"/healthz", proxy_healthz, NULL},
+};
+
 /* Monitor events: [event (u16) value (u32)][endpoint]. */
-static int fld__mon_drain(fld_zwatch *w, int budget) {
-  fld_proxy *p = w->user;
+static int proxy_mon_drain(fln_zwatch *w, int budget) {
+  proxy_state *p = w->user;
   int side = w == &p->mon_w[0] ? 0 : 1, done = 0;
   while (done < budget) {
     zmq_msg_t parts[2];
-    int overflow, n = fld_zrecv(w->sock, parts, 2, &overflow);
+    int overflow, n = fln_zrecv(w->sock, parts, 2, &overflow);
     if (n <= 0) break;
     done++;
     if (zmq_msg_size(&parts[0]) >= 2) {
@@ -200,13 +224,13 @@ static int fld__mon_drain(fld_zwatch *w, int budget) {
                ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL || ev == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
         p->handshake_failed[side]++;
     }
-    fld_zclose_parts(parts, n);
+    fln_zclose_parts(parts, n);
   }
   return done;
 }
 
-static void *fld__proxy_thread(void *arg) {
-  fld_proxy *p = arg;
+static void *proxy_thread(void *arg) {
+  proxy_state *p = arg;
   p->thread_rc = zmq_proxy_steerable(p->sock[0], p->sock[1], NULL, p->ctl_peer);
   p->thread_errno = p->thread_rc ? errno : 0;
   uv_async_send(&p->ended);
@@ -214,121 +238,81 @@ static void *fld__proxy_thread(void *arg) {
 }
 
 /* Stops everything the loop watches, so that uv_run returns. */
-static void fld__proxy_stop(fld_proxy *p) {
-  fld_app *app = &p->app;
-  if (app->stopping) return;
-  app->stopping = 1;
-  sd_notify(0, "STOPPING=1\nSTATUS=stopping");
+static void proxy_stop(proxy_state *p) {
+  if (p->stopping) return;
+  p->stopping = 1;
+  fln_notify_stopping("stopping");
   if (p->thread_on) {
     /* The proxy answers TERMINATE between two bursts; it returns 0. */
-    fld_zsend(p->ctl, "TERMINATE", 9, 0);
+    fln_zsend(p->ctl, "TERMINATE", 9, 0);
     pthread_join(p->thread, NULL);
     p->thread_on = 0;
   }
-  fld_zwatch_stop(&p->mon_w[0]);
-  fld_zwatch_stop(&p->mon_w[1]);
-  fld_curve_stop(app);
-  fld_http_stop(app);
-  if (p->watchdog_on) {
-    uv_timer_stop(&p->t_watchdog);
-    uv_close((uv_handle_t *)&p->t_watchdog, NULL);
-    p->watchdog_on = 0;
-  }
+  fln_zwatch_stop(&p->mon_w[0]);
+  fln_zwatch_stop(&p->mon_w[1]);
+  fln_curve_stop(&p->curve);
+  fln_http_stop(&p->http);
+  fln_watchdog_stop(&p->watchdog);
   if (p->handles_on) {
     uv_close((uv_handle_t *)&p->ended, NULL);
-    uv_close((uv_handle_t *)&app->sig_hup, NULL);
-    uv_close((uv_handle_t *)&app->sig_term, NULL);
-    uv_close((uv_handle_t *)&app->sig_int, NULL);
+    uv_close((uv_handle_t *)&p->sig_hup, NULL);
+    uv_close((uv_handle_t *)&p->sig_term, NULL);
+    uv_close((uv_handle_t *)&p->sig_int, NULL);
     p->handles_on = 0;
   }
 }
 
-static void fld__ended_cb(uv_async_t *h) {
-  fld_proxy *p = h->data;
-  if (p->app.stopping) return;
+static void proxy_ended_cb(uv_async_t *h) {
+  proxy_state *p = h->data;
+  if (p->stopping) return;
   /* Not asked to stop: the thread failed (or the context is gone). */
   pthread_join(p->thread, NULL);
   p->thread_on = 0;
-  fld_log(FLD_ERR, "the forwarding thread stopped: %s",
+  fln_log(FLN_ERR, "the forwarding thread stopped: %s",
           p->thread_rc ? zmq_strerror(p->thread_errno) : "terminated");
-  p->app.exit_code = 1;
-  fld__proxy_stop(p);
+  p->exit_code = 1;
+  proxy_stop(p);
 }
 
-static void fld__signal_cb(uv_signal_t *h, int sig) {
-  fld_proxy *p = h->data;
+static void proxy_signal_cb(uv_signal_t *h, int sig) {
+  proxy_state *p = h->data;
   if (sig == SIGHUP) {
     char err[600];
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu",
-               (unsigned long long)ts.tv_sec * 1000000ULL +
-                   (unsigned long long)ts.tv_nsec / 1000);
-    if (fld_curve_reload(&p->app, err, sizeof err))
-      fld_log(FLD_WARNING, "reload: keeping the old authorised keys: %s", err);
-    sd_notify(0, "READY=1");
+    fln_notify_reloading();
+    if (fln_curve_reload(&p->curve, err, sizeof err))
+      fln_log(FLN_WARNING, "reload: keeping the old authorised keys: %s", err);
+    fln_notify_ready("forwarding");
     return;
   }
-  fld_log(FLD_NOTICE, "stopping: %llu messages forwarded downstream, %llu upstream",
-          (unsigned long long)(fld__proxy_stats(p) ? 0 : p->stats[0]),
+  fln_log(FLN_NOTICE, "stopping: %llu messages forwarded downstream, %llu upstream",
+          (unsigned long long)(proxy_stats(p) ? 0 : p->stats[0]),
           (unsigned long long)p->stats[4]);
-  fld__proxy_stop(p);
+  proxy_stop(p);
 }
 
 /* A ping only when the forwarding thread answers: systemd restarts a proxy
  * whose thread hangs, not only one whose loop does. */
-static void fld__watchdog_cb(uv_timer_t *t) {
-  fld_proxy *p = t->data;
-  if (fld__proxy_stats(p)) {
-    fld_log(FLD_WARNING, "the forwarding thread did not answer within %d ms",
-            FLD_PROXY_STATS_MS);
-    return;
+static int proxy_watchdog(void *user, char *status, size_t len) {
+  proxy_state *p = user;
+  if (proxy_stats(p)) {
+    fln_log(FLN_WARNING, "the forwarding thread did not answer within %d ms", PROXY_STATS_MS);
+    return -1;
   }
-  sd_notifyf(0, "WATCHDOG=1\nSTATUS=%llu messages downstream, %llu upstream, peers %lld/%lld",
-             (unsigned long long)p->stats[0], (unsigned long long)p->stats[4],
-             (long long)p->peers[0], (long long)p->peers[1]);
-}
-
-/* Makes sock a CURVE client of the server (a faultlined, which is always a
- * CURVE server) whose public key is in path: the bare 40 Z85 characters or a
- * certificate's public-key = "..." line.  The proxy's own key pair, loaded by
- * fld_curve_start, is the client's. */
-static int fld__curve_client(fld_app *app, void *sock, const char *path, char *err,
-                             size_t errlen) {
-  char buf[4096], key[41];
-  uint8_t bin[32];
-  FILE *f = fopen(path, "r");
-  size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
-  if (f) fclose(f);
-  buf[n] = 0;
-  const char *q = strstr(buf, "public-key");
-  if (q && (q = strchr(q, '"'))) q++;
-  else for (q = buf; *q == ' ' || *q == '\t' || *q == '\n' || *q == '\r'; q++) {}
-  size_t len = strcspn(q, "\" \t\r\n");
-  if (!f || len != 40) {
-    snprintf(err, errlen, "%s: %s", path, f ? "not a Z85 public key" : strerror(errno));
-    return FL_EINVAL;
-  }
-  memcpy(key, q, 40);
-  key[40] = 0;
-  if (!zmq_z85_decode(bin, key) || zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, key, 40) ||
-      zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, app->server_public, 40) ||
-      zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, app->server_secret, 40)) {
-    snprintf(err, errlen, "%s: not a usable Z85 public key", path);
-    return FL_EINVAL;
-  }
+  snprintf(status, len, "%llu messages downstream, %llu upstream, peers %lld/%lld",
+           (unsigned long long)p->stats[0], (unsigned long long)p->stats[4],
+           (long long)p->peers[0], (long long)p->peers[1]);
   return 0;
 }
 
 /* Binds or connects one side's endpoints ('@' or nothing: bind, '>':
  * connect). */
-static int fld__attach(void *sock, int n, const char (*ep)[FLD_ENDPOINT_MAX], const char *side) {
+static int proxy_attach(void *sock, int n, const char (*ep)[FLN_ENDPOINT_MAX], const char *side) {
   for (int i = 0; i < n; i++) {
     const char *e = ep[i];
     int conn = e[0] == '>';
     if (e[0] == '>' || e[0] == '@') e++;
     if (conn ? zmq_connect(sock, e) : zmq_bind(sock, e)) {
-      fld_log(FLD_ERR, "%s: cannot %s %s: %s", side, conn ? "connect to" : "bind", e,
+      fln_log(FLN_ERR, "%s: cannot %s %s: %s", side, conn ? "connect to" : "bind", e,
               zmq_strerror(errno));
       return FL_EIO;
     }
@@ -337,28 +321,27 @@ static int fld__attach(void *sock, int n, const char (*ep)[FLD_ENDPOINT_MAX], co
 }
 
 /* Creates, secures and attaches the two sockets and the control pair. */
-static int fld__proxy_open(fld_proxy *p) {
-  fld_app *app = &p->app;
-  const fld_proxy_opts *o = p->o;
+static int proxy_open(proxy_state *p) {
+  const proxy_opts *o = p->o;
   char err[600];
   int types[2] = {ZMQ_XSUB, ZMQ_XPUB};
   const char *server_key[2] = {o->front_server_key, o->back_server_key};
   for (int k = 0; k < 2; k++) {
-    void *s = p->sock[k] = zmq_socket(app->zctx, types[k]);
+    void *s = p->sock[k] = zmq_socket(p->zctx, types[k]);
     if (!s) {
-      fld_log(FLD_ERR, "cannot create the %s socket: %s", fld__side_name[k], zmq_strerror(errno));
+      fln_log(FLN_ERR, "cannot create the %s socket: %s", proxy_side_name[k], zmq_strerror(errno));
       return FL_EIO;
     }
     zmq_setsockopt(s, ZMQ_SNDHWM, &o->hwm, sizeof o->hwm);
     zmq_setsockopt(s, ZMQ_RCVHWM, &o->hwm, sizeof o->hwm);
     /* What is queued downstream at a stop gets a second to leave. */
-    int linger = k == FLD_SIDE_BACK ? 1000 : 0;
+    int linger = k == PROXY_BACK ? 1000 : 0;
     zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
-    if (app->cfg.curve) {
-      int rc = server_key[k][0] ? fld__curve_client(app, s, server_key[k], err, sizeof err)
-                                : fld_curve_apply(app, s);
+    if (p->curve.on) {
+      int rc = server_key[k][0] ? fln_curve_client(&p->curve, s, server_key[k], err, sizeof err)
+                                : fln_curve_apply(&p->curve, s);
       if (rc) {
-        fld_log(FLD_ERR, "%s: %s", fld__side_name[k],
+        fln_log(FLN_ERR, "%s: %s", proxy_side_name[k],
                 server_key[k][0] ? err : "cannot enable CurveZMQ");
         return FL_EINVAL;
       }
@@ -370,21 +353,21 @@ static int fld__proxy_open(fld_proxy *p) {
                                        ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
                                        ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
                                        ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) == 0 &&
-        (p->mon[k] = zmq_socket(app->zctx, ZMQ_PAIR)) && !zmq_connect(p->mon[k], mon)) {
+        (p->mon[k] = zmq_socket(p->zctx, ZMQ_PAIR)) && !zmq_connect(p->mon[k], mon)) {
       int zero = 0;
       zmq_setsockopt(p->mon[k], ZMQ_LINGER, &zero, sizeof zero);
-      fld_zwatch_start(&p->mon_w[k], app->loop, p->mon[k], 64, fld__mon_drain, NULL, p);
+      fln_zwatch_start(&p->mon_w[k], p->loop, p->mon[k], 64, proxy_mon_drain, NULL, p);
     }
   }
-  if (fld__attach(p->sock[0], o->n_front, o->front, "frontend") ||
-      fld__attach(p->sock[1], o->n_back, o->back, "backend"))
+  if (proxy_attach(p->sock[0], o->n_front, o->front, "frontend") ||
+      proxy_attach(p->sock[1], o->n_back, o->back, "backend"))
     return FL_EIO;
-  p->ctl = zmq_socket(app->zctx, ZMQ_PAIR);
-  p->ctl_peer = zmq_socket(app->zctx, ZMQ_PAIR);
-  int zero = 0, tmo = FLD_PROXY_STATS_MS;
-  if (!p->ctl || !p->ctl_peer || zmq_bind(p->ctl, FLD_PROXY_CTL) ||
-      zmq_connect(p->ctl_peer, FLD_PROXY_CTL)) {
-    fld_log(FLD_ERR, "cannot create the control socket: %s", zmq_strerror(errno));
+  p->ctl = zmq_socket(p->zctx, ZMQ_PAIR);
+  p->ctl_peer = zmq_socket(p->zctx, ZMQ_PAIR);
+  int zero = 0, tmo = PROXY_STATS_MS;
+  if (!p->ctl || !p->ctl_peer || zmq_bind(p->ctl, PROXY_CTL) ||
+      zmq_connect(p->ctl_peer, PROXY_CTL)) {
+    fln_log(FLN_ERR, "cannot create the control socket: %s", zmq_strerror(errno));
     return FL_EIO;
   }
   zmq_setsockopt(p->ctl, ZMQ_LINGER, &zero, sizeof zero);
@@ -394,69 +377,69 @@ static int fld__proxy_open(fld_proxy *p) {
   return 0;
 }
 
-int fld_proxy_run(const fld_proxy_opts *o) {
-  static fld_proxy px;
-  fld_proxy *p = &px;
-  fld_app *app = &p->app;
+int proxy_run(const proxy_opts *o) {
+  static proxy_state px;
+  proxy_state *p = &px;
   p->o = o;
-  fld_log_set_level(o->log_level);
-  /* The daemon's parts read their settings from its configuration. */
-  fld_config_defaults(&app->cfg);
-  snprintf(app->cfg.metrics_listen, sizeof app->cfg.metrics_listen, "%s", o->metrics_listen);
-  app->cfg.metrics_max_connections = o->metrics_max_connections;
-  app->cfg.curve = o->curve_key[0] != 0;
-  snprintf(app->cfg.secret_key_file, sizeof app->cfg.secret_key_file, "%s", o->curve_key);
-  snprintf(app->cfg.authorized_keys, sizeof app->cfg.authorized_keys, "%s", o->authorized_keys);
-  app->render_metrics = fld__proxy_render;
-  app->m.start_time = fld_now();
-  app->loop = uv_default_loop();
-  uv_async_init(app->loop, &p->ended, fld__ended_cb);
-  uv_signal_init(app->loop, &app->sig_hup);
-  uv_signal_init(app->loop, &app->sig_term);
-  uv_signal_init(app->loop, &app->sig_int);
+  fln_log_set_level(o->log_level);
+  fln_http *h = &p->http;
+  h->table = (fln_http_table){proxy_routes, (int)(sizeof proxy_routes / sizeof *proxy_routes),
+                              "not found: try /metrics or /healthz\n", p};
+  snprintf(h->listen, sizeof h->listen, "%s", o->metrics_listen);
+  h->max_connections = o->metrics_max_connections;
+  h->max_request = 4096;
+  h->max_connections_name = "--max-connections";
+  h->refused_log.interval = 60.0;
+  p->start_time = fln_now();
+  p->loop = uv_default_loop();
+  uv_async_init(p->loop, &p->ended, proxy_ended_cb);
+  uv_signal_init(p->loop, &p->sig_hup);
+  uv_signal_init(p->loop, &p->sig_term);
+  uv_signal_init(p->loop, &p->sig_int);
   p->handles_on = 1;
-  p->ended.data = app->sig_hup.data = app->sig_term.data = app->sig_int.data = p;
-  app->zctx = zmq_ctx_new();
+  p->ended.data = p->sig_hup.data = p->sig_term.data = p->sig_int.data = p;
+  p->zctx = zmq_ctx_new();
   int rc = 1;
   char err[600];
-  if (!app->zctx) {
-    fld_log(FLD_ERR, "cannot create the ZeroMQ context");
+  if (!p->zctx) {
+    fln_log(FLN_ERR, "cannot create the ZeroMQ context");
     goto out;
   }
   signal(SIGPIPE, SIG_IGN);
-  if (fld_curve_start(app, err, sizeof err)) {
-    fld_log(FLD_ERR, "%s", err);
-    goto out;
+  if (o->curve_key[0]) {
+    snprintf(p->curve.secret_key_file, sizeof p->curve.secret_key_file, "%s", o->curve_key);
+    snprintf(p->curve.authorized_keys, sizeof p->curve.authorized_keys, "%s",
+             o->authorized_keys);
+    p->curve.secret_key_name = "--curve-key";
+    p->curve.authorized_keys_name = "--authorized-keys";
+    if (fln_curve_start(&p->curve, p->loop, p->zctx, err, sizeof err)) {
+      fln_log(FLN_ERR, "%s", err);
+      goto out;
+    }
   }
-  if (fld__proxy_open(p) || fld_http_start(app)) goto out;
+  if (proxy_open(p) || fln_http_start(&p->http, p->loop)) goto out;
   /* The forwarding thread takes no signals: one delivered there would end
    * zmq_proxy_steerable with EINTR. */
-  if (fld_thread_quiet(&p->thread, fld__proxy_thread, p)) {
-    fld_log(FLD_ERR, "cannot start the forwarding thread");
+  if (fln_thread_quiet(&p->thread, proxy_thread, p)) {
+    fln_log(FLN_ERR, "cannot start the forwarding thread");
     goto out;
   }
   p->thread_on = 1;
-  uv_signal_start(&app->sig_hup, fld__signal_cb, SIGHUP);
-  uv_signal_start(&app->sig_term, fld__signal_cb, SIGTERM);
-  uv_signal_start(&app->sig_int, fld__signal_cb, SIGINT);
-  uint64_t usec = 0;
-  if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
-    uv_timer_init(app->loop, &p->t_watchdog);
-    p->t_watchdog.data = p;
-    uv_timer_start(&p->t_watchdog, fld__watchdog_cb, usec / 2000, usec / 2000);
-    p->watchdog_on = 1;
-  }
-  fld_log(FLD_NOTICE, "forwarding: frontend (XSUB) %s%s, backend (XPUB) %s%s%s", o->front[0],
+  uv_signal_start(&p->sig_hup, proxy_signal_cb, SIGHUP);
+  uv_signal_start(&p->sig_term, proxy_signal_cb, SIGTERM);
+  uv_signal_start(&p->sig_int, proxy_signal_cb, SIGINT);
+  fln_watchdog_start(&p->watchdog, p->loop, proxy_watchdog, p);
+  fln_log(FLN_NOTICE, "forwarding: frontend (XSUB) %s%s, backend (XPUB) %s%s%s", o->front[0],
           o->n_front > 1 ? " ..." : "", o->back[0], o->n_back > 1 ? " ..." : "",
-          app->cfg.curve ? ", CurveZMQ" : "");
-  sd_notifyf(0, "READY=1\nSTATUS=forwarding\nMAINPID=%lu", (unsigned long)getpid());
-  uv_run(app->loop, UV_RUN_DEFAULT);
-  rc = app->exit_code;
+          p->curve.on ? ", CurveZMQ" : "");
+  fln_notify_ready("forwarding");
+  uv_run(p->loop, UV_RUN_DEFAULT);
+  rc = p->exit_code;
 out:
-  if (!app->stopping && app->loop) {
+  if (!p->stopping && p->loop) {
     /* Start-up failed: close what was opened so that the loop can end. */
-    fld__proxy_stop(p);
-    uv_run(app->loop, UV_RUN_DEFAULT);
+    proxy_stop(p);
+    uv_run(p->loop, UV_RUN_DEFAULT);
   }
   for (int k = 0; k < 2; k++) {
     if (p->sock[k]) zmq_close(p->sock[k]);
@@ -464,9 +447,8 @@ out:
   }
   if (p->ctl) zmq_close(p->ctl);
   if (p->ctl_peer) zmq_close(p->ctl_peer);
-  if (app->zap_sock) zmq_close(app->zap_sock);
-  if (app->zctx) fld_zterm(app->zctx);
-  free(app->keys);
-  if (app->loop) uv_loop_close(app->loop);
+  fln_curve_close(&p->curve);
+  if (p->zctx) fln_zterm(p->zctx);
+  if (p->loop) uv_loop_close(p->loop);
   return rc;
 }
