@@ -167,8 +167,9 @@ struct fld_app;
 int fld_http_start(struct fld_app *app);
 /* The daemon's routes, as the endpoint serves them (for tests). */
 fln_http_table fld_http_table(struct fld_app *app);
-/* Renders /metrics in the Prometheus text format into a malloc'ed string. */
-char *fld_metrics_render(struct fld_app *app, size_t *len);
+/* Renders /metrics (of the fld_app user) in the Prometheus text format into
+ * a malloc'ed string. */
+char *fld_metrics_render(void *user, size_t *len);
 
 /* ---- engine.c -----------------------------------------------------------
  * A loaded model and the scratch it needs to score a batch of windows. */

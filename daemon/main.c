@@ -85,23 +85,13 @@ static int fld__out_drain(fln_zwatch *w, int budget) {
 
 static int fld__mon_drain(fln_zwatch *w, int budget) {
   fld_app *app = w->user;
-  int done = 0;
-  while (done < budget) {
-    zmq_msg_t parts[2];
-    int overflow, n = fln_zrecv(w->sock, parts, 2, &overflow);
-    if (n <= 0) break;
-    done++;
-    if (zmq_msg_size(&parts[0]) >= 2) {
-      uint16_t ev;
-      memcpy(&ev, zmq_msg_data(&parts[0]), 2);
-      if (ev == ZMQ_EVENT_DISCONNECTED) {
-        app->m.input_disconnects++;
-        fln_log(FLN_NOTICE, "an input peer disconnected (or was cut off for a message over "
-                            "the hard size limit)");
-      }
+  int done = 0, ev;
+  for (; done < budget && (ev = fln_zmon_recv(w->sock)) > 0; done++)
+    if (ev == ZMQ_EVENT_DISCONNECTED) {
+      app->m.input_disconnects++;
+      fln_log(FLN_NOTICE, "an input peer disconnected (or was cut off for a message over "
+                          "the hard size limit)");
     }
-    fln_zclose_parts(parts, n);
-  }
   return done;
 }
 
@@ -149,12 +139,10 @@ static int fld__open_sockets(fld_app *app, char *err, size_t errlen) {
   if (c->in_type == FLD_IN_SUB)
     for (int i = 0; i < c->n_topics; i++)
       zmq_setsockopt(app->in_sock, ZMQ_SUBSCRIBE, c->in_topic[i], strlen(c->in_topic[i]));
-  if (zmq_socket_monitor(app->in_sock, "inproc://fld-monitor-in", ZMQ_EVENT_DISCONNECTED) == 0) {
-    app->mon_sock = zmq_socket(app->zctx, ZMQ_PAIR);
-    zmq_setsockopt(app->mon_sock, ZMQ_LINGER, &zero, sizeof zero);
-    if (app->mon_sock && !zmq_connect(app->mon_sock, "inproc://fld-monitor-in"))
-      fln_zwatch_start(&app->mon_w, app->loop, app->mon_sock, 64, fld__mon_drain, NULL, app);
-  }
+  app->mon_sock = fln_zmon_open(app->zctx, app->in_sock, "inproc://fld-monitor-in",
+                                ZMQ_EVENT_DISCONNECTED);
+  if (app->mon_sock)
+    fln_zwatch_start(&app->mon_w, app->loop, app->mon_sock, 64, fld__mon_drain, NULL, app);
   if ((rc = fld__endpoints(app->in_sock, c->in_bind, c->n_in, app->cfg.in_endpoint, err, errlen)) ||
       (rc = fld__endpoints(app->out_sock, c->out_bind, c->n_out, app->cfg.out_endpoint, err,
                            errlen)))

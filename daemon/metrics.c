@@ -60,7 +60,8 @@ static void fld__label(FILE *f, const char *v) {
   }
 }
 
-char *fld_metrics_render(fld_app *app, size_t *len) {
+char *fld_metrics_render(void *user, size_t *len) {
+  fld_app *app = user;
   char *buf = NULL;
   FILE *f = open_memstream(&buf, len);
   if (!f) return NULL;
@@ -178,16 +179,6 @@ char *fld_metrics_render(fld_app *app, size_t *len) {
   return buf;
 }
 
-static int fld__metrics(void *user, const char *url, unsigned *status, const char **body,
-                        size_t *len) {
-  (void)url;
-  char *b = fld_metrics_render(user, len);
-  if (!b) return -1;
-  *status = 200;
-  *body = b;
-  return 1;
-}
-
 /* Serving means: a model is loaded, the sockets are up and the loop turns
  * (this answer comes from the loop); a stop in progress is not. */
 static int fld__healthz(void *user, const char *url, unsigned *status, const char **body,
@@ -197,8 +188,8 @@ static int fld__healthz(void *user, const char *url, unsigned *status, const cha
 }
 
 static const fln_route fld__routes[] = {
-    {"/metrics", fld__metrics, "text/plain; version=0.0.4; charset=utf-8"},
-    {"/healthz", fld__healthz, NULL},
+    {"/metrics", NULL, fld_metrics_render, FLN_PROMETHEUS_TEXT},
+    {"/healthz", fld__healthz, NULL, NULL},
 };
 
 fln_http_table fld_http_table(fld_app *app) {

@@ -86,6 +86,13 @@ void fln_zclose_parts(zmq_msg_t *parts, int n);
  * fln_zmsg_recv returns the part's size, fln_zsend 0; both -errno on error. */
 int fln_zmsg_recv(zmq_msg_t *m, void *sock, int flags);
 int fln_zsend(void *sock, const void *buf, size_t len, int flags);
+/* A monitor of sock's events (zmq_socket_monitor, events a mask of
+ * ZMQ_EVENT_...) published on the inproc address addr: returns the PAIR
+ * socket that receives them (LINGER 0, for a fln_zwatch), or NULL. */
+void *fln_zmon_open(void *zctx, void *sock, const char *addr, int events);
+/* Receives one event from such a socket without blocking: its ZMQ_EVENT_
+ * number, 0 when none waits, a negative code on error. */
+int fln_zmon_recv(void *mon);
 /* zmq_ctx_term, made again when a signal interrupted it. */
 void fln_zterm(void *ctx);
 /* The calls above made again after a signal interrupted them, since start
@@ -141,16 +148,23 @@ void fln_curve_close(fln_curve *c);
  * loop's state in the loop's thread).  Each program gives a table of
  * routes, one per path.
  *
- * A route answers one request: it sets the status and the body and returns
- * 1 when the body is malloc'ed (the server frees it), 0 when it is static,
- * -1 on failure (the connection is closed). */
+ * A route answers one request in one of two ways.  answer sets the status
+ * and the body and returns 1 when the body is malloc'ed (the server frees
+ * it), 0 when it is static, -1 on failure (the connection is closed).
+ * render, used when answer is NULL, returns a malloc'ed body served with 200
+ * (NULL on failure), e.g. a Prometheus text rendering. */
 typedef int (*fln_http_fn)(void *user, const char *url, unsigned *status, const char **body,
                            size_t *len);
+typedef char *(*fln_render_fn)(void *user, size_t *len);
 typedef struct {
   const char *path;         /* matched exactly */
   fln_http_fn answer;
+  fln_render_fn render;
   const char *content_type; /* a Content-Type header, or NULL for none */
 } fln_route;
+
+/* The Content-Type of the Prometheus text format. */
+#define FLN_PROMETHEUS_TEXT "text/plain; version=0.0.4; charset=utf-8"
 
 typedef struct {
   const fln_route *routes;

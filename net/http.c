@@ -30,7 +30,14 @@ int fln_http_route(const fln_http_table *t, const char *method, const char *url,
     return 0;
   }
   const fln_route *r = fln__find(t, url);
-  if (r) return r->answer(t->user, url, status, body, len);
+  if (r && r->answer) return r->answer(t->user, url, status, body, len);
+  if (r) {
+    char *b = r->render(t->user, len);
+    if (!b) return -1;
+    *status = MHD_HTTP_OK;
+    *body = b;
+    return 1;
+  }
   *status = MHD_HTTP_NOT_FOUND;
   *body = t->not_found ? t->not_found : "not found\n";
   *len = strlen(*body);

@@ -19,13 +19,20 @@ double fln_now(void) {
   return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-void fln_notify_ready(const char *fmt, ...) {
+/* A STATUS= line, after READY=1 (with MAINPID) when ready. */
+__attribute__((format(printf, 2, 0))) static void fln__status(int ready, const char *fmt,
+                                                            va_list ap) {
   char status[512];
+  vsnprintf(status, sizeof status, fmt, ap);
+  if (ready) sd_notifyf(0, "READY=1\nSTATUS=%s\nMAINPID=%lu", status, (unsigned long)getpid());
+  else sd_notifyf(0, "STATUS=%s", status);
+}
+
+void fln_notify_ready(const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(status, sizeof status, fmt, ap);
+  fln__status(1, fmt, ap);
   va_end(ap);
-  sd_notifyf(0, "READY=1\nSTATUS=%s\nMAINPID=%lu", status, (unsigned long)getpid());
 }
 
 void fln_notify_reloading(void) {
@@ -42,12 +49,10 @@ void fln_notify_stopping(const char *status) {
 }
 
 void fln_notify_status(const char *fmt, ...) {
-  char status[512];
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(status, sizeof status, fmt, ap);
+  fln__status(0, fmt, ap);
   va_end(ap);
-  sd_notifyf(0, "STATUS=%s", status);
 }
 
 static void fln__watchdog_cb(uv_timer_t *t) {

@@ -154,6 +154,30 @@ int fln_zsend(void *sock, const void *buf, size_t len, int flags) {
   return rc < 0 ? -errno : 0;
 }
 
+void *fln_zmon_open(void *zctx, void *sock, const char *addr, int events) {
+  if (zmq_socket_monitor(sock, addr, events)) return NULL;
+  void *mon = zmq_socket(zctx, ZMQ_PAIR);
+  if (!mon) return NULL;
+  int zero = 0;
+  zmq_setsockopt(mon, ZMQ_LINGER, &zero, sizeof zero);
+  if (zmq_connect(mon, addr)) {
+    zmq_close(mon);
+    return NULL;
+  }
+  return mon;
+}
+
+/* An event is two parts: [event (u16) value (u32)][endpoint]. */
+int fln_zmon_recv(void *mon) {
+  zmq_msg_t parts[2];
+  int overflow, n = fln_zrecv(mon, parts, 2, &overflow);
+  if (n <= 0) return n;
+  uint16_t ev = 0;
+  if (zmq_msg_size(&parts[0]) >= 2) memcpy(&ev, zmq_msg_data(&parts[0]), 2);
+  fln_zclose_parts(parts, n);
+  return ev ? ev : FL_EFORMAT;
+}
+
 void fln_zterm(void *ctx) {
   while (fln__again(zmq_ctx_term(ctx))) {}
 }

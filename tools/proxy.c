@@ -126,7 +126,8 @@ static void proxy_counter(FILE *f, const char *name, const char *help, const cha
 /* /metrics of the proxy.  Directions: "downstream" is what publishers (or
  * daemons, for reports) send to subscribers, "upstream" the subscriptions
  * and unsubscriptions going the other way. */
-static char *proxy_render(proxy_state *p, size_t *len) {
+static char *proxy_render(void *user, size_t *len) {
+  proxy_state *p = user;
   int ok = proxy_stats(p) == 0;
   char *buf = NULL;
   FILE *f = open_memstream(&buf, len);
@@ -185,16 +186,6 @@ static char *proxy_render(proxy_state *p, size_t *len) {
   return buf;
 }
 
-static int proxy_metrics(void *user, const char *url, unsigned *status, const char **body,
-                         size_t *len) {
-  (void)url;
-  char *b = proxy_render(user, len);
-  if (!b) return -1;
-  *status = 200;
-  *body = b;
-  return 1;
-}
-
 static int proxy_healthz(void *user, const char *url, unsigned *status, const char **body,
                          size_t *len) {
   (void)url;
@@ -202,29 +193,20 @@ static int proxy_healthz(void *user, const char *url, unsigned *status, const ch
 }
 
 static const fln_route proxy_routes[] = {
-    {"/metrics", proxy_metrics, "text/plain; version=0.0.4; charset=utf-8"},
-    {"/healthz", proxy_healthz, NULL},
+    {"/metrics", NULL, proxy_render, FLN_PROMETHEUS_TEXT},
+    {"/healthz", proxy_healthz, NULL, NULL},
 };
 
-/* Monitor events: [event (u16) value (u32)][endpoint]. */
+/* Monitor events: peers come and go, handshakes fail. */
 static int proxy_mon_drain(fln_zwatch *w, int budget) {
   proxy_state *p = w->user;
-  int side = w == &p->mon_w[0] ? 0 : 1, done = 0;
-  while (done < budget) {
-    zmq_msg_t parts[2];
-    int overflow, n = fln_zrecv(w->sock, parts, 2, &overflow);
-    if (n <= 0) break;
-    done++;
-    if (zmq_msg_size(&parts[0]) >= 2) {
-      uint16_t ev;
-      memcpy(&ev, zmq_msg_data(&parts[0]), 2);
-      if (ev == ZMQ_EVENT_ACCEPTED || ev == ZMQ_EVENT_CONNECTED) p->peers[side]++;
-      else if (ev == ZMQ_EVENT_DISCONNECTED && p->peers[side] > 0) p->peers[side]--;
-      else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL ||
-               ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL || ev == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
-        p->handshake_failed[side]++;
-    }
-    fln_zclose_parts(parts, n);
+  int side = w == &p->mon_w[0] ? 0 : 1, done = 0, ev;
+  for (; done < budget && (ev = fln_zmon_recv(w->sock)) > 0; done++) {
+    if (ev == ZMQ_EVENT_ACCEPTED || ev == ZMQ_EVENT_CONNECTED) p->peers[side]++;
+    else if (ev == ZMQ_EVENT_DISCONNECTED && p->peers[side] > 0) p->peers[side]--;
+    else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL ||
+             ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL || ev == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
+      p->handshake_failed[side]++;
   }
   return done;
 }
@@ -348,16 +330,13 @@ static int proxy_open(proxy_state *p) {
     }
     char mon[64];
     snprintf(mon, sizeof mon, "inproc://faultline-proxy-monitor-%d", k);
-    if (zmq_socket_monitor(s, mon, ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_CONNECTED |
-                                       ZMQ_EVENT_DISCONNECTED |
-                                       ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
-                                       ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
-                                       ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) == 0 &&
-        (p->mon[k] = zmq_socket(p->zctx, ZMQ_PAIR)) && !zmq_connect(p->mon[k], mon)) {
-      int zero = 0;
-      zmq_setsockopt(p->mon[k], ZMQ_LINGER, &zero, sizeof zero);
+    p->mon[k] = fln_zmon_open(p->zctx, s, mon, ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_CONNECTED |
+                                                ZMQ_EVENT_DISCONNECTED |
+                                                ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                                                ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                                                ZMQ_EVENT_HANDSHAKE_FAILED_AUTH);
+    if (p->mon[k])
       fln_zwatch_start(&p->mon_w[k], p->loop, p->mon[k], 64, proxy_mon_drain, NULL, p);
-    }
   }
   if (proxy_attach(p->sock[0], o->n_front, o->front, "frontend") ||
       proxy_attach(p->sock[1], o->n_back, o->back, "backend"))
