@@ -366,6 +366,8 @@ int proxy_run(const proxy_opts *o) {
                               "not found: try /metrics or /healthz\n", p};
   snprintf(h->listen, sizeof h->listen, "%s", o->metrics_listen);
   h->max_connections = o->metrics_max_connections;
+  /* The request size cap and the refusals' log interval are faultlined's
+   * defaults ([metrics] max_request_bytes, [log] limit_interval). */
   h->max_request = 4096;
   h->max_connections_name = "--max-connections";
   h->refused_log.interval = 60.0;
