@@ -11,17 +11,14 @@
  * frontend, the backend and one end of an inproc PAIR, the control socket.
  * Everything else happens in the loop thread with net/'s parts: the HTTP
  * endpoint (this file's routes), the ZAP handler, sd_notify, signals.  The
- * loop asks the proxy for STATISTICS
- * (messages and bytes in and out of each socket) at every scrape and every
- * watchdog tick, so a watchdog ping proves that the forwarding thread still
- * answers, and stops it with TERMINATE. */
+ * loop asks the proxy for STATISTICS (messages and bytes in and out of each
+ * socket) at every scrape and every watchdog tick, so a watchdog ping proves
+ * that the forwarding thread still answers, and stops it with TERMINATE. */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "faultline/error.h"
 #include "proxy.h"
