@@ -239,7 +239,9 @@ static int flb_cfg_url(flb_config *c) {
 }
 
 /* Fills {stream} of a template into out. */
-static int flb_cfg_fill(char *out, size_t cap, const char *tmpl, const char *stream) {
+static int flb_cfg_fill(char *out, size_t cap, const char *template, const char *stream) {
+  char tmpl[FLB_TOPIC];
+  snprintf(tmpl, sizeof tmpl, "%s", template); /* out may be template */
   const char *at = strstr(tmpl, "{stream}");
   int n = at ? snprintf(out, cap, "%.*s%s%s", (int)(at - tmpl), tmpl, stream, at + 8)
              : snprintf(out, cap, "%s", tmpl);

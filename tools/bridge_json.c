@@ -95,7 +95,9 @@ int flb_json_message(flb_app *app, const char *topic, const void *buf, size_t le
   json_t *tsv = json_is_object(j) ? json_object_get(j, "ts") : NULL;
   int64_t ts = flb_wall_ns();
   if (tsv && json_is_number(tsv) && json_number_value(tsv) > 0)
-    ts = (int64_t)(json_number_value(tsv) * 1e9);
+    /* A double holds Unix seconds to a fraction of a microsecond: rounded
+     * to whole microseconds, a time on a tick boundary stays on it. */
+    ts = (int64_t)llround(json_number_value(tsv) * 1e6) * 1000;
   else if (tsv && !json_is_null(tsv)) goto bad;
   if (tag[0]) {
     const json_t *v = json_is_object(j) ? json_object_get(j, "value") : j;

@@ -477,10 +477,11 @@ def check_fault(reps, tab, clean, sd, first_seq, what):
     fa = sum(r[1] for r in before)
     check(fa <= len(before) // 5, f"{what}: {fa} false alarms in {len(before)} clean reports")
     j = tab.column("pressure")
-    raw_ok = sum(1 for r in reps if 0 <= r[0] - first_seq < len(clean) and
-                 math.isclose(r[3], tab.rows[r[0] - first_seq][j], rel_tol=1e-5, abs_tol=1e-5))
-    check(raw_ok >= len(reps) * 0.9,
-          f"{what}: raw pressure on the bus equals the published value ({raw_ok}/{len(reps)})")
+    inside = [r for r in reps if 0 <= r[0] - first_seq < len(clean)]
+    raw_ok = sum(1 for r in inside
+                 if math.isclose(r[3], tab.rows[r[0] - first_seq][j], rel_tol=1e-5, abs_tol=1e-5))
+    check(raw_ok >= len(inside) * 0.9,
+          f"{what}: raw pressure on the bus equals the published value ({raw_ok}/{len(inside)})")
     e_in = e_out = 0.0
     n = 0
     for r in in_fault:
@@ -727,8 +728,6 @@ def scenario_bad():
     n_expect = (rows - W) // STRIDE + 1
     check(len(late) >= n_expect - 2 and len(late2) >= n_expect - 2,
           f"reports kept flowing: {len(late)} and {len(late2)} of {n_expect}")
-    check(sum(o["anomaly"] for o in late2) <= len(late2) // 5,
-          "the JSON stream (newest sub-sample held) is scored without many alarms")
     log = b.logtext()
     check(log.count("(undecodable") <= 4, "bad input logged at a bounded rate")
     del col
@@ -758,7 +757,7 @@ def scenario_tls():
     pub.connect("127.0.0.1", broker.port)
     pub.loop_start()
     time.sleep(0.5)
-    rows = 400
+    rows = 600
     tab, clean, sd = episode(rows)
 
     def send(k, t):
@@ -779,6 +778,8 @@ def scenario_tls():
     m, _ = T.metrics(http)
     check(m.get("faultline_bridge_updates_total", 0) >= rows * 26 * 0.95,
           f"{m.get('faultline_bridge_updates_total')} tag updates over TLS")
+    check(m.get("faultline_bridge_late_total", 1) <= rows * 26 * 0.01,
+          f"{m.get('faultline_bridge_late_total')} updates late")
     pub.loop_stop()
     reader.close()
     check(b.stop() == 0, "bridge exits 0")
@@ -791,5 +792,14 @@ if __name__ == "__main__":
         {"sparkplug": scenario_sparkplug, "restart": scenario_restart, "bad": scenario_bad,
          "tls": scenario_tls}[SCENARIO]()
     finally:
+        if T.failures:
+            # The logs of the processes, for the test log.
+            for root, _, files in os.walk(TMP):
+                for f in files:
+                    if f.endswith(".log"):
+                        with open(os.path.join(root, f), errors="replace") as fh:
+                            text = fh.read()
+                        print(f"---- {f} (last 40 lines)", file=sys.stderr)
+                        print("\n".join(text.splitlines()[-40:]), file=sys.stderr)
         shutil.rmtree(TMP, ignore_errors=True)
     T.finish("bridge " + SCENARIO)
