@@ -114,7 +114,7 @@ typedef struct flb_stream {
 
 /* One Sparkplug edge node feeding us. */
 typedef struct {
-  uint64_t alias;
+  uint64_t alias;   /* the key: device and alias, or device and name */
   int stream, ch;   /* -1: not mapped */
   uint32_t type;    /* the birth's datatype */
   int used;

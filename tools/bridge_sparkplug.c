@@ -84,6 +84,16 @@ static uint64_t spb_mix(uint64_t x) {
   return x;
 }
 
+/* Aliases are unique within a node, as the specification asks; keyed with
+ * their device as well, they also stay apart for a node that reuses them
+ * across devices.  A metric without an alias is keyed by its device and
+ * name, in a space apart (the top bit set). */
+static uint64_t spb_alias_key(const char *device, uint64_t alias) {
+  uint64_t h = 1469598103934665603ULL;
+  for (const char *s = device; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+  return spb_mix(h ^ alias) & ~(1ULL << 63);
+}
+
 /* A metric without an alias is keyed by its device and name, in a space
  * apart from aliases (the top bit set). */
 static uint64_t spb_name_key(const char *device, const char *name) {
@@ -268,7 +278,7 @@ static void spb_birth(flb_app *app, flb_node *n, const char *dev, int s, const s
               "not a number", n->group, n->node, *dev ? "/" : "", dev, m->name, type);
       ch = -1;
     }
-    flb_alias *a = spb_add(n, m->has_alias ? m->alias : spb_name_key(dev, m->name));
+    flb_alias *a = spb_add(n, m->has_alias ? spb_alias_key(dev, m->alias) : spb_name_key(dev, m->name));
     if (!a) continue;
     a->stream = ch >= 0 ? s : -1;
     a->ch = ch;
@@ -288,7 +298,7 @@ static void spb_birth(flb_app *app, flb_node *n, const char *dev, int s, const s
 static void spb_data(flb_app *app, flb_node *n, const char *dev, const spb_payload *p) {
   for (size_t i = 0; i < p->n_metrics; i++) {
     const spb_metric *m = p->metrics[i];
-    flb_alias *a = m->has_alias ? spb_find(n, m->alias)
+    flb_alias *a = m->has_alias ? spb_find(n, spb_alias_key(dev, m->alias))
                    : m->name   ? spb_find(n, spb_name_key(dev, m->name)) : NULL;
     if (!a) {
       flb_bad(app, FLB_BAD_UNKNOWN_ALIAS, "sparkplug: %s/%s%s%s: metric %s%llu%s not in a birth",
