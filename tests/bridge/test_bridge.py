@@ -29,7 +29,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -498,14 +497,9 @@ def check_fault(reps, tab, clean, sd, first_seq, what):
 
 
 def spb_reports(reader, device):
+    """The device's DDATA decoded by name."""
     with reader.lock:
-        out = []
-        for dev, v in reader.ddata:
-            if dev != device or "report_seq" not in v:
-                continue
-            end = None
-            out.append(v)
-        return out
+        return [v for dev, v in reader.ddata if dev == device and "report_seq" in v]
 
 
 # ---- scenarios ------------------------------------------------------------------------
@@ -538,8 +532,6 @@ def scenario_sparkplug():
     # The last report's end tick: the number of the tick holding the last row.
     ends = [int(v["report_seq"]) for v in reps]
     check(ends == sorted(ends), "Sparkplug reports in order")
-    p = [(None, v) for v in reps]
-    jr = {o["end_seq"]: o for o in reader.json}
     tuples = []
     for o in reader.json:
         c = o["channels"]["hydraulic/pressure"]
@@ -548,8 +540,6 @@ def scenario_sparkplug():
                        c["corrected"] if c["corrected"] is not None else math.nan,
                        c["faulty"]))
     check_fault(tuples, tab, clean, sd, first_seq, "JSON")
-    sp = [(jr[o["end_seq"]]["end_seq"] if o["end_seq"] in jr else None) for o in reader.json]
-    del sp, p
     # Sparkplug DDATA carries the same verdicts: compare by report number.
     by_seq = {o["seq"]: o for o in reader.json}
     same = sum(1 for v in reps if int(v["report_seq"]) in by_seq and
@@ -615,18 +605,12 @@ def scenario_restart():
         marks["births0"] = b.metric("faultline_bridge_births_total")
         edge.rebirth()
 
-    def gap():
-        marks["gap"] = True
-
-    state = {"skip": False}
-
     def send(k, t):
         if k == 700:
             edge.ddata(row_updates(tab, k, t), skip_seq=True)
         else:
             edge.ddata(row_updates(tab, k, t))
-    at = {down_at: kill, down_at + int(outage * 1000 / TICK_MS): revive, 600: rebirth, 700: gap}
-    del state
+    at = {down_at: kill, down_at + int(outage * 1000 / TICK_MS): revive, 600: rebirth}
     first_end = pace(rows, send, at_row=at)
     time.sleep(1.0)
     m, _ = T.metrics(http)
@@ -636,7 +620,6 @@ def scenario_restart():
     check(outage - 0.3 <= down <= outage + 2.0,
           f"broker down {down:.2f} s by the bridge's count for an outage of {outage} s")
     frames = m['faultline_bridge_stream_frames_total{stream="pump1"}']
-    span = rows + int(1.0 * 1000 / TICK_MS)
     check(frames >= rows - 5, f"frames never stopped: {frames:.0f} for {rows} rows (+ tail)")
     width = sum(r for _, _, r in CHANNELS)
     lost_ticks = m["faultline_bridge_missing_samples_total"] / width
@@ -660,7 +643,10 @@ def scenario_restart():
     check(last - seq0_of(first_end) >= rows - STRIDE - 5,
           f"reports reach the end of the run ({last - seq0_of(first_end)} of {rows})")
     check(reader.births["NBIRTH"] >= 2, "the bridge births again after the restart")
-    del span
+    print(f"outage {outage} s: broker down {down:.2f} s by the bridge's count, "
+          f"{m['faultline_bridge_ticks_while_down_total']:.0f} ticks sent meanwhile, "
+          f"{lost_ticks:.0f} ticks' worth of samples missing (bound {bound:.0f}), "
+          f"{m['faultline_bridge_rebirth_requests_total']:.0f} rebirth requests")
     edge.close()
     reader.close()
     check(b.stop() == 0, "bridge exits 0")
@@ -685,7 +671,6 @@ def scenario_bad():
     pub.loop_start()
     rows = 300
     tab, _, _ = episode(rows, fault=False)
-    col = {n: i for i, n in enumerate(tab.head)}
 
     def json_row(k, t):
         vals = {}
@@ -696,12 +681,12 @@ def scenario_bad():
     def bad_spb():
         edge.raw("DDATA", b"\xff\x00 not a protobuf")                 # undecodable
         p = spb.Payload(seq=0)
-        m = p.metrics.add(alias=9999, float_value=1.0)                  # unknown alias
+        p.metrics.add(alias=9999, float_value=1.0)                      # unknown alias
         with edge.lock:
             p.seq = edge.next_seq()
             edge.raw("DDATA", p.SerializeToString())
         p = spb.Payload()
-        m = p.metrics.add(alias=1, string_value="high")                 # type changed
+        p.metrics.add(alias=1, string_value="high")                     # type changed
         with edge.lock:
             p.seq = edge.next_seq()
             edge.raw("DDATA", p.SerializeToString())
@@ -709,7 +694,6 @@ def scenario_bad():
         pub.publish("plant/pump2/telemetry", b"{not json", qos=1)       # undecodable JSON
         pub.publish("plant/pump2/telemetry", json.dumps(
             {"values": {"pressure": "high"}}), qos=1)                   # not numeric
-        del m
 
     def send(k, t):
         edge.ddata(row_updates(tab, k, t))
@@ -730,7 +714,6 @@ def scenario_bad():
           f"reports kept flowing: {len(late)} and {len(late2)} of {n_expect}")
     log = b.logtext()
     check(log.count("(undecodable") <= 4, "bad input logged at a bounded rate")
-    del col
     pub.loop_stop()
     edge.close()
     reader.close()
