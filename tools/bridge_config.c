@@ -172,7 +172,10 @@ static int flb_cfg_key(flb_cfg_parse *p, const char *sec, const char *k, const c
 #undef IS
   if (!strncmp(sec, "map.", 4)) {
     flb_map *m = flb_cfg_map(p, sec + 4);
-    if (!m) return -1;
+    if (!m) {
+      snprintf(p->err, p->errlen, "[%s]: more than %d [map.*] sections", sec, FLB_MAX_STREAMS);
+      return -1;
+    }
     if (!strcmp(k, "stream")) {
       if (!flb_stream_name_ok(v)) return -1;
       snprintf(m->name, sizeof m->name, "%s", v);
