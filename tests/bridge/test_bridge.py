@@ -496,6 +496,26 @@ def check_fault(reps, tab, clean, sd, first_seq, what):
                             f"{e_in / n / sd:.2f} sd")
 
 
+def pressure_of(reports):
+    """check_fault's tuples from JSON reports."""
+    def num(v):
+        return math.nan if v is None else v
+    out = []
+    for o in reports:
+        c = o["channels"]["hydraulic/pressure"]
+        out.append((o["end_seq"], o["anomaly"], o["faulty_modality"], num(c["raw"]),
+                    num(c["corrected"]), c["faulty"]))
+    return out
+
+
+def teardown(bridge, daemon, broker, *clients):
+    for c in clients:
+        c.close()
+    check(bridge.stop() == 0, "bridge exits 0 on SIGTERM")
+    daemon.stop()
+    broker.stop()
+
+
 def spb_reports(reader, device):
     """The device's DDATA decoded by name."""
     with reader.lock:
@@ -532,14 +552,7 @@ def scenario_sparkplug():
     # The last report's end tick: the number of the tick holding the last row.
     ends = [int(v["report_seq"]) for v in reps]
     check(ends == sorted(ends), "Sparkplug reports in order")
-    tuples = []
-    for o in reader.json:
-        c = o["channels"]["hydraulic/pressure"]
-        tuples.append((o["end_seq"], o["anomaly"], o["faulty_modality"],
-                       c["raw"] if c["raw"] is not None else math.nan,
-                       c["corrected"] if c["corrected"] is not None else math.nan,
-                       c["faulty"]))
-    check_fault(tuples, tab, clean, sd, first_seq, "JSON")
+    check_fault(pressure_of(reader.json), tab, clean, sd, first_seq, "JSON")
     # Sparkplug DDATA carries the same verdicts: compare by report number.
     by_seq = {o["seq"]: o for o in reader.json}
     same = sum(1 for v in reps if int(v["report_seq"]) in by_seq and
@@ -571,11 +584,7 @@ def scenario_sparkplug():
         check(p.returncode == 0, "promtool accepts /metrics: " + p.stdout + p.stderr)
     code, body = T.http_get(http, "/healthz")
     check(code == 200, "/healthz 200")
-    edge.close()
-    reader.close()
-    check(b.stop() == 0, "bridge exits 0 on SIGTERM")
-    d.stop()
-    broker.stop()
+    teardown(b, d, broker, edge, reader)
 
 
 def scenario_restart():
@@ -649,11 +658,7 @@ def scenario_restart():
           f"{m['faultline_bridge_ticks_while_down_total']:.0f} ticks sent meanwhile, "
           f"{lost_ticks:.0f} ticks' worth of samples missing (bound {bound:.0f}), "
           f"{m['faultline_bridge_rebirth_requests_total']:.0f} rebirth requests")
-    edge.close()
-    reader.close()
-    check(b.stop() == 0, "bridge exits 0")
-    d.stop()
-    broker.stop()
+    teardown(b, d, broker, edge, reader)
 
 
 def scenario_bad():
@@ -717,11 +722,7 @@ def scenario_bad():
     log = b.logtext()
     check(log.count("(undecodable") <= 4, "bad input logged at a bounded rate")
     pub.loop_stop()
-    edge.close()
-    reader.close()
-    check(b.stop() == 0, "bridge exits 0")
-    d.stop()
-    broker.stop()
+    teardown(b, d, broker, edge, reader)
 
 
 def scenario_tls():
@@ -752,13 +753,8 @@ def scenario_tls():
     time.sleep(1.0)
     n_expect = (rows - W) // STRIDE + 1
     check(len(reader.json) >= n_expect - 2, f"{len(reader.json)} JSON reports over TLS")
-    tuples = []
-    for o in reader.json:
-        c = o["channels"]["hydraulic/pressure"]
-        tuples.append((o["end_seq"], o["anomaly"], o["faulty_modality"],
-                       c["raw"] if c["raw"] is not None else math.nan,
-                       c["corrected"] if c["corrected"] is not None else math.nan, c["faulty"]))
-    check_fault(tuples, tab, clean, sd, seq0_of(first_end), "TLS/JSON per tag")
+    check_fault(pressure_of(reader.json), tab, clean, sd, seq0_of(first_end),
+                "TLS/JSON per tag")
     check(reader.births["NBIRTH"] == 0, "sparkplug = 0 publishes no Sparkplug")
     m, _ = T.metrics(http)
     check(m.get("faultline_bridge_updates_total", 0) >= rows * 26 * 0.95,
@@ -766,10 +762,7 @@ def scenario_tls():
     check(m.get("faultline_bridge_late_total", 1) <= rows * 26 * 0.01,
           f"{m.get('faultline_bridge_late_total')} updates late")
     pub.loop_stop()
-    reader.close()
-    check(b.stop() == 0, "bridge exits 0")
-    d.stop()
-    broker.stop()
+    teardown(b, d, broker, reader)
 
 
 if __name__ == "__main__":
