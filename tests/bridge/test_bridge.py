@@ -23,6 +23,9 @@ SCENARIO is one of:
              its reason, the bridge alive and reports still flowing
   tls        mqtts:// with a CA, a server and a client certificate made by
              openssl now; JSON per-tag topics in, JSON reports out
+  config     `faultline bridge --check` on good and broken configurations
+             (each error names its key); a wrong password is refused by the
+             broker and the bridge keeps retrying, alive
 A scenario that cannot run here (no mosquitto, paho or openssl) exits 77.
 """
 import json
@@ -765,10 +768,61 @@ def scenario_tls():
     teardown(b, d, broker, reader)
 
 
+def scenario_config():
+    def write(name, text):
+        path = os.path.join(TMP, name + ".ini")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    base = (f"[bridge]\nmodel_config = {CONFIG}\n[map.pump1]\ngroup = plant\nnode = edge1\n"
+            "device = pump1\npressure = Hydraulic/Pressure\n")
+    p = subprocess.run([FL, "bridge", "--config", write("good", base), "--check"],
+                       capture_output=True, text=True)
+    check(p.returncode == 0 and "1 streams" in p.stdout, f"a good config passes: {p.stdout}"
+          f"{p.stderr}")
+    broken = {
+        "url": (base + "[mqtt]\nurl = http://x\n", "url"),
+        "unknown key": (base + "[mqtt]\ncolour = blue\n", "colour"),
+        "unknown channel": (base + "no_such_channel = X\n", "no_such_channel"),
+        "no model": ("[map.a]\ngroup = g\nnode = n\n", "model_config"),
+        "no map": (f"[bridge]\nmodel_config = {CONFIG}\n", "map"),
+        "bad stream id": (base + "[map.b]\nstream = a/b\ngroup = g\nnode = n\n", "stream"),
+        "wildcard node": (base + "[map.c]\ngroup = g\nnode = +\n", "node"),
+        "sparkplug without node": (base + "[map.d]\ngroup = g\n", "group and node"),
+        "qos 2": (base + "[mqtt]\nqos = 2\n", "qos"),
+        "too many maps": (base + "".join(f"[map.s{i}]\ngroup = g\nnode = n\ndevice = d{i}\n"
+                                         for i in range(64)), "more than 64"),
+    }
+    for what, (text, word) in broken.items():
+        p = subprocess.run([FL, "bridge", "--config", write(what.replace(" ", "_"), text),
+                            "--check"], capture_output=True, text=True)
+        check(p.returncode == 1 and word in p.stderr,
+              f"{what}: exit {p.returncode}, the error names {word!r}: {p.stderr.strip()}")
+    p = subprocess.run([FL, "bridge"], capture_output=True, text=True)
+    check(p.returncode == 2 and "usage" in p.stderr, "no --config: usage, exit 2")
+    # A wrong password: refused, retried, the bridge alive and healthy.
+    broker = Broker("auth", password=("plant", "right"))
+    d, fp = start_daemon("auth")
+    cfg, http = write_bridge_config("auth", broker, fp, {"username": "plant",
+                                                         "password": "wrong"},
+                                    {"map.pump1": SPB_MAP})
+    b = Bridge(cfg, http)
+    time.sleep(2.0)
+    m, _ = T.metrics(http)
+    check(m["faultline_bridge_connected"] == 0 and m["faultline_bridge_connects_total"] == 0,
+          "a wrong password never connects")
+    check(b.p.poll() is None and T.http_get(http, "/healthz")[0] == 200,
+          "the bridge keeps running and answers /healthz")
+    check("refused" in b.logtext() or "not authorised" in b.logtext().lower(),
+          "the refusal is logged")
+    teardown(b, d, broker)
+
+
 if __name__ == "__main__":
     try:
         {"sparkplug": scenario_sparkplug, "restart": scenario_restart, "bad": scenario_bad,
-         "tls": scenario_tls}[SCENARIO]()
+         "tls": scenario_tls, "config": scenario_config}[SCENARIO]()
     finally:
         if T.failures:
             # The logs of the processes, for the test log.
