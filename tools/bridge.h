@@ -62,6 +62,7 @@ typedef struct {
   double tick, stale, delay;   /* seconds */
   int depth, max_burst;
   double rebirth_interval;     /* seconds between rebirth requests to one node */
+  int arrival_time;            /* 1: updates take their arrival time, not the message's */
   /* [mqtt] */
   char url[FLB_TOPIC];
   char host[FLB_TOPIC];

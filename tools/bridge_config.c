@@ -120,6 +120,12 @@ static int flb_cfg_key(flb_cfg_parse *p, const char *sec, const char *k, const c
   if (IS("bridge", "delay")) return flb_cfg_num(v, 0, 3600, &c->delay) ? -1 : 1;
   if (IS("bridge", "depth")) return flb_cfg_int(v, 1, 100000, &c->depth) ? -1 : 1;
   if (IS("bridge", "max_burst")) return flb_cfg_int(v, 1, 1000000, &c->max_burst) ? -1 : 1;
+  if (IS("bridge", "timestamps")) {
+    if (!strcmp(v, "source")) c->arrival_time = 0;
+    else if (!strcmp(v, "arrival")) c->arrival_time = 1;
+    else return -1;
+    return 1;
+  }
   if (IS("bridge", "rebirth_interval"))
     return flb_cfg_num(v, 0.1, 3600, &c->rebirth_interval) ? -1 : 1;
   if (IS("mqtt", "url")) return flb_cfg_str(c->url, sizeof c->url, v) ? -1 : 1;

@@ -80,7 +80,7 @@ int flb_stream_find(const flb_app *app, const char *name) {
 
 void flb_update(flb_app *app, int s, int ch, int64_t ts_ns, float v) {
   /* Late and overflowing updates are counted by the assembler. */
-  fl_ticks_put(app->st[s].ticks, ch, ts_ns, v);
+  fl_ticks_put(app->st[s].ticks, ch, app->cfg.arrival_time ? flb_wall_ns() : ts_ns, v);
 }
 
 void flb_stream_dead(flb_app *app, int s, int64_t ts_ns) {

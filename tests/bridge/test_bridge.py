@@ -781,6 +781,10 @@ def scenario_config():
                        capture_output=True, text=True)
     check(p.returncode == 0 and "1 streams" in p.stdout, f"a good config passes: {p.stdout}"
           f"{p.stderr}")
+    p = subprocess.run([FL, "bridge", "--config", write("example", open(
+        os.path.join(T.ROOT, "config", "bridge.ini")).read().replace(
+        "/etc/faultline/faultline.ini", CONFIG)), "--check"], capture_output=True, text=True)
+    check(p.returncode == 0, f"config/bridge.ini passes: {p.stdout}{p.stderr}")
     broken = {
         "url": (base + "[mqtt]\nurl = http://x\n", "url"),
         "unknown key": (base + "[mqtt]\ncolour = blue\n", "colour"),
@@ -791,6 +795,8 @@ def scenario_config():
         "wildcard node": (base + "[map.c]\ngroup = g\nnode = +\n", "node"),
         "sparkplug without node": (base + "[map.d]\ngroup = g\n", "group and node"),
         "qos 2": (base + "[mqtt]\nqos = 2\n", "qos"),
+        "timestamps": (base.replace("[map.pump1]", "timestamps = gps\n[map.pump1]"),
+                       "timestamps"),
         "too many maps": (base + "".join(f"[map.s{i}]\ngroup = g\nnode = n\ndevice = d{i}\n"
                                          for i in range(64)), "more than 64"),
     }
