@@ -420,7 +420,7 @@ int flb_spb_message(flb_app *app, const char *topic, const void *buf, size_t len
           p->metrics[i]->value_case ==
               ORG__ECLIPSE__TAHU__PROTOBUF__PAYLOAD__METRIC__VALUE_LONG_VALUE)
         bd = p->metrics[i]->long_value;
-    if (bd != n->bdseq || !n->born) break; /* an older session's will */
+    if (bd != n->bdseq || !n->born) break; /* the will of an older connection */
     n->born = 0;
     n->have_seq = 0;
     app->m.deaths++;

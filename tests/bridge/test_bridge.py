@@ -254,7 +254,7 @@ class EdgeNode:
             self.birth()
 
     def rebirth(self):
-        """A new session as an edge node starts one: bdSeq + 1, births."""
+        """As an edge node does after a restart: bdSeq + 1, births."""
         self.bdseq = (self.bdseq + 1) % 256
         self.birth()
 
