@@ -15,7 +15,7 @@ void flb_config_defaults(flb_config *c) {
   c->tick = 1.0;
   c->stale = 5.0;
   c->delay = 0.25;
-  c->depth = 64;
+  c->depth = 0;
   c->max_burst = 600;
   c->rebirth_interval = 5.0;
   snprintf(c->url, sizeof c->url, "mqtt://127.0.0.1:1883");
@@ -118,7 +118,7 @@ static int flb_cfg_key(flb_cfg_parse *p, const char *sec, const char *k, const c
   if (IS("bridge", "tick")) return flb_cfg_num(v, 0.001, 3600, &c->tick) ? -1 : 1;
   if (IS("bridge", "stale")) return flb_cfg_num(v, 0.001, 86400, &c->stale) ? -1 : 1;
   if (IS("bridge", "delay")) return flb_cfg_num(v, 0, 3600, &c->delay) ? -1 : 1;
-  if (IS("bridge", "depth")) return flb_cfg_int(v, 1, 100000, &c->depth) ? -1 : 1;
+  if (IS("bridge", "depth")) return flb_cfg_int(v, 0, 1000000, &c->depth) ? -1 : 1;
   if (IS("bridge", "max_burst")) return flb_cfg_int(v, 1, 1000000, &c->max_burst) ? -1 : 1;
   if (IS("bridge", "timestamps")) {
     if (!strcmp(v, "source")) c->arrival_time = 0;

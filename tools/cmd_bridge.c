@@ -278,9 +278,15 @@ static int flb_streams(flb_app *app) {
       }
     st->width = off;
     if (off > FLB_MAX_CH * 16) return FL_ERANGE;
+    /* depth 0: room for what a channel of the fastest rate receives within
+     * the allowance and the tick being filled, twice over. */
+    int rmax = 1;
+    for (int k = 0; k < st->n_ch; k++) rmax = st->rate[k] > rmax ? st->rate[k] : rmax;
+    int depth = c->depth ? c->depth : 2 * rmax * ((int)ceil(c->delay / c->tick) + 2);
+    if (depth < 64) depth = 64;
     fl_ticks_opts o = {st->n_ch, st->rate, (int64_t)llround(c->tick * 1e9),
                        (int64_t)llround(c->stale * 1e9), (int64_t)llround(c->delay * 1e9),
-                       c->depth, c->max_burst};
+                       depth, c->max_burst};
     int e = fl_ticks_new(&st->ticks, &o);
     if (e) return e;
     for (int k = 0; k < FLB_RAW_RING; k++) st->ring_seq[k] = UINT64_MAX;
