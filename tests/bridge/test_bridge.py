@@ -25,7 +25,8 @@ SCENARIO is one of:
              openssl now; JSON per-tag topics in, JSON reports out
   config     `faultline bridge --check` on good and broken configurations
              (each error names its key); a wrong password is refused by the
-             broker and the bridge keeps retrying, alive
+             broker and the bridge keeps retrying, alive; READY, WATCHDOG,
+             STATUS and STOPPING to a NOTIFY_SOCKET listener
 A scenario that cannot run here (no mosquitto, paho or openssl) exits 77.
 """
 import json
@@ -371,13 +372,13 @@ def write_bridge_config(name, broker, fld_ports, mqtt_keys, maps, extra=None):
 
 
 class Bridge(T.Daemon):
-    def __init__(self, config, http):
+    def __init__(self, config, http, env=None):
         self.http = http
         self.exe, self.config = FL, config
         self.log = open(config + ".log", "w")
         self.logpath = self.log.name
         self.p = subprocess.Popen([FL, "bridge", "--config", config], stdout=self.log,
-                                  stderr=self.log)
+                                  stderr=self.log, env=dict(os.environ, **(env or {})))
         self.wait_http(http)
 
     def metric(self, key):
@@ -809,14 +810,30 @@ def scenario_config():
               f"{what}: exit {p.returncode}, the error names {word!r}: {p.stderr.strip()}")
     p = subprocess.run([FL, "bridge"], capture_output=True, text=True)
     check(p.returncode == 2 and "usage" in p.stderr, "no --config: usage, exit 2")
-    # A wrong password: refused, retried, the bridge alive and healthy.
+    # A wrong password: refused, retried, the bridge alive and healthy; and
+    # systemd's notifications meanwhile.
     broker = Broker("auth", password=("plant", "right"))
     d, fp = start_daemon("auth")
     cfg, http = write_bridge_config("auth", broker, fp, {"username": "plant",
                                                          "password": "wrong"},
                                     {"map.pump1": SPB_MAP})
-    b = Bridge(cfg, http)
+    import socket
+    nsock = os.path.join(TMP, "notify.sock")
+    ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ns.bind(nsock)
+    ns.settimeout(0.2)
+    b = Bridge(cfg, http, env={"NOTIFY_SOCKET": nsock, "WATCHDOG_USEC": "400000"})
     time.sleep(2.0)
+    notes = []
+    while True:
+        try:
+            notes.append(ns.recv(4096).decode())
+        except socket.timeout:
+            break
+    check(any("READY=1" in n.split("\n") for n in notes), "READY=1 sent")
+    wd = [n for n in notes if "WATCHDOG=1" in n.split("\n")]
+    check(len(wd) >= 5, f"WATCHDOG=1 every 200 ms ({len(wd)} in about 2 s)")
+    check(any("STATUS=broker down" in n for n in notes), "STATUS= says the broker is down")
     m, _ = T.metrics(http)
     check(m["faultline_bridge_connected"] == 0 and m["faultline_bridge_connects_total"] == 0,
           "a wrong password never connects")
@@ -825,6 +842,14 @@ def scenario_config():
     check("refused" in b.logtext() or "not authorised" in b.logtext().lower(),
           "the refusal is logged")
     teardown(b, d, broker)
+    notes = []
+    while True:
+        try:
+            notes.append(ns.recv(4096).decode())
+        except socket.timeout:
+            break
+    check(any("STOPPING=1" in n.split("\n") for n in notes), "STOPPING=1 on SIGTERM")
+    ns.close()
 
 
 if __name__ == "__main__":
