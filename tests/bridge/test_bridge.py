@@ -822,14 +822,17 @@ def scenario_config():
     ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     ns.bind(nsock)
     ns.settimeout(0.2)
+
+    def received():
+        notes = []
+        while True:
+            try:
+                notes.append(ns.recv(4096).decode())
+            except socket.timeout:
+                return notes
     b = Bridge(cfg, http, env={"NOTIFY_SOCKET": nsock, "WATCHDOG_USEC": "400000"})
     time.sleep(2.0)
-    notes = []
-    while True:
-        try:
-            notes.append(ns.recv(4096).decode())
-        except socket.timeout:
-            break
+    notes = received()
     check(any("READY=1" in n.split("\n") for n in notes), "READY=1 sent")
     wd = [n for n in notes if "WATCHDOG=1" in n.split("\n")]
     check(len(wd) >= 5, f"WATCHDOG=1 every 200 ms ({len(wd)} in about 2 s)")
@@ -842,12 +845,7 @@ def scenario_config():
     check("refused" in b.logtext() or "not authorised" in b.logtext().lower(),
           "the refusal is logged")
     teardown(b, d, broker)
-    notes = []
-    while True:
-        try:
-            notes.append(ns.recv(4096).decode())
-        except socket.timeout:
-            break
+    notes = received()
     check(any("STOPPING=1" in n.split("\n") for n in notes), "STOPPING=1 on SIGTERM")
     ns.close()
 
