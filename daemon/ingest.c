@@ -165,6 +165,8 @@ void fld_ingest_message(fld_app *app, zmq_msg_t *parts, int nparts, uint64_t t_r
       st->ticks = 0;
       st->head = 0;
       fl_detect_baseline_reset(&st->state.base);
+      /* An anchor older than the gap says nothing of the level now. */
+      memset(&st->state.est, 0, sizeof st->state.est);
       app->m.stream_resets++;
       fld_log(FLD_NOTICE, "stream \"%s\": %llu ticks lost, history restarted", st->name,
               (unsigned long long)gap);

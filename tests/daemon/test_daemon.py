@@ -21,12 +21,18 @@ SCENARIO is one of:
              daemon serving with the old model; SIGTERM drains and exits 0
   curve      CurveZMQ: an authorised publisher gets through, a stranger and a
              plaintext publisher do not
+  correct    faults that outlast several windows (an offset on pressure, flow
+             missing) streamed with a SIGHUP reload in the middle: every
+             report's corrected values and their uncertainty are what
+             `faultline score` writes for the same rows
 """
+import csv
 import json
 import math
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -253,6 +259,75 @@ def scenario_stream():
     print("parity: windows with a replaced channel:",
           sum(any(any(m.channel_faulty) for m in r.modalities) for _, r in reps))
     check(d.stop() == 0, "parity: clean exit")
+    ctx.destroy(linger=0)
+
+
+def scenario_correct():
+    n, cut = 480, 260
+    src = T.Table(EPISODE, MODS)
+    jp, jf = src.column("pressure"), src.column("flow")
+    sd = statistics.pstdev(r[jp] for r in src.rows[:n])
+    # The long faults, written as a CSV for `faultline score` and sent as
+    # frames from the same rows.
+    csv_path = os.path.join(TMP, "long.csv")
+    with open(EPISODE, newline="") as f, open(csv_path, "w", newline="") as g:
+        rd, wr = csv.reader(f), csv.writer(g)
+        wr.writerow(next(rd))
+        for i, row in enumerate(rd):
+            if i >= n:
+                break
+            if 150 <= i < 400:
+                row[jp] = repr(float(row[jp]) + 6.0 * sd)
+            if 200 <= i < 380:
+                row[jf] = ""
+            wr.writerow(row)
+    scored = os.path.join(TMP, "long_scored.csv")
+    subprocess.run([FL, "score", "--model", MODEL, "--in", csv_path, "--out", scored], check=True)
+    head, rows = T.read_csv(scored)
+    tab = T.Table(csv_path, MODS)
+    ctx = zmq.Context()
+    d, cfg, ports = start("correct", output={"stride": 1})
+    sub = T.subscriber(ctx, f"tcp://127.0.0.1:{ports['out']}")
+    T.wait_metric(ports["http"], "faultline_report_subscriptions", lambda v: v >= 1)
+    pub, _ = T.publisher(ctx, f"tcp://127.0.0.1:{ports['in']}")
+    for i in range(cut):
+        pub.send_multipart([b"frame/long", tab.frame(pb, "long", i, i).SerializeToString()])
+    reps = T.collect(sub, pb, cut - W + 1, timeout=60)
+    check(len(reps) == cut - W + 1, f"correct: {len(reps)} reports before the reload")
+    d.signal(signal.SIGHUP)
+    ok = T.wait_metric(ports["http"], 'faultline_reloads_total{result="success"}', lambda v: v >= 1)
+    check(ok == 1, "correct: SIGHUP reloads in the middle of the faults")
+    for i in range(cut, n):
+        pub.send_multipart([b"frame/long", tab.frame(pb, "long", i, i).SerializeToString()])
+    reps += T.collect(sub, pb, n - cut, timeout=60)
+    check(len(reps) == n - W + 1, f"correct: {len(reps)} reports for {n - W + 1} windows")
+    bad_c, bad_u, missing_u = 0, 0, []
+    same = lambda a, b: (math.isnan(a) and math.isnan(b)) or \
+        math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-4)
+    for _, r in reps:
+        row = rows[r.end_seq]
+        for m, (name, rate, chans) in zip(r.modalities, MODS):
+            check_len = len(m.uncertainty) == len(m.corrected)
+            if not check_len:
+                bad_u += 1
+                continue
+            for q in range(rate):
+                for c, ch in enumerate(chans):
+                    col = (ch if rate == 1 else f"{ch}.{q}")
+                    k = q * len(chans) + c
+                    bad_c += not same(m.corrected[k], row[head.index(col + "_corrected")])
+                    bad_u += not same(m.uncertainty[k], row[head.index(col + "_sd")])
+                    if ch == "flow" and 200 <= r.end_seq < 380:
+                        missing_u.append((m.corrected[k], m.uncertainty[k]))
+    check(bad_c == 0, f"correct: corrected values match faultline score ({bad_c} differ)")
+    check(bad_u == 0, f"correct: uncertainties match faultline score ({bad_u} differ)")
+    check(len(missing_u) == 180 and all(math.isfinite(v) and u > 0 for v, u in missing_u),
+          "correct: every missing flow sample estimated, with a positive uncertainty")
+    passed = [m.uncertainty[1] for _, r in reps if r.end_seq < 150
+              for m in r.modalities[2:3] if not m.channel_faulty[1]]
+    check(passed and all(u == 0 for u in passed),
+          "correct: a reading that passes carries uncertainty 0")
+    check(d.stop() == 0, "correct: clean exit")
     ctx.destroy(linger=0)
 
 
@@ -691,7 +766,8 @@ def scenario_curve():
 
 try:
     {"stream": scenario_stream, "tools": scenario_tools, "reject": scenario_reject,
-     "lifecycle": scenario_lifecycle, "curve": scenario_curve}[SCENARIO]()
+     "lifecycle": scenario_lifecycle, "curve": scenario_curve,
+     "correct": scenario_correct}[SCENARIO]()
 except Exception as e:  # a crash is a failure with its story
     import traceback
     traceback.print_exc()
