@@ -1,0 +1,216 @@
+/* Unit tests for the correction's estimator (lib/estimate.c) against its
+ * contract in faultline/estimate.h: the fusion and the variance by age as
+ * pure functions, then a fit on a recording where a0 and a1 follow one
+ * wandering level and b0 does not, and a fault on a0 that outlasts several
+ * windows, estimated window by window from the stream's state.  A small
+ * model with random weights serves: its own estimate is poor, so what the
+ * test sees is the anchored regression and the fusion. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "faultline/error.h"
+#include "faultline/estimate.h"
+#include "faultline/model.h"
+
+#define W 16
+#define TAIL 4
+#define STRIDE 4
+#define ROWS 2000
+#define CLAMP 10.0f
+
+#include "small_model.h"
+
+/* A deterministic uniform in [-1, 1). */
+static float uni(uint32_t *s) {
+  *s = *s * 1664525u + 1013904223u;
+  return (float)(*s >> 8) / (float)(1u << 23) - 1.0f;
+}
+
+/* a0 = L + e0, a1 = L + e1, b0 independent; L a random walk. */
+static void recording(float *a, float *b, int rows, uint32_t seed) {
+  float L = 0.0f;
+  for (int t = 0; t < rows; t++) {
+    L += 0.2f * uni(&seed);
+    L *= 0.995f;
+    a[t] = L + 0.03f * uni(&seed);
+    a[rows + t] = L + 0.03f * uni(&seed);
+    b[t] = uni(&seed);
+  }
+}
+
+static void test_fuse(void **state) {
+  (void)state;
+  float v;
+  assert_float_equal(fl_estimate_fuse(1.0f, 2.0f, 3.0f, 2.0f, &v), 2.0f, 1e-6);
+  assert_float_equal(v, 1.0f, 1e-6);
+  /* The surer estimate dominates. */
+  assert_float_equal(fl_estimate_fuse(0.0f, 0.01f, 10.0f, 100.0f, &v), 0.0f, 0.01);
+  assert_true(v < 0.01f);
+  /* A zero or NaN variance is floored, not divided by. */
+  float z = fl_estimate_fuse(1.0f, 0.0f, 2.0f, NAN, &v);
+  assert_true(isfinite(z) && isfinite(v) && v > 0.0f);
+}
+
+static void test_var_by_age(void **state) {
+  (void)state;
+  fl_estimator e;
+  memset(&e, 0, sizeof e);
+  e.nch = 1;
+  for (int l = 0; l < FL_ESTIMATE_LAGS; l++) e.v[l] = (float)(l + 1);
+  assert_int_equal(fl_estimate_lag(W, 0), 1);
+  assert_int_equal(fl_estimate_lag(W, FL_ESTIMATE_LAGS - 1), 4 * W);
+  assert_float_equal(fl_estimate_var(&e, W, 0, 1), 1.0f, 1e-6);
+  int a = fl_estimate_lag(W, 1), b = fl_estimate_lag(W, 2);
+  assert_float_equal(fl_estimate_var(&e, W, 0, (a + b) / 2),
+                     2.0f + (float)((a + b) / 2 - a) / (float)(b - a), 1e-5);
+  assert_float_equal(fl_estimate_var(&e, W, 0, 100 * W), (float)FL_ESTIMATE_LAGS, 1e-6);
+  /* Never shrinking with age. */
+  for (int t = 1; t < 5 * W; t++)
+    assert_true(fl_estimate_var(&e, W, 0, t + 1) >= fl_estimate_var(&e, W, 0, t));
+}
+
+static void test_fit_learns_the_neighbour(void **state) {
+  (void)state;
+  fl_model *m = small_model(0);
+  float *a = malloc(sizeof(float) * 2 * ROWS), *b = malloc(sizeof(float) * ROWS);
+  recording(a, b, ROWS, 3);
+  fl_series s = {.rows = ROWS, .n_mod = 2, .x = {a, b}};
+  fl_estimator *e = malloc(sizeof *e);
+  assert_int_equal(fl_estimate_fit(m, e, &s, 1, TAIL, CLAMP), 0);
+  assert_true(e->on);
+  assert_int_equal(e->nch, 3);
+  /* a0 on a1 carries the level; b0 carries nothing. */
+  assert_true(e->w[0 * 3 + 1] > 0.8f && e->w[0 * 3 + 1] < 1.05f);
+  assert_true(fabsf(e->w[0 * 3 + 2]) < 0.1f);
+  for (int c = 0; c < 3; c++) {
+    assert_true(e->vm[c] > 0.0f);
+    for (int l = 1; l < FL_ESTIMATE_LAGS; l++)
+      assert_true(e->v[c * FL_ESTIMATE_LAGS + l] >= e->v[c * FL_ESTIMATE_LAGS + l - 1]);
+  }
+  /* The anchored regression of a0 is far surer than the random network. */
+  assert_true(e->v[0 * FL_ESTIMATE_LAGS + FL_ESTIMATE_LAGS - 1] < 0.1f * e->vm[0]);
+  assert_int_equal(fl_estimate_fit(m, e, &s, 0, TAIL, CLAMP), FL_EINVAL);
+  free(e);
+  free(a);
+  free(b);
+  fl_model_free(m);
+}
+
+/* Runs the estimate over the stream's windows with stride STRIDE, a0
+ * judged faulty from tick F on (its readings there offset by +5), the
+ * network's estimate stood in by 0 (the training mean).  Returns the RMSE
+ * of the corrected a0 against the truth over the faulty ticks, and checks
+ * the uncertainty's contract on every written sample. */
+static float run_fault(const fl_estimator *e, int F, int rows, float *max_sigma) {
+  fl_model *m = small_model(0);
+  float *a = malloc(sizeof(float) * 2 * rows), *b = malloc(sizeof(float) * rows);
+  recording(a, b, rows, 11);
+  float ra[2 * W], rb[W], ca[2 * W], cb[W], sa[2 * W], sb[W];
+  float *raw[FL_MAX_MODALITIES] = {ra, rb}, *cor[FL_MAX_MODALITIES] = {ca, cb};
+  float *sig[FL_MAX_MODALITIES] = {sa, sb};
+  fl_estimate_state st;
+  memset(&st, 0, sizeof st);
+  double se = 0;
+  int n = 0;
+  *max_sigma = 0.0f;
+  for (int end = W; end <= rows; end += STRIDE) {
+    int t0 = end - W, from = end == W ? 0 : W - STRIDE;
+    unsigned char faulty[3] = {end > F, 0, 0};
+    for (int t = 0; t < W; t++) {
+      int r = t0 + t;
+      ra[t] = a[r] + (r >= F ? 5.0f : 0.0f);
+      ra[W + t] = a[rows + r];
+      rb[t] = b[r];
+      ca[t] = faulty[0] ? 0.0f : ra[t];
+      ca[W + t] = ra[W + t];
+      cb[t] = rb[t];
+    }
+    for (int t = 0; t < W; t++) sa[t] = sa[W + t] = sb[t] = -1.0f;
+    assert_int_equal(fl_estimate_apply(m, e, &st, TAIL, raw, faulty, 0.0f, from, cor, sig), 0);
+    for (int t = 0; t < W; t++) {
+      if (t < from) {
+        assert_true(sa[t] == -1.0f); /* only the new ticks are written */
+        continue;
+      }
+      assert_true(sa[W + t] == 0.0f && sb[t] == 0.0f);
+      assert_true(cb[t] == rb[t] && ca[W + t] == ra[W + t]);
+      if (!faulty[0]) {
+        assert_true(sa[t] == 0.0f && ca[t] == ra[t]);
+        continue;
+      }
+      if (!e) {
+        assert_true(isnan(sa[t]) && ca[t] == 0.0f);
+      } else {
+        assert_true(sa[t] > 0.0f && isfinite(sa[t]));
+        if (sa[t] > *max_sigma) *max_sigma = sa[t];
+      }
+      if (t0 + t >= F) {
+        double d = ca[t] - a[t0 + t];
+        se += d * d;
+        n++;
+      }
+    }
+  }
+  free(a);
+  free(b);
+  fl_model_free(m);
+  return n ? (float)sqrt(se / n) : NAN;
+}
+
+static void test_fault_over_windows(void **state) {
+  (void)state;
+  fl_model *m = small_model(0);
+  float *a = malloc(sizeof(float) * 2 * ROWS), *b = malloc(sizeof(float) * ROWS);
+  recording(a, b, ROWS, 3);
+  fl_series s = {.rows = ROWS, .n_mod = 2, .x = {a, b}};
+  fl_estimator *e = malloc(sizeof *e);
+  assert_int_equal(fl_estimate_fit(m, e, &s, 1, TAIL, CLAMP), 0);
+  /* The fault starts in the newest ticks of a window (judged from the
+   * window's tail) and lasts ten windows. */
+  int F = 4 * W + 2, rows = F + 10 * W;
+  float smax, s0, rmse = run_fault(e, F, rows, &smax);
+  /* Far better than the training mean (the estimate without an estimator
+   * here), and about the neighbour's noise. */
+  float rmse_mean = run_fault(NULL, F, rows, &s0);
+  assert_true(rmse < 0.25f * rmse_mean);
+  assert_true(rmse < 0.2f);
+  assert_true(smax < 1.0f);
+  free(e);
+  free(a);
+  free(b);
+  fl_model_free(m);
+}
+
+static void test_bad_arguments(void **state) {
+  (void)state;
+  fl_model *m = small_model(0);
+  float x[2 * W] = {0}, y[W] = {0};
+  float *raw[FL_MAX_MODALITIES] = {x, y};
+  unsigned char faulty[3] = {0};
+  fl_estimate_state st;
+  memset(&st, 0, sizeof st);
+  assert_int_equal(fl_estimate_apply(m, NULL, &st, TAIL, raw, faulty, 0.0f, W + 1, raw, NULL),
+                   FL_EINVAL);
+  assert_int_equal(fl_estimate_apply(m, NULL, NULL, TAIL, raw, faulty, 0.0f, 0, raw, NULL),
+                   FL_EINVAL);
+  assert_int_equal(fl_estimate_apply(m, NULL, &st, TAIL, raw, faulty, 0.0f, 0, raw, NULL), 0);
+  fl_model_free(m);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_fuse),
+      cmocka_unit_test(test_var_by_age),
+      cmocka_unit_test(test_fit_learns_the_neighbour),
+      cmocka_unit_test(test_fault_over_windows),
+      cmocka_unit_test(test_bad_arguments),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
