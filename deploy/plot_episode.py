@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """Draws one fault episode as an SVG: the clean signal, the faulted input, the
-corrected output and the anomaly score, from the CSVs that `faultline inject`
-and `faultline score` write.  Standard library only.
+corrected output with its uncertainty band (+-2 sd, when the scored file has
+the <column>_sd columns), the last clean value held through the fault (the
+trivial causal estimate, for comparison) and the anomaly score, from the CSVs
+that `faultline inject` and `faultline score` write.  Standard library only.
 
 usage: plot_episode.py CLEAN.csv FAULTED.csv LABELS.csv SCORED.csv OUT.svg
 """
@@ -12,7 +14,11 @@ import sys
 
 def read(path):
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        head = f.readline()
+        f.seek(0)
+        # SKAB's files separate with semicolons.
+        sep = ";" if ";" in head and "," not in head else ","
+        return list(csv.DictReader(f, delimiter=sep))
 
 
 def num(v):
@@ -39,15 +45,28 @@ def main(argv):
     col = next(c for c in cols if labels[first][c + "_label"] == "1")
     name = labels[first]["fault_name"]
     lo, hi = max(0, first - 90), min(len(clean), last + 90)
+    # Hold-last-clean: the input before the labelled run, held through it.
+    hold, last_clean = [], None
+    for r, lab in zip(faulted[lo:hi], labels[lo:hi]):
+        if lab[col + "_label"] == "1":
+            hold.append(last_clean)
+        else:
+            last_clean = num(r[col]) if num(r[col]) is not None else last_clean
+            hold.append(None)
     series = {
         "clean": [num(r[col]) for r in clean[lo:hi]],
         "faulted input": [num(r[col]) for r in faulted[lo:hi]],
         "corrected": [num(r[col + "_corrected"]) for r in scored[lo:hi]],
+        "hold last clean": hold,
     }
+    sd = [num(r.get(col + "_sd")) for r in scored[lo:hi]]
+    band = [(c - 2 * u, c + 2 * u) if c is not None and u is not None and u > 0 else None
+            for c, u in zip(series["corrected"], sd)]
     score = [num(r["score"]) for r in scored[lo:hi]]
     flag = [r["anomaly"] == "1" for r in scored[lo:hi]]
     W, H, pad = 900, 460, 50
     vals = [v for s in series.values() for v in s if v is not None]
+    vals += [v for b in band if b for v in b]
     vmin, vmax = min(vals), max(vals)
     vmax = vmax if vmax > vmin else vmin + 1
     n = hi - lo
@@ -79,8 +98,25 @@ def main(argv):
     svg.append('<rect x="%.1f" y="%d" width="%.1f" height="6" fill="#d62728"/>'
                % (x(first - lo), pad - 10, x(last - lo) - x(first - lo)))
     top, mid = pad, pad + (H - 2 * pad) * 0.68
-    colours = {"clean": "#2ca02c", "faulted input": "#d62728", "corrected": "#1f77b4"}
-    dashes = {"clean": "5,3", "faulted input": "", "corrected": ""}
+
+    def yv(v):
+        return mid - (mid - top) * (v - vmin) / (vmax - vmin)
+
+    # The band, one polygon per run of samples that carry an uncertainty.
+    run = []
+    for i, b in enumerate(band + [None]):
+        if b is not None:
+            run.append(i)
+            continue
+        if len(run) > 1:
+            pts = ["%.1f,%.1f" % (x(j), yv(band[j][1])) for j in run]
+            pts += ["%.1f,%.1f" % (x(j), yv(band[j][0])) for j in reversed(run)]
+            svg.append('<polygon fill="#1f77b4" fill-opacity="0.18" stroke="none" points="%s"/>'
+                       % " ".join(pts))
+        run = []
+    colours = {"clean": "#2ca02c", "faulted input": "#d62728", "corrected": "#1f77b4",
+               "hold last clean": "#ff7f0e"}
+    dashes = {"clean": "5,3", "faulted input": "", "corrected": "", "hold last clean": "2,2"}
     for k, ys in series.items():
         svg.append(line(ys, top, mid, vmin, vmax, colours[k], dash=dashes[k]))
     sv = [v for v in score if v is not None] or [0.0]
@@ -89,6 +125,9 @@ def main(argv):
                % (pad, 22, col, name))
     for j, (k, c) in enumerate(colours.items()):
         svg.append('<text x="%d" y="%d" fill="%s">%s</text>' % (W - pad - 130, top + 18 + 16 * j, c, k))
+    if any(band):
+        svg.append('<text x="%d" y="%d" fill="#1f77b4">band: +-2 sd</text>'
+                   % (W - pad - 130, top + 18 + 16 * len(colours)))
     svg.append('<text x="%d" y="%d" fill="#555">anomaly score</text>' % (W - pad - 130, mid + 34))
     svg.append('<text x="%d" y="%d" fill="#555">seconds %d to %d of the held-out stretch</text>'
                % (pad, H - 15, lo, hi))
