@@ -26,6 +26,12 @@ usage: bench_daemon.py FAULTLINED FAULTLINE MODEL EPISODE_CSV CONFIG [--quick]
             first (an older build, to compare side by side); --tune-only
             runs only this
 
+  cpu       (--cpu only) the daemon's own CPU time per window (utime + stime
+            of the process, stride 1, 4 streams of 3000 ticks queued while
+            it is stopped), N runs (--runs), alternating with the --against
+            build when given: medians and the ratio.  Unlike windows/s it
+            does not count the time other work on a loaded machine takes
+
   --modes   the tune modes to run, of off, on-share-0.25 and on-share-1
             (default all three; the ratios need off)
 
@@ -56,6 +62,7 @@ RATE = int(sys.argv[sys.argv.index("--rate") + 1]) if "--rate" in sys.argv else 
 SECS = float(sys.argv[sys.argv.index("--secs") + 1]) if "--secs" in sys.argv else (
     3 if QUICK else 6)
 SLEEP = "--sleep" in sys.argv
+CPU_ONLY = "--cpu" in sys.argv
 MODES = sys.argv[sys.argv.index("--modes") + 1].split(",") if "--modes" in sys.argv else None
 AGAINST = (os.path.abspath(sys.argv[sys.argv.index("--against") + 1])
            if "--against" in sys.argv else None)
@@ -256,7 +263,43 @@ def bench_tune():
                   f"p99 {pe:.2f} ms ({pe / off[3]:.2f}x)")
 
 
+def proc_cpu(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        st = f.read().rsplit(")", 1)[1].split()
+    return (int(st[11]) + int(st[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def window_cpu(tab, exe):
+    """CPU seconds of one faultlined per window scored."""
+    streams, ticks = 4, 3000
+    msgs = frames(tab, streams * ticks, streams=streams)
+    d, ports = daemon("cpu", exe=exe, output={"stride": 1, "batch": 64})
+    k = streams * (ticks - 59)
+    c0 = proc_cpu(d.p.pid)
+    timed_drain(d, ports, msgs, ("faultline_reports_total", k))
+    c1 = proc_cpu(d.p.pid)
+    d.stop()
+    return (c1 - c0) / k
+
+
+def bench_cpu(tab):
+    exes = [FLD] + ([AGAINST] if AGAINST else [])
+    got = {e: [] for e in exes}
+    for _ in range(RUNS):
+        for e in exes:
+            got[e].append(window_cpu(tab, e))
+    med = {e: sorted(v)[len(v) // 2] for e, v in got.items()}
+    for e in exes:
+        print(f"cpu {e}: median {med[e] * 1e6:.1f} us CPU per window over {RUNS} runs "
+              f"({', '.join(f'{v * 1e6:.1f}' for v in got[e])})")
+    if AGAINST:
+        print(f"cpu: {med[FLD] / med[AGAINST]:.3f}x the --against build")
+
+
 tab = T.Table(EPISODE, MODS)
+if CPU_ONLY:
+    bench_cpu(tab)
+    sys.exit(0)
 if not TUNE_ONLY:
     bench_ingest(tab)
     bench_windows(tab)
