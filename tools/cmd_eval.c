@@ -510,8 +510,7 @@ static int ev_pool_stats(const fl_eval_pool *p, ev_result *r) {
  * corrected estimate (block on, not gated) into est[EST_BLOCK], raw units,
  * NaN on rows with no label. */
 static int ev_estimates(fl_bundle *b, const ev_data *d, const fl_series *s,
-                        float *est1[FL_MAX_MODALITIES], float *est2[FL_MAX_MODALITIES],
-                        float *est3[FL_MAX_MODALITIES]) {
+                        float *est1[FL_MAX_MODALITIES], float *est2[FL_MAX_MODALITIES]) {
   enum { BATCH = 64 };
   fl_model *m = b->model;
   const fl_model_spec *spec = fl_model_spec_of(m);
@@ -524,7 +523,7 @@ static int ev_estimates(fl_bundle *b, const ev_data *d, const fl_series *s,
   for (int i = 0; i < d->n_mod; i++) {
     size_t n = (size_t)d->C[i] * d->rows * d->rate[i];
     if ((size_t)d->C[i] * W * d->rate[i] > maxct) maxct = (size_t)d->C[i] * W * d->rate[i];
-    for (size_t k = 0; k < n; k++) est1[i][k] = est2[i][k] = est3[i][k] = NAN;
+    for (size_t k = 0; k < n; k++) est1[i][k] = est2[i][k] = NAN;
     for (int k = 0; k < BATCH; k++)
       if (!(raw[k][i] = malloc(sizeof(float) * d->C[i] * W * d->rate[i]))) goto done;
   }
@@ -538,24 +537,13 @@ static int ev_estimates(fl_bundle *b, const ev_data *d, const fl_series *s,
       for (int i = 0; i < d->n_mod; i++)
         if ((e = fl_model_normalise(m, ctx, k, i, raw[k][i], b->clamp))) goto done;
     }
-    for (int pass = 0; pass < 3; pass++) {
-      if (pass == 2)
-        /* The oracle mask: every labelled sample of the window missing. */
-        for (int k = 0; k < nb; k++)
-          for (int i = 0; i < d->n_mod; i++) {
-            int C = d->C[i], rate = d->rate[i], T = W * rate;
-            size_t len = (size_t)d->rows * rate, t0 = (size_t)(ends[k] - W) * rate;
-            for (int c = 0; c < C; c++)
-              for (int t = 0; t < T; t++)
-                if (d->lab[i][(size_t)c * len + t0 + t]) raw[k][i][(size_t)c * T + t] = NAN;
-            if ((e = fl_model_normalise(m, ctx, k, i, raw[k][i], b->clamp))) goto done;
-          }
-      if ((e = fl_model_forward(m, ctx, nb, pass > 0, 0))) goto done;
+    for (int pass = 0; pass < 2; pass++) {
+      if ((e = fl_model_forward(m, ctx, nb, pass, 0))) goto done;
       /* fl_detect_correct substitutes the detector's estimate slot. */
       for (int i = 0; i < d->n_mod; i++)
         memcpy(fl_ctx_estimate(ctx, i), fl_ctx_output(ctx, i),
                sizeof(float) * nb * d->C[i] * W * d->rate[i]);
-      float *const *dst = pass == 2 ? est3 : pass ? est2 : est1;
+      float *const *dst = pass ? est2 : est1;
       for (int i = 0; i < d->n_mod; i++) {
         int C = d->C[i], rate = d->rate[i], T = W * rate;
         size_t len = (size_t)d->rows * rate;
@@ -661,6 +649,24 @@ static int ev_aakr(const fl_bundle *b, const ev_data *d, const float *mem, int n
   }
   free(row);
   free(q);
+  return e;
+}
+
+/* The oracle mask: the corrupted copy with every labelled sample missing,
+ * through the same scan as the corrected output (network, estimator and
+ * stream state), so that only estimation is judged, not detection. */
+static int ev_oracle(fl_bundle *b, const ev_data *d, float *out[FL_MAX_MODALITIES]) {
+  fl_series s = {.rows = d->rows, .n_mod = d->n_mod};
+  fl_scan_result r = {0};
+  for (int i = 0; i < d->n_mod; i++) {
+    size_t n = (size_t)d->C[i] * d->rows * d->rate[i];
+    for (size_t k = 0; k < n; k++) out[i][k] = d->lab[i][k] ? NAN : d->x[i][k];
+    s.x[i] = out[i];
+  }
+  int e = fl_scan(b, &s, 1, &r);
+  for (int i = 0; i < d->n_mod && !e; i++)
+    memcpy(out[i], r.corrected.x[i], sizeof(float) * d->C[i] * d->rows * d->rate[i]);
+  fl_scan_free(&r);
   return e;
 }
 
@@ -895,7 +901,7 @@ int cmd_eval(int argc, char **argv) {
           "          its window; hold: the last clean value before the fault (causal,\n"
           "          knows the labels); aakr: kernel regression of the faulty channel on\n"
           "          the others (MSET's estimator, %d rows of --memory, bandwidth %.1f\n"
-          "          sd, knows the faulty channel); oracle: the model's estimate with\n"
+          "          sd, knows the faulty channel); oracle: the corrected output with\n"
           "          the labelled samples masked (estimation without detection)\n"
           "  clean   RMSE of the corrected output against the input on the clean rows\n"
           "          (no label), std units: gating should leave them untouched; RMSEw\n"
@@ -1033,7 +1039,8 @@ int cmd_eval(int argc, char **argv) {
       goto done;
     }
     if ((e = fl_scan(&b, &s, 1, &sr)) ||
-        (e = ev_estimates(&b, &d, &s, est[EST_STAGE1], est[EST_BLOCK], est[EST_ORACLE]))) {
+        (e = ev_estimates(&b, &d, &s, est[EST_STAGE1], est[EST_BLOCK])) ||
+        (e = ev_oracle(&b, &d, est[EST_ORACLE]))) {
       cli_fail("eval", "scoring %s failed: %s", r->name, fl_strerror(e));
       goto done;
     }
