@@ -138,6 +138,8 @@ static void test_roundtrip(void **state) {
   assert_int_equal(r.detect.off, b.detect.off);
   assert_float_equal(r.clamp, b.clamp, 1e-6);
   assert_string_equal(r.lineage, b.lineage);
+  /* Without an estimator the file has none, and the load says so. */
+  assert_int_equal(r.est.on, 0);
 
   const fl_model_spec *s = fl_model_spec_of(b.model), *t = fl_model_spec_of(r.model);
   assert_int_equal(t->n_mod, s->n_mod);
@@ -159,6 +161,35 @@ static void test_roundtrip(void **state) {
       assert_string_equal(t->mod[i].channel[c], s->mod[i].channel[c]);
   }
   assert_int_equal(t->mod[1].drifts, 1);
+  fl_bundle_free(&r);
+  fl_bundle_free(&b);
+  remove(path);
+}
+
+/* The estimator's tensors round-trip when present. */
+static void test_roundtrip_estimator(void **state) {
+  (void)state;
+  fl_bundle b, r;
+  char path[64], err[512] = "";
+  make_bundle(&b);
+  int nch = fl_model_channels(b.model);
+  b.est.on = 1;
+  b.est.nch = nch;
+  for (int k = 0; k < nch; k++) {
+    b.est.vm[k] = 0.5f + k;
+    for (int j = 0; j < nch; j++) b.est.w[k * nch + j] = j == k ? 0.0f : 0.1f * (j - k);
+    for (int l = 0; l < FL_ESTIMATE_LAGS; l++) b.est.v[k * FL_ESTIMATE_LAGS + l] = 0.01f * (l + 1);
+  }
+  tmp_path(path, sizeof path);
+  assert_int_equal(fl_bundle_save(&b, path, err, sizeof err), 0);
+  int rc = fl_bundle_load(&r, path, err, sizeof err);
+  if (rc) print_error("%s\n", err);
+  assert_int_equal(rc, 0);
+  assert_int_equal(r.est.on, 1);
+  assert_int_equal(r.est.nch, nch);
+  assert_memory_equal(r.est.w, b.est.w, sizeof(float) * nch * nch);
+  assert_memory_equal(r.est.v, b.est.v, sizeof(float) * nch * FL_ESTIMATE_LAGS);
+  assert_memory_equal(r.est.vm, b.est.vm, sizeof(float) * nch);
   fl_bundle_free(&r);
   fl_bundle_free(&b);
   remove(path);
@@ -359,6 +390,7 @@ static void test_end_to_end(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_roundtrip),
+      cmocka_unit_test(test_roundtrip_estimator),
       cmocka_unit_test(test_corrupt),
       cmocka_unit_test(test_end_to_end),
   };
