@@ -11,6 +11,7 @@ training time.  SKAB is read from ../shared/data/skab (skipped when absent).
 
     /usr/bin/python3 tests/bench/correction.py --faultline build/tools/faultline \
         --out /tmp/correction [--seeds 1,2,3] [--datasets skab,sim] [--json FILE] [--reuse]
+        [--base OLD_BUILD/tools/faultline]
 
 With FAULTLINE_QUICK=1 in the environment (the documentation's commands are
 run that way) it runs the first seed on 3000 simulated rows with 4 + 3
@@ -62,7 +63,7 @@ def split(src, train, held):
         f.writelines(lines[:1] + lines[k + 1:])
 
 
-def run_one(fl, out, name, data, cfg, seed, reuse=False):
+def run_one(fl, out, name, data, cfg, seed, reuse=False, base=None):
     d = os.path.join(out, f"{name}-{seed}")
     os.makedirs(d, exist_ok=True)
     train, held = os.path.join(d, "train.csv"), os.path.join(d, "held.csv")
@@ -77,9 +78,11 @@ def run_one(fl, out, name, data, cfg, seed, reuse=False):
     model, js = os.path.join(d, "model"), os.path.join(d, "eval.json")
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     cpu_file = os.path.join(d, "train_cpu_s")
-    if reuse and os.path.exists(model) and os.path.exists(cpu_file):
-        with open(cpu_file) as f:
-            cpu = float(f.read())
+    if reuse and os.path.exists(model):
+        cpu = float("nan")
+        if os.path.exists(cpu_file):
+            with open(cpu_file) as f:
+                cpu = float(f.read())
     else:
         r0 = os.times()
         subprocess.run([fl, "train", "--config", ini, "--data", train, "--out", model,
@@ -88,12 +91,22 @@ def run_one(fl, out, name, data, cfg, seed, reuse=False):
         cpu = (r1.children_user + r1.children_system) - (r0.children_user + r0.children_system)
         with open(cpu_file, "w") as f:
             f.write(f"{cpu}\n")
-    subprocess.run([fl, "eval", "--model", model, "--config", ini, "--data", held,
-                    "--memory", train, "--json", js], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
+    if not (reuse and os.path.exists(js)):
+        subprocess.run([fl, "eval", "--model", model, "--config", ini, "--data", held,
+                        "--memory", train, "--json", js], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
     with open(js) as f:
         ev = json.load(f)
     ev["train_cpu_s"] = cpu
+    if base:
+        # The same model through an older build's eval (which ignores the
+        # estimator's tensors): the corrected output before the estimator.
+        bj = os.path.join(d, "base-eval.json")
+        if not (reuse and os.path.exists(bj)):
+            subprocess.run([base, "eval", "--model", model, "--config", ini, "--data", held,
+                            "--json", bj], check=True, env=env, stdout=subprocess.DEVNULL)
+        with open(bj) as f:
+            ev["base"] = json.load(f)
     return ev
 
 
@@ -114,6 +127,10 @@ def report(name, evs):
     m = {k: med([mean_over_types(e, k) for e in evs]) for k in EST}
     for k in EST:
         print(f"| {k} | {m[k]:.3f} |")
+    has_base = all("base" in e for e in evs)
+    if has_base:
+        print(f"| corrected, --base build | "
+              f"{med([mean_over_types(e['base'], 'corrected') for e in evs]):.3f} |")
     c = m["corrected"]
     miss = med([e["faults"]["missing"]["rmse"]["corrected"] / e["faults"]["missing"]["rmse"]["aakr"]
                 for e in evs if "missing" in e["faults"]])
@@ -131,21 +148,30 @@ def report(name, evs):
         if a > h:
             worse.append(f"{t} {a:.2f} > {h:.2f}")
     print(f"| no type worse than hold | {'; '.join(worse) or 'none'} | {'no' if worse else 'yes'} |")
-    print("\n| fault | " + " | ".join(EST) + " |")
-    print("| --- |" + " --- |" * len(EST))
+    cols = EST + (["base corrected"] if has_base else [])
+    print("\n| fault | " + " | ".join(cols) + " |")
+    print("| --- |" + " --- |" * len(cols))
     for t in evs[0]["faults"]:
         vals = [med([e["faults"][t]["rmse"][k] for e in evs]) for k in EST]
+        if has_base:
+            vals.append(med([e["base"]["faults"][t]["rmse"]["corrected"] for e in evs]))
         print(f"| {t} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
-    ov = [e["overall"] for e in evs]
-    print("\n| detection and clean rows | value |")
-    print("| --- | --- |")
-    print(f"| AUROC (all types pooled) | {med([o['auroc'] for o in ov]):.3f} |")
-    print(f"| episodes detected | {med([o['detection_rate'] for o in ov]):.3f} |")
-    print(f"| modality named (of detected) | {med([o['localisation'] for o in ov]):.3f} |")
-    print(f"| clean recording: rows flagged | {med([e['clean']['far'] for e in evs]):.4f} |")
-    print(f"| clean rows: corrected vs input RMSE (sd) | {med([o['rmse']['clean'] for o in ov]):.4f} |")
-    print(f"| settled clean rows: RMSE (sd) | {med([o['rmse']['clean_settled'] for o in ov]):.4f} |")
-    print(f"| training CPU time (s) | {med([e['train_cpu_s'] for e in evs]):.2f} |")
+    rows = [("AUROC (all types pooled)", lambda e: e["overall"]["auroc"], 3),
+            ("episodes detected", lambda e: e["overall"]["detection_rate"], 3),
+            ("modality named (of detected)", lambda e: e["overall"]["localisation"], 3),
+            ("clean recording: rows flagged", lambda e: e["clean"]["far"], 4),
+            ("clean rows: corrected vs input RMSE (sd)",
+             lambda e: e["overall"]["rmse"]["clean"], 4),
+            ("settled clean rows: RMSE (sd)", lambda e: e["overall"]["rmse"]["clean_settled"], 4)]
+    print("\n| detection and clean rows | value |" + (" --base build |" if has_base else ""))
+    print("| --- | --- |" + (" --- |" if has_base else ""))
+    for name, f, nd in rows:
+        line = f"| {name} | {med([f(e) for e in evs]):.{nd}f} |"
+        if has_base:
+            line += f" {med([f(e['base']) for e in evs]):.{nd}f} |"
+        print(line)
+    print(f"| training CPU time (s) | {med([e['train_cpu_s'] for e in evs]):.2f} |" +
+          (" |" if has_base else ""))
 
 
 def main():
@@ -156,8 +182,11 @@ def main():
     ap.add_argument("--datasets", default="skab,sim")
     ap.add_argument("--sim-rows", type=int, default=12000)
     ap.add_argument("--json")
+    ap.add_argument("--base", help="an older build's faultline: its corrected output and "
+                    "detection on the same models beside")
     ap.add_argument("--reuse", action="store_true",
-                    help="evaluate the models a previous run with the same --out trained")
+                    help="keep the models and evaluations a previous run left in --out (a "
+                    "changed eval: delete its eval.json files)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -179,7 +208,7 @@ def main():
             sys.exit(f"unknown dataset {ds}")
         evs = []
         for s in seeds:
-            ev = run_one(a.faultline, a.out, ds, data, cfg, s, a.reuse)
+            ev = run_one(a.faultline, a.out, ds, data, cfg, s, a.reuse, a.base)
             ev["_seed"] = s
             evs.append(ev)
         allres[ds] = evs
