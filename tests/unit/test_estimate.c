@@ -76,14 +76,36 @@ static void test_var_by_age(void **state) {
     assert_true(fl_estimate_var(&e, W, 0, t + 1) >= fl_estimate_var(&e, W, 0, t));
 }
 
+/* The small model and an estimator fitted on a recording of ROWS ticks. */
+typedef struct {
+  fl_model *m;
+  float *a, *b;
+  fl_series s;
+  fl_estimator *e;
+} fitted;
+
+static void fit(fitted *f) {
+  f->m = small_model(0);
+  f->a = malloc(sizeof(float) * 2 * ROWS);
+  f->b = malloc(sizeof(float) * ROWS);
+  recording(f->a, f->b, ROWS, 3);
+  f->s = (fl_series){.rows = ROWS, .n_mod = 2, .x = {f->a, f->b}};
+  f->e = malloc(sizeof *f->e);
+  assert_int_equal(fl_estimate_fit(f->m, f->e, &f->s, 1, TAIL, CLAMP), 0);
+}
+
+static void fitted_free(fitted *f) {
+  free(f->e);
+  free(f->a);
+  free(f->b);
+  fl_model_free(f->m);
+}
+
 static void test_fit_learns_the_neighbour(void **state) {
   (void)state;
-  fl_model *m = small_model(0);
-  float *a = malloc(sizeof(float) * 2 * ROWS), *b = malloc(sizeof(float) * ROWS);
-  recording(a, b, ROWS, 3);
-  fl_series s = {.rows = ROWS, .n_mod = 2, .x = {a, b}};
-  fl_estimator *e = malloc(sizeof *e);
-  assert_int_equal(fl_estimate_fit(m, e, &s, 1, TAIL, CLAMP), 0);
+  fitted f;
+  fit(&f);
+  fl_estimator *e = f.e;
   assert_true(e->on);
   assert_int_equal(e->nch, 3);
   /* a0 on a1 carries the level; b0 carries nothing. */
@@ -96,11 +118,8 @@ static void test_fit_learns_the_neighbour(void **state) {
   }
   /* The anchored regression of a0 is far surer than the random network. */
   assert_true(e->v[0 * FL_ESTIMATE_LAGS + FL_ESTIMATE_LAGS - 1] < 0.1f * e->vm[0]);
-  assert_int_equal(fl_estimate_fit(m, e, &s, 0, TAIL, CLAMP), FL_EINVAL);
-  free(e);
-  free(a);
-  free(b);
-  fl_model_free(m);
+  assert_int_equal(fl_estimate_fit(f.m, e, &f.s, 0, TAIL, CLAMP), FL_EINVAL);
+  fitted_free(&f);
 }
 
 /* Runs the estimate over the stream's windows with stride STRIDE, a0
@@ -166,26 +185,19 @@ static float run_fault(const fl_estimator *e, int F, int rows, float *max_sigma)
 
 static void test_fault_over_windows(void **state) {
   (void)state;
-  fl_model *m = small_model(0);
-  float *a = malloc(sizeof(float) * 2 * ROWS), *b = malloc(sizeof(float) * ROWS);
-  recording(a, b, ROWS, 3);
-  fl_series s = {.rows = ROWS, .n_mod = 2, .x = {a, b}};
-  fl_estimator *e = malloc(sizeof *e);
-  assert_int_equal(fl_estimate_fit(m, e, &s, 1, TAIL, CLAMP), 0);
+  fitted f;
+  fit(&f);
   /* The fault starts in the newest ticks of a window (judged from the
    * window's tail) and lasts ten windows. */
   int F = 4 * W + 2, rows = F + 10 * W;
-  float smax, s0, rmse = run_fault(e, F, rows, &smax);
+  float smax, s0, rmse = run_fault(f.e, F, rows, &smax);
   /* Far better than the training mean (the estimate without an estimator
    * here), and about the neighbour's noise. */
   float rmse_mean = run_fault(NULL, F, rows, &s0);
   assert_true(rmse < 0.25f * rmse_mean);
   assert_true(rmse < 0.2f);
   assert_true(smax < 1.0f);
-  free(e);
-  free(a);
-  free(b);
-  fl_model_free(m);
+  fitted_free(&f);
 }
 
 static void test_bad_arguments(void **state) {
