@@ -185,7 +185,7 @@ static void test_interleaved_streams_match_each_alone(void **state) {
   fl_model *m = small_model(0);
   fl_calib cal;
   calib(m, &cal);
-  fl_pipeline_config pc = {2, 2, CLAMP};
+  fl_pipeline_config pc = {2, 2, CLAMP, NULL};
   static test_stream s[2];
   static test_out alone[2][NWIN], mixed[2][NWIN];
   int order[2 * NWIN], masked = 0;
@@ -235,7 +235,7 @@ static void test_state_carries_across_calls(void **state) {
   fl_calib cal;
   calib(m, &cal);
   cal.threshold = -1e30f; /* every window above: the hysteresis alone decides */
-  fl_pipeline_config pc = {3, 3, CLAMP};
+  fl_pipeline_config pc = {3, 3, CLAMP, NULL};
   static test_stream s[2];
   static test_out out[2][NWIN];
   int zeros[NWIN] = {0}, masked = 0;
@@ -265,7 +265,7 @@ static void test_invalid_arguments(void **state) {
   calib(m, &cal);
   fl_ctx *ctx = NULL;
   assert_int_equal(fl_ctx_create_infer(&ctx, m, 1), 0);
-  fl_pipeline_config pc = {1, 1, CLAMP};
+  fl_pipeline_config pc = {1, 1, CLAMP, NULL};
   fl_pipeline_window x;
   memset(&x, 0, sizeof x);
   assert_int_equal(fl_pipeline_run(m, &cal, ctx, &pc, 1, &x), FL_EINVAL); /* no state */
