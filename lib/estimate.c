@@ -10,7 +10,7 @@
 /* Ridge on the standardised changes' covariance, relative to its diagonal:
  * collinear neighbours (two accelerometers) share the weight. */
 #define FL__EST_RIDGE 0.05
-/* Ticks before a change point whose residuals anchor a channel judged
+/* Ticks before the window's tail whose residuals anchor a channel judged
  * faulty. */
 #define FL__EST_ANCHOR 5
 #define FL__EST_WINDOWS 64
@@ -257,31 +257,22 @@ int fl_estimate_fit(fl_model *m, fl_estimator *e, const fl_series *s, int ns, in
   return err;
 }
 
-/* The residual of slow channel k at window tick t: z_k - w_k . o, NaN
- * where a term is not a number. */
-static double fl__resid(const fl_estimator *e, const fl__slow *sl, const float *mean,
-                        const float *std, float *const raw[FL_MAX_MODALITIES], int W, int k,
-                        int t) {
-  double r = 0;
-  const float *wk = e->w + (size_t)sl->g[k] * e->nch;
-  for (int j = 0; j < sl->n; j++) {
-    double w = j == k ? 1.0 : -wk[sl->g[j]];
-    if (w == 0.0) continue;
-    r += w * (raw[sl->mod[j]][(size_t)sl->ch[j] * W + t] - mean[sl->g[j]]) / std[sl->g[j]];
-  }
-  return isfinite(r) ? r : NAN;
-}
-
 /* Anchored residual of slow channel k from the window's ticks [a, b): the
- * mean of the residuals over the ticks where every term is a number. */
+ * mean of z_k - w_k . o over the ticks where every term is a number. */
 static int fl__anchor(const fl_estimator *e, const fl__slow *sl, const float *mean,
                       const float *std, float *const raw[FL_MAX_MODALITIES], int W, int k,
                       int a, int b, float *res, float *at) {
   double sum = 0, ts = 0;
   int n = 0;
+  const float *wk = e->w + (size_t)sl->g[k] * e->nch;
   for (int t = a < 0 ? 0 : a; t < b; t++) {
-    double r = fl__resid(e, sl, mean, std, raw, W, k, t);
-    if (isnan(r)) continue;
+    double r = 0;
+    for (int j = 0; j < sl->n; j++) {
+      double w = j == k ? 1.0 : -wk[sl->g[j]];
+      if (w == 0.0) continue;
+      r += w * (raw[sl->mod[j]][(size_t)sl->ch[j] * W + t] - mean[sl->g[j]]) / std[sl->g[j]];
+    }
+    if (!isfinite(r)) continue;
     sum += r;
     ts += t;
     n++;
@@ -292,40 +283,7 @@ static int fl__anchor(const fl_estimator *e, const fl__slow *sl, const float *me
   return 1;
 }
 
-/* The anchor of a channel just judged faulty, from the window's ticks
- * [0, b): the detector judges a window, not the tick the fault began, so
- * the readings before the flag may already be the fault's.  The residual
- * series is split where its mean changes most (one change point, the
- * between-segment t statistic) and the channel is anchored on the ticks
- * just before the split. */
-static int fl__anchor_before_change(const fl_estimator *e, const fl__slow *sl, const float *mean,
-                                    const float *std, float *const raw[FL_MAX_MODALITIES],
-                                    int W, int k, int b, float *res, float *at) {
-  double tot = 0;
-  int n = 0;
-  for (int t = 0; t < b; t++) {
-    double r = fl__resid(e, sl, mean, std, raw, W, k, t);
-    if (isnan(r)) continue;
-    tot += r;
-    n++;
-  }
-  int split = b; /* the first tick after the change */
-  double best = -1, pre = 0;
-  for (int t = 0, i = 0; t < b && n > 1; t++) {
-    double r = fl__resid(e, sl, mean, std, raw, W, k, t);
-    if (isnan(r)) continue;
-    pre += r;
-    if (++i >= n) break;
-    double d = fabs(pre / i - (tot - pre) / (n - i)) * sqrt((double)i * (n - i) / n);
-    if (d > best) {
-      best = d;
-      split = t + 1;
-    }
-  }
-  return fl__anchor(e, sl, mean, std, raw, W, k, split - FL__EST_ANCHOR, split, res, at);
-}
-
-int fl_estimate_apply(const fl_model *m, const fl_estimator *e, fl_estimate_state *st,
+int fl_estimate_apply(const fl_model *m, const fl_estimator *e, fl_estimate_state *st, int tail,
                       float *const raw[FL_MAX_MODALITIES], const unsigned char *faulty,
                       float range, int from, float *const corrected[FL_MAX_MODALITIES],
                       float *const sigma[FL_MAX_MODALITIES]) {
@@ -335,6 +293,7 @@ int fl_estimate_apply(const fl_model *m, const fl_estimator *e, fl_estimate_stat
   const float *mean = fl_model_mean(mm), *std = fl_model_std(mm);
   int W = spec->window, on = e && e->on && e->nch == fl_model_channels(mm);
   if (from < 0 || from > W) return FL_EINVAL;
+  if (tail < 1 || tail > W) tail = W / 4;
   fl__slow sl;
   fl__slow_of(spec, &sl);
   /* Fast channels: the network's estimate, its measured spread. */
@@ -376,10 +335,11 @@ int fl_estimate_apply(const fl_model *m, const fl_estimator *e, fl_estimate_stat
         continue;
       }
       if (!st->held[g] && faulty[g] && on) {
-        /* Judged faulty from a trusted tick on: the readings before it may
-         * be the fault's already. */
+        /* Judged faulty from a trusted tick on: the readings that raised the
+         * flag are in the tail, so the anchor is the ticks just before it. */
         float r, at;
-        if (fl__anchor_before_change(e, &sl, mean, std, raw, W, k, t, &r, &at)) {
+        if (fl__anchor(e, &sl, mean, std, raw, W, k, W - tail - FL__EST_ANCHOR, W - tail, &r,
+                       &at)) {
           st->res[g] = r;
           st->age[g] = (int)lrintf((float)t - at) - 1;
           st->anchored[g] = 1;

@@ -11,6 +11,14 @@ void fl_stream_state_reset(fl_stream_state *s) {
   fl_detect_baseline_reset(&s->base);
 }
 
+/* The estimate step of one window; without an estimator the uncertainty
+ * of a replaced sample is unknown (NaN). */
+static int fl__estimate(fl_model *m, const fl_calib *cal, const fl_pipeline_config *cfg,
+                        fl_pipeline_window *x) {
+  return fl_estimate_apply(m, cfg->est, &x->st->est, cal->tail, x->raw,
+                           x->faulty, cfg->clamp, x->from, x->corrected, x->sigma);
+}
+
 int fl_pipeline_run(fl_model *m, const fl_calib *cal, fl_ctx *ctx, const fl_pipeline_config *cfg,
                     int B, fl_pipeline_window *w) {
   if (!m || !cal || !ctx || !cfg || !w || B <= 0) return FL_EINVAL;
@@ -54,11 +62,7 @@ int fl_pipeline_run(fl_model *m, const fl_calib *cal, fl_ctx *ctx, const fl_pipe
       err = fl_detect_correct_tail(m, ctx, k, i, x->raw[i], fc, cfg->clamp,
                                    x->from * spec->mod[i].rate, x->corrected[i]);
     }
-    /* Without an estimator the network's estimate stands, its uncertainty
-     * unknown (NaN). */
-    if (!err)
-      err = fl_estimate_apply(m, cfg->est, &x->st->est, x->raw, x->faulty, cfg->clamp, x->from,
-                              x->corrected, x->sigma);
+    if (!err) err = fl__estimate(m, cal, cfg, x);
   }
 done:
   free(sc);

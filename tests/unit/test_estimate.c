@@ -152,7 +152,7 @@ static float run_fault(const fl_estimator *e, int F, int rows, float *max_sigma)
       cb[t] = rb[t];
     }
     for (int t = 0; t < W; t++) sa[t] = sa[W + t] = sb[t] = -1.0f;
-    assert_int_equal(fl_estimate_apply(m, e, &st, raw, faulty, 0.0f, from, cor, sig), 0);
+    assert_int_equal(fl_estimate_apply(m, e, &st, TAIL, raw, faulty, 0.0f, from, cor, sig), 0);
     for (int t = 0; t < W; t++) {
       if (t < from) {
         assert_true(sa[t] == -1.0f); /* only the new ticks are written */
@@ -208,11 +208,11 @@ static void test_bad_arguments(void **state) {
   unsigned char faulty[3] = {0};
   fl_estimate_state st;
   memset(&st, 0, sizeof st);
-  assert_int_equal(fl_estimate_apply(m, NULL, &st, raw, faulty, 0.0f, W + 1, raw, NULL),
+  assert_int_equal(fl_estimate_apply(m, NULL, &st, TAIL, raw, faulty, 0.0f, W + 1, raw, NULL),
                    FL_EINVAL);
-  assert_int_equal(fl_estimate_apply(m, NULL, NULL, raw, faulty, 0.0f, 0, raw, NULL),
+  assert_int_equal(fl_estimate_apply(m, NULL, NULL, TAIL, raw, faulty, 0.0f, 0, raw, NULL),
                    FL_EINVAL);
-  assert_int_equal(fl_estimate_apply(m, NULL, &st, raw, faulty, 0.0f, 0, raw, NULL), 0);
+  assert_int_equal(fl_estimate_apply(m, NULL, &st, TAIL, raw, faulty, 0.0f, 0, raw, NULL), 0);
   fl_model_free(m);
 }
 

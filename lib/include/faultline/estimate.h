@@ -72,10 +72,10 @@ int fl_estimate_fit(fl_model *m, fl_estimator *e, const fl_series *s, int ns, in
  * (may be NULL) receives each written sample's standard uncertainty in raw
  * units: 0 where the input passed.  Without an estimator (e NULL or not
  * fitted) the network's estimate stands and its uncertainty is NaN.
- * A channel judged faulty from a trusted tick on is anchored on the
- * window's ticks just before the largest change of its residual, not on
- * the readings that raised the flag, which may be the fault's already. */
-int fl_estimate_apply(const fl_model *m, const fl_estimator *e, fl_estimate_state *st,
+ * `tail` is the detector's tail: a channel judged faulty from a trusted
+ * tick on is anchored on the ticks just before the window's tail, not on
+ * the readings that raised the flag. */
+int fl_estimate_apply(const fl_model *m, const fl_estimator *e, fl_estimate_state *st, int tail,
                       float *const raw[FL_MAX_MODALITIES], const unsigned char *faulty,
                       float range, int from, float *const corrected[FL_MAX_MODALITIES],
                       float *const sigma[FL_MAX_MODALITIES]);
