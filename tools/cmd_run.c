@@ -103,7 +103,7 @@ int cmd_train(int argc, char **argv) {
   int rc = 1;
   for (int k = 0; k < nd; k++)
     if (cli_read_csv("train", data[k], &t[k])) goto done;
-  if (cli_default_modality("train", &c, &t[0])) goto done;
+  if (cli_default_modality("train", &c, &t[0], config != NULL)) goto done;
   fl_bundle b;
   if (cli_train("train", &c, t, nd, &b, quiet)) goto done;
   snprintf(b.lineage, sizeof b.lineage,
@@ -378,7 +378,7 @@ int cmd_detect(int argc, char **argv) {
   int rc = 1, e;
   char err[512];
   if (cli_read_csv("detect", train, &tr) || cli_read_csv("detect", test, &te)) goto done;
-  if (cli_default_modality("detect", &c, &tr)) goto done;
+  if (cli_default_modality("detect", &c, &tr, config != NULL)) goto done;
   if (cli_train("detect", &c, &tr, 1, &b, 1)) goto done;
   int keep = join_tail(&joined, &tr, c.spec.window - 1, &te);
   if (keep < 0) {
