@@ -15,7 +15,8 @@ void fl_group_defaults(fl_group_config *c) {
   c->min_corr = 0.5f;
   c->prefix_bonus = 0.2f;
   c->max_size = 8;
-  c->drift_r2 = 0.6f;
+  c->drift_share = 0.5f;
+  c->drift_span = 30;
   c->smooth = 0;
 }
 
@@ -71,10 +72,11 @@ static int fl__sensors(const fl_table *t, const unsigned char *skip, fl_group_pl
 }
 
 /* The sensor's readings per tick (the mean of its samples), missing values
- * carried forward (the first finite value backward), smoothed by a trailing
- * moving mean of m ticks and standardised; returns the linear trend's R^2. */
-static double fl__series(const fl_table *t, const fl_group_sensor *s, int m, double *y,
-                         double *tmp) {
+ * carried forward (the first finite value backward), standardised, then
+ * smoothed by a trailing moving mean of m ticks into y; returns the share of
+ * the variance left in the moving mean over `span` ticks (the slow part). */
+static double fl__series(const fl_table *t, const fl_group_sensor *s, int m, int span, double *y,
+                         double *x) {
   int R = t->rows;
   double last = NAN;
   for (int r = 0; r < R; r++) {
@@ -84,37 +86,48 @@ static double fl__series(const fl_table *t, const fl_group_sensor *s, int m, dou
       float v = t->data[(size_t)r * t->cols + s->col + k];
       if (isfinite(v)) a += v, n++;
     }
-    tmp[r] = n ? a / n : last;
-    if (n) last = tmp[r];
+    x[r] = n ? a / n : last;
+    if (n) last = x[r];
   }
   double first = 0;
   for (int r = 0; r < R; r++)
-    if (isfinite(tmp[r])) {
-      first = tmp[r];
+    if (isfinite(x[r])) {
+      first = x[r];
       break;
     }
-  for (int r = 0; r < R && !isfinite(tmp[r]); r++) tmp[r] = first;
+  for (int r = 0; r < R && !isfinite(x[r]); r++) x[r] = first;
+  double mu = 0, var = 0;
+  for (int r = 0; r < R; r++) mu += x[r];
+  mu /= R;
+  for (int r = 0; r < R; r++) var += (x[r] - mu) * (x[r] - mu);
+  double sd = sqrt(var / R);
+  for (int r = 0; r < R; r++) x[r] = sd > 0 ? (x[r] - mu) / sd : 0.0;
   double acc = 0;
   for (int r = 0; r < R; r++) {
-    acc += tmp[r];
-    if (r >= m) acc -= tmp[r - m];
+    acc += x[r];
+    if (r >= m) acc -= x[r - m];
     y[r] = acc / (r + 1 < m ? r + 1 : m);
   }
-  double mu = 0, var = 0;
-  for (int r = 0; r < R; r++) mu += y[r];
-  mu /= R;
-  for (int r = 0; r < R; r++) var += (y[r] - mu) * (y[r] - mu);
-  double sd = sqrt(var / R);
-  for (int r = 0; r < R; r++) y[r] = sd > 0 ? (y[r] - mu) / sd : 0.0;
-  if (!(sd > 0)) return 0.0;
-  /* R^2 of the line is the squared correlation with time. */
-  double tm = (R - 1) / 2.0, st = 0, sty = 0;
+  double ym = 0, yv = 0;
+  for (int r = 0; r < R; r++) ym += y[r];
+  ym /= R;
+  for (int r = 0; r < R; r++) yv += (y[r] - ym) * (y[r] - ym);
+  double ysd = sqrt(yv / R);
+  for (int r = 0; r < R; r++) y[r] = ysd > 0 ? (y[r] - ym) / ysd : 0.0;
+  if (!(sd > 0) || span >= R) return 0.0;
+  /* The moving mean over whole spans only; x has unit variance. */
+  double sum = 0, s1 = 0, s2 = 0;
+  int n = 0;
   for (int r = 0; r < R; r++) {
-    st += (r - tm) * (r - tm);
-    sty += (r - tm) * y[r];
+    sum += x[r];
+    if (r >= span) sum -= x[r - span];
+    if (r >= span - 1) {
+      double v = sum / span;
+      s1 += v, s2 += v * v, n++;
+    }
   }
-  double c = sty / sqrt(st * R);
-  return c * c;
+  double mv = s1 / n;
+  return s2 / n - mv * mv;
 }
 
 /* The leading letters of a name, lower case, when there are three or more. */
@@ -156,8 +169,9 @@ int fl_group_plan_table(const fl_table *t, const unsigned char *skip, const fl_g
   if (!y || !tmp || !sim || !link || !corr || !size || !of || !frc || !pre) goto done;
   for (int i = 0; i < N; i++) {
     fl_group_sensor *s = &p->sensor[i];
-    s->trend_r2 = (float)fl__series(t, s, m, y + (size_t)i * R, tmp);
-    s->drifts = s->trend_r2 >= c->drift_r2;
+    s->slow = (float)fl__series(t, s, m, c->drift_span > 0 ? c->drift_span : 30,
+                                y + (size_t)i * R, tmp);
+    s->drifts = s->slow >= c->drift_share;
     fl__prefix(s->name, pre[i], sizeof pre[i]);
   }
   for (int i = 0; i < N; i++)
@@ -185,12 +199,16 @@ int fl_group_plan_table(const fl_table *t, const unsigned char *skip, const fl_g
         for (int b = a + 1; b < N; b++) {
           if (of[b] != b || size[a] + size[b] > c->max_size) continue;
           if (p->sensor[a].rate != p->sensor[b].rate) continue;
-          if (!forced && p->sensor[a].drifts != p->sensor[b].drifts) continue;
+          int da = p->sensor[a].drifts, db = p->sensor[b].drifts;
+          if (!forced && da != db) continue;
           double s = link[(size_t)a * N + b] / ((double)size[a] * size[b]);
+          /* Drifting sensors are judged by their shape alone: they share
+           * a modality whether or not they move together. */
+          if (!forced && s < c->min_corr && !(da && db)) continue;
           if (s > best) best = s, ba = a, bb = b;
         }
       }
-      if (ba < 0 || (!forced && best < c->min_corr)) break;
+      if (ba < 0) break;
       if (forced && groups <= FL_MAX_MODALITIES) break;
       for (int k = 0; k < N; k++) {
         if (of[k] != k) continue;

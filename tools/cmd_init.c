@@ -61,9 +61,10 @@ static void write_plan(FILE *f, const char *data, const fl_table *t, const fl_gr
       fprintf(f, "%s%s", k ? ", " : "", p->sensor[m->sensor[k]].name);
     fputc('\n', f);
     if (m->drifts) {
-      fprintf(f, "; their level drifts through the recording (a straight line explains");
+      fprintf(f, "; their level wanders through the recording (a moving mean over %d ticks keeps",
+              gc->drift_span);
       for (int k = 0; k < m->n; k++)
-        fprintf(f, "%s %.2f", k ? "," : "", (double)p->sensor[m->sensor[k]].trend_r2);
+        fprintf(f, "%s %.2f", k ? "," : "", (double)p->sensor[m->sensor[k]].slow);
       fprintf(f, " of the variance): only their shape is judged\ndrifts = 1\n");
     } else {
       int any = 0;
@@ -107,6 +108,7 @@ int cmd_init(int argc, char **argv) {
   if (!data) return cli_fail("init", "--data CSV is required (see --help)");
   fl_table t = {0};
   if (cli_read_csv("init", data, &t)) return 1;
+  gc.drift_span = fl_group_window(fl_group_period(&t), t.rows) / 2;
   fl_group_plan *plan = malloc(sizeof *plan);
   int rc = 1;
   if (!plan) {

@@ -104,6 +104,7 @@ int cli_group(const char *cmd, const fl_table *t, const fl_group_config *gc,
   for (int j = 0; j < t->cols; j++) skip[j] = (unsigned char)cli_is_label(t->names[j]);
   fl_group_config dflt;
   fl_group_defaults(&dflt);
+  dflt.drift_span = fl_group_window(fl_group_period(t), t->rows) / 2;
   char why[300];
   int e = fl_group_plan_table(t, skip, gc ? gc : &dflt, plan, why, sizeof why);
   free(skip);

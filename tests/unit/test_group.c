@@ -20,7 +20,7 @@ static double noise(uint32_t *s) {
   return (*s >> 8) / 16777216.0 - 0.5;
 }
 
-/* Columns: flow_a, flow_b (one slow signal), Power1, Power2 (another),
+/* Columns: flow_a, flow_b (one fast signal), Power1, Power2 (another),
  * temp (a trend), vib.0 .. vib.2 (a rate-3 sensor), anomaly (a label). */
 static void plant(fl_table *t, int rows) {
   static const char *names[] = {"flow_a", "flow_b", "Power1", "Power2", "temp",
@@ -29,7 +29,7 @@ static void plant(fl_table *t, int rows) {
   for (int j = 0; j < 9; j++) assert_int_equal(fl_table_set_name(t, j, names[j]), 0);
   uint32_t s = 7;
   for (int r = 0; r < rows; r++) {
-    double u = sin(r / 37.0), v = cos(r / 23.0) * sin(r / 91.0);
+    double u = sin(r / 3.0), v = cos(r / 2.3) * sin(r / 7.0);
     float *x = t->data + (size_t)r * 9;
     x[0] = (float)(u + 0.2 * noise(&s));
     x[1] = (float)(3 * u + 5 + 0.5 * noise(&s));

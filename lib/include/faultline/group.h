@@ -4,16 +4,18 @@
  *   sensors   a column is a sensor at rate 1; the columns NAME.0 .. NAME.(r-1)
  *             (all r of them, r >= 2, the names fl_model_column_name gives)
  *             are one sensor NAME at rate r
- *   drift     a sensor drifts when a straight line through its smoothed
- *             readings explains at least `drift_r2` of their variance: its
- *             level moves through the recording, so only its shape is judged
+ *   drift     a sensor drifts when its moving mean over `drift_span` ticks
+ *             keeps at least `drift_share` of its variance: its level
+ *             wanders slowly through the recording, beyond what its
+ *             tick-to-tick noise explains, so only its shape is judged
  *   grouping  sensors that move together form a modality: average-linkage
  *             clustering on the absolute correlation of the smoothed
  *             readings (a moving mean of `smooth` ticks), a bonus of
  *             `prefix_bonus` for a shared name prefix (the leading letters,
  *             three at least), merging the most similar pair first while it
- *             is at least `min_corr`, never above `max_size` sensors, never
- *             across rates or across drifting and steady sensors.  When more
+ *             is at least `min_corr` (drifting sensors merge with each other
+ *             whatever it is), never above `max_size` sensors, never across
+ *             rates or across drifting and steady sensors.  When more
  *             than FL_MAX_MODALITIES groups remain, the most similar
  *             allowed pairs are merged whatever their similarity.
  *
@@ -35,7 +37,9 @@ typedef struct {
   float min_corr;     /* similarity needed to merge two groups (0.5) */
   float prefix_bonus; /* added to the similarity of sensors with one prefix (0.2) */
   int max_size;       /* sensors per modality at most, <= FL_MAX_CHANNELS (8) */
-  float drift_r2;     /* linear trend's share of the variance for drift (0.6) */
+  float drift_share;  /* the slow part's share of the variance for drift (0.5) */
+  int drift_span;     /* ticks of the slow part's moving mean (30, half a
+                         window of 60) */
   int smooth;         /* moving-mean length in ticks; 0: rows / 100, 1 to 10 */
 } fl_group_config;
 
@@ -45,7 +49,7 @@ typedef struct {
   char name[FL_NAME_MAX]; /* column name, or NAME of NAME.0 .. */
   int rate;
   int col;                /* the table's column of its first sample */
-  float trend_r2;         /* the linear trend's share of its variance */
+  float slow;             /* the slow part's share of its variance */
   int drifts;
 } fl_group_sensor;
 
