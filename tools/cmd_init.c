@@ -50,10 +50,18 @@ static void write_plan(FILE *f, const char *data, const fl_table *t, const fl_gr
       fprintf(f, "; %d sensors joined to stay within %d modalities although they move together "
                  "little (mean |correlation| %.2f inside, %.2f with the nearest other group)\n",
               m->n, FL_MAX_MODALITIES, (double)m->cohesion, (double)m->nearest);
-    else
+    else if (m->cohesion >= gc->min_corr)
       fprintf(f, "; %d sensors that move together: mean |correlation| of their smoothed "
                  "readings %.2f inside, %.2f with the nearest other group\n",
               m->n, (double)m->cohesion, (double)m->nearest);
+    else if (m->drifts)
+      fprintf(f, "; %d drifting sensors, together because each is judged by its shape alone "
+                 "(mean |correlation| %.2f inside, %.2f with the nearest other group)\n",
+              m->n, (double)m->cohesion, (double)m->nearest);
+    else
+      fprintf(f, "; %d sensors whose names share a prefix (worth %.2f) and that move together "
+                 "somewhat: mean |correlation| %.2f inside, %.2f with the nearest other group\n",
+              m->n, (double)gc->prefix_bonus, (double)m->cohesion, (double)m->nearest);
     if (m->rate > 1)
       fprintf(f, "; %d samples per tick: the columns NAME.0 .. NAME.%d\n", m->rate, m->rate - 1);
     fprintf(f, "rate = %d\nchannels = ", m->rate);
