@@ -1,11 +1,11 @@
 /* faultlined: the streaming daemon's internal interfaces.
  *
- * The daemon is glue around libfaultline: one libuv loop owns every socket,
- * timer and signal; frames come in over ZeroMQ, windows go through the
- * library's model and detector, reports go out over ZeroMQ, and health is
- * served over HTTP.  Internal names are `fld_<concern>_<verb>`; functions
- * return 0 or a negative code (FL_E... from the library, or -errno).  Nothing
- * here calls exit() outside main(). */
+ * The daemon is glue around libfaultline and the transport of net/fln.h: one
+ * libuv loop owns every socket, timer and signal; frames come in over
+ * ZeroMQ, windows go through the library's model and detector, reports go
+ * out over ZeroMQ, and health is served over HTTP.  Internal names are
+ * `fld_<concern>_<verb>`; functions return 0 or a negative code (FL_E...
+ * from the library, or -errno).  Nothing here calls exit() outside main(). */
 #ifndef FLD_H
 #define FLD_H
 
@@ -14,25 +14,28 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include <uv.h>
-#include <zmq.h>
-
 #include "faultline.pb-c.h"
 #include "faultline/bundle.h"
 #include "faultline/config.h"
 #include "faultline/model.h"
 #include "faultline/pipeline.h"
+#include "fln.h"
 
-#define FLD_VERSION "0.1.0"
+#define FLD_VERSION FLN_VERSION
 
-/* ---- log.c --------------------------------------------------------------
- * Lines on stderr with the syslog priority prefix "<N>" that journald reads
- * (sd-daemon(3)); lines above the configured level are not written. */
-enum { FLD_ERR = 3, FLD_WARNING = 4, FLD_NOTICE = 5, FLD_INFO = 6, FLD_DEBUG = 7 };
-void fld_log_set_level(int level);
-/* Parses "err", "warning", "notice", "info", "debug" (or 3..7). */
-int fld_log_parse_level(const char *s, int *level);
-void fld_log(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The daemon's modules log, send and start threads with net/'s parts under
+ * these names. */
+#define FLD_ERR FLN_ERR
+#define FLD_WARNING FLN_WARNING
+#define FLD_NOTICE FLN_NOTICE
+#define FLD_INFO FLN_INFO
+#define FLD_DEBUG FLN_DEBUG
+#define fld_log fln_log
+#define fld_log_set_level fln_log_set_level
+#define fld_log_parse_level fln_log_parse_level
+#define fld_zsend fln_zsend
+#define fld_thread_quiet fln_thread_quiet
+#define fld_now fln_now
 
 /* ---- dconfig.c ----------------------------------------------------------
  * The daemon's configuration: the library's settings as fl_config_load_with
@@ -41,8 +44,8 @@ void fld_log(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)
  * [security], [log]) and keys of [tune], parsed in the same pass.  One file
  * serves `faultline train` and the daemon.  Every key is documented in
  * config/faultline.ini. */
-#define FLD_MAX_ENDPOINTS 8
-#define FLD_ENDPOINT_MAX 256
+#define FLD_MAX_ENDPOINTS FLN_MAX_ENDPOINTS
+#define FLD_ENDPOINT_MAX FLN_ENDPOINT_MAX
 /* Subscription prefixes of one daemon: its shard of the stream names. */
 #define FLD_MAX_TOPICS 16
 #define FLD_TOPIC_MAX 128
@@ -110,7 +113,9 @@ int fld_config_keep_fixed(fld_config *nc, const fld_config *old, char *names, si
 
 /* ---- metrics.c ----------------------------------------------------------
  * Counters the loop updates and the HTTP endpoint reads, in the same thread
- * (the HTTP server is polled by the loop), so they need no locks. */
+ * (the HTTP server is polled by the loop), so they need no locks.  The
+ * connections and ZAP requests are counted by net/'s parts (fln_http,
+ * fln_curve). */
 enum {
   FLD_REJ_UNDECODABLE = 0,
   FLD_REJ_BAD_STREAM,
@@ -148,9 +153,7 @@ typedef struct {
   /* event-loop lag: the latest sample and the largest since start, seconds */
   double lag_last, lag_max;
   uint64_t reloads_ok, reloads_failed;
-  uint64_t zap_allowed, zap_denied, input_disconnects;
-  uint64_t http_refused;        /* connections over [metrics] max_connections */
-  int http_open;
+  uint64_t input_disconnects;
   int64_t subscriptions;
   double start_time;
 } fld_metrics;
@@ -159,75 +162,13 @@ int fld_metrics_modality(fld_metrics *m, const char *name);
 void fld_metrics_latency(fld_metrics *m, double seconds);
 
 struct fld_app;
-/* Starts the HTTP endpoint (libmicrohttpd in external-poll epoll mode,
- * driven by a uv_poll on its epoll fd) on cfg.metrics_listen. */
+/* Starts the HTTP endpoint on [metrics] listen: /metrics and /healthz. */
 int fld_http_start(struct fld_app *app);
-void fld_http_stop(struct fld_app *app);
-/* Routes one HTTP request without the network: sets the status and body;
- * returns 1 when the body is malloc'ed (the caller frees it), 0 when it is
- * static, -1 on failure.  Anything but GET and HEAD is 405. */
-int fld_http_route(struct fld_app *app, const char *method, const char *url, unsigned *status,
-                   const char **body, size_t *len);
-/* Renders /metrics in the Prometheus text format into a malloc'ed string. */
-char *fld_metrics_render(struct fld_app *app, size_t *len);
-
-/* ---- zsock.c ------------------------------------------------------------
- * A ZeroMQ socket in the loop.  ZMQ_FD is edge-triggered: it becomes
- * readable when the socket's state changes, not while messages wait.  So on
- * every wake-up the watcher drains until ZMQ_EVENTS no longer says
- * ZMQ_POLLIN, and when it stops early (budget spent, to keep the loop fair)
- * it schedules itself again with a uv_idle instead of waiting for an edge
- * that will never come. */
-typedef struct fld_zwatch fld_zwatch;
-/* Receives at most budget messages with ZMQ_DONTWAIT; returns the count
- * handled (0 when the socket had nothing). */
-typedef int (*fld_zdrain_fn)(fld_zwatch *w, int budget);
-/* Called once after a drain pass, e.g. to flush batched work. */
-typedef void (*fld_zafter_fn)(fld_zwatch *w);
-struct fld_zwatch {
-  void *sock;
-  void *user;
-  int budget;
-  fld_zdrain_fn drain;
-  fld_zafter_fn after;
-  uv_poll_t poll;
-  uv_idle_t idle;
-  int active, idle_on, closing;
-  uint64_t wakeups, continuations;
-};
-int fld_zwatch_start(fld_zwatch *w, uv_loop_t *loop, void *sock, int budget,
-                     fld_zdrain_fn drain, fld_zafter_fn after, void *user);
-/* Stops watching; the handles close asynchronously (the loop must run once). */
-void fld_zwatch_stop(fld_zwatch *w);
-/* Re-checks ZMQ_EVENTS, e.g. after a send on a socket that is also read. */
-void fld_zwatch_kick(fld_zwatch *w);
-
-/* Receives one multipart message (up to max parts) without blocking.
- * Returns the number of parts, 0 on EAGAIN, a negative code on error or
- * when it has more parts than max (the rest is discarded; *overflow = 1). */
-int fld_zrecv(void *sock, zmq_msg_t *parts, int max, int *overflow);
-void fld_zclose_parts(zmq_msg_t *parts, int n);
-/* zmq_msg_recv and zmq_send of one part, made again when a signal
- * interrupted them (EINTR: nothing was taken or sent), so that a signal never
- * fakes a lost message or leaves a multipart message half sent.
- * fld_zmsg_recv returns the part's size, fld_zsend 0; both -errno on error. */
-int fld_zmsg_recv(zmq_msg_t *m, void *sock, int flags);
-int fld_zsend(void *sock, const void *buf, size_t len, int flags);
-/* zmq_ctx_term, made again when a signal interrupted it. */
-void fld_zterm(void *ctx);
-/* Starts fn(arg) on a thread that takes no signals (0 or -errno): the loop
- * thread handles them all, and one landing in a blocking libzmq call there
- * would end it with EINTR. */
-int fld_thread_quiet(pthread_t *t, void *(*fn)(void *), void *arg);
-
-/* CurveZMQ: loads the server keys and authorised client keys and starts
- * the ZAP handler (a REP socket on inproc://zeromq.zap.01 in the loop). */
-int fld_curve_start(struct fld_app *app, char *err, size_t errlen);
-/* Makes sock a CURVE server with the daemon's key. */
-int fld_curve_apply(struct fld_app *app, void *sock);
-/* Re-reads the authorised keys directory (SIGHUP). */
-int fld_curve_reload(struct fld_app *app, char *err, size_t errlen);
-void fld_curve_stop(struct fld_app *app);
+/* The daemon's routes, as the endpoint serves them (for tests). */
+fln_http_table fld_http_table(struct fld_app *app);
+/* Renders /metrics (of the fld_app user) in the Prometheus text format into
+ * a malloc'ed string. */
+char *fld_metrics_render(void *user, size_t *len);
 
 /* ---- engine.c -----------------------------------------------------------
  * A loaded model and the scratch it needs to score a batch of windows. */
@@ -285,7 +226,7 @@ typedef struct {
 } fld_slot;
 
 /* ---- main.c: the application ------------------------------------------- */
-enum { FLD_LIMIT_STREAMS = 0, FLD_LIMIT_MESSAGE, FLD_LIMIT_HTTP, FLD_LIMIT_COUNT };
+enum { FLD_LIMIT_STREAMS = 0, FLD_LIMIT_MESSAGE, FLD_LIMIT_COUNT };
 
 typedef struct fld_app {
   uv_loop_t *loop;
@@ -293,46 +234,31 @@ typedef struct fld_app {
   fld_config cfg;
   void *zctx;
   void *in_sock, *out_sock, *mon_sock;
-  fld_zwatch in_w, out_w, mon_w;
+  fln_zwatch in_w, out_w, mon_w;
   fld_engine *eng;
   fld_stream **streams;
   int n_streams;
   fld_slot pending[FLD_MAX_BATCH];
   int n_pending;
   fld_metrics m;
-  /* HTTP */
-  struct MHD_Daemon *mhd;
-  uv_poll_t mhd_poll;
-  uv_timer_t mhd_timer;
-  int mhd_on;
-  /* CurveZMQ */
-  void *zap_sock;
-  fld_zwatch zap_w;
-  char server_secret[41], server_public[41];
-  int n_keys;
-  char (*keys)[41];
+  fln_http http;
+  fln_curve curve;
   /* life cycle */
   uv_signal_t sig_hup, sig_term, sig_int;
-  uv_timer_t t_watchdog, t_status, t_lag;
+  fln_watchdog watchdog;
+  uv_timer_t t_status, t_lag;
   uint64_t lag_expect;
   int stopping;
   int exit_code;
   uint64_t status_frames, status_reports;
   double status_at;
   struct fld_tuner *tuner;       /* NULL unless [tune] enabled */
-  /* Set while tuning is on: renders the tune metrics (tune.c), a pointer so
-   * that metrics.c links without the tuner. */
-  void (*tune_metrics)(struct fld_app *app, FILE *f);
-  /* Set by another program built on these parts (faultline proxy): renders
-   * its /metrics instead of the daemon's. */
-  char *(*render_metrics)(struct fld_app *app, size_t *len);
-  /* Limits hit: the first hit of an interval logs, with the hits that the
-   * interval before it kept quiet; a flood never floods the journal. */
-  double limit_logged[FLD_LIMIT_COUNT];
-  uint64_t limit_quiet[FLD_LIMIT_COUNT];
+  /* Limits hit, each logged at most once per [log] limit_interval (the
+   * endpoint's connection cap has its own, http.refused_log). */
+  fln_limit limit[FLD_LIMIT_COUNT];
 } fld_app;
 
-/* log.c: logs that a limit was hit, at most once per
+/* metrics.c: logs that a limit was hit, at most once per
  * [log] limit_interval seconds per limit. */
 void fld_limit_hit(fld_app *app, int limit, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -382,45 +308,9 @@ void fld_tune_stop(fld_app *app);
 void fld_tune_free(fld_app *app);
 void fld_tune_stream_free(fld_stream *st);
 void fld_tune_metrics(fld_app *app, FILE *f);
-/* notify.c: sd_notify life cycle (no-ops without NOTIFY_SOCKET). */
-void fld_notify_ready(fld_app *app);
-void fld_notify_reloading(void);
-void fld_notify_stopping(void);
+/* notify.c: the timers of the daemon's life cycle under systemd: the
+ * watchdog, the STATUS= line of rates and the event-loop lag probe. */
 int fld_notify_start_timers(fld_app *app);
 void fld_notify_stop_timers(fld_app *app);
-
-double fld_now(void); /* Unix time, seconds */
-
-/* ---- proxy.c ------------------------------------------------------------
- * faultline proxy: the fan-in of a site.  An XSUB frontend (publishers of
- * frames, or daemons publishing reports, connect to it) and an XPUB backend
- * (daemons subscribing to their shard of frames, or consumers of reports)
- * joined by zmq_proxy_steerable in a thread of its own; the loop thread
- * serves /metrics and /healthz with the daemon's HTTP code, answers ZAP
- * requests with the daemon's CurveZMQ code, reads the proxy's STATISTICS
- * over its control socket, and stops it with TERMINATE. */
-typedef struct {
-  /* Endpoints: "@tcp://..." or a bare endpoint binds, ">tcp://..." connects. */
-  int n_front, n_back;
-  char front[FLD_MAX_ENDPOINTS][FLD_ENDPOINT_MAX];
-  char back[FLD_MAX_ENDPOINTS][FLD_ENDPOINT_MAX];
-  char metrics_listen[128];     /* "ADDR:PORT"; empty: no HTTP endpoint */
-  int metrics_max_connections;
-  int hwm;                      /* send and receive high-water marks, messages */
-  int log_level;
-  /* CurveZMQ: the proxy's secret key and the client keys its server sides
-   * admit; a side with a server key is a CURVE client of that server (the
-   * daemons are always CURVE servers), the other sides are servers. */
-  char curve_key[PATH_MAX], authorized_keys[PATH_MAX];
-  char front_server_key[PATH_MAX], back_server_key[PATH_MAX];
-} fld_proxy_opts;
-
-void fld_proxy_defaults(fld_proxy_opts *o);
-/* Splits a comma-separated endpoint list into dst (at most
- * FLD_MAX_ENDPOINTS); 0 or FL_EINVAL. */
-int fld_proxy_endpoints(const char *v, char dst[][FLD_ENDPOINT_MAX], int *n);
-/* Runs the proxy until SIGTERM or SIGINT; returns the exit status (0 after a
- * clean stop, 1 when it could not start or the forwarding thread failed). */
-int fld_proxy_run(const fld_proxy_opts *o);
 
 #endif

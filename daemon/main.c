@@ -11,7 +11,6 @@
 #include <string.h>
 
 #include <cblas.h>
-#include <systemd/sd-daemon.h>
 
 #include "faultline/error.h"
 #include "fld.h"
@@ -21,12 +20,30 @@
 #define FLD_STOP_DRAIN_MAX 1000000
 #define FLD_STOP_DRAIN_NS (2ULL * 1000000000ULL)
 
-static int fld__in_drain(fld_zwatch *w, int budget) {
+/* [log] limit_interval applies to every limit, the endpoint's included. */
+static void fld__set_limits(fld_app *app) {
+  for (int i = 0; i < FLD_LIMIT_COUNT; i++) app->limit[i].interval = app->cfg.limit_log_interval;
+  app->http.refused_log.interval = app->cfg.limit_log_interval;
+}
+
+/* CurveZMQ ([security] curve = 1): the daemon's key pair, the clients it
+ * admits, and the ZAP handler. */
+static int fld__curve_start(fld_app *app, char *err, size_t errlen) {
+  if (!app->cfg.curve) return 0;
+  fln_curve *c = &app->curve;
+  snprintf(c->secret_key_file, sizeof c->secret_key_file, "%s", app->cfg.secret_key_file);
+  snprintf(c->authorized_keys, sizeof c->authorized_keys, "%s", app->cfg.authorized_keys);
+  c->secret_key_name = "[security] secret_key";
+  c->authorized_keys_name = "[security] authorized_keys";
+  return fln_curve_start(c, app->loop, app->zctx, err, errlen);
+}
+
+static int fld__in_drain(fln_zwatch *w, int budget) {
   fld_app *app = w->user;
   int done = 0;
   while (done < budget) {
     zmq_msg_t parts[FLD_MAX_PARTS];
-    int overflow, n = fld_zrecv(w->sock, parts, FLD_MAX_PARTS, &overflow);
+    int overflow, n = fln_zrecv(w->sock, parts, FLD_MAX_PARTS, &overflow);
     if (n == 0) break;
     done++;
     if (n < 0) {
@@ -41,50 +58,40 @@ static int fld__in_drain(fld_zwatch *w, int budget) {
     } else {
       fld_ingest_message(app, parts, n, uv_hrtime());
     }
-    fld_zclose_parts(parts, n);
+    fln_zclose_parts(parts, n);
   }
   return done;
 }
 
 /* Windows due in one drain pass go through the model together. */
-static void fld__in_after(fld_zwatch *w) { fld_ingest_flush(w->user); }
+static void fld__in_after(fln_zwatch *w) { fld_ingest_flush(w->user); }
 
 /* XPUB hands us subscriptions: a gauge of them lets an operator (and a
  * test) see that consumers are connected before frames flow. */
-static int fld__out_drain(fld_zwatch *w, int budget) {
+static int fld__out_drain(fln_zwatch *w, int budget) {
   fld_app *app = w->user;
   int done = 0;
   while (done < budget) {
     zmq_msg_t parts[2];
-    int overflow, n = fld_zrecv(w->sock, parts, 2, &overflow);
+    int overflow, n = fln_zrecv(w->sock, parts, 2, &overflow);
     if (n <= 0) break;
     done++;
     const uint8_t *d = zmq_msg_data(&parts[0]);
     if (zmq_msg_size(&parts[0]) >= 1) app->m.subscriptions += d[0] == 1 ? 1 : d[0] == 0 ? -1 : 0;
-    fld_zclose_parts(parts, n);
+    fln_zclose_parts(parts, n);
   }
   return done;
 }
 
-static int fld__mon_drain(fld_zwatch *w, int budget) {
+static int fld__mon_drain(fln_zwatch *w, int budget) {
   fld_app *app = w->user;
-  int done = 0;
-  while (done < budget) {
-    zmq_msg_t parts[2];
-    int overflow, n = fld_zrecv(w->sock, parts, 2, &overflow);
-    if (n <= 0) break;
-    done++;
-    if (zmq_msg_size(&parts[0]) >= 2) {
-      uint16_t ev;
-      memcpy(&ev, zmq_msg_data(&parts[0]), 2);
-      if (ev == ZMQ_EVENT_DISCONNECTED) {
-        app->m.input_disconnects++;
-        fld_log(FLD_NOTICE, "an input peer disconnected (or was cut off for a message over "
-                            "the hard size limit)");
-      }
+  int done = 0, ev;
+  for (; done < budget && (ev = fln_zmon_recv(w->sock)) > 0; done++)
+    if (ev == ZMQ_EVENT_DISCONNECTED) {
+      app->m.input_disconnects++;
+      fln_log(FLN_NOTICE, "an input peer disconnected (or was cut off for a message over "
+                          "the hard size limit)");
     }
-    fld_zclose_parts(parts, n);
-  }
   return done;
 }
 
@@ -124,26 +131,25 @@ static int fld__open_sockets(fld_app *app, char *err, size_t errlen) {
   /* Reports queued at a stop get two seconds to leave. */
   int linger = 2000;
   zmq_setsockopt(app->out_sock, ZMQ_LINGER, &linger, sizeof linger);
-  if ((rc = fld_curve_apply(app, app->in_sock)) || (rc = fld_curve_apply(app, app->out_sock))) {
+  if ((rc = fln_curve_apply(&app->curve, app->in_sock)) ||
+      (rc = fln_curve_apply(&app->curve, app->out_sock))) {
     snprintf(err, errlen, "cannot enable CurveZMQ: %s", zmq_strerror(-rc));
     return FL_EIO;
   }
   if (c->in_type == FLD_IN_SUB)
     for (int i = 0; i < c->n_topics; i++)
       zmq_setsockopt(app->in_sock, ZMQ_SUBSCRIBE, c->in_topic[i], strlen(c->in_topic[i]));
-  if (zmq_socket_monitor(app->in_sock, "inproc://fld-monitor-in", ZMQ_EVENT_DISCONNECTED) == 0) {
-    app->mon_sock = zmq_socket(app->zctx, ZMQ_PAIR);
-    zmq_setsockopt(app->mon_sock, ZMQ_LINGER, &zero, sizeof zero);
-    if (app->mon_sock && !zmq_connect(app->mon_sock, "inproc://fld-monitor-in"))
-      fld_zwatch_start(&app->mon_w, app->loop, app->mon_sock, 64, fld__mon_drain, NULL, app);
-  }
+  app->mon_sock = fln_zmon_open(app->zctx, app->in_sock, "inproc://fld-monitor-in",
+                                ZMQ_EVENT_DISCONNECTED);
+  if (app->mon_sock)
+    fln_zwatch_start(&app->mon_w, app->loop, app->mon_sock, 64, fld__mon_drain, NULL, app);
   if ((rc = fld__endpoints(app->in_sock, c->in_bind, c->n_in, app->cfg.in_endpoint, err, errlen)) ||
       (rc = fld__endpoints(app->out_sock, c->out_bind, c->n_out, app->cfg.out_endpoint, err,
                            errlen)))
     return rc;
-  if ((rc = fld_zwatch_start(&app->in_w, app->loop, app->in_sock, c->drain_budget, fld__in_drain,
+  if ((rc = fln_zwatch_start(&app->in_w, app->loop, app->in_sock, c->drain_budget, fld__in_drain,
                              fld__in_after, app)) ||
-      (rc = fld_zwatch_start(&app->out_w, app->loop, app->out_sock, 64, fld__out_drain, NULL,
+      (rc = fln_zwatch_start(&app->out_w, app->loop, app->out_sock, 64, fld__out_drain, NULL,
                              app))) {
     snprintf(err, errlen, "cannot watch the sockets: %s", uv_strerror(rc));
     return FL_EIO;
@@ -169,12 +175,12 @@ static void fld__reshard(fld_app *app, const fld_config *nc) {
   for (int i = 0; i < nc->n_topics; i++)
     if (!fld__has_topic(oc, nc->in_topic[i])) {
       zmq_setsockopt(app->in_sock, ZMQ_SUBSCRIBE, nc->in_topic[i], strlen(nc->in_topic[i]));
-      fld_log(FLD_NOTICE, "reload: subscribed to %s", nc->in_topic[i]);
+      fln_log(FLN_NOTICE, "reload: subscribed to %s", nc->in_topic[i]);
     }
   for (int i = 0; i < oc->n_topics; i++)
     if (!fld__has_topic(nc, oc->in_topic[i])) {
       zmq_setsockopt(app->in_sock, ZMQ_UNSUBSCRIBE, oc->in_topic[i], strlen(oc->in_topic[i]));
-      fld_log(FLD_NOTICE, "reload: unsubscribed from %s", oc->in_topic[i]);
+      fln_log(FLN_NOTICE, "reload: unsubscribed from %s", oc->in_topic[i]);
     }
 }
 
@@ -186,15 +192,14 @@ static void fld__reload(fld_app *app) {
   char err[600];
   fld_config nc;
   fld_engine *ne = NULL;
-  fld_notify_reloading();
-  fld_log(FLD_NOTICE, "reloading %s", app->config_path);
+  fln_notify_reloading();
+  fln_log(FLN_NOTICE, "reloading %s", app->config_path);
   int rc = fld_config_load(&nc, app->config_path, err, sizeof err);
   if (!rc) rc = fld_engine_load(&ne, nc.model_file, &nc, err, sizeof err);
   if (rc) {
     app->m.reloads_failed++;
-    fld_log(FLD_ERR, "reload failed, still serving with model %s: %s", app->eng->version, err);
-    sd_notifyf(0, "READY=1\nSTATUS=reload failed (%s); serving model %s", fl_strerror(rc),
-               app->eng->version);
+    fln_log(FLN_ERR, "reload failed, still serving with model %s: %s", app->eng->version, err);
+    fln_notify_ready("reload failed (%s); serving model %s", fl_strerror(rc), app->eng->version);
     return;
   }
   const fld_config *oc = &app->cfg;
@@ -208,7 +213,7 @@ static void fld__reload(fld_app *app) {
   int keep = fld_engine_compatible(app->eng, ne) && nc.stride == oc->stride;
   if (!keep) {
     fld_streams_clear(app);
-    fld_log(FLD_NOTICE, "reload: the model takes other frames or the stride changed; "
+    fln_log(FLN_NOTICE, "reload: the model takes other frames or the stride changed; "
                         "streams start over");
   }
   if (nc.max_streams > oc->max_streams && app->streams) {
@@ -220,18 +225,19 @@ static void fld__reload(fld_app *app) {
     nc.max_streams = app->n_streams;
   }
   app->cfg = nc;
-  fld_log_set_level(app->cfg.log_level);
+  fln_log_set_level(app->cfg.log_level);
+  fld__set_limits(app);
   app->in_w.budget = app->cfg.drain_budget;
-  if (fld_curve_reload(app, err, sizeof err))
-    fld_log(FLD_WARNING, "reload: keeping the old authorised keys: %s", err);
+  if (fln_curve_reload(&app->curve, err, sizeof err))
+    fln_log(FLN_WARNING, "reload: keeping the old authorised keys: %s", err);
   fld_engine *old = app->eng;
   app->eng = ne;
   fld_engine_free(old);
   if (fld_tune_reload(app, err, sizeof err))
-    fld_log(FLD_ERR, "reload: tuning is off: %s", err);
+    fln_log(FLN_ERR, "reload: tuning is off: %s", err);
   app->m.reloads_ok++;
-  fld_log(FLD_NOTICE, "reloaded: model %s", ne->version);
-  sd_notifyf(0, "READY=1\nSTATUS=serving, model %s", ne->version);
+  fln_log(FLN_NOTICE, "reloaded: model %s", ne->version);
+  fln_notify_ready("serving, model %s", ne->version);
 }
 
 static void fld__close_signals(fld_app *app) {
@@ -246,22 +252,22 @@ static void fld__close_signals(fld_app *app) {
 static void fld__stop(fld_app *app) {
   if (app->stopping) return;
   app->stopping = 1;
-  fld_notify_stopping();
-  fld_log(FLD_NOTICE, "stopping: draining the input queue");
+  fln_notify_stopping("stopping: draining");
+  fln_log(FLN_NOTICE, "stopping: draining the input queue");
   uint64_t t0 = uv_hrtime();
   int n;
   for (n = 0; n < FLD_STOP_DRAIN_MAX && uv_hrtime() - t0 < FLD_STOP_DRAIN_NS; n++)
     if (fld__in_drain(&app->in_w, 1) == 0) break;
   fld_ingest_flush(app);
   fld_tune_stop(app);
-  fld_log(FLD_NOTICE, "stopped after draining %d frames: %llu received, %llu processed, "
+  fln_log(FLN_NOTICE, "stopped after draining %d frames: %llu received, %llu processed, "
                       "%llu reports", n, (unsigned long long)app->m.received,
           (unsigned long long)app->m.processed, (unsigned long long)app->m.reports);
-  fld_zwatch_stop(&app->in_w);
-  fld_zwatch_stop(&app->out_w);
-  fld_zwatch_stop(&app->mon_w);
-  fld_curve_stop(app);
-  fld_http_stop(app);
+  fln_zwatch_stop(&app->in_w);
+  fln_zwatch_stop(&app->out_w);
+  fln_zwatch_stop(&app->mon_w);
+  fln_curve_stop(&app->curve);
+  fln_http_stop(&app->http);
   fld_notify_stop_timers(app);
   fld__close_signals(app);
 }
@@ -317,12 +323,12 @@ int main(int argc, char **argv) {
   snprintf(app.config_path, sizeof app.config_path, "%s", config);
   int rc = fld_config_load(&app.cfg, config, err, sizeof err);
   if (rc) {
-    fld_log(FLD_ERR, "invalid configuration: %s", err);
+    fln_log(FLN_ERR, "invalid configuration: %s", err);
     return 1;
   }
-  fld_log_set_level(app.cfg.log_level);
+  fln_log_set_level(app.cfg.log_level);
   if ((rc = fld_engine_load(&app.eng, app.cfg.model_file, &app.cfg, err, sizeof err))) {
-    fld_log(FLD_ERR, "cannot load the model: %s", err);
+    fln_log(FLN_ERR, "cannot load the model: %s", err);
     return 1;
   }
   if (check) {
@@ -334,11 +340,11 @@ int main(int argc, char **argv) {
     return 0;
   }
   if ((rc = fld_tune_start(&app, err, sizeof err))) {
-    fld_log(FLD_ERR, "%s", err);
+    fln_log(FLN_ERR, "%s", err);
     fld_engine_free(app.eng);
     return 1;
   }
-  app.m.start_time = fld_now();
+  app.m.start_time = fln_now();
   /* Anomaly counters in the model's modality order, each from 0. */
   for (int i = 0; i < fl_model_spec_of(app.eng->b.model)->n_mod; i++)
     fld_metrics_modality(&app.m, fl_model_spec_of(app.eng->b.model)->mod[i].name);
@@ -346,12 +352,13 @@ int main(int argc, char **argv) {
   app.zctx = zmq_ctx_new();
   rc = 1;
   if (!app.zctx) {
-    fld_log(FLD_ERR, "cannot create the ZeroMQ context");
+    fln_log(FLN_ERR, "cannot create the ZeroMQ context");
     goto out;
   }
   signal(SIGPIPE, SIG_IGN);
-  if (fld_curve_start(&app, err, sizeof err) || fld__open_sockets(&app, err, sizeof err)) {
-    fld_log(FLD_ERR, "%s", err);
+  fld__set_limits(&app);
+  if (fld__curve_start(&app, err, sizeof err) || fld__open_sockets(&app, err, sizeof err)) {
+    fln_log(FLN_ERR, "%s", err);
     goto out;
   }
   if (fld_http_start(&app)) goto out;
@@ -364,32 +371,31 @@ int main(int argc, char **argv) {
   uv_signal_start(&app.sig_int, fld__signal_cb, SIGINT);
   fld_notify_start_timers(&app);
   const fl_model_spec *s = fl_model_spec_of(app.eng->b.model);
-  fld_log(FLD_NOTICE, "serving: model %s (%d modalities, window %d, stride %d), input %s %s %s",
+  fln_log(FLN_NOTICE, "serving: model %s (%d modalities, window %d, stride %d), input %s %s %s",
           app.eng->version, s->n_mod, s->window, app.cfg.stride,
           app.cfg.in_type == FLD_IN_SUB ? "SUB" : "PULL", app.cfg.in_bind ? "bound to" : "connected to",
           app.cfg.in_endpoint[0]);
-  fld_notify_ready(&app);
+  fln_notify_ready("serving, model %s", app.eng->version);
   uv_run(app.loop, UV_RUN_DEFAULT);
   rc = app.exit_code;
 out:
   if (!app.stopping && app.loop) {
     /* Start-up failed: close what was opened so the loop can end. */
     app.stopping = 1;
-    fld_zwatch_stop(&app.in_w);
-    fld_zwatch_stop(&app.out_w);
-    fld_zwatch_stop(&app.mon_w);
-    fld_curve_stop(&app);
-    fld_http_stop(&app);
+    fln_zwatch_stop(&app.in_w);
+    fln_zwatch_stop(&app.out_w);
+    fln_zwatch_stop(&app.mon_w);
+    fln_curve_stop(&app.curve);
+    fln_http_stop(&app.http);
     uv_run(app.loop, UV_RUN_DEFAULT);
   }
   if (app.in_sock) zmq_close(app.in_sock);
   if (app.out_sock) zmq_close(app.out_sock);
   if (app.mon_sock) zmq_close(app.mon_sock);
-  if (app.zap_sock) zmq_close(app.zap_sock);
-  if (app.zctx) fld_zterm(app.zctx);
+  fln_curve_close(&app.curve);
+  if (app.zctx) fln_zterm(app.zctx);
   fld_streams_clear(&app);
   free(app.streams);
-  free(app.keys);
   fld_tune_free(&app);
   fld_engine_free(app.eng);
   if (app.loop) uv_loop_close(app.loop);

@@ -1,12 +1,7 @@
 /* faultlined health: the counters, their Prometheus text rendering, and the
- * HTTP endpoint (/metrics, /healthz).  See fld.h.
- *
- * libmicrohttpd runs in external-poll epoll mode: its epoll fd is watched by
- * the loop and MHD_run() is called from the loop, so a scrape reads the
- * counters in the thread that writes them and nothing needs a lock. */
-#include <arpa/inet.h>
-#include <microhttpd.h>
-#include <netdb.h>
+ * routes of the HTTP endpoint (/metrics, /healthz; net/http.c serves them
+ * from the loop).  See fld.h. */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +22,13 @@ const char *fld_drop_name(int r) { return r >= 0 && r < FLD_DROP_COUNT ? fld__dr
 static const double fld__lat_le[FLD_LAT_BUCKETS] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025,
                                                     0.005,  0.01,    0.025,  0.05,  0.1,
                                                     0.25,   0.5,     1.0,    2.5};
+
+void fld_limit_hit(fld_app *app, int limit, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fln_limit_vhit(&app->limit[limit], fmt, ap);
+  va_end(ap);
+}
 
 int fld_metrics_modality(fld_metrics *m, const char *name) {
   for (int i = 0; i < m->n_modnames; i++)
@@ -58,7 +60,8 @@ static void fld__label(FILE *f, const char *v) {
   }
 }
 
-char *fld_metrics_render(fld_app *app, size_t *len) {
+char *fld_metrics_render(void *user, size_t *len) {
+  fld_app *app = user;
   char *buf = NULL;
   FILE *f = open_memstream(&buf, len);
   if (!f) return NULL;
@@ -151,19 +154,22 @@ char *fld_metrics_render(fld_app *app, size_t *len) {
   fprintf(f, "faultline_reloads_total{result=\"success\"} %llu\n", (unsigned long long)m->reloads_ok);
   fprintf(f, "faultline_reloads_total{result=\"failure\"} %llu\n", (unsigned long long)m->reloads_failed);
   fld__head(f, "faultline_zap_requests_total", "counter", "CurveZMQ authentication requests, by result.");
-  fprintf(f, "faultline_zap_requests_total{result=\"allowed\"} %llu\n", (unsigned long long)m->zap_allowed);
-  fprintf(f, "faultline_zap_requests_total{result=\"denied\"} %llu\n", (unsigned long long)m->zap_denied);
+  fprintf(f, "faultline_zap_requests_total{result=\"allowed\"} %llu\n",
+          (unsigned long long)app->curve.allowed);
+  fprintf(f, "faultline_zap_requests_total{result=\"denied\"} %llu\n",
+          (unsigned long long)app->curve.denied);
   fld__head(f, "faultline_input_disconnects_total", "counter",
             "Input peers disconnected, e.g. for a message over the hard size limit.");
   fprintf(f, "faultline_input_disconnects_total %llu\n", (unsigned long long)m->input_disconnects);
   fld__head(f, "faultline_http_connections", "gauge", "Open connections to this endpoint.");
-  fprintf(f, "faultline_http_connections %d\n", m->http_open);
+  fprintf(f, "faultline_http_connections %d\n", app->http.open);
   fld__head(f, "faultline_http_connections_refused_total", "counter",
             "Connections to this endpoint refused over [metrics] max_connections.");
-  fprintf(f, "faultline_http_connections_refused_total %llu\n", (unsigned long long)m->http_refused);
+  fprintf(f, "faultline_http_connections_refused_total %llu\n",
+          (unsigned long long)app->http.refused);
   fld__head(f, "faultline_start_time_seconds", "gauge", "When the daemon started.");
   fprintf(f, "faultline_start_time_seconds %.3f\n", m->start_time);
-  if (app->tune_metrics) app->tune_metrics(app, f);
+  if (app->tuner) fld_tune_metrics(app, f);
   fld__head(f, "faultline_build_info", "gauge", "The daemon's version (value 1).");
   fprintf(f, "faultline_build_info{version=\"%s\"} 1\n", FLD_VERSION);
   if (fclose(f)) {
@@ -173,165 +179,31 @@ char *fld_metrics_render(fld_app *app, size_t *len) {
   return buf;
 }
 
-int fld_http_route(fld_app *app, const char *method, const char *url, unsigned *status,
-                   const char **body, size_t *len) {
-  /* Only reads: a scrape must not be able to change anything. */
-  if (strcmp(method, "GET") && strcmp(method, "HEAD")) {
-    static const char msg[] = "method not allowed\n";
-    *status = MHD_HTTP_METHOD_NOT_ALLOWED;
-    *body = msg;
-    *len = sizeof msg - 1;
-    return 0;
-  }
-  if (!strcmp(url, "/metrics")) {
-    char *b = app->render_metrics ? app->render_metrics(app, len) : fld_metrics_render(app, len);
-    if (!b) return -1;
-    *status = MHD_HTTP_OK;
-    *body = b;
-    return 1;
-  }
-  if (!strcmp(url, "/healthz")) {
-    /* Serving means: a model is loaded, the sockets are up and the loop
-     * turns (this answer comes from the loop); a stop in progress is not. */
-    *body = app->stopping ? "stopping\n" : "ok\n";
-    *len = strlen(*body);
-    *status = app->stopping ? MHD_HTTP_SERVICE_UNAVAILABLE : MHD_HTTP_OK;
-    return 0;
-  }
-  static const char msg[] = "not found: try /metrics or /healthz\n";
-  *status = MHD_HTTP_NOT_FOUND;
-  *body = msg;
-  *len = sizeof msg - 1;
-  return 0;
+/* Serving means: a model is loaded, the sockets are up and the loop turns
+ * (this answer comes from the loop); a stop in progress is not. */
+static int fld__healthz(void *user, const char *url, unsigned *status, const char **body,
+                        size_t *len) {
+  (void)url;
+  return fln_http_health(((fld_app *)user)->stopping, status, body, len);
 }
 
-static enum MHD_Result fld__answer(void *cls, struct MHD_Connection *conn, const char *url,
-                                   const char *method, const char *version,
-                                   const char *upload, size_t *upload_size, void **con_cls) {
-  fld_app *app = cls;
-  (void)version;
-  (void)upload;
-  (void)con_cls;
-  /* A request body is never read: refuse one rather than buffer it. */
-  if (*upload_size) return MHD_NO;
-  unsigned status;
-  const char *body;
-  size_t len = 0;
-  int owned = fld_http_route(app, method, url, &status, &body, &len);
-  if (owned < 0) return MHD_NO;
-  struct MHD_Response *r = MHD_create_response_from_buffer(
-      len, (void *)body, owned ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
-  if (!r) {
-    if (owned) free((void *)body);
-    return MHD_NO;
-  }
-  if (owned) MHD_add_response_header(r, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
-  enum MHD_Result ret = MHD_queue_response(conn, status, r);
-  MHD_destroy_response(r);
-  return ret;
-}
+static const fln_route fld__routes[] = {
+    {"/metrics", NULL, fld_metrics_render, FLN_PROMETHEUS_TEXT},
+    {"/healthz", fld__healthz, NULL, NULL},
+};
 
-/* The connection cap is ours rather than MHD's: MHD at its limit stops
- * accepting and lets connections wait in the backlog, unseen; here one over
- * the cap is accepted, closed at once and counted. */
-static enum MHD_Result fld__accept(void *cls, const struct sockaddr *addr, socklen_t len) {
-  fld_app *app = cls;
-  (void)addr;
-  (void)len;
-  if (app->m.http_open < app->cfg.metrics_max_connections) return MHD_YES;
-  app->m.http_refused++;
-  fld_limit_hit(app, FLD_LIMIT_HTTP,
-                "metrics connection refused: %d open ([metrics] max_connections)",
-                app->m.http_open);
-  return MHD_NO;
-}
-
-static void fld__conn_notify(void *cls, struct MHD_Connection *c, void **sctx,
-                             enum MHD_ConnectionNotificationCode toe) {
-  fld_app *app = cls;
-  (void)c;
-  (void)sctx;
-  if (toe == MHD_CONNECTION_NOTIFY_STARTED) app->m.http_open++;
-  else if (toe == MHD_CONNECTION_NOTIFY_CLOSED && app->m.http_open > 0) app->m.http_open--;
-}
-
-static void fld__mhd_timer_cb(uv_timer_t *t) {
-  fld_app *app = t->data;
-  MHD_run(app->mhd);
-}
-
-static void fld__mhd_poll_cb(uv_poll_t *h, int status, int events) {
-  fld_app *app = h->data;
-  (void)status;
-  (void)events;
-  MHD_run(app->mhd);
-  /* Idle connections time out inside MHD: give it a turn when it asks. */
-  MHD_UNSIGNED_LONG_LONG ms;
-  if (MHD_get_timeout(app->mhd, &ms) == MHD_YES)
-    uv_timer_start(&app->mhd_timer, fld__mhd_timer_cb, ms, 0);
+fln_http_table fld_http_table(fld_app *app) {
+  return (fln_http_table){fld__routes, (int)(sizeof fld__routes / sizeof *fld__routes),
+                          "not found: try /metrics or /healthz\n", app};
 }
 
 int fld_http_start(fld_app *app) {
-  const char *listen = app->cfg.metrics_listen;
-  if (!listen[0]) return 0;
-  char host[128];
-  const char *colon = strrchr(listen, ':');
-  snprintf(host, sizeof host, "%.*s", (int)(colon - listen), listen);
-  /* "[::1]:9108" */
-  if (host[0] == '[') {
-    memmove(host, host + 1, strlen(host));
-    char *e = strchr(host, ']');
-    if (e) *e = 0;
-  }
-  struct addrinfo hints = {0}, *ai = NULL;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV | AI_PASSIVE;
-  int g = getaddrinfo(host[0] ? host : NULL, colon + 1, &hints, &ai);
-  if (g) {
-    fld_log(FLD_ERR, "[metrics] listen = %s: %s", listen, gai_strerror(g));
-    return FL_EINVAL;
-  }
-  unsigned flags = MHD_USE_EPOLL | (ai->ai_family == AF_INET6 ? MHD_USE_IPv6 : 0);
-  uint16_t port = ntohs(ai->ai_family == AF_INET6
-                            ? ((struct sockaddr_in6 *)ai->ai_addr)->sin6_port
-                            : ((struct sockaddr_in *)ai->ai_addr)->sin_port);
-  app->mhd = MHD_start_daemon(flags, port, fld__accept, app, fld__answer, app, MHD_OPTION_SOCK_ADDR,
-                              ai->ai_addr, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
-                              MHD_OPTION_CONNECTION_LIMIT,
-                              (unsigned)app->cfg.metrics_max_connections + 8,
-                              /* The request line and headers must fit: larger is 431/414. */
-                              MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-                              (size_t)app->cfg.metrics_max_request + 2048,
-                              MHD_OPTION_NOTIFY_CONNECTION, fld__conn_notify, app,
-                              MHD_OPTION_END);
-  freeaddrinfo(ai);
-  if (!app->mhd) {
-    fld_log(FLD_ERR, "cannot serve metrics on %s (address in use?)", listen);
-    return FL_EIO;
-  }
-  const union MHD_DaemonInfo *info = MHD_get_daemon_info(app->mhd, MHD_DAEMON_INFO_EPOLL_FD);
-  if (!info) {
-    MHD_stop_daemon(app->mhd);
-    app->mhd = NULL;
-    return FL_EIO;
-  }
-  uv_poll_init(app->loop, &app->mhd_poll, info->epoll_fd);
-  uv_timer_init(app->loop, &app->mhd_timer);
-  app->mhd_poll.data = app;
-  app->mhd_timer.data = app;
-  uv_poll_start(&app->mhd_poll, UV_READABLE, fld__mhd_poll_cb);
-  app->mhd_on = 1;
-  fld_log(FLD_INFO, "metrics on http://%s/metrics", listen);
-  return 0;
-}
-
-void fld_http_stop(fld_app *app) {
-  if (!app->mhd_on) return;
-  uv_poll_stop(&app->mhd_poll);
-  uv_timer_stop(&app->mhd_timer);
-  uv_close((uv_handle_t *)&app->mhd_poll, NULL);
-  uv_close((uv_handle_t *)&app->mhd_timer, NULL);
-  MHD_stop_daemon(app->mhd);
-  app->mhd = NULL;
-  app->mhd_on = 0;
+  fln_http *h = &app->http;
+  h->table = fld_http_table(app);
+  snprintf(h->listen, sizeof h->listen, "%s", app->cfg.metrics_listen);
+  h->max_connections = app->cfg.metrics_max_connections;
+  h->max_request = app->cfg.metrics_max_request;
+  h->max_connections_name = "[metrics] max_connections";
+  h->refused_log.interval = app->cfg.limit_log_interval;
+  return fln_http_start(h, app->loop);
 }

@@ -80,7 +80,6 @@ int fld_tune_start(fld_app *app, char *err, size_t errlen) {
     if (!(t = calloc(1, sizeof *t))) return FL_ENOMEM;
     app->tuner = t;
     t->app = app;
-    app->tune_metrics = fld_tune_metrics;
   }
   fld_engine *e = app->eng;
   /* The base's identity is its file hash (a reload brings a new one). */
@@ -359,7 +358,6 @@ void fld_tune_free(fld_app *app) {
   free(t->cand_norm);
   free(t);
   app->tuner = NULL;
-  app->tune_metrics = NULL;
 }
 
 void fld_tune_metrics(fld_app *app, FILE *f) {

@@ -8,7 +8,8 @@ pkgs=(meson ninja-build pkg-config gcc libc6-dev
       libsystemd-dev libinih-dev libjansson-dev libmicrohttpd-dev libcmocka-dev
       python3-torch python3-numpy python3-pandas python3-sklearn python3-zmq python3-protobuf
       protobuf-compiler prometheus scdoc systemd python3-yaml
-      clang libclang-rt-14-dev valgrind libseccomp-dev)
+      clang libclang-rt-14-dev valgrind libseccomp-dev
+      libmosquitto-dev mosquitto mosquitto-clients python3-paho-mqtt)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

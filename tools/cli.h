@@ -56,6 +56,7 @@ int cmd_eval(int argc, char **argv);
 int cmd_replay(int argc, char **argv);
 int cmd_tail(int argc, char **argv);
 int cmd_proxy(int argc, char **argv);
+int cmd_bridge(int argc, char **argv);
 int cmd_analyze(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_init(int argc, char **argv);

@@ -1,4 +1,4 @@
-/* faultline proxy: the command line of the fan-in proxy (daemon/proxy.c). */
+/* faultline proxy: the command line of the fan-in proxy (proxy.c). */
 #include <errno.h>
 #include <getopt.h>
 #include <stdarg.h>
@@ -8,7 +8,7 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "fld.h"
+#include "proxy.h"
 
 static void proxy_usage(FILE *f) {
   fprintf(f,
@@ -78,21 +78,21 @@ int cmd_proxy(int argc, char **argv) {
       {"authorized-keys", 1, 0, 'a'}, {"frontend-server-key", 1, 0, 'F'},
       {"backend-server-key", 1, 0, 'B'}, {"log-level", 1, 0, 'l'},
       {"help", 0, 0, 'h'},            {0, 0, 0, 0}};
-  fld_proxy_opts o;
-  fld_proxy_defaults(&o);
+  proxy_opts o;
+  proxy_defaults(&o);
   int opt;
   optind = 1;
   while ((opt = getopt_long(argc, argv, "f:b:m:M:w:k:a:F:B:l:h", opts, NULL)) != -1) {
     switch (opt) {
     case 'f':
-      if (fld_proxy_endpoints(optarg, o.front, &o.n_front))
+      if (proxy_endpoints(optarg, o.front, &o.n_front))
         return proxy_bad("--frontend \"%s\": want at most %d comma-separated endpoints",
-                        optarg, FLD_MAX_ENDPOINTS);
+                        optarg, FLN_MAX_ENDPOINTS);
       break;
     case 'b':
-      if (fld_proxy_endpoints(optarg, o.back, &o.n_back))
+      if (proxy_endpoints(optarg, o.back, &o.n_back))
         return proxy_bad("--backend \"%s\": want at most %d comma-separated endpoints",
-                        optarg, FLD_MAX_ENDPOINTS);
+                        optarg, FLN_MAX_ENDPOINTS);
       break;
     case 'm':
       if (strlen(optarg) >= sizeof o.metrics_listen || !strrchr(optarg, ':'))
@@ -123,7 +123,7 @@ int cmd_proxy(int argc, char **argv) {
         return proxy_bad("--backend-server-key: bad path");
       break;
     case 'l':
-      if (fld_log_parse_level(optarg, &o.log_level))
+      if (fln_log_parse_level(optarg, &o.log_level))
         return proxy_bad("--log-level \"%s\": want err, warning, notice, info or debug",
                         optarg);
       break;
@@ -143,7 +143,7 @@ int cmd_proxy(int argc, char **argv) {
       {"--curve-key", o.curve_key}, {"--authorized-keys", o.authorized_keys},
       {"--frontend-server-key", o.front_server_key}, {"--backend-server-key", o.back_server_key}};
   /* A relative --curve-key is a systemd credential when
-   * $CREDENTIALS_DIRECTORY is set (curve.c reads it from there). */
+   * $CREDENTIALS_DIRECTORY is set (net/curve.c reads it from there). */
   const char *creds = getenv("CREDENTIALS_DIRECTORY");
   for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
     char path[PATH_MAX + 256];
@@ -153,5 +153,5 @@ int cmd_proxy(int argc, char **argv) {
     if (files[i].path[0] && access(path, R_OK))
       return cli_fail("proxy", "%s %s: %s", files[i].opt, path, strerror(errno));
   }
-  return fld_proxy_run(&o);
+  return proxy_run(&o);
 }

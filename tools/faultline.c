@@ -26,6 +26,7 @@ static const struct {
     {"replay", cmd_replay, "stream a CSV to faultlined as frames (optionally with a fault)"},
     {"tail", cmd_tail, "print the reports faultlined publishes"},
     {"proxy", cmd_proxy, "forward frames or reports between many daemons and peers (fan-in)"},
+    {"bridge", cmd_bridge, "join an MQTT bus (Sparkplug B, JSON): tags in, reports out"},
     {"analyze", cmd_analyze, "per-layer norms, path bounds and measured fault amplification"},
     {"inspect", cmd_inspect, "a model file's architecture, thresholds, layer norms and lineage"},
 };

@@ -11,8 +11,9 @@ scrape: a real faultlined (the daemon tests' quick model) and a real
         Bounded: 90 s at most.
 
 argv: check PROMTOOL | scrape PROMETHEUS FAULTLINED MODEL CONFIG [FAULTLINE]
-An empty PROMTOOL or PROMETHEUS (not installed) makes the test report SKIP
-(exit status 77) with the reason, as does a missing PyYAML for scrape.
+An empty or non-executable PROMTOOL or PROMETHEUS (not installed) makes the
+test report SKIP (exit status 77) with the reason, as does a missing PyYAML
+for scrape.
 """
 import json
 import os
@@ -51,7 +52,7 @@ def finish(name):
 
 
 def run_check(promtool):
-    if not promtool:
+    if not promtool or not shutil.which(promtool):
         skip("promtool not found (Debian package prometheus): config and rules not checked")
     for args in (["check", "config", "prometheus.yml"], ["check", "rules", "rules.yml"],
                  ["test", "rules", "rules_test.yml"]):
@@ -69,7 +70,7 @@ def query(port, q):
 
 
 def run_scrape(prometheus, fld, model, config, fl=None):
-    if not prometheus:
+    if not prometheus or not shutil.which(prometheus):
         skip("prometheus not found (Debian package prometheus): no scrape of faultlined")
     try:
         import yaml

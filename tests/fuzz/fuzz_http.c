@@ -1,7 +1,8 @@
 /* libFuzzer target for the metrics endpoint's request routing
- * (fld_http_route) on a daemon state with a small model: the input is
- * "METHOD URL", split at the first space.  Only GET and HEAD of /metrics and
- * /healthz may answer 200; anything but GET and HEAD must be 405. */
+ * (fln_http_route through the daemon's routes, fld_http_table) on a daemon
+ * state with a small model: the input is "METHOD URL", split at the first
+ * space.  Only GET and HEAD of /metrics and /healthz may answer 200;
+ * anything but GET and HEAD must be 405. */
 #include <microhttpd.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -26,7 +27,7 @@ static void fz_app(void) {
   strcpy(eng.version, "0123456789abcdef");
   app.eng = &eng;
   app.cfg.max_streams = 4;
-  fld_log_set_level(FLD_ERR);
+  fln_log_set_level(FLN_ERR);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -45,7 +46,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   unsigned status = 0;
   const char *body = NULL;
   size_t len = 0;
-  int owned = fld_http_route(&app, method, url, &status, &body, &len);
+  fln_http_table routes = fld_http_table(&app);
+  int owned = fln_http_route(&routes, method, url, &status, &body, &len);
   if (owned < 0) abort();
   int read_only = !strcmp(method, "GET") || !strcmp(method, "HEAD");
   if (!read_only && status != MHD_HTTP_METHOD_NOT_ALLOWED) abort();

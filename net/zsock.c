@@ -1,8 +1,8 @@
-/* faultlined ZeroMQ sockets in the libuv loop: see fld.h.
+/* ZeroMQ sockets in the libuv loop: see fln.h.
  *
  * ZMQ_FD is an edge-triggered notification fd: libzmq makes it readable when
  * something changed inside the socket and resets it when the application
- * reads ZMQ_EVENTS or receives.  Two mistakes hang a daemon: reading one
+ * reads ZMQ_EVENTS or receives.  Two mistakes hang a program: reading one
  * message per wake-up (the rest wait for an edge that never comes), and
  * stopping at a budget without arranging to come back.  So the watcher
  * drains until ZMQ_EVENTS lacks ZMQ_POLLIN, and when the budget runs out
@@ -10,28 +10,42 @@
  * next turn after serving timers, signals and HTTP. */
 #include <errno.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "faultline/error.h"
-#include "fld.h"
+#include "fln.h"
 
 /* Every libzmq call below may fail with EINTR: it polls its command mailbox
  * even with ZMQ_DONTWAIT, and a signal for the loop (SIGHUP) can land there.
  * Nothing was taken or sent then, so the call is simply made again; giving up
  * instead would count a message that was never lost, leave a report's topic
  * part without its body, or miss the edge that ZMQ_EVENTS re-arms. */
-static int fld__pollin(void *sock) {
+static atomic_uint_fast64_t fln__interrupted;
+
+/* Should the call that returned rc be made again? */
+static int fln__again(int rc) {
+  if (rc >= 0 || errno != EINTR) return 0;
+  atomic_fetch_add_explicit(&fln__interrupted, 1, memory_order_relaxed);
+  return 1;
+}
+
+uint64_t fln_zsock_interrupted(void) {
+  return atomic_load_explicit(&fln__interrupted, memory_order_relaxed);
+}
+
+static int fln__pollin(void *sock) {
   int ev = 0, rc;
   size_t len = sizeof ev;
-  while ((rc = zmq_getsockopt(sock, ZMQ_EVENTS, &ev, &len)) < 0 && errno == EINTR) {}
+  while (fln__again(rc = zmq_getsockopt(sock, ZMQ_EVENTS, &ev, &len))) {}
   if (rc < 0) return 0;
   return (ev & ZMQ_POLLIN) != 0;
 }
 
-static void fld__idle_cb(uv_idle_t *h);
+static void fln__idle_cb(uv_idle_t *h);
 
 /* Drains with the budget; leaves the idle handle on if messages remain. */
-static void fld__run(fld_zwatch *w) {
+static void fln__run(fln_zwatch *w) {
   if (w->closing) return;
   int left = w->budget;
   while (left > 0 && !w->closing) {
@@ -42,9 +56,9 @@ static void fld__run(fld_zwatch *w) {
   if (w->after && !w->closing) w->after(w);
   if (w->closing) return;
   /* ZMQ_EVENTS both tells what is pending and re-arms the edge. */
-  int more = fld__pollin(w->sock);
+  int more = fln__pollin(w->sock);
   if (more && !w->idle_on) {
-    uv_idle_start(&w->idle, fld__idle_cb);
+    uv_idle_start(&w->idle, fln__idle_cb);
     w->idle_on = 1;
   } else if (!more && w->idle_on) {
     uv_idle_stop(&w->idle);
@@ -53,18 +67,18 @@ static void fld__run(fld_zwatch *w) {
   if (more) w->continuations++;
 }
 
-static void fld__poll_cb(uv_poll_t *h, int status, int events) {
-  fld_zwatch *w = h->data;
+static void fln__poll_cb(uv_poll_t *h, int status, int events) {
+  fln_zwatch *w = h->data;
   (void)events;
-  if (status < 0) fld_log(FLD_WARNING, "poll on a ZeroMQ socket failed: %s", uv_strerror(status));
+  if (status < 0) fln_log(FLN_WARNING, "poll on a ZeroMQ socket failed: %s", uv_strerror(status));
   w->wakeups++;
-  fld__run(w);
+  fln__run(w);
 }
 
-static void fld__idle_cb(uv_idle_t *h) { fld__run(h->data); }
+static void fln__idle_cb(uv_idle_t *h) { fln__run(h->data); }
 
-int fld_zwatch_start(fld_zwatch *w, uv_loop_t *loop, void *sock, int budget,
-                     fld_zdrain_fn drain, fld_zafter_fn after, void *user) {
+int fln_zwatch_start(fln_zwatch *w, uv_loop_t *loop, void *sock, int budget,
+                     fln_zdrain_fn drain, fln_zafter_fn after, void *user) {
   memset(w, 0, sizeof *w);
   w->sock = sock;
   w->user = user;
@@ -79,23 +93,16 @@ int fld_zwatch_start(fld_zwatch *w, uv_loop_t *loop, void *sock, int budget,
   uv_idle_init(loop, &w->idle);
   w->poll.data = w;
   w->idle.data = w;
-  if ((rc = uv_poll_start(&w->poll, UV_READABLE, fld__poll_cb))) return rc;
+  if ((rc = uv_poll_start(&w->poll, UV_READABLE, fln__poll_cb))) return rc;
   w->active = 1;
   /* Messages may already be queued (a connect completes before the loop
    * runs): without an edge they would wait, so look once now. */
-  uv_idle_start(&w->idle, fld__idle_cb);
+  uv_idle_start(&w->idle, fln__idle_cb);
   w->idle_on = 1;
   return 0;
 }
 
-void fld_zwatch_kick(fld_zwatch *w) {
-  if (w->active && !w->closing && !w->idle_on) {
-    uv_idle_start(&w->idle, fld__idle_cb);
-    w->idle_on = 1;
-  }
-}
-
-void fld_zwatch_stop(fld_zwatch *w) {
+void fln_zwatch_stop(fln_zwatch *w) {
   if (!w->active) return;
   w->closing = 1;
   w->active = 0;
@@ -105,11 +112,11 @@ void fld_zwatch_stop(fld_zwatch *w) {
   uv_close((uv_handle_t *)&w->idle, NULL);
 }
 
-void fld_zclose_parts(zmq_msg_t *parts, int n) {
+void fln_zclose_parts(zmq_msg_t *parts, int n) {
   for (int i = 0; i < n; i++) zmq_msg_close(&parts[i]);
 }
 
-int fld_zrecv(void *sock, zmq_msg_t *parts, int max, int *overflow) {
+int fln_zrecv(void *sock, zmq_msg_t *parts, int max, int *overflow) {
   int n = 0, more = 1;
   *overflow = 0;
   while (more) {
@@ -117,12 +124,12 @@ int fld_zrecv(void *sock, zmq_msg_t *parts, int max, int *overflow) {
     zmq_msg_init(m);
     /* Only the first part may be absent: the rest of a multipart message is
      * delivered atomically with it. */
-    int rc = fld_zmsg_recv(m, sock, ZMQ_DONTWAIT);
+    int rc = fln_zmsg_recv(m, sock, ZMQ_DONTWAIT);
     if (rc < 0) {
       int e = -rc;
       zmq_msg_close(m);
       if (e == EAGAIN && n == 0) return 0;
-      fld_zclose_parts(parts, n < max ? n : max);
+      fln_zclose_parts(parts, n < max ? n : max);
       return e == EAGAIN ? FL_ETRUNC : -e;
     }
     more = zmq_msg_more(m);
@@ -135,23 +142,47 @@ int fld_zrecv(void *sock, zmq_msg_t *parts, int max, int *overflow) {
   return n;
 }
 
-int fld_zmsg_recv(zmq_msg_t *m, void *sock, int flags) {
+int fln_zmsg_recv(zmq_msg_t *m, void *sock, int flags) {
   int rc;
-  while ((rc = zmq_msg_recv(m, sock, flags)) < 0 && errno == EINTR) {}
+  while (fln__again(rc = zmq_msg_recv(m, sock, flags))) {}
   return rc < 0 ? -errno : rc;
 }
 
-int fld_zsend(void *sock, const void *buf, size_t len, int flags) {
+int fln_zsend(void *sock, const void *buf, size_t len, int flags) {
   int rc;
-  while ((rc = zmq_send(sock, buf, len, flags)) < 0 && errno == EINTR) {}
+  while (fln__again(rc = zmq_send(sock, buf, len, flags))) {}
   return rc < 0 ? -errno : 0;
 }
 
-void fld_zterm(void *ctx) {
-  while (zmq_ctx_term(ctx) < 0 && errno == EINTR) {}
+void *fln_zmon_open(void *zctx, void *sock, const char *addr, int events) {
+  if (zmq_socket_monitor(sock, addr, events)) return NULL;
+  void *mon = zmq_socket(zctx, ZMQ_PAIR);
+  if (!mon) return NULL;
+  int zero = 0;
+  zmq_setsockopt(mon, ZMQ_LINGER, &zero, sizeof zero);
+  if (zmq_connect(mon, addr)) {
+    zmq_close(mon);
+    return NULL;
+  }
+  return mon;
 }
 
-int fld_thread_quiet(pthread_t *t, void *(*fn)(void *), void *arg) {
+/* An event is two parts: [event (u16) value (u32)][endpoint]. */
+int fln_zmon_recv(void *mon) {
+  zmq_msg_t parts[2];
+  int overflow, n = fln_zrecv(mon, parts, 2, &overflow);
+  if (n <= 0) return n;
+  uint16_t ev = 0;
+  if (zmq_msg_size(&parts[0]) >= 2) memcpy(&ev, zmq_msg_data(&parts[0]), 2);
+  fln_zclose_parts(parts, n);
+  return ev ? ev : FL_EFORMAT;
+}
+
+void fln_zterm(void *ctx) {
+  while (fln__again(zmq_ctx_term(ctx))) {}
+}
+
+int fln_thread_quiet(pthread_t *t, void *(*fn)(void *), void *arg) {
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
