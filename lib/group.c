@@ -251,11 +251,12 @@ int fl_group_plan_table(const fl_table *t, const unsigned char *skip, const fl_g
       for (int z = x + 1; z < md->n; z++, np++)
         in += corr[(size_t)md->sensor[x] * N + md->sensor[z]];
     md->cohesion = np ? (float)(in / np) : 1.0f;
-    /* A name: the members' common prefix, else g<k>; unique. */
+    /* A name: the members' common prefix, else drift or g<k>; unique. */
     char nm[FL_NAME_MAX];
     strcpy(nm, pre[md->sensor[0]]);
     for (int x = 1; x < md->n && nm[0]; x++)
       if (strcmp(nm, pre[md->sensor[x]])) nm[0] = 0;
+    if (!nm[0] && md->drifts) strcpy(nm, "drift");
     if (!nm[0]) snprintf(nm, sizeof nm, "g%d", p->n_mod);
     for (int k = 0; k < p->n_mod - 1; k++)
       if (!strcmp(p->mod[k].name, nm)) {

@@ -122,7 +122,8 @@ with tempfile.TemporaryDirectory() as tmp:
                     break
                 g.write(line)
         text, _ = check_config(os.path.join(tmp, "skab.ini"), part, "skab")
-        check("drifts = 1" in text, "skab: the temperatures drift")
+        check("drifts = 1" in text and "[modality.drift]" in text,
+              "skab: the temperatures drift, in a modality named so")
     else:
         print("SKAB data not found at %s: its part skipped" % SKAB)
 

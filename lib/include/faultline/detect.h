@@ -202,12 +202,14 @@ int fl_hyst_update(fl_hyst *h, int above, int on, int off);
 
 /* One scored window's decision, in its stream's order: the baseline feature
  * folded in (fl_detect_track, `ticks` after the previous window), the
- * stream re-anchored when it has settled (below), the debounced flag from h, and the channels the correction replaces
- * (faulty[c] for the nch channels: flagged and above the channel
- * threshold, except, with cal->agree, the channels of a modality that were
- * all above it and all moved together: see fl_detect_config.agree).  Returns the flag; *above (if non-NULL) gets the window's own
- * decision.  The offline scan and the daemon decide through this. */
-/*
+ * stream re-anchored when it has settled (below), the debounced flag from
+ * h, and the channels the correction replaces (faulty[c] for the nch
+ * channels: flagged and above the channel threshold, except, with
+ * cal->agree, the channels of a modality that were all above it and all
+ * moved together: see fl_detect_config.agree).  Returns the flag; *above
+ * (if non-NULL) gets the window's own decision.  The offline scan and the
+ * daemon decide through this.
+ *
  * Re-anchoring, so that an alarm comes back down when the process settles at
  * a new normal after an anomaly.  A window moves when some channel's tail
  * mean lies FL_DETECT_MOVE or more training standard deviations from its
