@@ -19,7 +19,7 @@ file's training part (what `detect` without --config chooses) and
 Each (candidate, fold) run is kept as WORK/<mode>-s<S>-<fold>.json and not run
 again while it is there.
 
-usage: skab_lofo.py [--config INI] [--candidates 0,60,180,360] [--work DIR]
+usage: skab_lofo.py [--config INI] [--candidates 0,60,180,360,720] [--work DIR]
                     [--jobs N] [--far-cap 10]   (from the source root)
 """
 import argparse
@@ -80,7 +80,7 @@ def counts(report):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config")
-    ap.add_argument("--candidates", default="0,60,180,360")
+    ap.add_argument("--candidates", default="0,60,180,360,720")
     ap.add_argument("--work", default="skab-lofo")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--far-cap", type=float, default=10.0)
@@ -100,10 +100,10 @@ def main():
 
     def choose(fold):
         rows = [(res[(s, fold)]["groups"]["all"], s) for s in cands]
-        ok = [(g["f1"], -g["far"], -s, s) for g, s in rows if g["far"] <= args.far_cap]
+        ok = [(g["f1_raw"], -g["far_raw"], s) for g, s in rows if g["far_raw"] <= args.far_cap]
         if ok:
-            return max(ok)[3]
-        return min((g["far"], -g["f1"], s) for g, s in rows)[2]
+            return max(ok)[2]
+        return min((g["far_raw"], -g["f1_raw"], s) for g, s in rows)[2]
 
     total = [0, 0, 0, 0]
     print("\nheld-out fold  settle (chosen on the other fold)   F1  FAR%  MAR%")

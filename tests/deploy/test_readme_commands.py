@@ -89,6 +89,9 @@ CHECK_ONLY = [
     (r"^/usr/bin/python3 tests/bench/bench_pydaemon\.py ",
      "nine alternating runs of faultlined and the Python daemon; bench_torch_quick runs the "
      "Python daemon"),
+    (r"^/usr/bin/python3 tests/bench/skab_lofo\.py ",
+     "sixteen SKAB runs per detector (two folds, four candidates), tens of minutes; "
+     "skab.md's Result section runs the same runner and detector"),
     (r"^meson test -C build .*--benchmark (daemon|scale)\b",
      "the daemon and scale-out benchmarks take minutes; the tests daemon_* and scale_* run "
      "the same code"),
@@ -153,6 +156,9 @@ SETUP = {
 REQUIRES = {
     "docs/results/skab.md: Result": "../shared/data/skab",
     "docs/results/skab.md: Training time": "../shared/data/skab/valve1/1.csv",
+    "docs/results/skab.md: Without a configuration": "../shared/data/skab",
+    "docs/results/skab.md: Anomaly-free recording":
+        "../shared/data/skab/anomaly-free/anomaly-free.csv",
     "docs/results/injected-faults.md: SKAB's anomaly-free recording":
         "../shared/data/skab/anomaly-free/anomaly-free.csv",
 }
@@ -180,6 +186,8 @@ EXPECT = {
         "files": ["$STAGE/etc/faultline/bridge-plant.ini"]},
     "docs/results/skab.md: Result": {"output": [r"F1"]},
     "docs/results/skab.md: Training time": {"files": ["valve1-1.model"], "output": [r"real"]},
+    "docs/results/skab.md: Without a configuration": {"output": [r"F1"]},
+    "docs/results/skab.md: Anomaly-free recording": {"output": [r"false alarms \d+ of \d+"]},
     "docs/results/injected-faults.md: SKAB's anomaly-free recording": {
         "files": ["af.model"], "output": [r"overall"]},
     "docs/results/lipschitz-ablation.md: (top)": {"output": [r"global"]},

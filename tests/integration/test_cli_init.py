@@ -20,18 +20,15 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+from checks import check, finish  # noqa: E402
+
 FL = os.path.abspath(sys.argv[1])
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SKAB = os.environ.get("SKAB_DATA", os.path.join(ROOT, "..", "shared", "data", "skab"))
 LABELS = {"anomaly", "anomaly_kind", "changepoint", "datetime"}
 ENV = dict(os.environ, FAULTLINE_QUICK="1", OPENBLAS_NUM_THREADS="1")
-failures = []
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what, file=sys.stderr)
 
 
 def run(*args, ok=True):
@@ -155,6 +152,5 @@ with tempfile.TemporaryDirectory() as tmp:
     check(p.returncode == 1 and "more than 128 sensors" in p.stderr,
           "train on 130 sensors: a clear refusal")
 
-if failures:
-    raise SystemExit("%d check(s) failed" % len(failures))
+finish()
 print("ok")
