@@ -33,7 +33,7 @@ void fl_detect_defaults(fl_detect_config *c) {
   c->calibrate_all = 1;
   c->on = 2;
   c->off = 3;
-  c->settle = 180;
+  c->settle = 360;
 }
 
 int fl_hyst_update(fl_hyst *h, int above, int on, int off) {

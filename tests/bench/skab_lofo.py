@@ -6,7 +6,10 @@ candidate value of settle, each fold is run through SKAB's protocol with the
 runner ../shared/tools/skab_run.py (first 400 rows train, the rest test).  The
 value used on a fold is the one chosen on the other fold alone: the highest F1
 among the candidates whose false-alarm rate there is at most --far-cap (the
-lowest false-alarm rate when none is).  The held-out score pools both folds,
+lowest false-alarm rate when none is); among equal scores, the smallest value
+that is not 0.  Equal scores mean that the rule did not fire on those files,
+which cannot tell how soon it should; it is there for the recordings that
+settle at a new normal, so it is kept on and as prompt as the files allow.  The held-out score pools both folds,
 each scored with the value the other chose (SKAB's binary metric: confusion
 counts summed over the files, then the ratios).
 
@@ -19,7 +22,7 @@ file's training part (what `detect` without --config chooses) and
 Each (candidate, fold) run is kept as WORK/<mode>-s<S>-<fold>.json and not run
 again while it is there.
 
-usage: skab_lofo.py [--config INI] [--candidates 0,60,180,360,720] [--work DIR]
+usage: skab_lofo.py [--config INI] [--candidates 0,60,180,360] [--work DIR]
                     [--jobs N] [--far-cap 10]   (from the source root)
 """
 import argparse
@@ -80,7 +83,7 @@ def counts(report):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config")
-    ap.add_argument("--candidates", default="0,60,180,360,720")
+    ap.add_argument("--candidates", default="0,60,180,360")
     ap.add_argument("--work", default="skab-lofo")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--far-cap", type=float, default=10.0)
@@ -100,10 +103,11 @@ def main():
 
     def choose(fold):
         rows = [(res[(s, fold)]["groups"]["all"], s) for s in cands]
-        ok = [(g["f1_raw"], -g["far_raw"], s) for g, s in rows if g["far_raw"] <= args.far_cap]
+        ok = [(g["f1_raw"], -g["far_raw"], s > 0, -s) for g, s in rows
+              if g["far_raw"] <= args.far_cap]
         if ok:
-            return max(ok)[2]
-        return min((g["far_raw"], -g["f1_raw"], s) for g, s in rows)[2]
+            return -max(ok)[3]
+        return min((g["far_raw"], -g["f1_raw"], s == 0, s) for g, s in rows)[3]
 
     total = [0, 0, 0, 0]
     print("\nheld-out fold  settle (chosen on the other fold)   F1  FAR%  MAR%")
