@@ -95,7 +95,7 @@ int cli_load_config(const char *cmd, const char *path, fl_config *c) {
 
 int cli_is_label(const char *name) {
   return !strcmp(name, "anomaly") || !strcmp(name, "changepoint") ||
-         !strcmp(name, "anomaly_kind");
+         !strcmp(name, "anomaly_kind") || !strcmp(name, "anomaly_unit");
 }
 
 int cli_group(const char *cmd, const fl_table *t, const fl_group_config *gc,

@@ -2,8 +2,8 @@
 """Process test of `faultline init` and of training without a config.
 
 On three plants -- SKAB's first 400 rows of valve1/1 (skipped when the data
-is not there), a wide simulated plant (four simulated units side by side, 32
-sensors in 104 columns) and a 52-column file (two units) -- init writes a
+is not there), a wide simulated plant (`simulate --units 4`: 32 sensors in
+104 columns) and a 52-column file (`simulate --units 2`) -- init writes a
 config that: lists every sensor exactly once, each modality under a comment
 that says why it was formed, at most 8 sensors of one rate per modality; is
 the same when run again; and that `faultline train --config` accepts
@@ -27,7 +27,7 @@ from checks import check, finish  # noqa: E402
 FL = os.path.abspath(sys.argv[1])
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SKAB = os.environ.get("SKAB_DATA", os.path.join(ROOT, "..", "shared", "data", "skab"))
-LABELS = {"anomaly", "anomaly_kind", "changepoint", "datetime"}
+LABELS = {"anomaly", "anomaly_kind", "anomaly_unit", "changepoint", "datetime"}
 ENV = dict(os.environ, FAULTLINE_QUICK="1", OPENBLAS_NUM_THREADS="1")
 
 
@@ -40,26 +40,10 @@ def run(*args, ok=True):
 
 
 def units(tmp, n, rows, name):
-    """n simulated units side by side, columns prefixed u<k>_."""
-    tables = []
-    for k in range(n):
-        path = os.path.join(tmp, "unit%d.csv" % k)
-        run("simulate", "--out", path, "--rows", str(rows), "--seed", str(11 + k),
-            "--anomalies", "0")
-        with open(path) as f:
-            tables.append(list(csv.reader(f)))
+    """A simulated plant of n coupled units (columns uNN_<column>)."""
     out = os.path.join(tmp, name)
-    with open(out, "w", newline="") as f:
-        w = csv.writer(f)
-        for r in range(len(tables[0])):
-            row = [tables[0][r][0]]
-            for k, t in enumerate(tables):
-                head = t[0]
-                for j, v in enumerate(t[r]):
-                    if head[j] in LABELS:
-                        continue
-                    row.append("u%d_%s" % (k, v) if r == 0 else v)
-            w.writerow(row)
+    run("simulate", "--out", out, "--rows", str(rows), "--seed", "11", "--units", str(n),
+        "--anomalies", "0")
     return out
 
 
