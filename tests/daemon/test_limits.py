@@ -90,7 +90,7 @@ def limits():
             pub.send_multipart([b"frame/big", b"\x0a" + b"x" * 3000])
         for s in range(5):  # 5 streams of 20 frames: 3 over the cap of 2
             for i in range(20):
-                pub.send_multipart([b"frame/s", tab.frame(pb, f"s{s}", seq0 + i, i)
+                pub.send_multipart([f"frame/s{s}".encode(), tab.frame(pb, f"s{s}", seq0 + i, i)
                                     .SerializeToString()])
         sent += 40 + 100
 
