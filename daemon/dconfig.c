@@ -3,6 +3,7 @@
  * either makes the whole file invalid (and a SIGHUP with it keeps the old
  * one). */
 #include <errno.h>
+#include <ini.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -230,11 +231,27 @@ bad:
   return -1;
 }
 
+/* inih: which of the keys the model also carries the file gives (the
+ * library's parse keeps values, not whether a value was written). */
+static int fld__given(void *user, const char *section, const char *key, const char *value) {
+  fld_config *c = user;
+  (void)value;
+  if (!strcmp(section, "model") && !strcmp(key, "window")) c->window_given = 1;
+  if (!strcmp(section, "detect") &&
+      c->n_detect_given < (int)(sizeof c->detect_given / sizeof *c->detect_given))
+    snprintf(c->detect_given[c->n_detect_given++], sizeof c->detect_given[0], "%s", key);
+  return 1;
+}
+
 int fld_config_load(fld_config *c, const char *path, char *err, size_t errlen) {
   fld_config_defaults(c);
   fld__parse p = {c, 0, 0};
   int rc = fl_config_load_with(&c->lib, path, fld__key, &p, err, errlen);
   if (rc) return rc;
+  if (ini_parse(path, fld__given, c)) {
+    snprintf(err, errlen, "%s: cannot read", path);
+    return FL_EIO;
+  }
   snprintf(c->model_file, sizeof c->model_file, "%s", c->lib.model_file);
   if (!c->model_file[0]) {
     snprintf(err, errlen, "%s: [model] file is required", path);

@@ -54,6 +54,11 @@ enum { FLD_IN_SUB = 0, FLD_IN_PULL = 1 };
 
 typedef struct {
   fl_config lib;                /* the library's sections and keys */
+  /* Keys the file gives that the model also carries: checked against the
+   * model at every load (fld_engine_load) */
+  int window_given;             /* [model] window */
+  int n_detect_given;
+  char detect_given[24][32];    /* [detect] keys, by name */
   char model_file[PATH_MAX];    /* lib.model_file, relative to the file's directory */
   /* [input] */
   int in_type;                  /* FLD_IN_SUB or FLD_IN_PULL */
@@ -199,6 +204,10 @@ typedef struct {
   int hyst_on, hyst_off;
 } fld_engine;
 
+/* Loads the model at path for cfg.  The file's [modality.*] (and [model]
+ * window) must describe the model's layout, and its [detect] keys either
+ * take effect here (hysteresis_on, hysteresis_off, margin: the thresholds
+ * scaled) or equal the model's calibration; err names the difference. */
 int fld_engine_load(fld_engine **out, const char *path, const fld_config *cfg, char *err,
                     size_t errlen);
 void fld_engine_free(fld_engine *e);

@@ -13,6 +13,11 @@ SCENARIO is one of:
   evict    streams idle for [input] stream_idle are evicted (counted, their
            series gone), so junk streams that filled [input] max_streams no
            longer keep a real stream out; a stream that keeps sending stays
+  config   the daemon's [modality.*] and [detect] against its model: a channel
+           removed, or [detect] quantile = 0.5, is refused by --check-config,
+           at start and on SIGHUP (the old model kept) with the difference
+           named and `faultline calibrate` suggested; [detect] margin takes
+           effect (the thresholds scaled)
   health   /readyz says "no frames for N s" while /healthz stays 200; /streams
            and the per-stream gauges name the stream that alarms and its
            faulty modality, at most max_streams series; a frame whose topic
@@ -257,6 +262,69 @@ def scenario_health():
     check(d.stop() == 0, "health: the daemon stops cleanly")
 
 
+def scenario_config():
+    import signal
+    import subprocess
+    tab = T.Table(EPISODE, MODS)
+
+    def cfg(name, **sections):
+        path = os.path.join(TMP, name + ".ini")
+        over = {"model": {"file": MODEL}}
+        over.update(sections)
+        T.write_config(path, CONFIG, over)
+        return path
+
+    def check_config(path):
+        p = subprocess.run([FLD, "--check-config", path], capture_output=True, text=True,
+                           timeout=60)
+        return p.returncode, p.stdout + p.stderr
+
+    rc, out = check_config(cfg("plain"))
+    check(rc == 0 and "ok (model" in out, f"config: the shipped keys pass: {out}")
+    thr = float(out.rsplit("threshold ", 1)[1].rstrip(")\n"))
+    rc, out = check_config(cfg("quantile", detect={"quantile": 0.5}))
+    check(rc == 1 and "[detect] quantile = 0.5 differs from the model's 0.99" in out and
+          "faultline calibrate" in out, f"config: quantile = 0.5 is refused: {out}")
+    rc, out = check_config(cfg("channel", **{"modality.hydraulic": {"channels": "pressure"}}))
+    check(rc == 1 and "[modality.*]" in out and "hydraulic" in out,
+          f"config: a channel removed from a modality is refused: {out}")
+    rc, out = check_config(cfg("margin", detect={"margin": 2.0}))
+    got = float(out.rsplit("threshold ", 1)[1].rstrip(")\n")) if rc == 0 else 0
+    check(rc == 0 and math.isclose(got, 2 * thr, rel_tol=1e-3),
+          f"config: margin = 2 doubles the threshold ({thr} -> {got}): {out}")
+    # At start: refused, exit status 1.
+    path = cfg("start", detect={"quantile": 0.5}, input={"endpoint": "tcp://127.0.0.1:1"},
+               output={"endpoint": "tcp://127.0.0.1:2"}, metrics={"listen": ""})
+    p = subprocess.Popen([FLD, "--config", path], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = p.communicate(timeout=30)
+    except subprocess.TimeoutExpired:  # it serves: the key was ignored
+        p.kill()
+        out, _ = p.communicate()
+    check(p.returncode == 1 and "quantile" in out, f"config: refused at start: {out}")
+    # On SIGHUP: refused, the daemon serves on with its model.
+    d, ports = start("reload")
+    ctx, pub, _ = connect(ports)
+    with open(d.config, "a") as f:
+        f.write("\n[detect]\nquantile = 0.5\n")
+    d.signal(signal.SIGHUP)
+    v = T.wait_metric(ports["http"], 'faultline_reloads_total{result="failure"}', lambda v: v >= 1)
+    check(v == 1, "config: the reload with quantile = 0.5 fails")
+    check("quantile" in d.logtext() and "faultline calibrate" in d.logtext(),
+          "config: the reload's refusal says why")
+    for i in range(100):
+        send(pub, tab.frame(pb, "after", i, i))
+    wait_received(ports, 100)
+    m, _ = T.metrics(ports["http"])
+    check(m.get("faultline_frames_processed_total") == 100 and
+          math.isclose(m.get("faultline_model_threshold", 0), thr, rel_tol=1e-3),
+          "config: still serving with the model's threshold")
+    pub.close(linger=0)
+    ctx.term()
+    check(d.stop() == 0, "config: the daemon stops cleanly")
+
+
 def http_status(ports, path):
     import urllib.error
     try:
@@ -265,5 +333,6 @@ def http_status(ports, path):
         return e.code, e.read().decode()
 
 
-{"restart": scenario_restart, "evict": scenario_evict, "health": scenario_health}[SCENARIO]()
+{"restart": scenario_restart, "evict": scenario_evict, "config": scenario_config,
+ "health": scenario_health}[SCENARIO]()
 T.finish("ops " + SCENARIO)
