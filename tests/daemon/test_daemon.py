@@ -49,18 +49,10 @@ FAULT_AT, FAULT_ROWS, FAULT_SD = 400, 120, 6.0
 
 
 def make_config(name, **sections):
-    ports = {"in": T.free_port(), "out": T.free_port(), "http": T.free_port()}
-    over = {
-        "model": {"file": MODEL},
-        "input": {"endpoint": f"tcp://127.0.0.1:{ports['in']}", "bind": 1},
-        "output": {"endpoint": f"tcp://127.0.0.1:{ports['out']}", "stride": STRIDE},
-        "metrics": {"listen": f"127.0.0.1:{ports['http']}", "status_interval": 0.5},
-        "log": {"level": "info"},
-    }
+    over = {"output": {"stride": STRIDE}, "metrics": {"status_interval": 0.5}}
     for sec, kv in sections.items():
         over.setdefault(sec, {}).update(kv)
-    path = os.path.join(TMP, name + ".ini")
-    T.write_config(path, CONFIG, over)
+    path, ports = T.daemon_config(TMP, name, MODEL, CONFIG, **over)
     return path, ports
 
 

@@ -46,18 +46,8 @@ W, STRIDE = 60, 15
 
 
 def start(name, **sections):
-    ports = {"in": T.free_port(), "out": T.free_port(), "http": T.free_port()}
-    over = {
-        "model": {"file": MODEL},
-        "input": {"endpoint": f"tcp://127.0.0.1:{ports['in']}", "bind": 1},
-        "output": {"endpoint": f"tcp://127.0.0.1:{ports['out']}", "stride": STRIDE},
-        "metrics": {"listen": f"127.0.0.1:{ports['http']}"},
-        "log": {"level": "info"},
-    }
-    for sec, kv in sections.items():
-        over.setdefault(sec, {}).update(kv)
-    path = os.path.join(TMP, name + ".ini")
-    T.write_config(path, CONFIG, over)
+    sections.setdefault("output", {}).setdefault("stride", STRIDE)
+    path, ports = T.daemon_config(TMP, name, MODEL, CONFIG, **sections)
     d = T.Daemon(FLD, path)
     d.wait_http(ports["http"])
     return d, ports
