@@ -31,13 +31,15 @@ void fl_sim_defaults(fl_sim_config *c) {
   c->drift = 1.0f;
   c->noise = 1.0f;
   c->start = 1767225600; /* 2026-01-01T00:00:00Z */
+  c->units = 1;
 }
 
 /* ---- plant constants --------------------------------------------------- */
 
 enum {
   FL__SUB = 10,   /* physics steps per tick, also the vibration rate */
-  FL__COLS = 28,  /* 2 x 10 vibration + 6 single columns + 2 labels */
+  /* A unit's columns: 2 x 10 vibration, then 6 single columns; one unit's
+   * table has the 2 labels after them. */
   FL__COL_CURRENT = 20,
   FL__COL_VOLTAGE,
   FL__COL_PRESSURE,
@@ -85,13 +87,13 @@ typedef struct {
 } fl__power;
 
 /* The flow where pump and system curves cross. */
-static double fl__q_eq(double n, double v, double h0) {
-  double head = h0 * n * n - fl__Hst;
+static double fl__q_eq(double n, double v, double h0, double hst) {
+  double head = h0 * n * n - hst;
   if (head < 0.01) head = 0.01;
   return sqrt(head / (fl__kp + fl__ks / (v * v)));
 }
 
-static fl__power fl__powers(const fl__plant *s, double h0) {
+static fl__power fl__powers(const fl__plant *s, double h0, double sag) {
   fl__power o;
   o.p = h0 * s->n * s->n - fl__kp * s->q * s->q;
   if (o.p < 0.0) o.p = 0.0;
@@ -104,7 +106,7 @@ static fl__power fl__powers(const fl__plant *s, double h0) {
   if (eta < 0.15) eta = 0.15;
   o.shaft = o.ph / eta + 40.0 * s->n;
   o.pe = o.shaft / fl__eta_motor;
-  o.u = 400.0 + s->supply + s->grid;
+  o.u = 400.0 + s->supply + s->grid - sag;
   double ia = o.pe / (1.7320508 * o.u * 0.9);
   o.i = sqrt(ia * ia + fl__i_mag * fl__i_mag);
   /* The supply line's impedance makes the voltage sag with the current. */
@@ -184,26 +186,53 @@ static void fl__stamp(char *buf, size_t n, int64_t t) {
 
 /* ---- run --------------------------------------------------------------- */
 
-static int fl__set_names(fl_table *t) {
-  char name[64];
-  int col = 0, rc = 0;
-  for (int m = 0; m < FL_SIM_MODALITIES && !rc; m++) {
-    const fl_sim_modality *md = &fl__sim_layout[m];
-    for (int c = 0; c < md->channels && !rc; c++) {
-      if (md->rate == 1) {
-        rc = fl_table_set_name(t, col++, md->channel[c]);
-        continue;
-      }
-      for (int k = 0; k < md->rate && !rc; k++) {
-        snprintf(name, sizeof name, "%s.%d", md->channel[c], k);
-        rc = fl_table_set_name(t, col++, name);
+/* Columns of one unit: 2 x 10 vibration and 6 single sensor columns. */
+enum { FL__UNIT_COLS = FL__COL_ANOMALY };
+
+static int fl__set_names(fl_table *t, int units) {
+  char name[64], pre[16] = "";
+  int col = 0, rc = 0, digits = units > 99 ? 3 : 2;
+  for (int u = 0; u < units && !rc; u++) {
+    if (units > 1) snprintf(pre, sizeof pre, "u%0*d_", digits, u + 1);
+    for (int m = 0; m < FL_SIM_MODALITIES && !rc; m++) {
+      const fl_sim_modality *md = &fl__sim_layout[m];
+      for (int c = 0; c < md->channels && !rc; c++) {
+        if (md->rate == 1) {
+          snprintf(name, sizeof name, "%s%s", pre, md->channel[c]);
+          rc = fl_table_set_name(t, col++, name);
+          continue;
+        }
+        for (int k = 0; k < md->rate && !rc; k++) {
+          snprintf(name, sizeof name, "%s%s.%d", pre, md->channel[c], k);
+          rc = fl_table_set_name(t, col++, name);
+        }
       }
     }
   }
   if (!rc) rc = fl_table_set_name(t, col++, "anomaly");
   if (!rc) rc = fl_table_set_name(t, col++, "anomaly_kind");
+  if (!rc && units > 1) rc = fl_table_set_name(t, col++, "anomaly_unit");
   return rc;
 }
+
+/* One pump unit: its state, its operator's schedule and its own streams of
+ * randomness (unit 0's are the single-unit plant's). */
+typedef struct {
+  fl__plant s;
+  fl__setpoint sp_n, sp_v;
+  double next_change;
+  fl_rng sched, noise;
+  fl__power w;      /* the powers at the last physics step */
+} fl__unit;
+
+/* The couplings between units (none with one unit): parallel pumps push into
+ * one discharge header, so each unit's system curve starts higher when the
+ * others pump more; the motors hang on one supply bus, so each sees the
+ * others' currents as a sag; the fluid returns to one tank, so each unit's
+ * fluid temperature is pulled towards the others'. */
+static const double fl__k_header = 0.4;  /* bar per 100 l/min of the others' mean flow */
+static const double fl__k_bus = 1.0;     /* V per A of the others' mean current */
+static const double fl__g_tank = 20.0;   /* W/K towards the others' mean fluid temperature */
 
 int fl_sim_run(const fl_sim_config *c, fl_table *out) {
   if (!c || !out || c->rows <= 0 || c->anomalies < 0) return FL_EINVAL;
@@ -211,33 +240,45 @@ int fl_sim_run(const fl_sim_config *c, fl_table *out) {
     return FL_EINVAL;
   if (!isfinite(c->shift) || fabsf(c->shift) > 100.0f) return FL_EINVAL;
   if (c->start < 0 || c->start > INT64_C(253402300799) - c->rows) return FL_EINVAL;
+  int U = c->units > 0 ? c->units : 1;
+  if (U > FL_SIM_MAX_UNITS) return FL_EINVAL;
 
-  int rc = fl_table_alloc(out, c->rows, FL__COLS);
+  const int cols = U * FL__UNIT_COLS + (U > 1 ? 3 : 2);
+  int rc = fl_table_alloc(out, c->rows, cols);
   if (rc) return rc;
-  rc = fl__set_names(out);
+  rc = fl__set_names(out, U);
   char stamp[32];
   for (int r = 0; r < c->rows && !rc; r++) {
     fl__stamp(stamp, sizeof stamp, c->start + r);
     rc = fl_table_set_stamp(out, r, stamp);
   }
-  if (rc) {
+  fl__unit *un = rc ? NULL : calloc((size_t)U, sizeof *un);
+  if (rc || !un) {
     fl_table_free(out);
-    return rc;
+    return rc ? rc : FL_ENOMEM;
   }
 
   /* Independent streams, so that switching anomalies on or changing the
    * drift leaves the operating schedule and the sensor noise as they were. */
-  fl_rng sched, noise, amb, anom;
-  fl_rng_seed(&sched, c->seed ^ 0x5c4ed01e5c4ed01eULL);
-  fl_rng_seed(&noise, c->seed ^ 0x0015e0015e0015e0ULL);
+  fl_rng amb, anom;
+  for (int u = 0; u < U; u++) {
+    uint64_t us = c->seed ^ (uint64_t)u * 0x9e3779b97f4a7c15ULL;
+    fl_rng_seed(&un[u].sched, us ^ 0x5c4ed01e5c4ed01eULL);
+    fl_rng_seed(&un[u].noise, us ^ 0x0015e0015e0015e0ULL);
+  }
   fl_rng_seed(&amb, c->seed ^ 0xa3b1e47a3b1e47a3ULL);
   fl_rng_seed(&anom, c->seed ^ 0xa707a1e5a707a1e5ULL);
 
-  /* Episodes: one per equal stretch of the run, at a random place inside. */
+  /* Episodes: one per equal stretch of the run, at a random place inside,
+   * each in one unit. */
   int nep = c->anomalies;
   if (nep > c->rows / 60) nep = c->rows / 60;
   fl__episode *ep = malloc(sizeof(fl__episode) * (size_t)(nep > 0 ? nep : 1));
-  if (!ep) {
+  int *ep_unit = calloc((size_t)(nep > 0 ? nep : 1), sizeof *ep_unit);
+  if (!ep || !ep_unit) {
+    free(ep);
+    free(ep_unit);
+    free(un);
     fl_table_free(out);
     return FL_ENOMEM;
   }
@@ -253,111 +294,156 @@ int fl_sim_run(const fl_sim_config *c, fl_table *out) {
     case FL_SIM_CAVITATION: ep[e].severity = fl__uniform(&anom, 0.12, 0.25); break;
     default: ep[e].severity = fl__uniform(&anom, 3.0, 5.0); break;
     }
+    if (U > 1) ep_unit[e] = (int)fl_rng_below(&anom, (uint32_t)U);
   }
 
-  /* Start at a random operating point in thermal equilibrium, so the run
-   * does not open with a warm-up no later window will show. */
-  fl__plant s = {0};
-  fl__setpoint sp_n = {0}, sp_v = {0};
-  sp_n.from = sp_n.to = s.n = fl__uniform(&sched, 0.7, 1.0);
-  sp_v.from = sp_v.to = s.v = fl__uniform(&sched, 0.4, 1.0);
-  double next_change = fl__uniform(&sched, 120.0, 420.0);
-  s.q = fl__q_eq(s.n, s.v, fl__H0);
-  s.grid = 2.0 * fl_rng_normal(&amb);
+  /* Start each unit at a random operating point in thermal equilibrium, so
+   * the run does not open with a warm-up no later window will show. */
+  double grid = 2.0 * fl_rng_normal(&amb), wander = 0.0;
   double amb_phase = fl__pi2 * fl_rng_uniform(&amb);
   const double amb_base = 22.0;
   double ta = amb_base + c->drift * 2.0 * sin(amb_phase);
-  {
-    fl__power w = fl__powers(&s, fl__H0);
-    s.tm = ta + (w.pe - w.shaft) / fl__motor_cooling(s.n);
-    s.tf = ta + (w.shaft - w.ph) / fl__gf;
+  for (int u = 0; u < U; u++) {
+    fl__unit *x = &un[u];
+    x->sp_n.from = x->sp_n.to = x->s.n = fl__uniform(&x->sched, 0.7, 1.0);
+    x->sp_v.from = x->sp_v.to = x->s.v = fl__uniform(&x->sched, 0.4, 1.0);
+    x->next_change = fl__uniform(&x->sched, 120.0, 420.0);
+    x->s.q = fl__q_eq(x->s.n, x->s.v, fl__H0, fl__Hst);
+    x->s.grid = grid;
+  }
+  /* The others' mean flow, current and fluid temperature, as unit u sees
+   * them (0 with one unit). */
+  double sum_q = 0.0, sum_i = 0.0, sum_tf = 0.0;
+  for (int u = 0; u < U; u++) sum_q += un[u].s.q;
+  for (int u = 0; u < U; u++) {
+    fl__unit *x = &un[u];
+    double hst = fl__Hst + (U > 1 ? fl__k_header * (sum_q - x->s.q) / (U - 1) : 0.0);
+    if (U > 1) x->s.q = fl__q_eq(x->s.n, x->s.v, fl__H0, hst);
+    fl__power w = fl__powers(&x->s, fl__H0, 0.0);
+    x->s.tm = ta + (w.pe - w.shaft) / fl__motor_cooling(x->s.n);
+    x->s.tf = ta + (w.shaft - w.ph) / fl__gf;
+    x->w = w;
   }
 
   const double ns = c->noise;
   int cur = 0; /* next episode not yet over */
   for (int r = 0; r < c->rows; r++) {
-    float *row = out->data + (size_t)r * FL__COLS;
+    float *row = out->data + (size_t)r * (size_t)cols;
     while (cur < nep && ep[cur].start + ep[cur].len <= r) cur++;
     const fl__episode *e = cur < nep && ep[cur].start <= r ? &ep[cur] : NULL;
-    row[FL__COL_ANOMALY] = e ? 1.0f : 0.0f;
-    row[FL__COL_KIND] = e ? (float)e->kind : 0.0f;
+    int e_unit = e ? ep_unit[cur] : -1;
+    row[U * FL__UNIT_COLS] = e ? 1.0f : 0.0f;
+    row[U * FL__UNIT_COLS + 1] = e ? (float)e->kind : 0.0f;
+    if (U > 1) row[U * FL__UNIT_COLS + 2] = e ? (float)(e_unit + 1) : 0.0f;
 
-    /* The operator moves speed, valve or both every 2 to 7 minutes. */
-    if (r >= next_change) {
-      float u = fl_rng_uniform(&sched);
-      int move_speed = u < 0.4f || u >= 0.8f, move_valve = u >= 0.4f;
-      if (move_speed) fl__setpoint_move(&sp_n, r, fl__uniform(&sched, 0.6, 1.0), &sched);
-      if (move_valve) fl__setpoint_move(&sp_v, r, fl__uniform(&sched, 0.35, 1.0), &sched);
-      next_change = r + fl__uniform(&sched, 120.0, 420.0);
+    /* Each operator moves speed, valve or both every 2 to 7 minutes. */
+    for (int u = 0; u < U; u++) {
+      fl__unit *x = &un[u];
+      if (r < x->next_change) continue;
+      float v = fl_rng_uniform(&x->sched);
+      int move_speed = v < 0.4f || v >= 0.8f, move_valve = v >= 0.4f;
+      if (move_speed) fl__setpoint_move(&x->sp_n, r, fl__uniform(&x->sched, 0.6, 1.0), &x->sched);
+      if (move_valve) fl__setpoint_move(&x->sp_v, r, fl__uniform(&x->sched, 0.35, 1.0), &x->sched);
+      x->next_change = r + fl__uniform(&x->sched, 120.0, 420.0);
     }
 
     /* Slow processes advance once per tick: the ambient swing (6 h period)
      * with a random walk on top (1 h correlation), and the grid voltage
      * (5 min correlation). */
-    s.wander += -s.wander / 3600.0 + sqrt(2.0 / 3600.0) * fl_rng_normal(&amb);
-    s.grid += -s.grid / 300.0 + 2.0 * sqrt(2.0 / 300.0) * fl_rng_normal(&amb);
-    ta = amb_base + c->drift * (2.0 * sin(fl__pi2 * r / 21600.0 + amb_phase) + s.wander);
+    wander += -wander / 3600.0 + sqrt(2.0 / 3600.0) * fl_rng_normal(&amb);
+    grid += -grid / 300.0 + 2.0 * sqrt(2.0 / 300.0) * fl_rng_normal(&amb);
+    ta = amb_base + c->drift * (2.0 * sin(fl__pi2 * r / 21600.0 + amb_phase) + wander);
     /* The operating-point shift ramps over the first two thirds and holds:
      * the last third is the plant after the drift.  No random draws, so
      * the schedule and the noise stay those of the unshifted run. */
-    {
-      double ramp = c->rows > 1 ? r / (c->rows * 2.0 / 3.0) : 1.0;
-      s.supply = c->shift * (ramp < 1.0 ? ramp : 1.0);
+    double ramp = c->rows > 1 ? r / (c->rows * 2.0 / 3.0) : 1.0;
+    double supply = c->shift * (ramp < 1.0 ? ramp : 1.0);
+    for (int u = 0; u < U; u++) {
+      un[u].s.grid = grid;
+      un[u].s.wander = wander;
+      un[u].s.supply = supply;
     }
 
-    fl__power w = {0};
     double cav_noise = 0.0;
     for (int k = 0; k < FL__SUB; k++) {
       double t = r + k * fl__dt;
-      double env = e ? fl__envelope(e, t) : 0.0;
-      int kind = e ? e->kind : 0;
-
-      /* The drive and the valve actuator follow their setpoints. */
-      s.n += (fl__setpoint_at(&sp_n, t) - s.n) * fl__dt / 2.0;
-      s.v += (fl__setpoint_at(&sp_v, t) - s.v) * fl__dt / 3.0;
-
-      double v_eff = s.v, h0 = fl__H0, imb = 1.0, bb = 1.0;
-      if (kind == FL_SIM_VALVE_CLOSURE) v_eff *= 1.0 - env * (1.0 - e->severity);
-      if (kind == FL_SIM_CAVITATION) {
-        h0 *= 1.0 - env * e->severity;
-        bb += env * 3.0;
+      /* The couplings use the previous step's values of the others. */
+      sum_q = sum_i = sum_tf = 0.0;
+      for (int u = 0; u < U; u++) {
+        sum_q += un[u].s.q;
+        sum_i += un[u].w.i;
+        sum_tf += un[u].s.tf;
       }
-      if (kind == FL_SIM_IMBALANCE) imb += env * (e->severity - 1.0);
+      for (int u = 0; u < U; u++) {
+        fl__unit *x = &un[u];
+        fl__plant *s = &x->s;
+        const fl__episode *eu = u == e_unit || (U == 1 && e) ? e : NULL;
+        double env = eu ? fl__envelope(eu, t) : 0.0;
+        int kind = eu ? eu->kind : 0;
+        double hst = fl__Hst, sag = 0.0, tank = 0.0;
+        if (U > 1) {
+          hst += fl__k_header * (sum_q - s->q) / (U - 1);
+          sag = fl__k_bus * (sum_i - x->w.i) / (U - 1);
+          tank = fl__g_tank * ((sum_tf - s->tf) / (U - 1) - s->tf);
+        }
 
-      s.q += (fl__q_eq(s.n, v_eff, h0) - s.q) * fl__dt / fl__tau_q;
-      w = fl__powers(&s, h0);
-      s.tm += fl__dt * ((w.pe - w.shaft) - fl__motor_cooling(s.n) * (s.tm - ta)) / fl__cm;
-      s.tf += fl__dt * ((w.shaft - w.ph) - fl__gf * (s.tf - ta)) / fl__cf;
-      s.phase = fmod(s.phase + fl__pi2 * fl__shaft_hz * s.n * fl__dt, fl__pi2);
+        /* The drive and the valve actuator follow their setpoints. */
+        s->n += (fl__setpoint_at(&x->sp_n, t) - s->n) * fl__dt / 2.0;
+        s->v += (fl__setpoint_at(&x->sp_v, t) - s->v) * fl__dt / 3.0;
 
-      /* Vibration: harmonics grow with speed squared, broadband with load;
-       * the non-drive end sees less of the 1x imbalance and more 3x. */
-      double load = w.shaft / 1000.0, n2 = s.n * s.n, ph = s.phase;
-      double de = n2 * (0.8 * imb * sin(ph) + 0.4 * sin(2 * ph + 0.7) + 0.2 * sin(3 * ph + 1.9));
-      double nde = n2 * (0.6 * (1.0 + 0.7 * (imb - 1.0)) * sin(ph + 0.4) +
-                         0.25 * sin(2 * ph + 2.1) + 0.3 * sin(3 * ph + 0.3));
-      double bde = 0.25 * bb * (0.3 + 0.7 * load), bnde = 0.2 * bb * (0.3 + 0.7 * load);
-      de += bde * fl_rng_normal(&noise) + ns * 0.05 * fl_rng_normal(&noise);
-      nde += bnde * fl_rng_normal(&noise) + ns * 0.05 * fl_rng_normal(&noise);
-      row[0 * FL__SUB + k] = (float)de;
-      row[1 * FL__SUB + k] = (float)nde;
+        double v_eff = s->v, h0 = fl__H0, imb = 1.0, bb = 1.0;
+        if (kind == FL_SIM_VALVE_CLOSURE) v_eff *= 1.0 - env * (1.0 - eu->severity);
+        if (kind == FL_SIM_CAVITATION) {
+          h0 *= 1.0 - env * eu->severity;
+          bb += env * 3.0;
+        }
+        if (kind == FL_SIM_IMBALANCE) imb += env * (eu->severity - 1.0);
 
-      /* Cavitation's vapour bubbles make the flow and pressure restless;
-       * the draws come from the anomaly stream so the clean twin's noise is
-       * unchanged. */
-      if (kind == FL_SIM_CAVITATION && k == FL__SUB - 1) cav_noise = env * fl_rng_normal(&anom);
+        s->q += (fl__q_eq(s->n, v_eff, h0, hst) - s->q) * fl__dt / fl__tau_q;
+        fl__power w = fl__powers(s, h0, sag);
+        x->w = w;
+        s->tm += fl__dt * ((w.pe - w.shaft) - fl__motor_cooling(s->n) * (s->tm - ta)) / fl__cm;
+        s->tf += fl__dt * ((w.shaft - w.ph) - fl__gf * (s->tf - ta) + tank) / fl__cf;
+        s->phase = fmod(s->phase + fl__pi2 * fl__shaft_hz * s->n * fl__dt, fl__pi2);
+
+        /* Vibration: harmonics grow with speed squared, broadband with load;
+         * the non-drive end sees less of the 1x imbalance and more 3x. */
+        double load = w.shaft / 1000.0, n2 = s->n * s->n, ph = s->phase;
+        double de = n2 * (0.8 * imb * sin(ph) + 0.4 * sin(2 * ph + 0.7) + 0.2 * sin(3 * ph + 1.9));
+        double nde = n2 * (0.6 * (1.0 + 0.7 * (imb - 1.0)) * sin(ph + 0.4) +
+                           0.25 * sin(2 * ph + 2.1) + 0.3 * sin(3 * ph + 0.3));
+        double bde = 0.25 * bb * (0.3 + 0.7 * load), bnde = 0.2 * bb * (0.3 + 0.7 * load);
+        de += bde * fl_rng_normal(&x->noise) + ns * 0.05 * fl_rng_normal(&x->noise);
+        nde += bnde * fl_rng_normal(&x->noise) + ns * 0.05 * fl_rng_normal(&x->noise);
+        float *ur = row + u * FL__UNIT_COLS;
+        ur[0 * FL__SUB + k] = (float)de;
+        ur[1 * FL__SUB + k] = (float)nde;
+
+        /* Cavitation's vapour bubbles make the flow and pressure restless;
+         * the draws come from the anomaly stream so the clean twin's noise
+         * is unchanged. */
+        if (kind == FL_SIM_CAVITATION && k == FL__SUB - 1) cav_noise = env * fl_rng_normal(&anom);
+      }
     }
 
-    double q_lpm = 100.0 * s.q;
-    row[FL__COL_CURRENT] = (float)(w.i + ns * 0.02 * fl_rng_normal(&noise));
-    row[FL__COL_VOLTAGE] = (float)(w.u + ns * 0.5 * fl_rng_normal(&noise));
-    row[FL__COL_PRESSURE] =
-        (float)(w.p * (1.0 + 0.05 * cav_noise) + ns * 0.02 * fl_rng_normal(&noise));
-    row[FL__COL_FLOW] = (float)(q_lpm * (1.0 + 0.04 * cav_noise) +
-                                ns * (0.5 + 0.005 * q_lpm) * fl_rng_normal(&noise));
-    row[FL__COL_TMOTOR] = (float)(s.tm + ns * 0.05 * fl_rng_normal(&noise));
-    row[FL__COL_TFLUID] = (float)(s.tf + ns * 0.03 * fl_rng_normal(&noise));
+    for (int u = 0; u < U; u++) {
+      fl__unit *x = &un[u];
+      const fl__power *w = &x->w;
+      double cn = u == e_unit || U == 1 ? cav_noise : 0.0;
+      double q_lpm = 100.0 * x->s.q;
+      float *ur = row + u * FL__UNIT_COLS;
+      ur[FL__COL_CURRENT] = (float)(w->i + ns * 0.02 * fl_rng_normal(&x->noise));
+      ur[FL__COL_VOLTAGE] = (float)(w->u + ns * 0.5 * fl_rng_normal(&x->noise));
+      ur[FL__COL_PRESSURE] =
+          (float)(w->p * (1.0 + 0.05 * cn) + ns * 0.02 * fl_rng_normal(&x->noise));
+      ur[FL__COL_FLOW] = (float)(q_lpm * (1.0 + 0.04 * cn) +
+                                 ns * (0.5 + 0.005 * q_lpm) * fl_rng_normal(&x->noise));
+      ur[FL__COL_TMOTOR] = (float)(x->s.tm + ns * 0.05 * fl_rng_normal(&x->noise));
+      ur[FL__COL_TFLUID] = (float)(x->s.tf + ns * 0.03 * fl_rng_normal(&x->noise));
+    }
   }
   free(ep);
+  free(ep_unit);
+  free(un);
   return 0;
 }

@@ -19,6 +19,7 @@
 #include "faultline.pb-c.h"
 #include "faultline/config.h"
 #include "faultline/ticks.h"
+#include "fln.h"
 #include "sparkplug_b.pb-c.h"
 
 #define FLB_MAX_STREAMS 64
@@ -139,8 +140,6 @@ typedef struct {
   uint64_t connects, disconnects;
   double down_seconds, down_since;  /* broker time lost (monotonic seconds) */
   uint64_t ticks_while_down;
-  uint64_t http_refused;
-  int http_open;
   double start;
 } flb_metrics;
 
@@ -161,25 +160,23 @@ typedef struct flb_app {
   /* ZeroMQ */
   void *zctx, *pub, *sub;
   uv_poll_t sub_poll;
-  uv_timer_t tick_timer, misc_timer, wd_timer;
+  uv_timer_t tick_timer, misc_timer;
+  fln_watchdog watchdog;
   uv_signal_t sig_term, sig_int;
-  /* HTTP */
-  struct MHD_Daemon *mhd;
-  uv_poll_t mhd_poll;
-  uv_timer_t mhd_timer;
-  int mhd_on;
+  /* /metrics and /healthz (net/'s endpoint) */
+  fln_http http;
   int stopping;
   /* bounded logging of bad input: one line per reason per interval */
-  double bad_logged[FLB_BAD_COUNT];
-  uint64_t bad_quiet[FLB_BAD_COUNT];
+  fln_limit bad_log[FLB_BAD_COUNT];
   uint8_t *buf;
   size_t cap;
 } flb_app;
 
 double flb_now(void);        /* monotonic seconds */
 int64_t flb_wall_ns(void);   /* Unix nanoseconds */
-void flb_log(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void flb_log_level(int level);
+/* net/'s log lines, each naming the bridge (journald's identifier is the
+ * unit's; a terminal shows several programs' lines). */
+#define flb_log(prio, fmt, ...) fln_log(prio, "faultline bridge: " fmt, ##__VA_ARGS__)
 /* Counts bad input and logs it at most once per [metrics] log_interval per
  * reason, with the count that interval kept quiet. */
 void flb_bad(flb_app *app, int reason, const char *fmt, ...)
@@ -228,9 +225,9 @@ int flb_json_subscribe(flb_app *app);
 int flb_json_message(flb_app *app, const char *topic, const void *buf, size_t len);
 void flb_json_report(flb_app *app, int stream, const Faultline__Report *r);
 
-/* ---- bridge_http.c ----------------------------------------------------- */
-int flb_http_start(flb_app *app);
-void flb_http_stop(flb_app *app);
+/* ---- bridge_http.c: the routes of net/'s HTTP endpoint ---------------- */
+/* Sets up app->http for [metrics] listen (started by fln_http_start). */
+void flb_http_init(flb_app *app);
 char *flb_metrics_render(flb_app *app, size_t *len);
 
 #endif

@@ -1,16 +1,9 @@
-/* faultline bridge: /metrics (Prometheus text) and /healthz over HTTP.
- *
- * libmicrohttpd in external-poll epoll mode: its epoll descriptor is watched
- * by the loop and MHD_run() is called from the loop, so a scrape reads the
- * counters in the thread that writes them.  GET and HEAD only. */
-#include <netdb.h>
+/* faultline bridge: /metrics (Prometheus text) and /healthz, served by
+ * net/'s HTTP endpoint in the loop, so a scrape reads the counters in the
+ * thread that writes them. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/types.h>
-
-#include <microhttpd.h>
 
 #include "bridge.h"
 
@@ -82,138 +75,37 @@ char *flb_metrics_render(flb_app *app, size_t *len) {
   fprintf(f, "# HELP faultline_bridge_http_refused_total HTTP connections over the limit.\n"
              "# TYPE faultline_bridge_http_refused_total counter\n"
              "faultline_bridge_http_refused_total %llu\n",
-          (unsigned long long)m->http_refused);
+          (unsigned long long)app->http.refused);
   fclose(f);
   *len = n;
   return buf;
 }
 
-static enum MHD_Result flb__answer(void *cls, struct MHD_Connection *conn, const char *url,
-                                   const char *method, const char *version,
-                                   const char *upload, size_t *upload_size, void **ctx) {
-  flb_app *app = cls;
-  (void)version;
-  (void)upload;
-  (void)ctx;
-  if (*upload_size) return MHD_NO;
-  unsigned status = MHD_HTTP_NOT_FOUND;
-  char *body = NULL;
-  const char *text = "not found\n";
-  size_t len = strlen(text);
-  if (strcmp(method, "GET") && strcmp(method, "HEAD")) {
-    status = MHD_HTTP_METHOD_NOT_ALLOWED;
-    text = "GET or HEAD\n";
-    len = strlen(text);
-  } else if (!strcmp(url, "/metrics")) {
-    body = flb_metrics_render(app, &len);
-    if (!body) return MHD_NO;
-    status = MHD_HTTP_OK;
-  } else if (!strcmp(url, "/healthz")) {
-    /* Up while the loop answers; the broker's state is in the body. */
-    status = app->stopping ? MHD_HTTP_SERVICE_UNAVAILABLE : MHD_HTTP_OK;
-    text = app->stopping ? "stopping\n" : app->connected ? "ok\n" : "ok, broker down\n";
-    len = strlen(text);
-  }
-  struct MHD_Response *r =
-      body ? MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE)
-           : MHD_create_response_from_buffer(len, (void *)text, MHD_RESPMEM_PERSISTENT);
-  if (!r) {
-    free(body);
-    return MHD_NO;
-  }
-  if (body) MHD_add_response_header(r, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
-  enum MHD_Result ret = MHD_queue_response(conn, status, r);
-  MHD_destroy_response(r);
-  return ret;
-}
+static char *flb__metrics(void *user, size_t *len) { return flb_metrics_render(user, len); }
 
-static enum MHD_Result flb__accept(void *cls, const struct sockaddr *addr, socklen_t len) {
-  flb_app *app = cls;
-  (void)addr;
-  (void)len;
-  if (app->m.http_open < FLB_HTTP_MAX_CONN) return MHD_YES;
-  app->m.http_refused++;
-  return MHD_NO;
-}
-
-static void flb__conn_notify(void *cls, struct MHD_Connection *c, void **sctx,
-                             enum MHD_ConnectionNotificationCode toe) {
-  flb_app *app = cls;
-  (void)c;
-  (void)sctx;
-  if (toe == MHD_CONNECTION_NOTIFY_STARTED) app->m.http_open++;
-  else if (toe == MHD_CONNECTION_NOTIFY_CLOSED && app->m.http_open > 0) app->m.http_open--;
-}
-
-static void flb__mhd_timer_cb(uv_timer_t *t) {
-  flb_app *app = t->data;
-  MHD_run(app->mhd);
-}
-
-static void flb__mhd_poll_cb(uv_poll_t *h, int status, int events) {
-  flb_app *app = h->data;
-  (void)status;
-  (void)events;
-  MHD_run(app->mhd);
-  MHD_UNSIGNED_LONG_LONG ms;
-  if (MHD_get_timeout(app->mhd, &ms) == MHD_YES)
-    uv_timer_start(&app->mhd_timer, flb__mhd_timer_cb, ms, 0);
-}
-
-int flb_http_start(flb_app *app) {
-  const char *listen = app->cfg.listen;
-  if (!listen[0]) return 0;
-  const char *colon = strrchr(listen, ':');
-  if (!colon) return -1;
-  char host[128];
-  snprintf(host, sizeof host, "%.*s", (int)(colon - listen), listen);
-  if (host[0] == '[') {
-    memmove(host, host + 1, strlen(host));
-    char *e = strchr(host, ']');
-    if (e) *e = 0;
-  }
-  struct addrinfo hints = {0}, *ai = NULL;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV | AI_PASSIVE;
-  int g = getaddrinfo(host[0] ? host : NULL, colon + 1, &hints, &ai);
-  if (g) {
-    flb_log(3, "[metrics] listen = %s: %s", listen, gai_strerror(g));
-    return -1;
-  }
-  unsigned flags = MHD_USE_EPOLL | (ai->ai_family == AF_INET6 ? MHD_USE_IPv6 : 0);
-  uint16_t port = ntohs(ai->ai_family == AF_INET6
-                            ? ((struct sockaddr_in6 *)ai->ai_addr)->sin6_port
-                            : ((struct sockaddr_in *)ai->ai_addr)->sin_port);
-  app->mhd = MHD_start_daemon(flags, port, flb__accept, app, flb__answer, app,
-                              MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_CONNECTION_TIMEOUT,
-                              (unsigned)10, MHD_OPTION_CONNECTION_LIMIT,
-                              (unsigned)FLB_HTTP_MAX_CONN + 8, MHD_OPTION_NOTIFY_CONNECTION,
-                              flb__conn_notify, app, MHD_OPTION_END);
-  freeaddrinfo(ai);
-  const union MHD_DaemonInfo *info =
-      app->mhd ? MHD_get_daemon_info(app->mhd, MHD_DAEMON_INFO_EPOLL_FD) : NULL;
-  if (!info) {
-    if (app->mhd) MHD_stop_daemon(app->mhd);
-    app->mhd = NULL;
-    flb_log(3, "cannot serve metrics on %s (address in use?)", listen);
-    return -1;
-  }
-  uv_poll_init(app->loop, &app->mhd_poll, info->epoll_fd);
-  uv_timer_init(app->loop, &app->mhd_timer);
-  app->mhd_poll.data = app->mhd_timer.data = app;
-  uv_poll_start(&app->mhd_poll, UV_READABLE, flb__mhd_poll_cb);
-  app->mhd_on = 1;
-  flb_log(6, "metrics on http://%s/metrics", listen);
+/* Up while the loop answers; the broker's state is in the body. */
+static int flb__health(void *user, const char *url, unsigned *status, const char **body,
+                       size_t *len) {
+  const flb_app *app = user;
+  (void)url;
+  *status = app->stopping ? 503 : 200;
+  *body = app->stopping ? "stopping\n" : app->connected ? "ok\n" : "ok, broker down\n";
+  *len = strlen(*body);
   return 0;
 }
 
-void flb_http_stop(flb_app *app) {
-  if (!app->mhd_on) return;
-  uv_poll_stop(&app->mhd_poll);
-  uv_timer_stop(&app->mhd_timer);
-  uv_close((uv_handle_t *)&app->mhd_poll, NULL);
-  uv_close((uv_handle_t *)&app->mhd_timer, NULL);
-  MHD_stop_daemon(app->mhd);
-  app->mhd = NULL;
-  app->mhd_on = 0;
+static const fln_route flb__routes[] = {
+    {"/metrics", NULL, flb__metrics, FLN_PROMETHEUS_TEXT},
+    {"/healthz", flb__health, NULL, "text/plain"},
+};
+
+void flb_http_init(flb_app *app) {
+  fln_http *h = &app->http;
+  h->table = (fln_http_table){flb__routes, (int)(sizeof flb__routes / sizeof *flb__routes),
+                              "not found\n", app};
+  snprintf(h->listen, sizeof h->listen, "%s", app->cfg.listen);
+  h->max_connections = FLB_HTTP_MAX_CONN;
+  h->max_request = 4096;
+  h->max_connections_name = "the bridge's connection limit";
+  h->refused_log.interval = app->cfg.log_interval;
 }

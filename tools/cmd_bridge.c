@@ -9,26 +9,11 @@
 #include <string.h>
 #include <time.h>
 
-#include <systemd/sd-daemon.h>
 #include <zmq.h>
 
 #include "bridge.h"
 #include "cli.h"
 #include "faultline/error.h"
-
-static int flb_level = 6;
-
-void flb_log_level(int level) { flb_level = level; }
-
-void flb_log(int prio, const char *fmt, ...) {
-  if (prio > flb_level) return;
-  va_list ap;
-  fprintf(stderr, "<%d>faultline bridge: ", prio);
-  va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
-  va_end(ap);
-  fputc('\n', stderr);
-}
 
 double flb_now(void) {
   struct timespec ts;
@@ -44,22 +29,14 @@ int64_t flb_wall_ns(void) {
 
 void flb_bad(flb_app *app, int reason, const char *fmt, ...) {
   app->m.bad[reason]++;
-  double now = flb_now();
-  if (app->bad_logged[reason] > 0 && now - app->bad_logged[reason] < app->cfg.log_interval) {
-    app->bad_quiet[reason]++;
-    return;
-  }
   char msg[512];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  if (app->bad_quiet[reason])
-    flb_log(4, "%s (%s; %llu more since the last line)", msg, flb_bad_name(reason),
-            (unsigned long long)app->bad_quiet[reason]);
-  else flb_log(4, "%s (%s)", msg, flb_bad_name(reason));
-  app->bad_logged[reason] = now;
-  app->bad_quiet[reason] = 0;
+  fln_limit *l = &app->bad_log[reason];
+  l->interval = app->cfg.log_interval;
+  fln_limit_hit(l, "faultline bridge: %s (%s)", msg, flb_bad_name(reason));
 }
 
 uint8_t *flb_scratch(flb_app *app, size_t n) {
@@ -229,11 +206,13 @@ static void flb_tick_cb(uv_timer_t *t) {
   flb_drain_reports(app);
 }
 
-static void flb_wd_cb(uv_timer_t *t) {
-  flb_app *app = t->data;
-  sd_notifyf(0, "WATCHDOG=1\nSTATUS=broker %s, %llu frames out, %llu reports in",
-             app->connected ? "connected" : "down", (unsigned long long)app->m.frames_out,
-             (unsigned long long)app->m.reports_in);
+/* Each watchdog ping says how the bridge is doing. */
+static int flb_wd_status(void *user, char *status, size_t len) {
+  const flb_app *app = user;
+  snprintf(status, len, "broker %s, %llu frames out, %llu reports in",
+           app->connected ? "connected" : "down", (unsigned long long)app->m.frames_out,
+           (unsigned long long)app->m.reports_in);
+  return 0;
 }
 
 void flb_on_connect(flb_app *app) {
@@ -368,11 +347,14 @@ int cmd_bridge(int argc, char **argv) {
     free(app);
     return 0;
   }
-  flb_log_level(app->cfg.log_level);
+  fln_log_set_level(app->cfg.log_level);
   int rc = 1;
   app->loop = uv_default_loop();
   app->m.start = flb_now();
-  if (flb_streams(app) || flb_spb_init(app) || flb_zmq(app) || flb_http_start(app)) goto done;
+  flb_http_init(app);
+  if (flb_streams(app) || flb_spb_init(app) || flb_zmq(app) ||
+      fln_http_start(&app->http, app->loop))
+    goto done;
   uv_signal_init(app->loop, &app->sig_term);
   uv_signal_init(app->loop, &app->sig_int);
   app->sig_term.data = app->sig_int.data = app;
@@ -384,17 +366,13 @@ int cmd_bridge(int argc, char **argv) {
   double every = app->cfg.tick / 4 < 0.05 ? app->cfg.tick / 4 : 0.05;
   uint64_t ms = every < 0.001 ? 1 : (uint64_t)(every * 1000);
   uv_timer_start(&app->tick_timer, flb_tick_cb, ms, ms);
-  uv_timer_init(app->loop, &app->wd_timer);
-  app->wd_timer.data = app;
-  uint64_t usec = 0;
-  if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0)
-    uv_timer_start(&app->wd_timer, flb_wd_cb, usec / 2000, usec / 2000);
+  fln_watchdog_start(&app->watchdog, app->loop, flb_wd_status, app);
   if (flb_mqtt_start(app)) goto done;
-  sd_notify(0, "READY=1\nSTATUS=bridging");
+  fln_notify_ready("bridging");
   flb_log(6, "%d streams; broker %s; frames to %s, reports from %s", app->n_streams,
           app->cfg.url, app->cfg.frames, app->cfg.reports);
   uv_run(app->loop, UV_RUN_DEFAULT);
-  sd_notify(0, "STOPPING=1");
+  fln_notify_stopping("stopping");
   rc = 0;
   /* A clean disconnect discards the will: say our node's death ourselves. */
   if (app->connected && app->cfg.sparkplug) {
@@ -419,7 +397,8 @@ int cmd_bridge(int argc, char **argv) {
   }
 done:
   flb_mqtt_stop(app);
-  flb_http_stop(app);
+  fln_http_stop(&app->http);
+  fln_watchdog_stop(&app->watchdog);
   if (app->sub) uv_poll_stop(&app->sub_poll);
   uv_walk(app->loop, flb_close_walk, NULL);
   uv_run(app->loop, UV_RUN_DEFAULT);

@@ -17,12 +17,13 @@ int cmd_simulate(int argc, char **argv) {
   static const struct option opts[] = {{"out", 1, 0, 'o'},       {"rows", 1, 0, 'r'},
                                        {"seed", 1, 0, 's'},      {"anomalies", 1, 0, 'a'},
                                        {"drift", 1, 0, 'd'},     {"shift", 1, 0, 'S'},
-                                       {"help", 0, 0, 'h'},      {0, 0, 0, 0}};
+                                       {"units", 1, 0, 'u'},     {"help", 0, 0, 'h'},
+                                       {0, 0, 0, 0}};
   fl_sim_config c;
   fl_sim_defaults(&c);
   const char *out = NULL;
   int o;
-  while ((o = getopt_long(argc, argv, "o:r:s:a:d:S:h", opts, NULL)) != -1) {
+  while ((o = getopt_long(argc, argv, "o:r:s:a:d:S:u:h", opts, NULL)) != -1) {
     switch (o) {
     case 'o': out = optarg; break;
     case 'r': c.rows = atoi(optarg); break;
@@ -30,9 +31,10 @@ int cmd_simulate(int argc, char **argv) {
     case 'a': c.anomalies = atoi(optarg); break;
     case 'd': c.drift = (float)atof(optarg); break;
     case 'S': c.shift = (float)atof(optarg); break;
+    case 'u': c.units = atoi(optarg); break;
     case 'h':
       printf("usage: faultline simulate --out CSV [--rows N] [--seed N] [--anomalies N] "
-             "[--drift X] [--shift V]\n\n"
+             "[--drift X] [--shift V] [--units U]\n\n"
              "Writes the built-in water-pump plant: vibration (2 channels at 10x the base "
              "rate,\ncolumns NAME.0..NAME.9), electrical, hydraulic and thermal (2 channels "
              "each), one\nrow per second, with labels anomaly and anomaly_kind (1 valve "
@@ -43,15 +45,21 @@ int cmd_simulate(int argc, char **argv) {
              "  --drift X      scale of slow ambient drift (default %g)\n"
              "  --shift V      slow operating-point shift: the supply voltage's level moves\n"
              "                 by V volts over the first two thirds of the run, then holds\n"
-             "                 (default %g)\n",
+             "                 (default %g)\n"
+             "  --units U      a plant of U coupled pump units (default 1, at most %d): one\n"
+             "                 discharge header, supply bus and tank; 26 sensor columns per\n"
+             "                 unit named uNN_<column>, and the label anomaly_unit (the\n"
+             "                 episode's unit); U = 20 is 160 sensors\n",
              c.rows, (unsigned long long)c.seed, c.anomalies, (double)c.drift,
-             (double)c.shift);
+             (double)c.shift, FL_SIM_MAX_UNITS);
       return 0;
     default: return 2;
     }
   }
   if (!out) return cli_fail("simulate", "--out CSV is required (see --help)");
   if (c.rows <= 0) return cli_fail("simulate", "--rows must be positive");
+  if (c.units < 1 || c.units > FL_SIM_MAX_UNITS)
+    return cli_fail("simulate", "--units must be 1 to %d", FL_SIM_MAX_UNITS);
   fl_table t = {0};
   int e = fl_sim_run(&c, &t);
   if (e) return cli_fail("simulate", "%s", fl_strerror(e));

@@ -94,7 +94,7 @@ int cli_load_config(const char *cmd, const char *path, fl_config *c) {
 
 int cli_is_label(const char *name) {
   return !strcmp(name, "anomaly") || !strcmp(name, "changepoint") ||
-         !strcmp(name, "anomaly_kind");
+         !strcmp(name, "anomaly_kind") || !strcmp(name, "anomaly_unit");
 }
 
 int cli_default_modality(const char *cmd, fl_config *c, const fl_table *t) {

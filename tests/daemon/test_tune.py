@@ -4,8 +4,10 @@
 usage: test_tune.py SCENARIO FAULTLINED FAULTLINE MODEL EPISODE CONFIG
 
   drift  the simulator's plant with a slow operating-point shift (`faultline
-         simulate --shift 20`: the supply voltage rises 20 V over the first
-         two thirds of the run and holds), streamed once with tuning off and
+         simulate --shift S`: the supply voltage rises S V over the first
+         two thirds of the run and holds; S is the largest of 20, 16, 12, 8
+         after which the base model's offline false-alarm rate is at most
+         0.5, see choose_shift), streamed once with tuning off and
          once with it on, on a model trained long enough that its false
          alarms before the shift are few (MODEL; FL_TUNE_MODEL overrides):
          with tuning on, updates are accepted, the model version in the
@@ -140,14 +142,53 @@ def eval_auroc(model, csv, tag):
     return o["auroc"], o.get("far_settled", o.get("far"))
 
 
+def offline_far(csv, rows):
+    """The base model's false-alarm rate on the last third of csv, scored
+    offline (`faultline score`: the same pipeline as the daemon)."""
+    import csv as csvmod
+    out = csv + ".score"
+    subprocess.run([FL, "score", "--model", MODEL, "--in", csv, "--out", out], check=True,
+                   capture_output=True)
+    with open(out) as f:
+        flags = [int(r["anomaly"] or 0) for r in csvmod.DictReader(f)]
+    tail = flags[rows * 2 // 3 + 60:]
+    return sum(tail) / max(1, len(tail))
+
+
+def choose_shift(rows, seed, csv):
+    """The largest shift of SHIFTS whose false alarms after it, with the base
+    model and no tuning, stay at or below MAX_BASE_FAR.  Gated tuning learns
+    only from windows that score below gate x threshold: a drift that puts
+    every window above the threshold before the first update lands leaves it
+    nothing to learn from (docs/results/online-tuning.md).  How large a shift
+    that is depends on the trained model, and the model's training depends
+    on the CPU's kernels (AVX2 or AVX-512 sum in another order), so the
+    scenario is sized to the model under test, offline, before any daemon
+    runs."""
+    SHIFTS = ("20", "16", "12", "8")
+    MAX_BASE_FAR = 0.5
+    for shift in SHIFTS:
+        subprocess.run([FL, "simulate", "--rows", str(rows), "--seed", seed, "--anomalies", "0",
+                        "--shift", shift, "--out", csv], check=True)
+        f = offline_far(csv, rows)
+        if f <= MAX_BASE_FAR:
+            return shift, f
+    return shift, f
+
+
 def scenario_drift():
     rows = int(os.environ.get("FL_TUNE_ROWS", "9000"))
-    shift = os.environ.get("FL_TUNE_SHIFT", "20")
     seed = os.environ.get("FL_TUNE_SEED", "23")
-    rate = int(os.environ.get("FL_TUNE_RATE", "120" if SANITIZED else "300"))
+    rate = int(os.environ.get("FL_TUNE_RATE", "120" if SANITIZED else "150"))
     csv = os.path.join(TMP, "drift.csv")
-    subprocess.run([FL, "simulate", "--rows", str(rows), "--seed", seed, "--anomalies", "0",
-                    "--shift", shift, "--out", csv], check=True)
+    shift = os.environ.get("FL_TUNE_SHIFT")
+    if shift is None:
+        shift, base_far = choose_shift(rows, seed, csv)
+        print(f"drift: shift {shift} V (the base model's offline false-alarm rate after it "
+              f"{base_far:.3f})", flush=True)
+    else:
+        subprocess.run([FL, "simulate", "--rows", str(rows), "--seed", seed, "--anomalies", "0",
+                        "--shift", shift, "--out", csv], check=True)
     ckpt = os.path.join(TMP, "tuned.model")
     off, m_off, _, _ = run_stream("off", csv, rows, rate, None)
     tune = dict(TUNE_FAST, checkpoint=ckpt)
@@ -209,8 +250,8 @@ def scenario_drift():
           f"{steps:g} steps in {secs:.2f} s, {tuned} of {len(versions)} reports tuned, buffer "
           f"{buf:g}; threshold off {m_off.get('faultline_model_threshold', 0):.4g} on "
           f"{m_on.get('faultline_model_threshold', 0):.4g}", flush=True)
-    # The premise: without tuning the shift raises false alarms (0.05-0.28 on
-    # seeds 23, 5, 11, 17, 29, against 0 before it on all but seed 29).
+    # The premise: without tuning the shift raises false alarms (choose_shift
+    # keeps them at or below 0.5 offline; the stream's may differ a little).
     check(f_off >= 0.03, f"drift: the shift raises false alarms without tuning ({f_off:.4f}); "
           f"if the detector no longer minds it, the test needs a larger FL_TUNE_SHIFT")
     check(f_on <= 0.5 * f_off, f"drift: tuning halves the false-alarm rate after the drift "

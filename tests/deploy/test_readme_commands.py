@@ -49,6 +49,13 @@ NOT_COMMANDS = {
     ("README.md: Layout", "lib/"): "the source tree, not commands",
     ("docs/model.md: The network", "CSV / frames"): "a data-flow diagram",
     ("docs/operations.md: Metrics and health", '{"streams"'): "an answer of /streams",
+    ("docs/bridge.md: (top)", "edge nodes"): "a data-flow diagram",
+    ("docs/bridge.md: The mapping", "[map.pump1]"):
+        "an excerpt of a bridge configuration; the whole example, config/bridge.ini, is "
+        "checked by bridge_config (faultline bridge --check)",
+    ("docs/results/bridge.md: (top)", "devices 40"): "the benchmark's output",
+    ("docs/results/bridge.md: (top)", "devices 64"): "the benchmark's output",
+    ("docs/results/bridge.md: A broker restart", "outage 2.0 s"): "bridge_restart's output",
 }
 # Blocks another test runs: (section, start of first line) -> which test.
 RUN_ELSEWHERE = {
@@ -64,6 +71,15 @@ EXEMPT = [
     (r"^systemctl ",
      "needs systemd as PID 1 and root; this container has neither.  The units are "
      "checked by the test systemd_units (systemd-analyze verify, security --offline)"),
+    (r"^apt-get install ",
+     "installs packages on the host; deploy/deps.sh installs the same ones for the tests"),
+    (r"^\$EDITOR ", "the reader's own edit of the copied configuration"),
+    (r"^mosquitto_sub -h broker\.plant ",
+     "needs the plant's broker and a running bridge; bridge_sparkplug (tests/bridge) "
+     "subscribes to the same topics on a real mosquitto"),
+    (r"^curl -s 127\.0\.0\.1:9120/metrics",
+     "the bridge the unit started, which does not run here; bridge_sparkplug scrapes a "
+     "real bridge's metrics"),
 ]
 # Commands not run because they take many minutes by design (repeated timed
 # runs): regex on the command's line -> why.  Their programs and arguments are
@@ -89,6 +105,8 @@ REWRITES = [
     ((r"(?<![\w.$/-])/etc/faultline/", "$STAGE/etc/faultline/"),
      "the test never writes the host's /etc: `meson install` is staged under $STAGE "
      "(DESTDIR), and the installed configuration and model are read from there"),
+    ((r"(?<![\w.$/-])/usr/share/faultline/", "$STAGE/usr/share/faultline/"),
+     "the installed example files are read from the staged `meson install`"),
     ((r"\bmeson test -C build (?!.*--logbase)", "meson test -C build --logbase readme-nested "),
      "a `meson test` run here, inside the suite's own `meson test` of the same build, "
      "would overwrite the suite's meson-logs/testlog.json, from which tests/run.sh counts"),
@@ -105,6 +123,14 @@ SECTION_ENV = {
         "`meson install` (as root on a gateway) is staged with DESTDIR, and the installed "
         "faultline and faultlined are found there"),
 }
+SECTION_ENV["README.md: On the plant's MQTT bus"] = (
+    SECTION_ENV["README.md: Installing on a gateway"][0],
+    "the installed faultline (staged by the section before) checks the installed example "
+    "configuration")
+SECTION_ENV["docs/bridge.md: Pointing faultline at an existing broker"] = (
+    SECTION_ENV["README.md: Installing on a gateway"][0],
+    "the installed faultline (staged by README.md's `meson install`) checks the installed "
+    "example configuration")
 # Shell run before a section's first block -> why.
 SETUP = {
     "README.md: First use on your own CSV": (
@@ -150,6 +176,9 @@ EXPECT = {
         "files": ["$STAGE/usr/bin/faultline", "$STAGE/usr/sbin/faultlined",
                   "$STAGE/etc/faultline/faultline.ini", "$STAGE/etc/faultline/plant.model",
                   "plant.csv"]},
+    "README.md: On the plant's MQTT bus": {"files": ["$STAGE/etc/faultline/bridge-plant.ini"]},
+    "docs/bridge.md: Pointing faultline at an existing broker": {
+        "files": ["$STAGE/etc/faultline/bridge-plant.ini"]},
     "docs/results/skab.md: Result": {"output": [r"F1"]},
     "docs/results/skab.md: Training time": {"files": ["valve1-1.model"], "output": [r"real"]},
     "docs/results/injected-faults.md: SKAB's anomaly-free recording": {

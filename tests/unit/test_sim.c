@@ -320,6 +320,121 @@ static void test_episodes_against_clean_twin(void **state) {
   for (int k = 1; k <= 3; k++) assert_true(checked[k] > 0);
 }
 
+/* A plant of units: 26 columns per unit named uNN_..., three labels, and
+ * each episode in one unit; one unit is the plant of old, column for
+ * column. */
+static void test_units_layout(void **state) {
+  (void)state;
+  fl_sim_config c;
+  fl_sim_defaults(&c);
+  c.rows = 1200;
+  c.anomalies = 4;
+  fl_table one = {0}, zero = {0}, three = {0};
+  assert_int_equal(fl_sim_run(&c, &one), 0);
+  c.units = 0; /* counts as 1 */
+  assert_int_equal(fl_sim_run(&c, &zero), 0);
+  assert_int_equal(zero.cols, 28);
+  assert_memory_equal(one.data, zero.data, sizeof(float) * 28 * 1200);
+  c.units = 3;
+  assert_int_equal(fl_sim_run(&c, &three), 0);
+  assert_int_equal(three.cols, 3 * 26 + 3);
+  assert_string_equal(three.names[0], "u01_vib_de.0");
+  assert_string_equal(three.names[26 + 20], "u02_current");
+  assert_string_equal(three.names[2 * 26 + 25], "u03_temp_fluid");
+  int ca = col(&three, "anomaly"), cu = col(&three, "anomaly_unit");
+  int seen = 0;
+  for (int r = 0; r < three.rows; r++) {
+    float a = three.data[(size_t)r * three.cols + ca], u = three.data[(size_t)r * three.cols + cu];
+    if (a == 0.0f) assert_true(u == 0.0f);
+    else {
+      assert_true(u >= 1.0f && u <= 3.0f);
+      seen++;
+    }
+  }
+  assert_true(seen > 0);
+  fl_table_free(&one);
+  fl_table_free(&zero);
+  fl_table_free(&three);
+  c.units = FL_SIM_MAX_UNITS + 1;
+  assert_int_equal(fl_sim_run(&c, &three), FL_EINVAL);
+}
+
+/* The units are coupled (a unit's flow moves the others' pressure through
+ * the header) but each episode is local: against the clean twin, a valve
+ * closure or cavitation moves the faulty unit's flow far more than its
+ * neighbours'. */
+static void test_units_coupled_faults_local(void **state) {
+  (void)state;
+  fl_sim_config c;
+  fl_sim_defaults(&c);
+  c.rows = 7200;
+  c.units = 4;
+  c.seed = 5;
+  fl_table clean = {0}, faulty = {0};
+  assert_int_equal(fl_sim_run(&c, &clean), 0);
+  /* Coupling: unit 1 runs the single-unit plant's schedule and noise (the
+   * same seed), so what differs is the others' doing: the header they fill
+   * lowers its flow and raises its pressure the more they pump, and the bus
+   * they load lowers its voltage. */
+  {
+    fl_table alone = {0};
+    c.units = 1;
+    assert_int_equal(fl_sim_run(&c, &alone), 0);
+    c.units = 4;
+    int cp = col(&clean, "u01_pressure"), cf = col(&clean, "u01_flow");
+    int cv = col(&clean, "u01_voltage"), ap = col(&alone, "pressure");
+    int af = col(&alone, "flow"), av = col(&alone, "voltage");
+    assert_true(mean_col(&clean, cf, 0, clean.rows) < mean_col(&alone, af, 0, alone.rows) - 1.0);
+    assert_true(mean_col(&clean, cv, 0, clean.rows) < mean_col(&alone, av, 0, alone.rows) - 0.5);
+    double n = 0, sx = 0, sy = 0, sxy = 0, sxx = 0, syy = 0;
+    for (int r = 0; r < clean.rows; r++) {
+      double dp = clean.data[(size_t)r * clean.cols + cp] - alone.data[(size_t)r * alone.cols + ap];
+      double others = 0.0;
+      for (int v = 2; v <= 4; v++) {
+        char fn[32];
+        snprintf(fn, sizeof fn, "u%02d_flow", v);
+        others += clean.data[(size_t)r * clean.cols + col(&clean, fn)];
+      }
+      n += 1, sx += dp, sy += others, sxy += dp * others, sxx += dp * dp, syy += others * others;
+    }
+    double rho = (sxy / n - sx / n * sy / n) /
+                 sqrt((sxx / n - sx * sx / (n * n)) * (syy / n - sy * sy / (n * n)));
+    assert_true(rho > 0.2);
+    fl_table_free(&alone);
+  }
+  c.anomalies = 8;
+  assert_int_equal(fl_sim_run(&c, &faulty), 0);
+  int ck = col(&faulty, "anomaly_kind"), cu = col(&faulty, "anomaly_unit");
+  int checked = 0;
+  for (int r = 0; r < faulty.rows;) {
+    int kind = (int)faulty.data[(size_t)r * faulty.cols + ck];
+    if (kind != FL_SIM_VALVE_CLOSURE && kind != FL_SIM_CAVITATION) {
+      r++;
+      continue;
+    }
+    int unit = (int)faulty.data[(size_t)r * faulty.cols + cu], end = r;
+    while (end < faulty.rows && faulty.data[(size_t)end * faulty.cols + ck] != 0.0f) end++;
+    int a = r + 8, b = end - 5;
+    double own = 0.0, other = 0.0;
+    for (int u = 1; u <= 4; u++) {
+      char fn[32];
+      snprintf(fn, sizeof fn, "u%02d_flow", u);
+      int cf = col(&faulty, fn);
+      double d = fabs(mean_col(&faulty, cf, a, b) - mean_col(&clean, cf, a, b)) /
+                 mean_col(&clean, cf, a, b);
+      if (u == unit) own = d;
+      else if (d > other) other = d;
+    }
+    assert_true(own > 0.05);
+    assert_true(own > 3.0 * other);
+    checked++;
+    r = end;
+  }
+  assert_true(checked > 0);
+  fl_table_free(&clean);
+  fl_table_free(&faulty);
+}
+
 static void test_bad_arguments(void **state) {
   (void)state;
   fl_sim_config c;
@@ -355,6 +470,8 @@ int main(void) {
       cmocka_unit_test(test_drift_scale),
       cmocka_unit_test(test_anomaly_labels),
       cmocka_unit_test(test_episodes_against_clean_twin),
+      cmocka_unit_test(test_units_layout),
+      cmocka_unit_test(test_units_coupled_faults_local),
       cmocka_unit_test(test_bad_arguments),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

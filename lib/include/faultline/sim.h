@@ -46,6 +46,15 @@
  *                  noisy and broadband vibration grows several-fold;
  *   imbalance      the rotor's 1x vibration harmonic grows several-fold.
  *
+ * A plant of several units (units > 1) runs that many pumps side by side,
+ * physically coupled: they push into one discharge header (each unit's
+ * system curve starts higher when the others pump more), their motors hang
+ * on one supply bus (each sees the others' currents as a voltage sag), their
+ * fluid returns to one tank (each unit's fluid temperature is pulled towards
+ * the others'), and they share the ambient temperature, the grid's wander and
+ * the supply shift.  Each unit has its own operator (schedule) and sensor
+ * noise; each anomaly episode happens in one unit.
+ *
  * Randomness comes from independent streams derived from the seed (operating
  * schedule, sensor noise, ambient drift, anomalies), so the same seed with and
  * without anomalies gives the same plant up to the first episode, and an
@@ -59,7 +68,7 @@
 
 /* ---- layout ------------------------------------------------------------ */
 
-enum { FL_SIM_MODALITIES = 4, FL_SIM_MAX_CHANNELS = 2 };
+enum { FL_SIM_MODALITIES = 4, FL_SIM_MAX_CHANNELS = 2, FL_SIM_MAX_UNITS = 999 };
 
 /* One modality of the simulator as the model spec needs it. */
 typedef struct {
@@ -77,7 +86,11 @@ typedef struct {
  * r > 1 occupies r columns "<channel>.0" .. "<channel>.<r-1>", sub-samples in
  * time order; a rate-1 channel is the single column "<channel>".  The
  * simulator's table is these 26 sensor columns in layout order followed by
- * "anomaly" and "anomaly_kind": 28 columns. */
+ * "anomaly" and "anomaly_kind": 28 columns.  A plant of U > 1 units has
+ * each unit's 26 columns in unit order, named "uNN_<column>" (NN from 01,
+ * three digits from 100 units), then "anomaly", "anomaly_kind" and
+ * "anomaly_unit" (the episode's unit, from 1; 0 outside episodes):
+ * 26 U + 3 columns. */
 const fl_sim_modality *fl_sim_layout(int *count);
 
 /* ---- anomalies --------------------------------------------------------- */
@@ -102,23 +115,27 @@ typedef struct {
                    * moves by `shift` volts, linearly over the first two
                    * thirds of the run, and holds for the last third (0) */
   int64_t start;  /* Unix time (UTC) of the first row's stamp */
+  int units;      /* coupled pump units, 1..FL_SIM_MAX_UNITS (0 counts as 1);
+                   * one unit is the plant described above, column for
+                   * column */
 } fl_sim_config;
 
 /* seed 1, rows 3600 (one hour), anomalies 0, drift 1, noise 1, shift 0,
- * start 2026-01-01T00:00:00. */
+ * start 2026-01-01T00:00:00, units 1. */
 void fl_sim_defaults(fl_sim_config *c);
 
 /* Runs the simulator into out, which must not own memory (it is
- * overwritten): c->rows rows of the 28 columns described at fl_sim_layout,
+ * overwritten): c->rows rows of the columns described at fl_sim_layout,
  * stamps "YYYY-MM-DDTHH:MM:SS" (UTC) one second apart from c->start.
  * "anomaly" is 1 on every row of an episode and 0 elsewhere; "anomaly_kind"
  * holds its fl_sim_anomaly.  Episodes are spread over the run (the run is cut
  * into c->anomalies equal stretches, one episode placed at random inside
- * each), so a run too short for them all (under 60 rows per episode) gets
- * fewer.  The result depends only on the configuration.
+ * each, in a unit drawn at random), so a run too short for them all (under
+ * 60 rows per episode) gets fewer.  The result depends only on the configuration.
  *
  * Returns FL_EINVAL if c or out is NULL, rows <= 0, anomalies < 0, drift or
- * noise negative or not finite, shift not finite or beyond +-100 V, or start before 1970 or after 9999;
+ * noise negative or not finite, shift not finite or beyond +-100 V, units
+ * above FL_SIM_MAX_UNITS, or start before 1970 or after 9999;
  * FL_ENOMEM (out is then left empty). */
 int fl_sim_run(const fl_sim_config *c, fl_table *out);
 
