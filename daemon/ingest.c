@@ -68,12 +68,13 @@ int fld_streams_evict(fld_app *app, double now) {
   return n;
 }
 
-/* Finds the stream or creates it while there is room (after evicting the
- * idle ones); NULL when full. */
+/* Finds the stream or creates it while there is room; NULL when full.
+ * Idle streams leave from the lag timer (once a second), not here: a flood
+ * of new names at the cap would otherwise scan every stream per frame. */
 static fld_stream *fld__stream_get(fld_app *app, const char *name) {
   for (int s = 0; s < app->n_streams; s++)
     if (!strcmp(app->streams[s]->name, name)) return app->streams[s];
-  if (app->n_streams >= app->cfg.max_streams && !fld_streams_evict(app, fln_now())) return NULL;
+  if (app->n_streams >= app->cfg.max_streams) return NULL;
   if (!app->streams) {
     app->streams = calloc((size_t)app->cfg.max_streams, sizeof *app->streams);
     if (!app->streams) return NULL;
