@@ -96,6 +96,9 @@ static void fld__stream_restart(fld_app *app, fld_stream *st, const char *why) {
   st->head = 0;
   st->have_seq = 0;
   st->report_seq = 0;
+  st->last_flag = 0;
+  st->last_score = 0.0f;
+  st->last_faulty[0] = 0;
   fl_stream_state_reset(&st->state);
   app->m.stream_restarts++;
   fld_log(FLD_NOTICE, "stream \"%s\" restarted (%s): history starts afresh", st->name, why);
