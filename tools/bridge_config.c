@@ -280,6 +280,20 @@ int flb_config_load(flb_config *c, const char *path, char *err, size_t errlen) {
     snprintf(err, errlen, "%s: [bridge] model_config is required", path);
     goto out;
   }
+  /* A relative path names a file beside this one, as the copies under
+   * /etc/faultline sit together. */
+  if (c->model_config[0] != '/') {
+    const char *slash = strrchr(path, '/');
+    char full[PATH_MAX];
+    int n = slash ? snprintf(full, sizeof full, "%.*s/%s", (int)(slash - path), path,
+                             c->model_config)
+                  : snprintf(full, sizeof full, "%s", c->model_config);
+    if (n < 0 || (size_t)n >= sizeof full) {
+      snprintf(err, errlen, "%s: [bridge] model_config: path too long", path);
+      goto out;
+    }
+    memcpy(c->model_config, full, (size_t)n + 1);
+  }
   fl_config_defaults(&c->model);
   char merr[512];
   if (fl_config_load(&c->model, c->model_config, merr, sizeof merr)) {

@@ -784,9 +784,14 @@ def scenario_config():
                        capture_output=True, text=True)
     check(p.returncode == 0 and "1 streams" in p.stdout, f"a good config passes: {p.stdout}"
           f"{p.stderr}")
-    p = subprocess.run([FL, "bridge", "--config", write("example", open(
-        os.path.join(T.ROOT, "config", "bridge.ini")).read().replace(
-        "/etc/faultline/faultline.ini", CONFIG)), "--check"], capture_output=True, text=True)
+    # The example as shipped, beside a faultline.ini: its relative
+    # model_config is read from its own directory.
+    rel = os.path.join(TMP, "etc")
+    os.makedirs(rel, exist_ok=True)
+    shutil.copy(CONFIG, os.path.join(rel, "faultline.ini"))
+    shutil.copy(os.path.join(T.ROOT, "config", "bridge.ini"), os.path.join(rel, "bridge.ini"))
+    p = subprocess.run([FL, "bridge", "--config", os.path.join(rel, "bridge.ini"), "--check"],
+                       capture_output=True, text=True)
     check(p.returncode == 0, f"config/bridge.ini passes: {p.stdout}{p.stderr}")
     broken = {
         "url": (base + "[mqtt]\nurl = http://x\n", "url"),
