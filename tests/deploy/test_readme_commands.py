@@ -48,6 +48,7 @@ from fldtest import free_port  # noqa: E402
 NOT_COMMANDS = {
     ("README.md: Layout", "lib/"): "the source tree, not commands",
     ("docs/model.md: The network", "CSV / frames"): "a data-flow diagram",
+    ("docs/operations.md: Metrics and health", '{"streams"'): "an answer of /streams",
     ("docs/bridge.md: (top)", "edge nodes"): "a data-flow diagram",
     ("docs/bridge.md: The mapping", "[map.pump1]"):
         "an excerpt of a bridge configuration; the whole example, config/bridge.ini, is "
