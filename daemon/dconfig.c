@@ -3,6 +3,7 @@
  * either makes the whole file invalid (and a SIGHUP with it keeps the old
  * one). */
 #include <errno.h>
+#include <ini.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,8 @@ void fld_config_defaults(fld_config *c) {
   c->max_message_bytes = 65536;
   c->drain_budget = 256;
   c->rcvhwm = 1000;
+  c->stream_idle = 60 * 60.0;
+  c->max_seq_jump = 1000000;
   c->out_bind = 1;
   c->stride = 15;
   c->batch = 16;
@@ -28,6 +31,7 @@ void fld_config_defaults(fld_config *c) {
   c->sndhwm = 100000;
   snprintf(c->metrics_listen, sizeof c->metrics_listen, "127.0.0.1:9108");
   c->status_interval = 10.0;
+  c->stale_after = 60.0;
   c->metrics_max_connections = 16;
   c->metrics_max_request = 4096;
   c->limit_log_interval = 60.0;
@@ -145,6 +149,16 @@ static int fld__key(void *user, const char *section, const char *key, const char
   } else if (IS("input", "rcvhwm")) {
     if (fld__long(value, 0, 100000000, &l)) goto bad;
     c->rcvhwm = (int)l;
+  } else if (IS("input", "stream_idle")) {
+    /* Minutes: sensors are retired or renamed over days, not seconds. */
+    double d;
+    if (fld__double(value, 0.0, 525600.0, &d)) goto bad;
+    c->stream_idle = d * 60.0;
+  } else if (IS("input", "max_seq_jump")) {
+    if (fld__long(value, 1, LONG_MAX, &l)) goto bad;
+    c->max_seq_jump = (uint64_t)l;
+  } else if (IS("metrics", "stale_after")) {
+    if (fld__double(value, 1.0, 86400.0, &c->stale_after)) goto bad;
   } else if (IS("output", "endpoint")) {
     if (fld__endpoints(value, c->out_endpoint, &c->n_out)) goto bad;
     p->have_out = 1;
@@ -217,11 +231,27 @@ bad:
   return -1;
 }
 
+/* inih: which of the keys the model also carries the file gives (the
+ * library's parse keeps values, not whether a value was written). */
+static int fld__given(void *user, const char *section, const char *key, const char *value) {
+  fld_config *c = user;
+  (void)value;
+  if (!strcmp(section, "model") && !strcmp(key, "window")) c->window_given = 1;
+  if (!strcmp(section, "detect") &&
+      c->n_detect_given < (int)(sizeof c->detect_given / sizeof *c->detect_given))
+    snprintf(c->detect_given[c->n_detect_given++], sizeof c->detect_given[0], "%s", key);
+  return 1;
+}
+
 int fld_config_load(fld_config *c, const char *path, char *err, size_t errlen) {
   fld_config_defaults(c);
   fld__parse p = {c, 0, 0};
   int rc = fl_config_load_with(&c->lib, path, fld__key, &p, err, errlen);
   if (rc) return rc;
+  if (ini_parse(path, fld__given, c)) {
+    snprintf(err, errlen, "%s: cannot read", path);
+    return FL_EIO;
+  }
   snprintf(c->model_file, sizeof c->model_file, "%s", c->lib.model_file);
   if (!c->model_file[0]) {
     snprintf(err, errlen, "%s: [model] file is required", path);

@@ -1,4 +1,6 @@
 /* faultlined engine: a loaded model bundle and its scratch.  See fld.h. */
+#include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +25,88 @@ static int fld__hash_file(const char *path, char out[17]) {
   fclose(f);
   if (bad) return FL_EIO;
   snprintf(out, 17, "%016llx", (unsigned long long)h);
+  return 0;
+}
+
+/* [detect] keys against the model.  Each is one of:
+ *   FLD__LOAD   takes effect at load (handled in fld_engine_load)
+ *   FLD__MODEL  recorded in the model's calibration: the file's value must
+ *               equal it, since only `faultline calibrate` can apply another
+ *   FLD__CALIB  read by `faultline calibrate` alone and not recorded: the
+ *               model's value is unknown, so a value other than the default
+ *               is logged, not refused */
+enum { FLD__LOAD, FLD__MODEL, FLD__CALIB };
+typedef struct {
+  const char *key;
+  int kind;
+  size_t off;
+  int is_int;
+} fld__detect_key;
+#define FLD__DF(k, f, kind) {k, kind, offsetof(fl_detect_config, f), 0}
+#define FLD__DI(k, f, kind) {k, kind, offsetof(fl_detect_config, f), 1}
+static const fld__detect_key fld__detect_keys[] = {
+    FLD__DI("hysteresis_on", on, FLD__LOAD),
+    FLD__DI("hysteresis_off", off, FLD__LOAD),
+    FLD__DF("margin", margin, FLD__LOAD),
+    FLD__DI("tail", tail, FLD__MODEL),
+    FLD__DF("quantile", quantile, FLD__MODEL),
+    FLD__DF("embedding_weight", w_emb, FLD__MODEL),
+    FLD__DF("variance_weight", w_var, FLD__MODEL),
+    FLD__DF("correction_weight", w_corr, FLD__MODEL),
+    FLD__DF("noise_ratio_weight", w_ratio, FLD__MODEL),
+    FLD__DF("noise_rise_weight", w_rise, FLD__MODEL),
+    FLD__DF("baseline_weight", w_base, FLD__MODEL),
+    FLD__DI("baseline_span", base_span, FLD__MODEL),
+    FLD__DI("agree", agree, FLD__MODEL),
+    FLD__DF("channel_quantile", chan_quantile, FLD__CALIB),
+    FLD__DF("min_spread", min_spread, FLD__CALIB),
+    FLD__DI("calibrate_all", calibrate_all, FLD__CALIB),
+};
+
+static double fld__detect_value(const fl_detect_config *d, const fld__detect_key *k) {
+  const char *p = (const char *)d + k->off;
+  return k->is_int ? (double)*(const int *)p : (double)*(const float *)p;
+}
+
+static int fld__same(double a, double b) { return fabs(a - b) <= 1e-6 * fmax(1.0, fabs(b)); }
+
+/* The file against the model: its [modality.*] and [model] window describe
+ * the layout the model takes, and its [detect] keys either apply now or
+ * agree with the model's calibration (fld__detect_keys). */
+static int fld__check_config(const fld_engine *e, const fld_config *cfg, const char *path,
+                             char *err, size_t errlen) {
+  const fl_model_spec *spec = fl_model_spec_of(e->b.model);
+  if (cfg->lib.spec.n_mod > 0) {
+    fl_model_spec mine = cfg->lib.spec;
+    char why[300];
+    if (!cfg->window_given) mine.window = spec->window;
+    if (!fl_model_spec_compatible(&mine, spec, why, sizeof why)) {
+      snprintf(err, errlen, "the configuration's [modality.*] and [model] window disagree with "
+               "the model %s: %s (the configuration against the model); train or point "
+               "[model] file at a model of this layout, or describe the model's", path, why);
+      return FL_EINVAL;
+    }
+  }
+  fl_detect_config defaults;
+  fl_detect_defaults(&defaults);
+  for (int g = 0; g < cfg->n_detect_given; g++)
+    for (size_t i = 0; i < sizeof fld__detect_keys / sizeof *fld__detect_keys; i++) {
+      const fld__detect_key *k = &fld__detect_keys[i];
+      if (strcmp(k->key, cfg->detect_given[g])) continue;
+      double mine = fld__detect_value(&cfg->lib.detect, k);
+      if (k->kind == FLD__MODEL) {
+        double model = fld__detect_value(&e->b.detect, k);
+        if (!fld__same(mine, model)) {
+          snprintf(err, errlen, "[detect] %s = %g differs from the model's %g (%s): the "
+                   "model's calibration sets it; run `faultline calibrate --config` with this "
+                   "file and serve its output, or remove the key", k->key, mine, model, path);
+          return FL_EINVAL;
+        }
+      } else if (k->kind == FLD__CALIB && !fld__same(mine, fld__detect_value(&defaults, k))) {
+        fld_log(FLD_NOTICE, "[detect] %s = %g is read by `faultline calibrate` only: the model "
+                "%s keeps the thresholds it was calibrated with", k->key, mine, path);
+      }
+    }
   return 0;
 }
 
@@ -60,6 +144,7 @@ int fld_engine_load(fld_engine **out, const char *path, const fld_config *cfg, c
     snprintf(err, errlen, "%s: cannot read", path);
     goto fail;
   }
+  if ((rc = fld__check_config(e, cfg, path, err, errlen))) goto fail;
   const fl_model_spec *spec = fl_model_spec_of(e->b.model);
   if (cfg->stride > spec->window) {
     snprintf(err, errlen, "[output] stride %d exceeds the model's window of %d ticks",
@@ -100,6 +185,19 @@ int fld_engine_load(fld_engine **out, const char *path, const fld_config *cfg, c
   e->hyst_off = cfg->lib.off_given ? cfg->lib.detect.off : e->b.detect.off;
   if (e->hyst_on < 1) e->hyst_on = 1;
   if (e->hyst_off < 1) e->hyst_off = 1;
+  /* Both thresholds are margin x a quantile of clean scores: another
+   * margin rescales them without the data. */
+  for (int g = 0; g < cfg->n_detect_given; g++)
+    if (!strcmp(cfg->detect_given[g], "margin") && e->b.detect.margin > 0 &&
+        !fld__same(cfg->lib.detect.margin, e->b.detect.margin)) {
+      float r = cfg->lib.detect.margin / e->b.detect.margin;
+      e->b.calib.threshold *= r;
+      e->b.calib.chan_threshold *= r;
+      fld_log(FLD_NOTICE, "[detect] margin %g (the model's %g): threshold %.4g",
+              (double)cfg->lib.detect.margin, (double)e->b.detect.margin,
+              (double)e->b.calib.threshold);
+      e->b.detect.margin = cfg->lib.detect.margin;
+    }
   e->load_time = fld_now();
   *out = e;
   return 0;

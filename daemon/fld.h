@@ -54,6 +54,11 @@ enum { FLD_IN_SUB = 0, FLD_IN_PULL = 1 };
 
 typedef struct {
   fl_config lib;                /* the library's sections and keys */
+  /* Keys the file gives that the model also carries: checked against the
+   * model at every load (fld_engine_load) */
+  int window_given;             /* [model] window */
+  int n_detect_given;
+  char detect_given[24][32];    /* [detect] keys, by name */
   char model_file[PATH_MAX];    /* lib.model_file, relative to the file's directory */
   /* [input] */
   int in_type;                  /* FLD_IN_SUB or FLD_IN_PULL */
@@ -66,6 +71,8 @@ typedef struct {
   long max_message_bytes;
   int drain_budget;             /* messages per loop turn before yielding */
   int rcvhwm;
+  double stream_idle;           /* seconds without a frame before a stream is evicted; 0: never */
+  uint64_t max_seq_jump;        /* ticks a seq may jump forward at most */
   /* [output] */
   int out_bind;
   int n_out;
@@ -79,6 +86,7 @@ typedef struct {
   int metrics_max_connections;  /* open HTTP connections at most; more are refused */
   int metrics_max_request;      /* bytes of one request's line and headers at most */
   double status_interval;       /* seconds between STATUS= updates */
+  double stale_after;           /* /readyz: seconds without a frame before "not ready" */
   /* [security] */
   int curve;
   char secret_key_file[PATH_MAX];
@@ -126,6 +134,8 @@ enum {
   FLD_REJ_OVERSIZE,
   FLD_REJ_DUPLICATE,
   FLD_REJ_OLD,
+  FLD_REJ_SEQ_JUMP,
+  FLD_REJ_TOPIC_MISMATCH,
   FLD_REJ_COUNT
 };
 enum { FLD_DROP_STREAM_LIMIT = 0, FLD_DROP_COUNT };
@@ -140,6 +150,8 @@ typedef struct {
   uint64_t rejected[FLD_REJ_COUNT];
   uint64_t dropped[FLD_DROP_COUNT];
   uint64_t gaps, gap_ticks, stream_resets;
+  uint64_t stream_restarts, streams_evicted;
+  double last_frame;            /* fln_now() of the newest processed frame, 0: none yet */
   uint64_t reports, reports_failed, windows_flagged;
   /* anomalies by modality name, names kept across model reloads so that a
    * counter never disappears while the process lives */
@@ -162,7 +174,8 @@ int fld_metrics_modality(fld_metrics *m, const char *name);
 void fld_metrics_latency(fld_metrics *m, double seconds);
 
 struct fld_app;
-/* Starts the HTTP endpoint on [metrics] listen: /metrics and /healthz. */
+/* Starts the HTTP endpoint on [metrics] listen: /metrics, /healthz,
+ * /readyz and /streams. */
 int fld_http_start(struct fld_app *app);
 /* The daemon's routes, as the endpoint serves them (for tests). */
 fln_http_table fld_http_table(struct fld_app *app);
@@ -192,6 +205,10 @@ typedef struct {
   int hyst_on, hyst_off;
 } fld_engine;
 
+/* Loads the model at path for cfg.  The file's [modality.*] (and [model]
+ * window) must describe the model's layout, and its [detect] keys either
+ * take effect here (hysteresis_on, hysteresis_off, margin: the thresholds
+ * scaled) or equal the model's calibration; err names the difference. */
 int fld_engine_load(fld_engine **out, const char *path, const fld_config *cfg, char *err,
                     size_t errlen);
 void fld_engine_free(fld_engine *e);
@@ -214,6 +231,12 @@ typedef struct {
   fl_stream_state state; /* baseline and hysteresis (fl_pipeline_run) */
   uint64_t report_seq;
   uint64_t frames;
+  uint64_t epoch;      /* the publisher's session of the last frame (0: none given) */
+  double last_recv;    /* fln_now() at its last processed frame */
+  /* The last window's verdict, for /streams and the per-stream gauges. */
+  int last_flag;
+  float last_score;
+  char last_faulty[FL_NAME_MAX]; /* the faulty modality ("" when none) */
   struct fld_tune_stream *tune; /* the tuning gate's candidates (tune.c) */
 } fld_stream;
 
@@ -249,6 +272,7 @@ typedef struct fld_app {
   fln_watchdog watchdog;
   uv_timer_t t_status, t_lag;
   uint64_t lag_expect;
+  unsigned lag_ticks;
   int stopping;
   int exit_code;
   uint64_t status_frames, status_reports;
@@ -281,6 +305,9 @@ void fld_ingest_message(fld_app *app, zmq_msg_t *parts, int nparts, uint64_t t_r
 void fld_ingest_flush(fld_app *app);
 /* Frees every stream (model change with another layout, shutdown). */
 void fld_streams_clear(fld_app *app);
+/* Frees the streams without a frame for [input] stream_idle seconds at
+ * `now` (fln_now()); returns how many. */
+int fld_streams_evict(fld_app *app, double now);
 
 /* report.c: builds and sends the report of one window of the batch, as
  * fl_pipeline_run left it (scores, flags, corrected values). */

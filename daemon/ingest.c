@@ -42,7 +42,35 @@ static fld_stream *fld__stream_new(fld_app *app, const char *name) {
   return st;
 }
 
-/* Finds the stream or creates it while there is room; NULL when full. */
+/* Frees stream s and closes the gap in the array (its order is the order
+ * of arrival, which /streams shows). */
+static void fld__stream_remove(fld_app *app, int s) {
+  fld__stream_free(app->streams[s]);
+  memmove(app->streams + s, app->streams + s + 1,
+          sizeof *app->streams * (size_t)(app->n_streams - s - 1));
+  app->n_streams--;
+}
+
+int fld_streams_evict(fld_app *app, double now) {
+  if (!(app->cfg.stream_idle > 0)) return 0;
+  int n = 0;
+  for (int s = app->n_streams - 1; s >= 0; s--) {
+    fld_stream *st = app->streams[s];
+    if (now - st->last_recv < app->cfg.stream_idle) continue;
+    /* Pending windows point at streams: score them first. */
+    if (app->n_pending) fld_ingest_flush(app);
+    fld_log(FLD_NOTICE, "stream \"%s\" evicted: no frame for %.0f s ([input] stream_idle)",
+            st->name, now - st->last_recv);
+    fld__stream_remove(app, s);
+    app->m.streams_evicted++;
+    n++;
+  }
+  return n;
+}
+
+/* Finds the stream or creates it while there is room; NULL when full.
+ * Idle streams leave from the lag timer (once a second), not here: a flood
+ * of new names at the cap would otherwise scan every stream per frame. */
 static fld_stream *fld__stream_get(fld_app *app, const char *name) {
   for (int s = 0; s < app->n_streams; s++)
     if (!strcmp(app->streams[s]->name, name)) return app->streams[s];
@@ -57,6 +85,23 @@ static fld_stream *fld__stream_get(fld_app *app, const char *name) {
   fld_log(FLD_INFO, "new stream \"%s\" (%d of at most %d)", name, app->n_streams,
           app->cfg.max_streams);
   return st;
+}
+
+/* A publisher that restarted: the stream's history and verdicts start
+ * afresh, as a new stream's would; its reports resume a window later. */
+static void fld__stream_restart(fld_app *app, fld_stream *st, const char *why) {
+  /* A pending window of the old session would update the new state. */
+  if (app->n_pending) fld_ingest_flush(app);
+  st->ticks = 0;
+  st->head = 0;
+  st->have_seq = 0;
+  st->report_seq = 0;
+  st->last_flag = 0;
+  st->last_score = 0.0f;
+  st->last_faulty[0] = 0;
+  fl_stream_state_reset(&st->state);
+  app->m.stream_restarts++;
+  fld_log(FLD_NOTICE, "stream \"%s\" restarted (%s): history starts afresh", st->name, why);
 }
 
 static void fld__reject(fld_app *app, int reason, const char *stream) {
@@ -123,6 +168,13 @@ static void fld__push(fld_app *app, fld_stream *st, Faultline__Block *const *blo
     fld__enqueue(app, st, seq, ts, t_recv);
 }
 
+/* Is the topic part "frame/<stream>"? */
+static int fld__topic_is(zmq_msg_t *topic, const char *stream) {
+  size_t n = zmq_msg_size(topic), ls = strlen(stream);
+  const char *t = zmq_msg_data(topic);
+  return n == 6 + ls && !memcmp(t, "frame/", 6) && !memcmp(t + 6, stream, ls);
+}
+
 void fld_ingest_message(fld_app *app, zmq_msg_t *parts, int nparts, uint64_t t_recv) {
   app->m.received++;
   /* [payload] (PULL) or [topic][payload]. */
@@ -134,6 +186,10 @@ void fld_ingest_message(fld_app *app, zmq_msg_t *parts, int nparts, uint64_t t_r
   Faultline__Block *by_mod[FL_MAX_MODALITIES];
   int reason = fld_frame_check(spec, app->cfg.max_message_bytes, total,
                                zmq_msg_data(payload), zmq_msg_size(payload), &f, by_mod);
+  /* The topic is what subscribers shard by: a payload of another stream
+   * would bypass the shard. */
+  if (reason < 0 && nparts == 2 && !fld__topic_is(&parts[0], f->stream))
+    reason = FLD_REJ_TOPIC_MISMATCH;
   if (reason >= 0) {
     fld__reject(app, reason, f && reason != FLD_REJ_BAD_STREAM ? f->stream : NULL);
     if (f) faultline__frame__free_unpacked(f, NULL);
@@ -149,12 +205,28 @@ void fld_ingest_message(fld_app *app, zmq_msg_t *parts, int nparts, uint64_t t_r
     return;
   }
   uint64_t seq = f->seq;
+  int W = spec->window;
+  char why[96];
+  if (st->frames && f->epoch != st->epoch) {
+    snprintf(why, sizeof why, "publisher epoch %llu, was %llu", (unsigned long long)f->epoch,
+             (unsigned long long)st->epoch);
+    fld__stream_restart(app, st, why);
+  } else if (st->have_seq && seq < st->last_seq && st->last_seq - seq >= (uint64_t)W) {
+    snprintf(why, sizeof why, "seq %llu after %llu", (unsigned long long)seq,
+             (unsigned long long)st->last_seq);
+    fld__stream_restart(app, st, why);
+  }
   if (st->have_seq && seq <= st->last_seq) {
     fld__reject(app, seq == st->last_seq ? FLD_REJ_DUPLICATE : FLD_REJ_OLD, st->name);
     faultline__frame__free_unpacked(f, NULL);
     return;
   }
-  int W = spec->window;
+  if (st->have_seq && seq - st->last_seq > app->cfg.max_seq_jump) {
+    /* Not believed: ticks of nothing, and every later real frame old. */
+    fld__reject(app, FLD_REJ_SEQ_JUMP, st->name);
+    faultline__frame__free_unpacked(f, NULL);
+    return;
+  }
   if (st->have_seq && seq > st->last_seq + 1) {
     uint64_t gap = seq - st->last_seq - 1;
     app->m.gaps++;
@@ -180,6 +252,8 @@ void fld_ingest_message(fld_app *app, zmq_msg_t *parts, int nparts, uint64_t t_r
   }
   fld__push(app, st, by_mod, seq, f->timestamp_ns, t_recv);
   st->frames++;
+  st->epoch = f->epoch;
+  st->last_recv = app->m.last_frame = fln_now();
   app->m.processed++;
   faultline__frame__free_unpacked(f, NULL);
 }
@@ -210,6 +284,11 @@ void fld_ingest_flush(fld_app *app) {
     for (int i = 0; i < spec->n_mod; i++)
       if (w->mflag[i]) app->m.anomalies[fld_metrics_modality(&app->m, spec->mod[i].name)]++;
     if (w->flag) app->m.windows_flagged++;
+    fld_stream *st = sl->st;
+    st->last_flag = w->flag;
+    st->last_score = w->sc.score;
+    snprintf(st->last_faulty, sizeof st->last_faulty, "%s",
+             w->flag && w->sc.modality >= 0 ? spec->mod[w->sc.modality].name : "");
     fld_report_publish(app, w, sl);
     if (app->tuner) fld_tune_observe(app, k, sl->st, w->sc.score, w->learnable);
   }

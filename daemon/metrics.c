@@ -1,17 +1,19 @@
 /* faultlined health: the counters, their Prometheus text rendering, and the
- * routes of the HTTP endpoint (/metrics, /healthz; net/http.c serves them
- * from the loop).  See fld.h. */
+ * routes of the HTTP endpoint (/metrics, /healthz, /readyz, /streams;
+ * net/http.c serves them from the loop).  See fld.h. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <jansson.h>
 
 #include "faultline/error.h"
 #include "fld.h"
 
 static const char *const fld__reject_names[FLD_REJ_COUNT] = {
     "undecodable", "bad_stream", "unknown_modality", "inconsistent_modality",
-    "channel_count", "nonfinite", "oversize", "duplicate", "old"};
+    "channel_count", "nonfinite", "oversize", "duplicate", "old", "seq_jump", "topic_mismatch"};
 static const char *const fld__drop_names[FLD_DROP_COUNT] = {"stream_limit"};
 
 const char *fld_reject_name(int r) { return r >= 0 && r < FLD_REJ_COUNT ? fld__reject_names[r] : "?"; }
@@ -60,6 +62,12 @@ static void fld__label(FILE *f, const char *v) {
   }
 }
 
+/* Seconds since the newest processed frame, since the start before one. */
+static double fld__frame_age(const fld_app *app) {
+  double last = app->m.last_frame > 0 ? app->m.last_frame : app->m.start_time;
+  return fln_now() - last;
+}
+
 char *fld_metrics_render(void *user, size_t *len) {
   fld_app *app = user;
   char *buf = NULL;
@@ -84,6 +92,31 @@ char *fld_metrics_render(void *user, size_t *len) {
   fprintf(f, "faultline_sequence_gap_ticks_total %llu\n", (unsigned long long)m->gap_ticks);
   fld__head(f, "faultline_stream_resets_total", "counter", "Stream histories restarted after a gap of a window or more.");
   fprintf(f, "faultline_stream_resets_total %llu\n", (unsigned long long)m->stream_resets);
+  fld__head(f, "faultline_stream_restarts_total", "counter",
+            "Streams started afresh: their publisher restarted (seq back a window or more, or a new epoch).");
+  fprintf(f, "faultline_stream_restarts_total %llu\n", (unsigned long long)m->stream_restarts);
+  fld__head(f, "faultline_streams_evicted_total", "counter",
+            "Streams freed after [input] stream_idle without a frame.");
+  fprintf(f, "faultline_streams_evicted_total %llu\n", (unsigned long long)m->streams_evicted);
+  fld__head(f, "faultline_last_frame_age_seconds", "gauge",
+            "Seconds since the newest processed frame of any stream (since start when none).");
+  fprintf(f, "faultline_last_frame_age_seconds %.3f\n", fld__frame_age(app));
+  /* One series per stream held, so at most [input] max_streams of each. */
+  double now = fln_now();
+  fld__head(f, "faultline_stream_last_frame_age_seconds", "gauge",
+            "Seconds since each stream's last processed frame.");
+  for (int s = 0; s < app->n_streams; s++) {
+    fputs("faultline_stream_last_frame_age_seconds{stream=\"", f);
+    fld__label(f, app->streams[s]->name);
+    fprintf(f, "\"} %.3f\n", now - app->streams[s]->last_recv);
+  }
+  fld__head(f, "faultline_stream_anomaly", "gauge",
+            "Each stream's debounced anomaly flag in its last window (1 flagged).");
+  for (int s = 0; s < app->n_streams; s++) {
+    fputs("faultline_stream_anomaly{stream=\"", f);
+    fld__label(f, app->streams[s]->name);
+    fprintf(f, "\"} %d\n", app->streams[s]->last_flag != 0);
+  }
   fld__head(f, "faultline_reports_total", "counter", "Reports published.");
   fprintf(f, "faultline_reports_total %llu\n", (unsigned long long)m->reports);
   fld__head(f, "faultline_report_failures_total", "counter", "Windows whose report could not be scored or sent.");
@@ -159,7 +192,7 @@ char *fld_metrics_render(void *user, size_t *len) {
   fprintf(f, "faultline_zap_requests_total{result=\"denied\"} %llu\n",
           (unsigned long long)app->curve.denied);
   fld__head(f, "faultline_input_disconnects_total", "counter",
-            "Input peers disconnected, e.g. for a message over the hard size limit.");
+            "Input connections closed: peers that went away, and peers cut off for a message over the hard size limit.");
   fprintf(f, "faultline_input_disconnects_total %llu\n", (unsigned long long)m->input_disconnects);
   fld__head(f, "faultline_http_connections", "gauge", "Open connections to this endpoint.");
   fprintf(f, "faultline_http_connections %d\n", app->http.open);
@@ -187,14 +220,67 @@ static int fld__healthz(void *user, const char *url, unsigned *status, const cha
   return fln_http_health(((fld_app *)user)->stopping, status, body, len);
 }
 
+/* Ready means frames arrive: none for [metrics] stale_after seconds (or
+ * since the start) is 503 with how long, for a load balancer or a probe
+ * that must tell a silent line from a dead process (/healthz). */
+static int fld__readyz(void *user, const char *url, unsigned *status, const char **body,
+                       size_t *len) {
+  fld_app *app = user;
+  (void)url;
+  if (app->stopping) return fln_http_health(1, status, body, len);
+  double age = fld__frame_age(app);
+  char *b = malloc(96);
+  if (!b) return -1;
+  if (age > app->cfg.stale_after) {
+    *status = 503;
+    snprintf(b, 96, app->m.last_frame > 0 ? "no frames for %.0f s\n"
+                                          : "no frames for %.0f s (none since start)\n", age);
+  } else {
+    *status = 200;
+    snprintf(b, 96, "ready\n");
+  }
+  *body = b;
+  *len = strlen(b);
+  return 1;
+}
+
+/* /streams: every stream held, in order of arrival, as JSON. */
+static char *fld__streams_render(void *user, size_t *len) {
+  fld_app *app = user;
+  double now = fln_now();
+  json_t *arr = json_array();
+  for (int s = 0; s < app->n_streams && arr; s++) {
+    const fld_stream *st = app->streams[s];
+    json_t *o = json_pack("{s:s, s:I, s:I, s:f, s:I, s:I, s:b, s:s, s:f}", "stream", st->name,
+                          "last_seq", (json_int_t)st->last_seq, "epoch", (json_int_t)st->epoch,
+                          "seconds_since_last_frame", now - st->last_recv, "frames",
+                          (json_int_t)st->frames, "windows", (json_int_t)st->report_seq,
+                          "anomaly", st->last_flag != 0, "faulty_modality", st->last_faulty,
+                          "last_score", (double)st->last_score);
+    if (!o || json_array_append_new(arr, o)) {
+      json_decref(arr);
+      arr = NULL;
+    }
+  }
+  json_t *doc = arr ? json_pack("{s:o, s:i, s:i}", "streams", arr, "count", app->n_streams,
+                                "limit", app->cfg.max_streams)
+                    : NULL;
+  char *out = doc ? json_dumps(doc, JSON_INDENT(1)) : NULL;
+  json_decref(doc);
+  if (out) *len = strlen(out);
+  return out;
+}
+
 static const fln_route fld__routes[] = {
     {"/metrics", NULL, fld_metrics_render, FLN_PROMETHEUS_TEXT},
     {"/healthz", fld__healthz, NULL, NULL},
+    {"/readyz", fld__readyz, NULL, NULL},
+    {"/streams", NULL, fld__streams_render, "application/json"},
 };
 
 fln_http_table fld_http_table(fld_app *app) {
   return (fln_http_table){fld__routes, (int)(sizeof fld__routes / sizeof *fld__routes),
-                          "not found: try /metrics or /healthz\n", app};
+                          "not found: try /metrics, /healthz, /readyz or /streams\n", app};
 }
 
 int fld_http_start(fld_app *app) {

@@ -1,5 +1,5 @@
 /* faultlined and systemd: the watchdog, the status line of rates and the
- * event-loop lag probe, all loop timers.  See fld.h; the sd_notify messages
+ * event-loop lag probe (which also evicts idle streams), all loop timers.  See fld.h; the sd_notify messages
  * themselves are net/notify.c's. */
 #include <stdio.h>
 
@@ -33,6 +33,8 @@ static void fld__lag_cb(uv_timer_t *t) {
     if (lag > app->m.lag_max) app->m.lag_max = lag;
   }
   app->lag_expect = now + (uint64_t)FLD_LAG_PERIOD_MS * 1000000ULL;
+  /* Idle streams go once a second: [input] stream_idle is minutes. */
+  if (++app->lag_ticks % (1000 / FLD_LAG_PERIOD_MS) == 0) fld_streams_evict(app, fln_now());
 }
 
 int fld_notify_start_timers(fld_app *app) {

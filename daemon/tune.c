@@ -385,6 +385,13 @@ void fld_tune_metrics(fld_app *app, FILE *f) {
   fprintf(f, "# HELP faultline_tune_buffer_windows Clean windows in the replay buffer.\n"
              "# TYPE faultline_tune_buffer_windows gauge\nfaultline_tune_buffer_windows %d\n",
           fl_tune_buffer_count(t->buf));
+  fprintf(f, "# HELP faultline_tune_busy Whether a job is with the tuning worker.\n"
+             "# TYPE faultline_tune_busy gauge\nfaultline_tune_busy %d\n"
+             "# HELP faultline_tune_pending_windows Clean windows kept since the last job "
+             "started: the next job's new data.\n"
+             "# TYPE faultline_tune_pending_windows gauge\nfaultline_tune_pending_windows %" PRIu64
+             "\n",
+          t->busy, t->new_windows);
   fprintf(f, "# HELP faultline_tune_buffer_capacity Capacity of the replay buffer.\n"
              "# TYPE faultline_tune_buffer_capacity gauge\nfaultline_tune_buffer_capacity %d\n",
           fl_tune_buffer_capacity(t->buf));

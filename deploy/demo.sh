@@ -39,11 +39,14 @@ $fl score --model out/plant.model --in out/episode.csv --out out/episode-scored.
   out/episode-labels.csv out/episode-scored.csv out/episode.svg
 echo "== stream the held-out stretch through faultlined, a pressure offset injected"
 read -r pin pout pmet <<< "${DEMO_PORTS:-25555 25556 29108}"
-sed -e 's|^file = .*|file = plant.model|' \
-    -e "/^\[input\]/,/^\[/ s|^endpoint = .*|endpoint = tcp://127.0.0.1:$pin|" \
-    -e "/^\[output\]/,/^\[/ s|^endpoint = .*|endpoint = tcp://127.0.0.1:$pout|" \
-    -e "/^\[metrics\]/,/^\[/ s|^listen = .*|listen = 127.0.0.1:$pmet|" \
-    config/faultline.ini > out/faultlined.ini
+# The training configuration (the daemon checks its [modality.*] and [detect]
+# against the model) with the example's daemon sections.
+{ cat $cfg; printf '\n[model]\nfile = plant.model\n\n'
+  sed -n "/^; ---- the daemon's sections/,\$ p" config/faultline.ini |
+  sed -e "/^\[input\]/,/^\[/ s|^endpoint = .*|endpoint = tcp://127.0.0.1:$pin|" \
+      -e "/^\[output\]/,/^\[/ s|^endpoint = .*|endpoint = tcp://127.0.0.1:$pout|" \
+      -e "/^\[metrics\]/,/^\[/ s|^listen = .*|listen = 127.0.0.1:$pmet|"
+} > out/faultlined.ini
 build/daemon/faultlined --config out/faultlined.ini 2> out/faultlined.log &
 daemon=$!
 trap 'kill $daemon 2>/dev/null || true' EXIT

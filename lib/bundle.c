@@ -145,7 +145,7 @@ int fl_bundle_save(const fl_bundle *b, const char *path, char *err, size_t errle
     if (!rc) rc = fl_st_add(st, "estimate.vm", b->est.vm, nch, 1);
   }
   char *spec = fl__spec_json(fl_model_spec_of(m));
-  json_t *det = json_pack("{s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:i, s:i, s:i, s:f, s:f, s:i, s:i, s:f}", "tail",
+  json_t *det = json_pack("{s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:i, s:i, s:i, s:i, s:f, s:f, s:i, s:i, s:f}", "tail",
                           b->calib.tail, "threshold", (double)b->calib.threshold,
                           "chan_threshold", (double)b->calib.chan_threshold, "emb_mu",
                           (double)b->calib.emb_mu, "emb_sd", (double)b->calib.emb_sd,
@@ -154,7 +154,7 @@ int fl_bundle_save(const fl_bundle *b, const char *path, char *err, size_t errle
                           "w_ratio", (double)b->calib.w_ratio,
                           "w_base", (double)b->calib.w_base, "w_rise", (double)b->calib.w_rise,
                           "base_span", b->calib.base_span, "agree", b->calib.agree,
-                          "base_drift", b->calib.base_drift,
+                          "base_drift", b->calib.base_drift, "settle", b->calib.settle,
                           "quantile",
                           (double)b->detect.quantile, "margin", (double)b->detect.margin,
                           "on", b->detect.on, "off", b->detect.off, "clamp",
@@ -266,15 +266,15 @@ int fl_bundle_load(fl_bundle *b, const char *path, char *err, size_t errlen) {
   json_t *d = json_loads(det_s, 0, &je);
   double thr, cthr, emu, esd, wemb, wvar, wcorr, wbase = 0, wrat = 0, wrise = 0, q, margin, clamp;
   /* Models written before the key pass nothing through: their behaviour stays. */
-  int bspan = 300, agree = 0, bdrift = 0;
+  int bspan = 300, agree = 0, bdrift = 0, settle = 0;
   fl_detect_defaults(&b->detect);
-  if (!d || json_unpack_ex(d, &je, 0, "{s:i, s:F, s:F, s:F, s:F, s:F, s:F, s:F, s?F, s?F, s?F, s?i, s?i, s?i, s:F, s:F, s:i, s:i, s:F}",
+  if (!d || json_unpack_ex(d, &je, 0, "{s:i, s:F, s:F, s:F, s:F, s:F, s:F, s:F, s?F, s?F, s?F, s?i, s?i, s?i, s?i, s:F, s:F, s:i, s:i, s:F}",
                            "tail", &cal->tail, "threshold", &thr, "chan_threshold", &cthr,
                            "emb_mu", &emu, "emb_sd", &esd, "w_emb", &wemb, "w_var", &wvar,
                            "w_corr", &wcorr, "w_ratio", &wrat, "w_base", &wbase,
                            "w_rise", &wrise,
                            "base_span", &bspan, "agree", &agree, "base_drift", &bdrift,
-                           "quantile", &q,
+                           "settle", &settle, "quantile", &q,
                            "margin", &margin, "on", &b->detect.on, "off", &b->detect.off,
                            "clamp", &clamp)) {
     snprintf(err, errlen, "detector metadata is malformed: %s", je.text);
@@ -298,6 +298,7 @@ int fl_bundle_load(fl_bundle *b, const char *path, char *err, size_t errlen) {
   cal->base_span = b->detect.base_span = bspan;
   cal->agree = b->detect.agree = agree ? 1 : 0;
   cal->base_drift = bdrift ? 1 : 0;
+  cal->settle = b->detect.settle = settle;
   b->detect.w_var = (float)wvar;
   b->detect.tail = cal->tail;
   b->detect.quantile = (float)q;

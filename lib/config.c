@@ -237,6 +237,7 @@ static int fl__handler(void *user, const char *section, const char *key, const c
   if (!strcmp(section, "detect") && !strcmp(key, "hysteresis_off")) c->off_given = 1;
   FL__IR("detect", "hysteresis_on", c->detect.on, 1, 1000)
   FL__IR("detect", "hysteresis_off", c->detect.off, 1, 1000)
+  FL__IR("detect", "settle", c->detect.settle, 0, 100000000)
   FL__IR("tune", "steps", c->tune.steps, 1, 100000)
   FL__FR("tune", "lr", c->tune.lr, 1e-8, 1.0)
   FL__FR("tune", "margin", c->tune.margin, 0.0, 10.0)

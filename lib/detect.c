@@ -33,6 +33,7 @@ void fl_detect_defaults(fl_detect_config *c) {
   c->calibrate_all = 1;
   c->on = 2;
   c->off = 3;
+  c->settle = 360;
 }
 
 int fl_hyst_update(fl_hyst *h, int above, int on, int off) {
@@ -295,10 +296,66 @@ static void fl__agree(const fl_model_spec *s, const fl_window_score *sc,
   }
 }
 
+/* The re-anchoring rule of fl_detect_decide (detect.h), on one window's
+ * scores after the baseline feature is folded in. */
+static void fl__settle(const fl_model_spec *s, int nch, const fl_calib *cal,
+                       fl_detect_baseline *bl, fl_window_score *sc, int ticks) {
+  if (cal->settle <= 0) return;
+  if (sc->score <= cal->threshold) {
+    bl->calm += ticks;
+    if (bl->calm >= s->window) bl->moves = bl->anchored = bl->still = 0;
+  } else {
+    bl->calm = 0;
+  }
+  int moving = 0;
+  for (int k = 0; k < nch; k++) moving |= fabsf(sc->shift[k]) >= FL_DETECT_MOVE;
+  if (moving) {
+    if (!bl->moving) bl->moves++;
+    bl->still = 0;
+  } else {
+    if (bl->still == 0) {
+      memcpy(bl->peak, sc->chan, sizeof(float) * nch);
+      bl->peak_emb = sc->emb_score;
+    }
+    bl->still += ticks;
+    for (int k = 0; k < nch; k++)
+      if (sc->chan[k] > bl->peak[k]) bl->peak[k] = sc->chan[k];
+    if (sc->emb_score > bl->peak_emb) bl->peak_emb = sc->emb_score;
+  }
+  bl->moving = moving;
+  if (!bl->anchored && bl->calm == 0 && bl->moves >= 2 && bl->still >= cal->settle) {
+    memcpy(bl->anchor, bl->peak, sizeof(float) * nch);
+    bl->anchor_emb = bl->peak_emb;
+    bl->anchored = 1;
+  }
+  if (!bl->anchored) return;
+  sc->score = 0.0f;
+  sc->modality = -1;
+  for (int i = 0, k = 0; i < s->n_mod; i++) {
+    sc->mod_score[i] = 0.0f;
+    for (int c = 0; c < s->mod[i].channels; c++, k++) {
+      float z = sc->chan[k] - bl->anchor[k];
+      sc->chan[k] = z > 0.0f ? z : 0.0f;
+      if (sc->chan[k] > sc->mod_score[i]) sc->mod_score[i] = sc->chan[k];
+    }
+    if (sc->mod_score[i] > sc->score) {
+      sc->score = sc->mod_score[i];
+      sc->modality = i;
+    }
+  }
+  if (cal->w_emb > 0.0f) {
+    float z = sc->emb_score - bl->anchor_emb;
+    sc->emb_score = z > 0.0f ? z : 0.0f;
+    if (sc->emb_score > sc->score) sc->score = sc->emb_score;
+  }
+}
+
 int fl_detect_decide(const fl_model *m, const fl_calib *cal, fl_detect_baseline *bl, fl_hyst *h,
                      int on, int off, fl_window_score *sc, int ticks, unsigned char *faulty,
                      int *above) {
   fl_detect_track(m, cal, bl, sc, ticks, NULL);
+  fl__settle(fl_model_spec_of((fl_model *)m), fl_model_channels((fl_model *)m), cal, bl, sc,
+             ticks);
   int up = sc->score > cal->threshold, flag = fl_hyst_update(h, up, on, off);
   /* Correction follows the debounced flag, so that a clean stretch that one
    * window's score grazes passes untouched; a sensor that reads 0 V (out of
@@ -452,6 +509,7 @@ static int fl__calibrate(fl_model *m, fl_calib *cal, int nw, int Bmax, fl_detect
   cal->base_span = dcfg->base_span;
   cal->agree = dcfg->agree;
   cal->base_drift = 1;
+  cal->settle = dcfg->settle;
   fl_detect_baseline bl;
   fl_window_score one;
   /* Pass 1: raw features and embeddings of every held-out window. */

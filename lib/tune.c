@@ -606,6 +606,7 @@ static void fl__merge_calib(fl_calib *c, const fl_calib *cur) {
    * own rule defined; the pass-through rule stays the model's too. */
   c->base_drift = cur->base_drift;
   c->agree = cur->agree;
+  c->settle = cur->settle;
   FL__UP(emb_mu);
   FL__UP(emb_sd);
   FL__UP(threshold);

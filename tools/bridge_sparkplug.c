@@ -138,7 +138,7 @@ static flb_alias *spb_add(flb_node *n, uint64_t key) {
 /* Forgets a device's entries (DBIRTH again), or every entry (dev NULL). */
 static void spb_forget(flb_app *app, flb_node *n, const char *dev) {
   if (!dev) {
-    memset(n->tab, 0, n->cap * sizeof *n->tab);
+    if (n->tab) memset(n->tab, 0, n->cap * sizeof *n->tab);
     n->n = 0;
     return;
   }

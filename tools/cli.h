@@ -7,6 +7,7 @@
 #include "faultline/bundle.h"
 #include "faultline/config.h"
 #include "faultline/csv.h"
+#include "faultline/group.h"
 
 /* Prints "faultline <cmd>: <message>" to stderr and returns 1 (exit code). */
 int cli_fail(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -17,9 +18,20 @@ int cli_read_csv(const char *cmd, const char *path, fl_table *t);
 /* Loads the config, or the defaults when path is NULL. */
 int cli_load_config(const char *cmd, const char *path, fl_config *c);
 
-/* Without modalities in the config: every numeric column except the label
- * columns forms one modality "all". */
-int cli_default_modality(const char *cmd, fl_config *c, const fl_table *t);
+/* Groups the table's sensors (every numeric column except the label
+ * columns) into modalities (fl_group_plan_table with gc, or the defaults
+ * when gc is NULL). */
+int cli_group(const char *cmd, const fl_table *t, const fl_group_config *gc,
+              fl_group_plan *plan);
+
+/* The defaults that follow from the data: the window from its sampling
+ * period, the block's width from the channels of c's modalities, the
+ * training stride from its length. */
+void cli_data_defaults(fl_config *c, const fl_table *t);
+
+/* Without modalities in the config: the modalities cli_group chooses; with
+ * no config file at all (from_file 0) also cli_data_defaults. */
+int cli_default_modality(const char *cmd, fl_config *c, const fl_table *t, int from_file);
 
 /* Do the model's modalities (names, rates, channels) equal the config's?  If
  * not, says which differ in why and returns 0: the config belongs to another
@@ -47,5 +59,6 @@ int cmd_proxy(int argc, char **argv);
 int cmd_bridge(int argc, char **argv);
 int cmd_analyze(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
+int cmd_init(int argc, char **argv);
 
 #endif

@@ -89,14 +89,15 @@ int cmd_train(int argc, char **argv) {
     case 's': seed = atol(optarg); break;
     case 'q': quiet = 1; break;
     case 'h':
-      printf("usage: faultline train --config FILE --data CSV [--data CSV ...] --out MODEL\n"
+      printf("usage: faultline train [--config FILE] --data CSV [--data CSV ...] --out MODEL\n"
              "                       [--seed N] [--quiet]\n\n"
              "Trains both stages on clean recordings (stage 1 reconstruction, stage 2\n"
              "correction and contrastive detection with injected faults), calibrates the\n"
              "detector on the held-out end of each recording and writes one safetensors\n"
              "model file.  More CSV files may follow --data's first one as plain arguments.\n"
-             "Without modalities in the config, every numeric column except anomaly,\n"
-             "changepoint and anomaly_kind forms one modality.\n");
+             "Without modalities in the config, they are chosen from the first file as\n"
+             "faultline init chooses them; without --config at all, the window, the\n"
+             "block's width, the training stride and the detector's defaults too.\n");
       return 0;
     default: return 2;
     }
@@ -111,7 +112,7 @@ int cmd_train(int argc, char **argv) {
   int rc = 1;
   for (int k = 0; k < nd; k++)
     if (cli_read_csv("train", data[k], &t[k])) goto done;
-  if (cli_default_modality("train", &c, &t[0])) goto done;
+  if (cli_default_modality("train", &c, &t[0], config != NULL)) goto done;
   fl_bundle b;
   if (cli_train("train", &c, t, nd, &b, quiet)) goto done;
   snprintf(b.lineage, sizeof b.lineage,
@@ -381,9 +382,9 @@ int cmd_detect(int argc, char **argv) {
              "Trains on the first file and writes one 0 or 1 per row of the second, nothing\n"
              "else, causally: each row's answer uses only rows up to it (the end of the\n"
              "training file serves as the first test windows' history, as it would for a\n"
-             "daemon that kept running).  Without --config every numeric column except\n"
-             "datetime, anomaly and changepoint forms one modality.  --scores also writes\n"
-             "the full scored output (as faultline score does).\n");
+             "daemon that kept running).  Without --config the modalities and defaults\n"
+             "are chosen from the training file as faultline init chooses them.  --scores\n"
+             "also writes the full scored output (as faultline score does).\n");
       return 0;
     default: return 2;
     }
@@ -398,7 +399,7 @@ int cmd_detect(int argc, char **argv) {
   int rc = 1, e;
   char err[512];
   if (cli_read_csv("detect", train, &tr) || cli_read_csv("detect", test, &te)) goto done;
-  if (cli_default_modality("detect", &c, &tr)) goto done;
+  if (cli_default_modality("detect", &c, &tr, config != NULL)) goto done;
   if (cli_train("detect", &c, &tr, 1, &b, 1)) goto done;
   int keep = join_tail(&joined, &tr, c.spec.window - 1, &te);
   if (keep < 0) {

@@ -160,7 +160,7 @@ int cmd_replay(int argc, char **argv) {
   int rc = 1;
   void *zctx = NULL, *sock = NULL;
   char err[512];
-  if (cli_default_modality("replay", &c, &t)) goto done;
+  if (cli_default_modality("replay", &c, &t, config != NULL)) goto done;
   if (fl_series_from_table(&s, &c.spec, &t, err, sizeof err)) {
     cli_fail("replay", "%s: %s", in, err);
     goto done;

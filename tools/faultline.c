@@ -16,6 +16,7 @@ static const struct {
   const char *help;
 } cmds[] = {
     {"simulate", cmd_simulate, "write the built-in water-pump plant's data as CSV"},
+    {"init", cmd_init, "choose modalities and defaults from a CSV; write them as a config"},
     {"train", cmd_train, "train a model (stage 1, stage 2, calibration) on CSV files"},
     {"calibrate", cmd_calibrate, "re-set a model's detector on clean CSV files, weights kept"},
     {"score", cmd_score, "score a CSV file: score, flag, modality, corrected channels"},
@@ -97,21 +98,40 @@ int cli_is_label(const char *name) {
          !strcmp(name, "anomaly_kind") || !strcmp(name, "anomaly_unit");
 }
 
-int cli_default_modality(const char *cmd, fl_config *c, const fl_table *t) {
-  if (c->spec.n_mod > 0) return 0;
-  const char *names[FL_MAX_CHANNELS];
-  int n = 0;
-  for (int j = 0; j < t->cols; j++) {
-    if (cli_is_label(t->names[j])) continue;
-    if (n == FL_MAX_CHANNELS)
-      return cli_fail(cmd, "more than %d columns: group them into modalities with --config",
-                      FL_MAX_CHANNELS);
-    names[n++] = t->names[j];
-  }
-  if (!n) return cli_fail(cmd, "the data has no numeric sensor column");
-  if (fl_model_spec_add(&c->spec, "all", 1, n, names))
-    return cli_fail(cmd, "a column name is longer than %d characters", FL_NAME_MAX - 1);
+int cli_group(const char *cmd, const fl_table *t, const fl_group_config *gc,
+              fl_group_plan *plan) {
+  unsigned char *skip = calloc(t->cols ? t->cols : 1, 1);
+  if (!skip) return cli_fail(cmd, "out of memory");
+  for (int j = 0; j < t->cols; j++) skip[j] = (unsigned char)cli_is_label(t->names[j]);
+  fl_group_config dflt;
+  fl_group_defaults(&dflt);
+  dflt.drift_span = fl_group_window(fl_group_period(t), t->rows) / 2;
+  char why[300];
+  int e = fl_group_plan_table(t, skip, gc ? gc : &dflt, plan, why, sizeof why);
+  free(skip);
+  if (e) return cli_fail(cmd, "%s", why[0] ? why : fl_strerror(e));
   return 0;
+}
+
+void cli_data_defaults(fl_config *c, const fl_table *t) {
+  c->spec.window = fl_group_window(fl_group_period(t), t->rows);
+  int nch = 0;
+  for (int i = 0; i < c->spec.n_mod; i++) nch += c->spec.mod[i].channels;
+  c->spec.hidden = fl_group_hidden(nch);
+  c->train.stride = fl_group_train_stride(t->rows, c->spec.window);
+  fl_group_detect_defaults(&c->detect, t->rows, c->spec.window);
+}
+
+int cli_default_modality(const char *cmd, fl_config *c, const fl_table *t, int from_file) {
+  if (c->spec.n_mod > 0) return 0;
+  fl_group_plan *plan = malloc(sizeof *plan);
+  if (!plan) return cli_fail(cmd, "out of memory");
+  int rc = cli_group(cmd, t, NULL, plan);
+  if (!rc && fl_group_apply(plan, &c->spec))
+    rc = cli_fail(cmd, "the grouped modalities do not form a valid model");
+  free(plan);
+  if (!rc && !from_file) cli_data_defaults(c, t);
+  return rc;
 }
 
 int cli_same_layout(const fl_model_spec *a, const fl_model_spec *b, char *why, size_t len) {

@@ -126,6 +126,25 @@ def write_config(path, base, overrides):
                 f.write(f"{k} = {v}\n")
 
 
+def daemon_config(tmp, name, model, config, **sections):
+    """tmp/name.ini: config's text, then the model, loopback endpoints on free
+    ports (input bound), info logging, then the keys of sections (a dict per
+    section); (path, {"in", "out", "http": port})."""
+    ports = {"in": free_port(), "out": free_port(), "http": free_port()}
+    over = {
+        "model": {"file": model},
+        "input": {"endpoint": f"tcp://127.0.0.1:{ports['in']}", "bind": 1},
+        "output": {"endpoint": f"tcp://127.0.0.1:{ports['out']}"},
+        "metrics": {"listen": f"127.0.0.1:{ports['http']}"},
+        "log": {"level": "info"},
+    }
+    for sec, kv in sections.items():
+        over.setdefault(sec, {}).update(kv)
+    path = os.path.join(tmp, name + ".ini")
+    write_config(path, config, over)
+    return path, ports
+
+
 class Daemon:
     def __init__(self, exe, config, env=None, log=None):
         self.exe, self.config = exe, config

@@ -55,18 +55,10 @@ FAULT_AT, FAULT_ROWS, FAULT_SD = 400, 120, 6.0
 
 
 def make_config(name, **sections):
-    ports = {"in": T.free_port(), "out": T.free_port(), "http": T.free_port()}
-    over = {
-        "model": {"file": MODEL},
-        "input": {"endpoint": f"tcp://127.0.0.1:{ports['in']}", "bind": 1},
-        "output": {"endpoint": f"tcp://127.0.0.1:{ports['out']}", "stride": STRIDE},
-        "metrics": {"listen": f"127.0.0.1:{ports['http']}", "status_interval": 0.5},
-        "log": {"level": "info"},
-    }
+    over = {"output": {"stride": STRIDE}, "metrics": {"status_interval": 0.5}}
     for sec, kv in sections.items():
         over.setdefault(sec, {}).update(kv)
-    path = os.path.join(TMP, name + ".ini")
-    T.write_config(path, CONFIG, over)
+    path, ports = T.daemon_config(TMP, name, MODEL, CONFIG, **over)
     return path, ports
 
 
@@ -378,7 +370,10 @@ def scenario_reject():
     pub, ok = T.publisher(ctx, f"tcp://127.0.0.1:{ports['in']}")
     check(ok, "reject: the daemon subscribes")
 
-    def send(f, topic=b"frame/x"):
+    def send(f, topic=None):
+        """The topic names the frame's stream unless given."""
+        if topic is None:
+            topic = b"frame/" + (f.stream.encode() if not isinstance(f, bytes) else b"x")
         pub.send_multipart([topic, f if isinstance(f, bytes) else f.SerializeToString()])
 
     for i in range(100):
@@ -414,6 +409,11 @@ def scenario_reject():
     bad("oversize", b"\x0a" + b"x" * 6000)
     bad("duplicate", tab.frame(pb, "ok", 99, 99))
     bad("old", tab.frame(pb, "ok", 50, 50))
+    # A jump beyond [input] max_seq_jump is not believed (nor counted as a gap).
+    bad("seq_jump", tab.frame(pb, "ok", 2**63, 0, ts=0))
+    # The topic and the payload's stream must agree: subscribers shard by topic.
+    send(tab.frame(pb, "ok", 100, 100), topic=b"frame/other1")
+    expect["topic_mismatch"] = 1
     # NaN is missing, not invalid; a gap of 10 ticks is filled and counted.
     f = tab.frame(pb, "ok", 100, 100)
     f.blocks[2].samples[0] = math.nan
@@ -426,7 +426,8 @@ def scenario_reject():
     T.wait_metric(ports["http"], "faultline_frames_received_total", lambda v: v >= n_sent)
     m, text = T.metrics(ports["http"])
     for reason in ["undecodable", "bad_stream", "unknown_modality", "inconsistent_modality",
-                   "channel_count", "nonfinite", "oversize", "duplicate", "old"]:
+                   "channel_count", "nonfinite", "oversize", "duplicate", "old", "seq_jump",
+                   "topic_mismatch"]:
         got = m.get(f'faultline_frames_rejected_total{{reason="{reason}"}}')
         check(got == expect.get(reason, 0), f"reject: {reason} counted {got}, "
               f"expected {expect.get(reason, 0)}")

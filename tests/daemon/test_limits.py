@@ -33,18 +33,7 @@ MODS = T.modalities(CONFIG)
 
 
 def start(name, **sections):
-    ports = {"in": T.free_port(), "out": T.free_port(), "http": T.free_port()}
-    over = {
-        "model": {"file": MODEL},
-        "input": {"endpoint": f"tcp://127.0.0.1:{ports['in']}", "bind": 1},
-        "output": {"endpoint": f"tcp://127.0.0.1:{ports['out']}"},
-        "metrics": {"listen": f"127.0.0.1:{ports['http']}"},
-        "log": {"level": "info"},
-    }
-    for sec, kv in sections.items():
-        over.setdefault(sec, {}).update(kv)
-    path = os.path.join(TMP, name + ".ini")
-    T.write_config(path, CONFIG, over)
+    path, ports = T.daemon_config(TMP, name, MODEL, CONFIG, **sections)
     d = T.Daemon(FLD, path)
     d.wait_http(ports["http"])
     return d, ports
@@ -90,7 +79,7 @@ def limits():
             pub.send_multipart([b"frame/big", b"\x0a" + b"x" * 3000])
         for s in range(5):  # 5 streams of 20 frames: 3 over the cap of 2
             for i in range(20):
-                pub.send_multipart([b"frame/s", tab.frame(pb, f"s{s}", seq0 + i, i)
+                pub.send_multipart([f"frame/s{s}".encode(), tab.frame(pb, f"s{s}", seq0 + i, i)
                                     .SerializeToString()])
         sent += 40 + 100
 

@@ -53,6 +53,7 @@ with tempfile.TemporaryDirectory() as dest:
     check(bool(headers), "include/faultline/detect.h not installed")
     has("share/faultline/faultline.proto")
     has("share/faultline/faultline.ini")
+    has("share/faultline/grafana/faultline.json")
     has("man1/faultline.1")
     has("man5/faultline.ini.5")
     has("man8/faultlined.8")

@@ -48,6 +48,7 @@ from fldtest import free_port  # noqa: E402
 NOT_COMMANDS = {
     ("README.md: Layout", "lib/"): "the source tree, not commands",
     ("docs/model.md: The network", "CSV / frames"): "a data-flow diagram",
+    ("docs/operations.md: Metrics and health", '{"streams"'): "an answer of /streams",
     ("docs/bridge.md: (top)", "edge nodes"): "a data-flow diagram",
     ("docs/bridge.md: The mapping", "[map.pump1]"):
         "an excerpt of a bridge configuration; the whole example, config/bridge.ini, is "
@@ -89,6 +90,9 @@ CHECK_ONLY = [
     (r"^/usr/bin/python3 tests/bench/bench_pydaemon\.py ",
      "nine alternating runs of faultlined and the Python daemon; bench_torch_quick runs the "
      "Python daemon"),
+    (r"^/usr/bin/python3 tests/bench/skab_lofo\.py ",
+     "sixteen SKAB runs per detector (two folds, four candidates), tens of minutes; "
+     "skab.md's Result section runs the same runner and detector"),
     (r"(?s)^FL_TUNE_SEED=23 FL_TUNE_MODEL=\S+ \\?\s*/usr/bin/python3 tests/daemon/test_tune\.py drift ",
      "two daemons streaming for minutes and two evaluations: the test daemon_tune_drift runs "
      "exactly this scenario"),
@@ -156,6 +160,9 @@ SETUP = {
 REQUIRES = {
     "docs/results/skab.md: Result": "../shared/data/skab",
     "docs/results/skab.md: Training time": "../shared/data/skab/valve1/1.csv",
+    "docs/results/skab.md: Without a configuration": "../shared/data/skab",
+    "docs/results/skab.md: Anomaly-free recording":
+        "../shared/data/skab/anomaly-free/anomaly-free.csv",
     "docs/results/injected-faults.md: SKAB's anomaly-free recording":
         "../shared/data/skab/anomaly-free/anomaly-free.csv",
 }
@@ -183,6 +190,8 @@ EXPECT = {
         "files": ["$STAGE/etc/faultline/bridge-plant.ini"]},
     "docs/results/skab.md: Result": {"output": [r"F1"]},
     "docs/results/skab.md: Training time": {"files": ["valve1-1.model"], "output": [r"real"]},
+    "docs/results/skab.md: Without a configuration": {"output": [r"F1"]},
+    "docs/results/skab.md: Anomaly-free recording": {"output": [r"false alarms \d+ of \d+"]},
     "docs/results/injected-faults.md: SKAB's anomaly-free recording": {
         "files": ["af.model"], "output": [r"overall"]},
     "docs/results/lipschitz-ablation.md: (top)": {"output": [r"global"]},

@@ -1,7 +1,8 @@
 /* libFuzzer target for the metrics endpoint's request routing
  * (fln_http_route through the daemon's routes, fld_http_table) on a daemon
  * state with a small model: the input is "METHOD URL", split at the first
- * space.  Only GET and HEAD of /metrics and /healthz may answer 200;
+ * space.  Only GET and HEAD of /metrics, /healthz, /readyz and /streams
+ * may answer 200;
  * anything but GET and HEAD must be 405. */
 #include <microhttpd.h>
 #include <stddef.h>
@@ -51,7 +52,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (owned < 0) abort();
   int read_only = !strcmp(method, "GET") || !strcmp(method, "HEAD");
   if (!read_only && status != MHD_HTTP_METHOD_NOT_ALLOWED) abort();
-  if (status == MHD_HTTP_OK && strcmp(url, "/metrics") && strcmp(url, "/healthz")) abort();
+  if (status == MHD_HTTP_OK && strcmp(url, "/metrics") && strcmp(url, "/healthz") &&
+      strcmp(url, "/readyz") && strcmp(url, "/streams"))
+    abort();
   if (!body || strlen(body) != len) abort();
   /* No secret ever reaches a scrape: the key paths are not in the text. */
   if (owned && strstr(body, "secret")) abort();

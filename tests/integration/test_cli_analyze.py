@@ -22,17 +22,14 @@ import sys
 import tempfile
 import xml.etree.ElementTree as ET
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+from checks import check, finish  # noqa: E402
+
 FL = os.path.abspath(sys.argv[1])
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 MODALITIES = {"vibration": 2, "electrical": 2, "hydraulic": 2, "thermal": 2}
 PATHS = ["latent", "detection", "correction"]
-failures = []
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what, file=sys.stderr)
 
 
 def run(*args, ok=True):
@@ -149,8 +146,7 @@ def main():
     p = run("analyze", "--model", P("nope.model"), ok=False)
     check(p.returncode != 0 and "nope.model" in p.stderr, "missing model file")
 
-    if failures:
-        sys.exit(f"{len(failures)} check(s) failed")
+    finish()
     print("analyze: all checks passed")
 
 

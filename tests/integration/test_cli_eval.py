@@ -20,20 +20,16 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+from checks import check, finish  # noqa: E402
+
 FL = os.path.abspath(sys.argv[1])
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 TYPES = ["noise", "burst", "spike", "step", "offset", "drift", "drift_exp", "sine",
          "dropout", "missing", "stuck", "saturation", "gain", "timeshift"]
 CHANNELS = ["vib_de", "vib_nde", "current", "voltage", "pressure", "flow", "temp_motor",
             "temp_fluid"]
-
-failures = []
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what, file=sys.stderr)
 
 
 def run(*args, ok=True):
@@ -364,8 +360,7 @@ def main():
     p = run("calibrate", "--model", P("m.model"), ok=False)
     check(p.returncode != 0 and "required" in p.stderr, "calibrate: missing --data/--out")
 
-    if failures:
-        sys.exit(f"{len(failures)} check(s) failed")
+    finish()
     print("ok")
 
 

@@ -118,8 +118,14 @@ last = {}
 
 
 def send(payload, kind):
-    """kind: None for a valid frame, else the reject reason or "dropped"."""
-    pub.send_multipart([b"frame/x", payload])
+    """kind: None for a valid frame, else the reject reason or "dropped".
+    The topic names the frame's stream, as the daemon requires."""
+    f = pb.Frame()
+    try:
+        f.ParseFromString(payload)
+    except Exception:  # the undecodable and oversize payloads
+        pass
+    pub.send_multipart([b"frame/" + (f.stream or "x").encode(), payload])
     key = kind or "valid"
     sent[key] = sent.get(key, 0) + 1
     if kind and kind != "dropped":

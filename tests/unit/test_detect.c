@@ -367,6 +367,65 @@ static void test_level_of_a_drifting_modality_keeps_its_trend(void **state) {
   fl_model_free(m);
 }
 
+/* One window of the re-anchoring test: channel 0 scores `score` and its
+ * tail moved by `shift` from its head; the others are quiet. */
+static int settle_step(const fl_model *m, const fl_calib *cal, fl_detect_baseline *bl, fl_hyst *h,
+                       float score, float shift, float *out) {
+  fl_window_score sc;
+  window(&sc, cal->nch, 0.0f);
+  sc.score = sc.mod_score[0] = sc.chan[0] = score;
+  sc.shift[0] = shift;
+  unsigned char faulty[3];
+  int flag = fl_detect_decide(m, cal, bl, h, 1, 1, &sc, 1, faulty, NULL);
+  *out = sc.score;
+  return flag;
+}
+
+/* After an anomaly's start and end (two moves), a stream that holds still
+ * for cal->settle ticks re-anchors and comes back down; one move alone (an
+ * anomaly that lasts) never re-anchors; a move on top of the new normal
+ * raises the alarm again; settle 0 never re-anchors. */
+static void test_decide_reanchors_once_settled(void **state) {
+  (void)state;
+  fl_model *m = small_model(0);
+  fl_calib cal;
+  memset(&cal, 0, sizeof cal);
+  cal.nch = fl_model_channels(m);
+  cal.tail = TAIL;
+  cal.threshold = 5.0f;
+  cal.chan_threshold = 5.0f;
+  for (int settle = 0; settle <= 20; settle += 20) {
+    cal.settle = settle;
+    fl_detect_baseline bl;
+    fl_detect_baseline_reset(&bl);
+    fl_hyst h = {0, 0};
+    float sc;
+    for (int t = 0; t < 20; t++) assert_int_equal(settle_step(m, &cal, &bl, &h, 1, 0, &sc), 0);
+    assert_int_equal(settle_step(m, &cal, &bl, &h, 10, 3, &sc), 1); /* the start */
+    for (int t = 0; t < 60; t++) {
+      assert_int_equal(settle_step(m, &cal, &bl, &h, 10, 0, &sc), 1);
+      assert_true(sc == 10.0f);
+    }
+    assert_int_equal(settle_step(m, &cal, &bl, &h, 8, -3, &sc), 1); /* the end */
+    for (int t = 0; t < settle - 1; t++) assert_int_equal(settle_step(m, &cal, &bl, &h, 8, 0, &sc), 1);
+    assert_int_equal(settle_step(m, &cal, &bl, &h, 8, 0, &sc), !settle);
+    for (int t = 0; t < 30; t++) {
+      assert_int_equal(settle_step(m, &cal, &bl, &h, 7.5f, 0, &sc), !settle);
+      if (settle) assert_true(sc < cal.threshold);
+    }
+    if (!settle) continue;
+    /* A new anomaly on top of the new normal. */
+    assert_int_equal(settle_step(m, &cal, &bl, &h, 16, 3, &sc), 1);
+    assert_true(sc > cal.threshold);
+    /* Back to the training normal for a window: calm, the anchor dropped. */
+    for (int t = 0; t < W; t++) assert_int_equal(settle_step(m, &cal, &bl, &h, 1, 0, &sc), 0);
+    assert_int_equal(bl.anchored, 0);
+    assert_int_equal(settle_step(m, &cal, &bl, &h, 8, 3, &sc), 1);
+    assert_true(sc == 8.0f);
+  }
+  fl_model_free(m);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_baseline_follows_drift_and_keeps_a_step),
@@ -377,6 +436,7 @@ int main(void) {
       cmocka_unit_test(test_decide_passes_channels_that_agree),
       cmocka_unit_test(test_noise_rise_counts_with_w_rise),
       cmocka_unit_test(test_level_of_a_drifting_modality_keeps_its_trend),
+      cmocka_unit_test(test_decide_reanchors_once_settled),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

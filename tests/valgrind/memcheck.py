@@ -96,13 +96,13 @@ pub, ok = T.publisher(ctx, f"tcp://127.0.0.1:{ports['in']}", wait=60)
 check(ok, "memcheck: the daemon subscribes")
 sent = 0
 for i in range(a.frames):
-    pub.send_multipart([b"frame/x", tab.frame(pb, "m1", i, i).SerializeToString()])
+    pub.send_multipart([b"frame/m1", tab.frame(pb, "m1", i, i).SerializeToString()])
     sent += 1
     if i == a.frames // 2:
         # Malformed frames and a stream over the cap walk the reject paths.
         pub.send_multipart([b"frame/x", b"\xff\xfe garbage"])
-        pub.send_multipart([b"frame/x", tab.frame(pb, "m2", 0, 0).SerializeToString()])
-        pub.send_multipart([b"frame/x", tab.frame(pb, "m3", 0, 0).SerializeToString()])
+        pub.send_multipart([b"frame/m2", tab.frame(pb, "m2", 0, 0).SerializeToString()])
+        pub.send_multipart([b"frame/m3", tab.frame(pb, "m3", 0, 0).SerializeToString()])
         sent += 3
 v = wait_metric("faultline_frames_received_total", lambda v: v >= sent)
 check(v == sent, f"memcheck: {sent} frames received ({v})")
@@ -112,7 +112,7 @@ for k in range(2):
     wait_metric('faultline_reloads_total{result="success"}', lambda v: v > before)
 # A few more frames after the reloads: the streams survived them.
 for i in range(a.frames, a.frames + 20):
-    pub.send_multipart([b"frame/x", tab.frame(pb, "m1", i, i).SerializeToString()])
+    pub.send_multipart([b"frame/m1", tab.frame(pb, "m1", i, i).SerializeToString()])
     sent += 1
 wait_metric("faultline_frames_received_total", lambda v: v >= sent)
 m = metrics()

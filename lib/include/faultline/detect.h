@@ -54,6 +54,9 @@ typedef struct {
   int calibrate_all; /* 1: calibrate on every window of the recordings, 0: on the
                         held-out ones only (1) */
   int on, off;      /* hysteresis: windows above (below) to raise (clear) a flag */
+  int settle;       /* base ticks a stream must hold still after an alarm's
+                       second move before it re-anchors (fl_detect_decide);
+                       0: never (180) */
 } fl_detect_config;
 
 void fl_detect_defaults(fl_detect_config *c);
@@ -76,6 +79,7 @@ typedef struct {
   int agree; /* see fl_detect_config */
   int base_drift; /* 1: drifting modalities' levels (trend added back) have a
                      baseline too; 0 in models calibrated before it */
+  int settle;     /* see fl_detect_config; 0 in models written before it */
 } fl_calib;
 
 typedef struct {
@@ -117,6 +121,12 @@ float fl_detect_ratio(float v, float h, float var_mu);
 typedef struct {
   int init;
   float level[FL_MAX_TOTAL_CHANNELS], var[FL_MAX_TOTAL_CHANNELS];
+  /* re-anchoring (fl_detect_decide): moves since the stream was last calm,
+   * whether the last window moved, ticks held still, ticks calm, and the
+   * scores the stream is judged against once anchored */
+  int moves, moving, still, calm, anchored;
+  float peak[FL_MAX_TOTAL_CHANNELS], peak_emb;
+  float anchor[FL_MAX_TOTAL_CHANNELS], anchor_emb;
 } fl_detect_baseline;
 
 void fl_detect_baseline_reset(fl_detect_baseline *bl);
@@ -192,11 +202,29 @@ int fl_hyst_update(fl_hyst *h, int above, int on, int off);
 
 /* One scored window's decision, in its stream's order: the baseline feature
  * folded in (fl_detect_track, `ticks` after the previous window), the
- * debounced flag from h, and the channels the correction replaces
- * (faulty[c] for the nch channels: flagged and above the channel
- * threshold, except, with cal->agree, the channels of a modality that were
- * all above it and all moved together: see fl_detect_config.agree).  Returns the flag; *above (if non-NULL) gets the window's own
- * decision.  The offline scan and the daemon decide through this. */
+ * stream re-anchored when it has settled (below), the debounced flag from
+ * h, and the channels the correction replaces (faulty[c] for the nch
+ * channels: flagged and above the channel threshold, except, with
+ * cal->agree, the channels of a modality that were all above it and all
+ * moved together: see fl_detect_config.agree).  Returns the flag; *above
+ * (if non-NULL) gets the window's own decision.  The offline scan and the
+ * daemon decide through this.
+ *
+ * Re-anchoring, so that an alarm comes back down when the process settles at
+ * a new normal after an anomaly.  A window moves when some channel's tail
+ * mean lies FL_DETECT_MOVE or more training standard deviations from its
+ * head mean (sc->shift).  Counting from the last time the stream was calm
+ * (its window score at most the threshold for a whole window of ticks), an
+ * anomaly moves the process once when it starts and once more when it ends.
+ * When the stream's score is above the threshold, it has moved twice or
+ * more, and it has then held still (no window moving) for cal->settle base
+ * ticks, it re-anchors: each channel's score, and the embedding distance's,
+ * is from then on judged by how far it rises above the largest value it took
+ * while the stream held still.  A new move on top of the new normal raises
+ * the scores again; a return to the training normal (the scores, as
+ * computed before re-anchoring, at most the threshold for a window) makes
+ * the stream calm and drops the anchor.  cal->settle 0 turns it off. */
+#define FL_DETECT_MOVE 1.5f
 int fl_detect_decide(const fl_model *m, const fl_calib *cal, fl_detect_baseline *bl, fl_hyst *h,
                      int on, int off, fl_window_score *sc, int ticks, unsigned char *faulty,
                      int *above);

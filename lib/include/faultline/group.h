@@ -1,0 +1,111 @@
+/* faultline group: modalities chosen from the training data, for a plant
+ * that comes without a configuration.
+ *
+ *   sensors   a column is a sensor at rate 1; the columns NAME.0 .. NAME.(r-1)
+ *             (all r of them, r >= 2, the names fl_model_column_name gives)
+ *             are one sensor NAME at rate r
+ *   drift     a sensor drifts when its moving mean over `drift_span` ticks
+ *             keeps at least `drift_share` of its variance: its level
+ *             wanders slowly through the recording, beyond what its
+ *             tick-to-tick noise explains, so only its shape is judged
+ *   grouping  sensors that move together form a modality: average-linkage
+ *             clustering on the absolute correlation of the smoothed
+ *             readings (a moving mean of `smooth` ticks), a bonus of
+ *             `prefix_bonus` for a shared name prefix (the leading letters,
+ *             three at least), merging the most similar pair first while it
+ *             is at least `min_corr` (drifting sensors merge with each other
+ *             whatever it is), never above `max_size` sensors, never across
+ *             rates or across drifting and steady sensors.  When more
+ *             than FL_MAX_MODALITIES groups remain, the most similar
+ *             allowed pairs are merged whatever their similarity.
+ *
+ * The plan depends only on the table's values and names and the config, and
+ * ties are broken by column order, so the same data gives the same modalities.
+ * The library keeps no state; the caller owns the plan. */
+#ifndef FAULTLINE_GROUP_H
+#define FAULTLINE_GROUP_H
+
+#include <stddef.h>
+
+#include "faultline/csv.h"
+#include "faultline/detect.h"
+#include "faultline/model.h"
+
+#define FL_GROUP_MAX_SENSORS (FL_MAX_MODALITIES * FL_MAX_CHANNELS)
+
+typedef struct {
+  float min_corr;     /* similarity needed to merge two groups (0.5) */
+  float prefix_bonus; /* added to the similarity of sensors with one prefix (0.2) */
+  int max_size;       /* sensors per modality at most, <= FL_MAX_CHANNELS (8) */
+  float drift_share;  /* the slow part's share of the variance for drift (0.5) */
+  int drift_span;     /* ticks of the slow part's moving mean (30, half a
+                         window of 60) */
+  int smooth;         /* moving-mean length in ticks; 0: rows / 100, 1 to 10 */
+} fl_group_config;
+
+void fl_group_defaults(fl_group_config *c);
+
+typedef struct {
+  char name[FL_NAME_MAX]; /* column name, or NAME of NAME.0 .. */
+  int rate;
+  int col;                /* the table's column of its first sample */
+  float slow;             /* the slow part's share of its variance */
+  int drifts;
+} fl_group_sensor;
+
+typedef struct {
+  char name[FL_NAME_MAX];
+  int rate, drifts;
+  int n;                        /* sensors */
+  int sensor[FL_MAX_CHANNELS];  /* indices into the plan's sensors */
+  float cohesion;               /* mean |correlation| inside (1 for one sensor) */
+  float nearest;                /* largest mean |correlation| with another group */
+  int forced;                   /* merged below min_corr to fit FL_MAX_MODALITIES */
+} fl_group_modality;
+
+typedef struct {
+  int n_sensor, n_mod, smooth;
+  fl_group_sensor sensor[FL_GROUP_MAX_SENSORS];
+  fl_group_modality mod[FL_MAX_MODALITIES];
+} fl_group_plan;
+
+/* Plans the modalities of table t, skipping the columns whose skip[j] is
+ * non-zero (labels; skip may be NULL).  Errors: FL_EINVAL (no sensor, fewer
+ * than 8 rows, a bad config), FL_ERANGE (more sensors than
+ * FL_GROUP_MAX_SENSORS, or groups that cannot fit FL_MAX_MODALITIES: why
+ * says which), FL_ENOMEM. */
+int fl_group_plan_table(const fl_table *t, const unsigned char *skip, const fl_group_config *c,
+                        fl_group_plan *plan, char *why, size_t whylen);
+
+/* Appends the plan's modalities to spec (which should have none). */
+int fl_group_apply(const fl_group_plan *plan, fl_model_spec *spec);
+
+/* The sampling period in seconds from the table's timestamps
+ * ("YYYY-MM-DD hh:mm:ss", 'T' allowed, fractions of seconds read): the
+ * median of the first differences, or 0 when there are no stamps or they do
+ * not parse. */
+double fl_group_period(const fl_table *t);
+
+/* A window for data sampled every `period` seconds (0: unknown) with `rows`
+ * training rows: one hour of ticks, at least 20 and at most 60 (60 when the
+ * period is unknown), a multiple of 4, and at most a sixth of the rows
+ * (8 at least). */
+int fl_group_window(double period, int rows);
+
+/* The compute block's width for a model of `channels` channels: the
+ * default 256 up to 32 channels, 512 above. */
+int fl_group_hidden(int channels);
+
+/* Base ticks between training windows for `rows` training rows and the
+ * window: 1, or more so that an epoch sees at most 4000 windows and one core
+ * trains a long recording in minutes, not hours. */
+int fl_group_train_stride(int rows, int window);
+
+/* The detector's defaults for `rows` training rows and the window:
+ * hysteresis of a twelfth of the window each way (2 at least); and with
+ * fewer than 1000 training windows the embedding distance and the
+ * noise-collapse feature left out, since the overlapping windows of a short
+ * recording show too little of their clean spread to calibrate them. */
+void fl_group_detect_defaults(fl_detect_config *d, int rows, int window);
+
+#endif

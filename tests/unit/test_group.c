@@ -1,0 +1,187 @@
+/* Unit tests for the automatic modalities. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "faultline/csv.h"
+#include "faultline/error.h"
+#include "faultline/group.h"
+
+/* A deterministic noise in [-0.5, 0.5). */
+static double noise(uint32_t *s) {
+  *s = *s * 1664525u + 1013904223u;
+  return (*s >> 8) / 16777216.0 - 0.5;
+}
+
+/* Columns: flow_a, flow_b (one fast signal), Power1, Power2 (another),
+ * temp (a trend), vib.0 .. vib.2 (a rate-3 sensor), anomaly (a label). */
+static void plant(fl_table *t, int rows) {
+  static const char *names[] = {"flow_a", "flow_b", "Power1", "Power2", "temp",
+                                "vib.0",  "vib.1",  "vib.2",  "anomaly"};
+  assert_int_equal(fl_table_alloc(t, rows, 9), 0);
+  for (int j = 0; j < 9; j++) assert_int_equal(fl_table_set_name(t, j, names[j]), 0);
+  uint32_t s = 7;
+  for (int r = 0; r < rows; r++) {
+    double u = sin(r / 3.0), v = cos(r / 2.3) * sin(r / 7.0);
+    float *x = t->data + (size_t)r * 9;
+    x[0] = (float)(u + 0.2 * noise(&s));
+    x[1] = (float)(3 * u + 5 + 0.5 * noise(&s));
+    x[2] = (float)(v + 0.2 * noise(&s));
+    x[3] = (float)(-2 * v + 0.3 * noise(&s));
+    x[4] = (float)(20 + 0.01 * r + 0.3 * noise(&s));
+    for (int k = 0; k < 3; k++) x[5 + k] = (float)noise(&s);
+    x[8] = 0;
+    char stamp[32];
+    snprintf(stamp, sizeof stamp, "2024-01-01 %02d:%02d:%02d", r * 5 / 3600, r * 5 / 60 % 60,
+             r * 5 % 60);
+    assert_int_equal(fl_table_set_stamp(t, r, stamp), 0);
+  }
+}
+
+static int mod_of(const fl_group_plan *p, const char *sensor) {
+  for (int i = 0; i < p->n_mod; i++)
+    for (int c = 0; c < p->mod[i].n; c++)
+      if (!strcmp(p->sensor[p->mod[i].sensor[c]].name, sensor)) return i;
+  return -1;
+}
+
+static void test_groups_sensors_that_move_together(void **state) {
+  (void)state;
+  fl_table t = {0};
+  plant(&t, 600);
+  unsigned char skip[9] = {0, 0, 0, 0, 0, 0, 0, 0, 1};
+  fl_group_config c;
+  fl_group_defaults(&c);
+  fl_group_plan *p = malloc(sizeof *p);
+  char why[200];
+  assert_int_equal(fl_group_plan_table(&t, skip, &c, p, why, sizeof why), 0);
+  assert_int_equal(p->n_sensor, 6); /* vib.0..2 is one sensor, the label none */
+  assert_int_equal(mod_of(p, "flow_a"), mod_of(p, "flow_b"));
+  assert_int_equal(mod_of(p, "Power1"), mod_of(p, "Power2"));
+  assert_int_not_equal(mod_of(p, "flow_a"), mod_of(p, "Power1"));
+  int tm = mod_of(p, "temp"), vm = mod_of(p, "vib");
+  assert_true(tm >= 0 && vm >= 0);
+  assert_int_equal(p->mod[tm].drifts, 1);
+  assert_int_equal(p->mod[tm].n, 1);
+  assert_int_equal(p->mod[mod_of(p, "flow_a")].drifts, 0);
+  assert_int_equal(p->mod[vm].rate, 3);
+  assert_int_equal(p->mod[vm].n, 1);
+  assert_true(p->mod[mod_of(p, "flow_a")].cohesion > 0.9f);
+  /* The shared prefix names the group. */
+  assert_string_equal(p->mod[mod_of(p, "Power1")].name, "power");
+
+  /* The plan becomes a valid spec that reads the table back. */
+  fl_model_spec spec;
+  fl_model_spec_defaults(&spec);
+  assert_int_equal(fl_group_apply(p, &spec), 0);
+  assert_int_equal(fl_model_spec_check(&spec), 0);
+  fl_series s;
+  assert_int_equal(fl_series_from_table(&s, &spec, &t, why, sizeof why), 0);
+  fl_series_free(&s);
+
+  /* Deterministic. */
+  fl_group_plan *q = malloc(sizeof *q);
+  assert_int_equal(fl_group_plan_table(&t, skip, &c, q, why, sizeof why), 0);
+  assert_memory_equal(p, q, sizeof *p);
+
+  /* A cap of one sensor keeps every sensor apart. */
+  c.max_size = 1;
+  assert_int_equal(fl_group_plan_table(&t, skip, &c, q, why, sizeof why), 0);
+  assert_int_equal(q->n_mod, 6);
+  free(p);
+  free(q);
+  fl_table_free(&t);
+}
+
+static void test_period_and_window(void **state) {
+  (void)state;
+  fl_table t = {0};
+  plant(&t, 600);
+  assert_true(fabs(fl_group_period(&t) - 5.0) < 1e-9);
+  /* One hour of ticks within 20..60, a multiple of 4, a sixth of the rows. */
+  assert_int_equal(fl_group_window(1.0, 100000), 60);
+  assert_int_equal(fl_group_window(180.0, 100000), 20);
+  assert_int_equal(fl_group_window(0.0, 100000), 60);
+  assert_int_equal(fl_group_window(1.0, 240), 40);
+  assert_int_equal(fl_group_window(1.0, 20), 8);
+  assert_int_equal(fl_group_hidden(8), 256);
+  assert_int_equal(fl_group_hidden(52), 512);
+  assert_int_equal(fl_group_train_stride(400, 60), 1);
+  assert_int_equal(fl_group_train_stride(100000, 60), 25);
+  fl_table_free(&t);
+  fl_table none = {0};
+  assert_true(fl_group_period(&none) == 0.0);
+}
+
+static void test_too_many_sensors(void **state) {
+  (void)state;
+  int n = FL_GROUP_MAX_SENSORS + 1;
+  fl_table t = {0};
+  assert_int_equal(fl_table_alloc(&t, 20, n), 0);
+  for (int j = 0; j < n; j++) {
+    char name[16];
+    snprintf(name, sizeof name, "s%d", j);
+    assert_int_equal(fl_table_set_name(&t, j, name), 0);
+  }
+  for (size_t i = 0; i < (size_t)20 * n; i++) t.data[i] = (float)(i % 7);
+  fl_group_config c;
+  fl_group_defaults(&c);
+  fl_group_plan *p = malloc(sizeof *p);
+  char why[200];
+  assert_int_equal(fl_group_plan_table(&t, NULL, &c, p, why, sizeof why), FL_ERANGE);
+  assert_non_null(strstr(why, "more than 128 sensors"));
+  /* Too few rows, no sensor. */
+  t.rows = 4;
+  assert_int_equal(fl_group_plan_table(&t, NULL, &c, p, why, sizeof why), FL_EINVAL);
+  free(p);
+  fl_table_free(&t);
+}
+
+/* More groups than modalities: the closest are merged to fit. */
+static void test_forced_to_fit(void **state) {
+  (void)state;
+  int n = 40;
+  fl_table t = {0};
+  assert_int_equal(fl_table_alloc(&t, 300, n), 0);
+  uint32_t s = 3;
+  for (int j = 0; j < n; j++) {
+    char name[16];
+    snprintf(name, sizeof name, "x%d", j);
+    assert_int_equal(fl_table_set_name(&t, j, name), 0);
+  }
+  for (int r = 0; r < 300; r++)
+    for (int j = 0; j < n; j++) t.data[(size_t)r * n + j] = (float)noise(&s);
+  fl_group_config c;
+  fl_group_defaults(&c);
+  fl_group_plan *p = malloc(sizeof *p);
+  char why[200];
+  assert_int_equal(fl_group_plan_table(&t, NULL, &c, p, why, sizeof why), 0);
+  assert_true(p->n_mod <= FL_MAX_MODALITIES);
+  int total = 0, forced = 0;
+  for (int i = 0; i < p->n_mod; i++) {
+    assert_true(p->mod[i].n <= c.max_size);
+    total += p->mod[i].n;
+    forced |= p->mod[i].forced;
+  }
+  assert_int_equal(total, n);
+  assert_true(forced);
+  free(p);
+  fl_table_free(&t);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_groups_sensors_that_move_together),
+      cmocka_unit_test(test_period_and_window),
+      cmocka_unit_test(test_too_many_sensors),
+      cmocka_unit_test(test_forced_to_fit),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
