@@ -35,6 +35,9 @@ static void fld__lag_cb(uv_timer_t *t) {
   app->lag_expect = now + (uint64_t)FLD_LAG_PERIOD_MS * 1000000ULL;
   /* Idle streams go once a second: [input] stream_idle is minutes. */
   if (++app->lag_ticks % (1000 / FLD_LAG_PERIOD_MS) == 0) fld_streams_evict(app, fln_now());
+  /* Windows kept for tuning start their job when it is due even while no
+   * frame arrives (a paused input, a quiet night). */
+  if (app->tuner) fld_tune_poll(app);
 }
 
 int fld_notify_start_timers(fld_app *app) {
