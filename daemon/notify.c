@@ -1,6 +1,7 @@
 /* faultlined and systemd: the watchdog, the status line of rates and the
- * event-loop lag probe (which also evicts idle streams), all loop timers.  See fld.h; the sd_notify messages
- * themselves are net/notify.c's. */
+ * event-loop lag probe (which also evicts idle streams and polls the
+ * tuner), all loop timers.  See fld.h; the sd_notify messages themselves
+ * are net/notify.c's. */
 #include <stdio.h>
 
 #include "fld.h"
