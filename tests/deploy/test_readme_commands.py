@@ -150,9 +150,9 @@ SETUP = {
         "sed -i -e \"/^\\[input\\]/,/^\\[/ s|^endpoint = .*|endpoint = tcp://127.0.0.1:$PORT_IN|\" "
         "-e \"/^\\[output\\]/,/^\\[/ s|^endpoint = .*|endpoint = tcp://127.0.0.1:$PORT_OUT|\" "
         "-e \"/^\\[metrics\\]/,/^\\[/ s|^listen = .*|listen = 127.0.0.1:$PORT_METRICS|\" "
-        "config/faultline.ini\n",
-        "config/faultline.ini on free ports: its defaults (5555, 5556, 9108) may be held by "
-        "other tests or daemons on this machine"),
+        "out/faultlined.ini\n",
+        "the demo's out/faultlined.ini on free ports: the demo's own (25555, 25556, 29108) "
+        "may be held by other tests or daemons on this machine"),
 }
 # Sections whose blocks need data that may be absent: section -> path.  Without
 # it the block is reported as not run (the test still passes), as run.sh's
@@ -160,6 +160,7 @@ SETUP = {
 REQUIRES = {
     "docs/results/skab.md: Result": "../shared/data/skab",
     "docs/results/skab.md: Training time": "../shared/data/skab/valve1/1.csv",
+    "docs/results/correction.md: Cost": "../shared/data/skab/valve1/1.csv",
     "docs/results/skab.md: Without a configuration": "../shared/data/skab",
     "docs/results/skab.md: Anomaly-free recording":
         "../shared/data/skab/anomaly-free/anomaly-free.csv",
@@ -180,7 +181,6 @@ EXPECT = {
         "output": [r"faultlined: [1-9]\d* reports, \d+ flagged",
                    r"== wrote out/plant\.model"]},
     "README.md: First use on your own CSV": {"files": ["my.model", "scored.csv"]},
-    "README.md: Running the daemon": {"files": ["config/plant.model"]},
     "README.md: Installing on a gateway": {
         "files": ["$STAGE/usr/bin/faultline", "$STAGE/usr/sbin/faultlined",
                   "$STAGE/etc/faultline/faultline.ini", "$STAGE/etc/faultline/plant.model",
