@@ -36,7 +36,7 @@ void flb_config_defaults(flb_config *c) {
   snprintf(c->state_topic, sizeof c->state_topic, "faultline/{stream}/state");
   snprintf(c->json_in, sizeof c->json_in, "plant/{stream}/telemetry");
   c->log_interval = 10;
-  c->log_level = 6;
+  c->log_level = FLN_INFO;
 }
 
 typedef struct {
@@ -166,15 +166,7 @@ static int flb_cfg_key(flb_cfg_parse *p, const char *sec, const char *k, const c
   if (IS("input", "json_topic")) return flb_cfg_str(c->json_in, sizeof c->json_in, v) ? -1 : 1;
   if (IS("metrics", "listen")) return flb_cfg_str(c->listen, sizeof c->listen, v) ? -1 : 1;
   if (IS("metrics", "log_interval")) return flb_cfg_num(v, 0, 86400, &c->log_interval) ? -1 : 1;
-  if (IS("log", "level")) {
-    static const char *lv[] = {"err", "warning", "notice", "info", "debug"};
-    for (int i = 0; i < 5; i++)
-      if (!strcmp(v, lv[i])) {
-        c->log_level = 3 + i;
-        return 1;
-      }
-    return -1;
-  }
+  if (IS("log", "level")) return fln_log_parse_level(v, &c->log_level) ? -1 : 1;
 #undef IS
   if (!strncmp(sec, "map.", 4)) {
     flb_map *m = flb_cfg_map(p, sec + 4);
