@@ -16,6 +16,7 @@ void fl_group_defaults(fl_group_config *c) {
   c->prefix_bonus = 0.2f;
   c->max_size = 8;
   c->drift_share = 0.5f;
+  c->drift_se = 1.0f;
   c->drift_span = 30;
   c->smooth = 0;
 }
@@ -167,11 +168,15 @@ int fl_group_plan_table(const fl_table *t, const unsigned char *skip, const fl_g
   char (*pre)[FL_NAME_MAX] = malloc(sizeof *pre * N);
   e = FL_ENOMEM;
   if (!y || !tmp || !sim || !link || !corr || !size || !of || !frc || !pre) goto done;
+  int span = c->drift_span > 0 ? c->drift_span : 30;
+  /* A drifting sensor judged by its level alarms for the rest of the
+   * recording; a steady one judged by its shape only loses its level.  So
+   * on few rows, where the share is uncertain, the doubt goes to drift. */
+  double margin = 1.0 + (c->drift_se > 0.0f ? c->drift_se * sqrt(2.0 * span / R) : 0.0);
   for (int i = 0; i < N; i++) {
     fl_group_sensor *s = &p->sensor[i];
-    s->slow = (float)fl__series(t, s, m, c->drift_span > 0 ? c->drift_span : 30,
-                                y + (size_t)i * R, tmp);
-    s->drifts = s->slow >= c->drift_share;
+    s->slow = (float)fl__series(t, s, m, span, y + (size_t)i * R, tmp);
+    s->drifts = s->slow * margin >= c->drift_share;
     fl__prefix(s->name, pre[i], sizeof pre[i]);
   }
   for (int i = 0; i < N; i++)

@@ -1,6 +1,7 @@
 /* faultline init: the modalities and defaults that train would choose for
  * a CSV without a config, written as a config a person can read and edit. */
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +10,12 @@
 
 /* A channel name as config.c reads it back: commas separate channels. */
 static int fl__listable(const char *name) { return !strchr(name, ',') && name[0] != ' '; }
+
+/* The share fl_group_plan_table asks of a drifting sensor on `rows` rows. */
+static float fl__drift_needed(const fl_group_config *gc, int rows) {
+  double e = rows > 0 ? sqrt(2.0 * gc->drift_span / rows) : 0.0;
+  return (float)(gc->drift_share / (1.0 + (gc->drift_se > 0.0f ? gc->drift_se * e : 0.0)));
+}
 
 static void write_plan(FILE *f, const char *data, const fl_table *t, const fl_group_plan *p,
                        const fl_group_config *gc, const fl_config *c, double period) {
@@ -73,7 +80,9 @@ static void write_plan(FILE *f, const char *data, const fl_table *t, const fl_gr
               gc->drift_span);
       for (int k = 0; k < m->n; k++)
         fprintf(f, "%s %.2f", k ? "," : "", (double)p->sensor[m->sensor[k]].slow);
-      fprintf(f, " of the variance): only their shape is judged\ndrifts = 1\n");
+      fprintf(f, " of the variance, %.2f needed on %d rows): only their shape is judged\n"
+                 "drifts = 1\n",
+              (double)fl__drift_needed(gc, t->rows), t->rows);
     } else {
       int any = 0;
       for (int k = 0; k < m->n; k++) any |= p->sensor[m->sensor[k]].drifts;
@@ -87,19 +96,22 @@ static void write_plan(FILE *f, const char *data, const fl_table *t, const fl_gr
 int cmd_init(int argc, char **argv) {
   static const struct option opts[] = {
       {"data", 1, 0, 'd'},     {"out", 1, 0, 'o'},      {"min-corr", 1, 0, 'm'},
-      {"max-size", 1, 0, 's'}, {"help", 0, 0, 'h'},     {0, 0, 0, 0}};
+      {"max-size", 1, 0, 's'}, {"drift-se", 1, 0, 'e'},  {"help", 0, 0, 'h'},
+      {0, 0, 0, 0}};
   const char *data = NULL, *out = NULL;
   int o;
   fl_group_config gc;
   fl_group_defaults(&gc);
-  while ((o = getopt_long(argc, argv, "d:o:m:s:h", opts, NULL)) != -1) {
+  while ((o = getopt_long(argc, argv, "d:o:m:s:e:h", opts, NULL)) != -1) {
     switch (o) {
     case 'd': data = optarg; break;
     case 'o': out = optarg; break;
     case 'm': gc.min_corr = (float)atof(optarg); break;
     case 's': gc.max_size = atoi(optarg); break;
+    case 'e': gc.drift_se = (float)atof(optarg); break;
     case 'h':
-      printf("usage: faultline init --data CSV [--out INI] [--min-corr X] [--max-size N]\n\n"
+      printf("usage: faultline init --data CSV [--out INI] [--min-corr X] [--max-size N]\n"
+             "                      [--drift-se K]\n\n"
              "Chooses what faultline train would choose for CSV without a config and\n"
              "writes it as a commented config (to stdout without --out): the modalities\n"
              "(sensors whose smoothed readings move together, at most 8 per modality,\n"
@@ -107,8 +119,10 @@ int cmd_init(int argc, char **argv) {
              "the window from the sampling period, the compute block's width and the\n"
              "training stride.  The choice is the same for the same data.\n\n"
              "  --min-corr X  mean |correlation| two groups need to merge (default %g)\n"
-             "  --max-size N  sensors per modality at most, 1 to %d (default %d)\n",
-             (double)gc.min_corr, FL_MAX_CHANNELS, gc.max_size);
+             "  --max-size N  sensors per modality at most, 1 to %d (default %d)\n"
+             "  --drift-se K  a sensor drifts unless its slow share is K standard errors\n"
+             "                below half (default %g; 0: half exactly)\n",
+             (double)gc.min_corr, FL_MAX_CHANNELS, gc.max_size, (double)gc.drift_se);
       return 0;
     default: return 2;
     }

@@ -19,11 +19,16 @@ configuration is written by hand: `faultline init` chooses one from each
 file's training part (what `detect` without --config chooses) and
 `settle = S` is appended in a [detect] section of its own.
 
-Each (candidate, fold) run is kept as WORK/<mode>-s<S>-<fold>.json and not run
-again while it is there.
+With --drift-se K1,K2,.. (no configuration only) the margin of `faultline
+init --drift-se` (how many standard errors of doubt about a sensor's slow
+share go to drift) is chosen the same way, jointly with settle: every pair is
+run, and on equal scores the smaller margin is taken.
 
-usage: skab_lofo.py [--config INI] [--candidates 0,60,180,360] [--work DIR]
-                    [--jobs N] [--far-cap 10]   (from the source root)
+Each (candidate, fold) run is kept as WORK/<mode>-s<S>[-k<K>]-<fold>.json and
+not run again while it is there.
+
+usage: skab_lofo.py [--config INI] [--candidates 0,60,180,360] [--drift-se K,..]
+                    [--work DIR] [--jobs N] [--far-cap 10]   (from the source root)
 """
 import argparse
 import json
@@ -43,7 +48,7 @@ FOLDS = {"A": ["valve1/%d" % i for i in range(0, 8)],
 FL = "build/tools/faultline"
 
 
-def command(config, settle, work):
+def command(config, settle, work, k=None):
     if config:
         ini = os.path.join(work, "config-s%d.ini" % settle)
         with open(config) as f, open(ini, "w") as g:
@@ -51,25 +56,33 @@ def command(config, settle, work):
             g.write(text + ("" if text.endswith("\n") else "\n") + "settle = %d\n" % settle)
         return "%s detect --config %s --train {train} --test {test} --out {out}" % (
             FL, shlex.quote(ini))
-    return ("%s init --data {train} --out {dir}/init.ini && "
+    opt = "" if k is None else " --drift-se %g" % k
+    return ("%s init --data {train} --out {dir}/init.ini%s && "
             "printf '\\n[detect]\\nsettle = %d\\n' >> {dir}/init.ini && "
             "%s detect --config {dir}/init.ini --train {train} --test {test} --out {out}"
-            % (FL, settle, FL))
+            % (FL, opt, settle, FL))
 
 
-def run(mode, config, settle, fold, args):
-    out = os.path.join(args.work, "%s-s%d-%s.json" % (mode, settle, fold))
+def run(mode, config, cand, fold, args):
+    settle, k = cand
+    tag = "" if k is None else "-k%g" % k
+    out = os.path.join(args.work, "%s-s%d%s-%s.json" % (mode, settle, tag, fold))
     if not os.path.exists(out):
         cmd = [sys.executable, os.path.join(TOOLS, "skab_run.py"), "--jobs", str(args.jobs),
                "--subset", ",".join(FOLDS[fold]), "--no-json", "--json-out", out,
-               "--cmd", command(config, settle, args.work)]
+               "--cmd", command(config, settle, args.work, k)]
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
         p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         if p.returncode != 0:
             sys.stderr.write(p.stdout + p.stderr)
-            raise SystemExit("skab_run.py failed on fold %s, settle %d" % (fold, settle))
+            raise SystemExit("skab_run.py failed on fold %s, %s" % (fold, name(cand)))
     with open(out) as f:
         return json.load(f)
+
+
+def name(cand):
+    settle, k = cand
+    return "settle %d" % settle + ("" if k is None else ", drift-se %g" % k)
 
 
 def counts(report):
@@ -87,38 +100,43 @@ def main():
     ap.add_argument("--work", default="skab-lofo")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--far-cap", type=float, default=10.0)
+    ap.add_argument("--drift-se", help="candidate margins of faultline init --drift-se")
     args = ap.parse_args()
+    if args.drift_se and args.config:
+        ap.error("--drift-se is for the runs without a configuration")
     os.makedirs(args.work, exist_ok=True)
     args.work = os.path.abspath(args.work)
     mode = "ini" if args.config else "bare"
     config = os.path.abspath(args.config) if args.config else None
-    cands = [int(c) for c in args.candidates.split(",")]
-    res = {(s, f): run(mode, config, s, f, args) for s in cands for f in FOLDS}
+    ks = [float(k) for k in args.drift_se.split(",")] if args.drift_se else [None]
+    cands = [(int(c), k) for c in args.candidates.split(",") for k in ks]
+    res = {(c, f): run(mode, config, c, f, args) for c in cands for f in FOLDS}
 
-    print("settle  fold   F1  FAR%  MAR%")
-    for s in cands:
+    print("settle drift-se  fold   F1  FAR%  MAR%")
+    for c in cands:
         for f in FOLDS:
-            g = res[(s, f)]["groups"]["all"]
-            print("%6d  %4s %4.2f %5.2f %5.2f" % (s, f, g["f1"], g["far"], g["mar"]))
+            g = res[(c, f)]["groups"]["all"]
+            print("%6d %8s  %4s %4.2f %5.2f %5.2f" % (c[0], "-" if c[1] is None else "%g" % c[1],
+                                                     f, g["f1"], g["far"], g["mar"]))
 
     def choose(fold):
-        rows = [(res[(s, fold)]["groups"]["all"], s) for s in cands]
-        ok = [(g["f1_raw"], -g["far_raw"], s > 0, -s) for g, s in rows
+        rows = [(res[(c, fold)]["groups"]["all"], c) for c in cands]
+        ok = [(g["f1_raw"], -g["far_raw"], c[0] > 0, -c[0], -(c[1] or 0), c) for g, c in rows
               if g["far_raw"] <= args.far_cap]
         if ok:
-            return -max(ok)[3]
-        return min((g["far_raw"], -g["f1_raw"], s == 0, s) for g, s in rows)[3]
+            return max(ok)[-1]
+        return min((g["far_raw"], -g["f1_raw"], c[0] == 0, c[0], c[1] or 0, c)
+                   for g, c in rows)[-1]
 
     total = [0, 0, 0, 0]
-    print("\nheld-out fold  settle (chosen on the other fold)   F1  FAR%  MAR%")
+    print("\nheld-out fold  chosen on the other fold              F1  FAR%  MAR%")
     for f, other in (("A", "B"), ("B", "A")):
-        s = choose(other)
-        g = res[(s, f)]["groups"]["all"]
-        print("%13s  %6d %34s %4.2f %5.2f %5.2f" % (f, s, "", g["f1"], g["far"], g["mar"]))
-        total = [a + b for a, b in zip(total, counts(res[(s, f)]))]
+        c = choose(other)
+        g = res[(c, f)]["groups"]["all"]
+        print("%13s  %-34s %4.2f %5.2f %5.2f" % (f, name(c), g["f1"], g["far"], g["mar"]))
+        total = [a + b for a, b in zip(total, counts(res[(c, f)]))]
     b = M.binary_from_counts(*total)
-    print("%13s  %6s %34s %4.2f %5.2f %5.2f" % ("A+B pooled", "-", "", b["f1"], b["far"],
-                                                 b["mar"]))
+    print("%13s  %-34s %4.2f %5.2f %5.2f" % ("A+B pooled", "-", b["f1"], b["far"], b["mar"]))
 
 
 if __name__ == "__main__":

@@ -176,12 +176,54 @@ static void test_forced_to_fit(void **state) {
   fl_table_free(&t);
 }
 
+/* A sensor whose slow share lies between the two thresholds: a slow sine
+ * under white noise.  On 400 rows the doubt goes to drift; without the
+ * margin, or on 20000 rows where the margin is small, it does not drift. */
+static void slow_sine(fl_table *t, int rows) {
+  assert_int_equal(fl_table_alloc(t, rows, 2), 0);
+  assert_int_equal(fl_table_set_name(t, 0, "wander"), 0);
+  assert_int_equal(fl_table_set_name(t, 1, "other"), 0);
+  uint32_t s = 11;
+  for (int r = 0; r < rows; r++) {
+    t->data[(size_t)r * 2] = (float)(0.36 * sin(r / 40.0) + noise(&s));
+    t->data[(size_t)r * 2 + 1] = (float)noise(&s);
+  }
+}
+
+static void test_drift_margin_on_few_rows(void **state) {
+  (void)state;
+  fl_group_config c;
+  fl_group_defaults(&c);
+  fl_group_plan *p = malloc(sizeof *p);
+  char why[200];
+  for (int k = 0; k < 2; k++) {
+    int rows = k ? 20000 : 400;
+    fl_table t = {0};
+    slow_sine(&t, rows);
+    c.drift_se = 1.0f;
+    double need = c.drift_share / (1.0 + c.drift_se * sqrt(2.0 * c.drift_span / rows));
+    assert_int_equal(fl_group_plan_table(&t, NULL, &c, p, why, sizeof why), 0);
+    float slow = p->sensor[0].slow;
+    assert_true(slow < c.drift_share);
+    assert_int_equal(p->sensor[0].drifts, slow >= need);
+    assert_int_equal(p->sensor[1].drifts, 0);
+    if (!k) assert_true(slow >= need); /* the case the margin is for */
+    if (k) assert_int_equal(p->sensor[0].drifts, 0);
+    c.drift_se = 0.0f;
+    assert_int_equal(fl_group_plan_table(&t, NULL, &c, p, why, sizeof why), 0);
+    assert_int_equal(p->sensor[0].drifts, 0);
+    fl_table_free(&t);
+  }
+  free(p);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_groups_sensors_that_move_together),
       cmocka_unit_test(test_period_and_window),
       cmocka_unit_test(test_too_many_sensors),
       cmocka_unit_test(test_forced_to_fit),
+      cmocka_unit_test(test_drift_margin_on_few_rows),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

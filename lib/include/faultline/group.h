@@ -7,7 +7,14 @@
  *   drift     a sensor drifts when its moving mean over `drift_span` ticks
  *             keeps at least `drift_share` of its variance: its level
  *             wanders slowly through the recording, beyond what its
- *             tick-to-tick noise explains, so only its shape is judged
+ *             tick-to-tick noise explains, so only its shape is judged.
+ *             The share measured on R rows rests on about R / drift_span
+ *             independent spans, a relative standard error of
+ *             e = sqrt(2 drift_span / R); a sensor counts as drifting unless
+ *             its share is below drift_share by more than `drift_se` of
+ *             them: share x (1 + drift_se x e) >= drift_share.  On a short
+ *             recording the margin is wide (400 rows, span 30: e = 0.39), on
+ *             a long one it vanishes
  *   grouping  sensors that move together form a modality: average-linkage
  *             clustering on the absolute correlation of the smoothed
  *             readings (a moving mean of `smooth` ticks), a bonus of
@@ -38,6 +45,7 @@ typedef struct {
   float prefix_bonus; /* added to the similarity of sensors with one prefix (0.2) */
   int max_size;       /* sensors per modality at most, <= FL_MAX_CHANNELS (8) */
   float drift_share;  /* the slow part's share of the variance for drift (0.5) */
+  float drift_se;     /* relative standard errors of margin on that share (1) */
   int drift_span;     /* ticks of the slow part's moving mean (30, half a
                          window of 60) */
   int smooth;         /* moving-mean length in ticks; 0: rows / 100, 1 to 10 */
