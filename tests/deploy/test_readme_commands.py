@@ -91,7 +91,8 @@ CHECK_ONLY = [
      "nine alternating runs of faultlined and the Python daemon; bench_torch_quick runs the "
      "Python daemon"),
     (r"^/usr/bin/python3 tests/bench/skab_lofo\.py ",
-     "sixteen SKAB runs per detector (two folds, four candidates), tens of minutes; "
+     "two folds of SKAB runs per candidate (up to 24 runner passes with the drift "
+     "margins), tens of minutes; "
      "skab.md's Result section runs the same runner and detector"),
     (r"(?s)^FL_TUNE_SEED=23 FL_TUNE_MODEL=\S+ \\?\s*/usr/bin/python3 tests/daemon/test_tune\.py drift ",
      "two daemons streaming for minutes and two evaluations: the test daemon_tune_drift runs "
