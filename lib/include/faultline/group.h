@@ -14,7 +14,7 @@
  *             its share is below drift_share by more than `drift_se` of
  *             them: share x (1 + drift_se x e) >= drift_share.  On a short
  *             recording the margin is wide (400 rows, span 30: e = 0.39), on
- *             a long one it vanishes
+ *             a long one narrow (6583 rows: e = 0.095)
  *   grouping  sensors that move together form a modality: average-linkage
  *             clustering on the absolute correlation of the smoothed
  *             readings (a moving mean of `smooth` ticks), a bonus of
