@@ -102,16 +102,23 @@ static int fl__fit_regression(fl_model *m, fl_estimator *e, const fl_series *s, 
   int n = sl->n, W = spec->window, D = W;
   double *S = calloc((size_t)n * n, sizeof(double)), *A = malloc(sizeof(double) * n * n);
   double *y = malloc(sizeof(double) * n), *dz = malloc(sizeof(double) * n);
+  float **Z = calloc((size_t)ns, sizeof *Z); /* per recording (rows, n): fl__z once */
   int err = FL_ENOMEM;
-  if (!S || !A || !y || !dz) goto done;
+  if (!S || !A || !y || !dz || !Z) goto done;
+  for (int k = 0; k < ns; k++) {
+    if (!(Z[k] = malloc(sizeof(float) * ((size_t)s[k].rows * n + 1)))) goto done;
+    for (int r = 0; r < s[k].rows; r++)
+      for (int j = 0; j < n; j++) Z[k][(size_t)r * n + j] = fl__z(&s[k], sl, mean, std, j, r);
+  }
   /* Covariance of the changes over D ticks (uncentred: changes have no
    * level). */
   size_t cnt = 0;
   for (int k = 0; k < ns; k++)
     for (int r = 0; r + D < s[k].rows; r++) {
       int ok = 1;
+      const float *z0 = Z[k] + (size_t)r * n, *z1 = Z[k] + (size_t)(r + D) * n;
       for (int j = 0; j < n && ok; j++) {
-        dz[j] = (double)fl__z(&s[k], sl, mean, std, j, r + D) - fl__z(&s[k], sl, mean, std, j, r);
+        dz[j] = (double)z1[j] - z0[j];
         ok = isfinite(dz[j]);
       }
       if (!ok) continue;
@@ -140,6 +147,7 @@ static int fl__fit_regression(fl_model *m, fl_estimator *e, const fl_series *s, 
   /* The anchored regression's error at each lag: the residual's change. */
   for (int k = 0; k < n; k++) {
     const float *wk = e->w + (size_t)sl->g[k] * nch;
+    for (int j = 0; j < n; j++) dz[j] = j == k ? -1.0 : wk[sl->g[j]]; /* the row's weights */
     for (int l = 0; l < FL_ESTIMATE_LAGS; l++) {
       int lag = fl_estimate_lag(W, l);
       double se = 0;
@@ -147,11 +155,10 @@ static int fl__fit_regression(fl_model *m, fl_estimator *e, const fl_series *s, 
       for (int f = 0; f < ns; f++)
         for (int r = 0; r + lag < s[f].rows; r++) {
           double d = 0;
+          const float *z0 = Z[f] + (size_t)r * n, *z1 = Z[f] + (size_t)(r + lag) * n;
           for (int j = 0; j < n; j++) {
-            double w = j == k ? -1.0 : wk[sl->g[j]];
-            if (w == 0.0) continue;
-            d += w * ((double)fl__z(&s[f], sl, mean, std, j, r + lag) -
-                      fl__z(&s[f], sl, mean, std, j, r));
+            if (dz[j] == 0.0) continue;
+            d += dz[j] * ((double)z1[j] - z0[j]);
           }
           if (!isfinite(d)) continue;
           se += d * d;
@@ -166,6 +173,8 @@ static int fl__fit_regression(fl_model *m, fl_estimator *e, const fl_series *s, 
   }
   err = 0;
 done:
+  for (int k = 0; Z && k < ns; k++) free(Z[k]);
+  free(Z);
   free(S);
   free(A);
   free(y);
