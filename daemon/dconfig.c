@@ -243,6 +243,10 @@ static int fld__given(void *user, const char *section, const char *key, const ch
   return 1;
 }
 
+void fld_config_free(fld_config *c) {
+  if (c) fl_config_free(&c->lib);
+}
+
 int fld_config_load(fld_config *c, const char *path, char *err, size_t errlen) {
   fld_config_defaults(c);
   fld__parse p = {c, 0, 0};

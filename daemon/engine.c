@@ -112,12 +112,19 @@ static int fld__check_config(const fld_engine *e, const fld_config *cfg, const c
 
 void fld_engine_free(fld_engine *e) {
   if (!e) return;
-  for (int k = 0; k < FLD_MAX_BATCH; k++)
-    for (int i = 0; i < FL_MAX_MODALITIES; i++) {
+  for (int k = 0; e->win && k < e->batch; k++)
+    for (int i = 0; i < fl_model_spec_of(e->b.model)->n_mod; i++) {
       free(e->win[k].raw[i]);
       free(e->win[k].corrected[i]);
       free(e->win[k].sigma[i]);
     }
+  free(e->win);
+  free(e->by_mod);
+  free(e->mr);
+  free(e->mrp);
+  free(e->resid);
+  free(e->cscore);
+  free(e->cfaulty);
   free(e->rep);
   free(e->layer_name);
   free(e->layer_norm);
@@ -152,8 +159,16 @@ int fld_engine_load(fld_engine **out, const char *path, const fld_config *cfg, c
     rc = FL_EINVAL;
     goto fail;
   }
-  e->batch = cfg->batch;
   rc = FL_ENOMEM;
+  if (!(e->win = fl_pipeline_windows_new(spec, cfg->batch)) ||
+      !(e->by_mod = calloc((size_t)spec->n_mod, sizeof *e->by_mod)) ||
+      !(e->mr = calloc((size_t)spec->n_mod, sizeof *e->mr)) ||
+      !(e->mrp = calloc((size_t)spec->n_mod, sizeof *e->mrp)) ||
+      !(e->resid = calloc((size_t)fl_model_channels(e->b.model), sizeof *e->resid)) ||
+      !(e->cscore = calloc((size_t)fl_model_channels(e->b.model), sizeof *e->cscore)) ||
+      !(e->cfaulty = calloc((size_t)fl_model_channels(e->b.model), sizeof *e->cfaulty)))
+    goto nomem;
+  e->batch = cfg->batch;
   size_t maxct = 0;
   for (int i = 0; i < spec->n_mod; i++) {
     size_t ct = (size_t)spec->mod[i].channels * spec->window * spec->mod[i].rate;

@@ -111,6 +111,9 @@ void fld_config_defaults(fld_config *c);
 /* Loads and validates path (library sections included); err names the file,
  * line and key of the first problem. */
 int fld_config_load(fld_config *c, const char *path, char *err, size_t errlen);
+/* Releases what loading allocated (the library's modalities), whatever
+ * fld_config_load returned. */
+void fld_config_free(fld_config *c);
 /* SIGHUP: the settings a reload cannot change (sockets, keys and listeners
  * set up once, the tuning thread's priority), one table in dconfig.c,
  * documented in faultline.ini(5).  Copies them from the configuration in
@@ -195,7 +198,12 @@ typedef struct {
   int batch;
   /* The batch's windows: raw and corrected (C_i, T_i) buffers of their own,
    * scores and decisions (fl_pipeline_run). */
-  fl_pipeline_window win[FLD_MAX_BATCH];
+  fl_pipeline_window *win;   /* (batch) fl_pipeline_windows_new */
+  Faultline__Block **by_mod; /* (M) fld_ingest_message's scratch */
+  /* fld_report_publish's scratch */
+  Faultline__ModalityReport *mr, **mrp; /* (M) each */
+  float *resid, *cscore;                /* (nch) each */
+  protobuf_c_boolean *cfaulty;          /* (nch) */
   size_t maxct;                               /* largest C_i T_i */
   float *rep;                                 /* (2, n_mod, maxct): report rows,
                                                  corrected then uncertainty */
@@ -229,7 +237,7 @@ typedef struct {
   int64_t last_ts;
   uint64_t ticks;      /* ticks held since the last reset */
   int head;            /* ring slot of the next tick */
-  float *ring[FL_MAX_MODALITIES]; /* (C_i, window * rate_i) */
+  float **ring;         /* (M) each (C_i, window * rate_i) */
   fl_stream_state state; /* baseline and hysteresis (fl_pipeline_run) */
   uint64_t report_seq;
   uint64_t frames;
@@ -298,7 +306,7 @@ void fld_limit_hit(fld_app *app, int limit, const char *fmt, ...)
  * faultline__frame__free_unpacked. */
 int fld_frame_check(const fl_model_spec *spec, long max_bytes, size_t total,
                     const uint8_t *payload, size_t len, Faultline__Frame **out,
-                    Faultline__Block *by_mod[FL_MAX_MODALITIES]);
+                    Faultline__Block **by_mod);
 int fld_frame_valid_name(const char *s);
 
 /* ingest.c: handles one received message (the parts of one frame). */

@@ -21,9 +21,9 @@ int fld_frame_valid_name(const char *s) {
 
 int fld_frame_check(const fl_model_spec *spec, long max_bytes, size_t total,
                     const uint8_t *payload, size_t len, Faultline__Frame **out,
-                    Faultline__Block *by_mod[FL_MAX_MODALITIES]) {
+                    Faultline__Block **by_mod) {
   *out = NULL;
-  for (int i = 0; i < FL_MAX_MODALITIES; i++) by_mod[i] = NULL;
+  for (int i = 0; i < spec->n_mod; i++) by_mod[i] = NULL;
   if ((long)total > max_bytes || total < len) return FLD_REJ_OVERSIZE;
   Faultline__Frame *f = faultline__frame__unpack(NULL, len, payload);
   if (!f) return FLD_REJ_UNDECODABLE;

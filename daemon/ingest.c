@@ -15,7 +15,9 @@
 
 static void fld__stream_free(fld_stream *st) {
   if (!st) return;
-  for (int i = 0; i < FL_MAX_MODALITIES; i++) free(st->ring[i]);
+  for (int i = 0; st->ring && i < st->state.n_mod; i++) free(st->ring[i]);
+  free(st->ring);
+  fl_stream_state_free(&st->state);
   fld_tune_stream_free(st);
   free(st);
 }
@@ -32,6 +34,11 @@ static fld_stream *fld__stream_new(fld_app *app, const char *name) {
   fld_stream *st = calloc(1, sizeof *st);
   if (!st) return NULL;
   snprintf(st->name, sizeof st->name, "%s", name);
+  if (fl_stream_state_init(&st->state, spec) ||
+      !(st->ring = calloc((size_t)spec->n_mod, sizeof *st->ring))) {
+    fld__stream_free(st);
+    return NULL;
+  }
   for (int i = 0; i < spec->n_mod; i++) {
     size_t n = (size_t)spec->mod[i].channels * spec->window * spec->mod[i].rate;
     if (!(st->ring[i] = malloc(sizeof(float) * n))) {
@@ -183,7 +190,7 @@ void fld_ingest_message(fld_app *app, zmq_msg_t *parts, int nparts, uint64_t t_r
   for (int p = 0; p < nparts; p++) total += zmq_msg_size(&parts[p]);
   const fl_model_spec *spec = fl_model_spec_of(app->eng->b.model);
   Faultline__Frame *f = NULL;
-  Faultline__Block *by_mod[FL_MAX_MODALITIES];
+  Faultline__Block **by_mod = app->eng->by_mod;
   int reason = fld_frame_check(spec, app->cfg.max_message_bytes, total,
                                zmq_msg_data(payload), zmq_msg_size(payload), &f, by_mod);
   /* The topic is what subscribers shard by: a payload of another stream
@@ -238,7 +245,7 @@ void fld_ingest_message(fld_app *app, zmq_msg_t *parts, int nparts, uint64_t t_r
       st->head = 0;
       fl_detect_baseline_reset(&st->state.base);
       /* An anchor older than the gap says nothing of the level now. */
-      memset(&st->state.est, 0, sizeof st->state.est);
+      fl_estimate_state_reset(&st->state.est);
       app->m.stream_resets++;
       fld_log(FLD_NOTICE, "stream \"%s\": %llu ticks lost, history restarted", st->name,
               (unsigned long long)gap);

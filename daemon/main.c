@@ -197,6 +197,7 @@ static void fld__reload(fld_app *app) {
   int rc = fld_config_load(&nc, app->config_path, err, sizeof err);
   if (!rc) rc = fld_engine_load(&ne, nc.model_file, &nc, err, sizeof err);
   if (rc) {
+    fld_config_free(&nc);
     app->m.reloads_failed++;
     fln_log(FLN_ERR, "reload failed, still serving with model %s: %s", app->eng->version, err);
     fln_notify_ready("reload failed (%s); serving model %s", fl_strerror(rc), app->eng->version);
@@ -224,6 +225,7 @@ static void fld__reload(fld_app *app) {
     /* Existing streams keep their state; only new ones are refused. */
     nc.max_streams = app->n_streams;
   }
+  fld_config_free(&app->cfg);
   app->cfg = nc;
   fln_log_set_level(app->cfg.log_level);
   fld__set_limits(app);

@@ -15,9 +15,9 @@ int fld_report_publish(fld_app *app, const fl_pipeline_window *w, const fld_slot
   int flag = w->flag;
   int W = spec->window, S = app->cfg.stride;
   Faultline__Report rep = FAULTLINE__REPORT__INIT;
-  Faultline__ModalityReport mr[FL_MAX_MODALITIES], *mrp[FL_MAX_MODALITIES];
-  float resid[FL_MAX_TOTAL_CHANNELS], cscore[FL_MAX_TOTAL_CHANNELS];
-  protobuf_c_boolean cfaulty[FL_MAX_TOTAL_CHANNELS];
+  Faultline__ModalityReport *mr = e->mr, **mrp = e->mrp;
+  float *resid = e->resid, *cscore = e->cscore;
+  protobuf_c_boolean *cfaulty = e->cfaulty;
   rep.stream = slot->st->name;
   rep.seq = slot->st->report_seq;
   rep.end_seq = slot->end_seq;

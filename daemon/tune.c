@@ -238,11 +238,12 @@ void fld_tune_after(fld_tuner *t) {
           if (app->streams[s]->tune) fl_tune_job_rebase(t->job, app->streams[s]->tune->cand);
         /* So were the streams' baseline levels: a moved mean must not look
          * like a step of every stream's level. */
-        float d[FL_MAX_TOTAL_CHANNELS];
-        if (fl_tune_job_norm_delta(t->job, d) == 0)
+        float *d = malloc(sizeof(float) * (size_t)fl_model_channels(e->b.model));
+        if (d && fl_tune_job_norm_delta(t->job, d) == 0)
           for (int s = 0; s < app->n_streams; s++)
             for (int c = 0; c < fl_model_channels(e->b.model); c++)
               app->streams[s]->state.base.level[c] -= d[c];
+        free(d);
         t->accepted++;
         t->updates++;
         fld_tune_ckpt_lineage(t, t->updates, t->lineage, sizeof t->lineage);

@@ -101,10 +101,9 @@ void fld_tune_ckpt_resume(fld_tuner *t) {
     }
   }
   if (!have) return;
-  if (fl_model_copy_params(e->b.model, best.model)) {
+  if (fl_model_copy_params(e->b.model, best.model) || fl_calib_copy(&e->b.calib, &best.calib)) {
     fld_log(FLD_WARNING, "tune: checkpoint %s does not fit the model; serving the base", from);
   } else {
-    e->b.calib = best.calib;
     t->updates = (uint64_t)best_u;
     snprintf(t->lineage, sizeof t->lineage, "%s", best.lineage);
     fld_tune_measure_norms(e);

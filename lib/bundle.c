@@ -1,6 +1,8 @@
 /* faultline bundle: see include/faultline/bundle.h for the contracts. */
 #include "faultline/bundle.h"
 
+#include <limits.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -60,26 +62,33 @@ static int fl__spec_parse(const char *text, fl_model_spec *s, char *err, size_t 
     const char *name;
     int rate;
     json_t *ch;
-    const char *names[FL_MAX_CHANNELS];
     if (json_unpack(md, "{s:s, s:i, s:o}", "name", &name, "rate", &rate, "channels", &ch) ||
-        !json_is_array(ch) || json_array_size(ch) == 0 ||
-        json_array_size(ch) > FL_MAX_CHANNELS) {
+        !json_is_array(ch) || json_array_size(ch) == 0 || json_array_size(ch) > INT_MAX) {
       snprintf(err, errlen, "modality %zu in the model spec is malformed", i);
       json_decref(o);
+      fl_model_spec_free(s);
       return FL_EFORMAT;
     }
-    for (size_t c = 0; c < json_array_size(ch); c++) {
+    size_t nc = json_array_size(ch);
+    const char **names = malloc(sizeof *names * nc);
+    int bad = !names;
+    for (size_t c = 0; !bad && c < nc; c++) {
       names[c] = json_string_value(json_array_get(ch, c));
       if (!names[c]) {
         snprintf(err, errlen, "modality %s: channel %zu is not a string", name, c);
-        json_decref(o);
-        return FL_EFORMAT;
+        bad = 2;
       }
     }
-    if (fl_model_spec_add(s, name, rate, (int)json_array_size(ch), names)) {
+    if (!bad && fl_model_spec_add(s, name, rate, (int)nc, names)) {
       snprintf(err, errlen, "modality %s in the model spec is invalid", name);
+      bad = 2;
+    }
+    free(names);
+    if (bad) {
+      if (bad == 1) snprintf(err, errlen, "out of memory reading the model spec");
       json_decref(o);
-      return FL_EFORMAT;
+      fl_model_spec_free(s);
+      return bad == 1 ? FL_ENOMEM : FL_EFORMAT;
     }
     json_t *dr = json_object_get(md, "drifts");
     s->mod[s->n_mod - 1].drifts = json_is_integer(dr) && json_integer_value(dr) == 1;
@@ -87,6 +96,7 @@ static int fl__spec_parse(const char *text, fl_model_spec *s, char *err, size_t 
   json_decref(o);
   if (fl_model_spec_check(s)) {
     snprintf(err, errlen, "model spec is invalid (sizes, window or modalities)");
+    fl_model_spec_free(s);
     return FL_EFORMAT;
   }
   return 0;
@@ -193,7 +203,7 @@ int fl_bundle_load(fl_bundle *b, const char *path, char *err, size_t errlen) {
   const char *fmt = fl_st_meta(st, "faultline.format");
   const char *spec_s = fl_st_meta(st, "faultline.spec");
   const char *det_s = fl_st_meta(st, "faultline.detect");
-  fl_model_spec spec;
+  fl_model_spec spec = {0};
   if (!fmt || strcmp(fmt, FL__FORMAT) || !spec_s || !det_s) {
     snprintf(err, errlen, "%s is a safetensors file but not a faultline model (%s)", path,
              !fmt ? "no faultline.format metadata" : "unknown format or missing metadata");
@@ -201,7 +211,9 @@ int fl_bundle_load(fl_bundle *b, const char *path, char *err, size_t errlen) {
     goto fail;
   }
   if ((rc = fl__spec_parse(spec_s, &spec, err, errlen))) goto fail;
-  if ((rc = fl_model_create(&b->model, &spec, 0))) {
+  rc = fl_model_create(&b->model, &spec, 0);
+  fl_model_spec_free(&spec);
+  if (rc) {
     snprintf(err, errlen, "cannot build the model its spec describes: %s", fl_strerror(rc));
     goto fail;
   }
@@ -221,7 +233,10 @@ int fl_bundle_load(fl_bundle *b, const char *path, char *err, size_t errlen) {
   }
   int nch = fl_model_channels(m);
   fl_calib *cal = &b->calib;
-  cal->nch = nch;
+  if ((rc = fl_calib_alloc(cal, nch)) || (rc = fl_estimator_alloc(&b->est, nch))) {
+    snprintf(err, errlen, "out of memory for a model of %d channels", nch);
+    goto fail;
+  }
   cal->emb = spec.emb;
   if (spec.emb > 256) { rc = FL_EFORMAT; snprintf(err, errlen, "embedding too large"); goto fail; }
   if ((rc = fl__get(st, "norm.mean", fl_model_mean(m), nch, err, errlen)) ||
@@ -324,5 +339,7 @@ fail:
 void fl_bundle_free(fl_bundle *b) {
   if (!b) return;
   fl_model_free(b->model);
+  fl_calib_free(&b->calib);
+  fl_estimator_free(&b->est);
   memset(b, 0, sizeof *b);
 }

@@ -12,6 +12,10 @@
 
 #include "faultline/error.h"
 
+void fl_config_free(fl_config *c) {
+  if (c) fl_model_spec_free(&c->spec);
+}
+
 void fl_config_defaults(fl_config *c) {
   memset(c, 0, sizeof *c);
   fl_model_spec_defaults(&c->spec);
@@ -88,7 +92,10 @@ static int fl__modality(fl_model_spec *s, const char *name, const char *key, con
   for (i = 0; i < s->n_mod; i++)
     if (!strcmp(s->mod[i].name, name)) break;
   if (i == s->n_mod) {
-    if (s->n_mod >= FL_MAX_MODALITIES || strlen(name) >= FL_NAME_MAX || !*name) return -1;
+    if (strlen(name) >= FL_NAME_MAX || !*name) return -1;
+    fl_modality *mods = realloc(s->mod, sizeof *mods * (size_t)(s->n_mod + 1));
+    if (!mods) return -1;
+    s->mod = mods;
     memset(&s->mod[i], 0, sizeof s->mod[i]);
     snprintf(s->mod[i].name, FL_NAME_MAX, "%s", name);
     s->mod[i].rate = 1;
@@ -108,6 +115,8 @@ static int fl__modality(fl_model_spec *s, const char *name, const char *key, con
     return 0;
   }
   if (!strcmp(key, "channels")) {
+    free(md->channel);
+    md->channel = NULL;
     md->channels = 0;
     const char *p = v;
     while (*p) {
@@ -115,10 +124,11 @@ static int fl__modality(fl_model_spec *s, const char *name, const char *key, con
       const char *e = strchr(p, ',');
       size_t n = e ? (size_t)(e - p) : strlen(p);
       while (n && (p[n - 1] == ' ' || p[n - 1] == '\t')) n--;
-      if (!n || n >= FL_NAME_MAX || md->channels >= FL_MAX_CHANNELS) return -1;
-      memcpy(md->channel[md->channels], p, n);
-      md->channel[md->channels][n] = 0;
-      md->channels++;
+      if (!n || n >= FL_NAME_MAX) return -1;
+      char one[FL_NAME_MAX];
+      memcpy(one, p, n);
+      one[n] = 0;
+      if (fl_model_spec_add_channel(s, i, one)) return -1;
       if (!e) break;
       p = e + 1;
     }

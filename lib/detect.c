@@ -76,7 +76,10 @@ int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
     fl_window_score *o = out ? &out[b] : NULL;
     float *rw = raw ? raw + (size_t)b * nf : NULL;
     if (o) {
-      memset(o, 0, sizeof *o);
+      memset(o->mod_score, 0, sizeof(float) * s->n_mod);
+      float *arr[] = {o->chan, o->resid, o->level, o->noise, o->shift};
+      for (size_t k = 0; k < sizeof arr / sizeof *arr; k++) memset(arr[k], 0, sizeof(float) * nch);
+      o->emb_score = 0.0f;
       o->modality = -1;
       o->score = -INFINITY;
     }
@@ -213,7 +216,102 @@ int fl_detect_score(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
   return 0;
 }
 
-void fl_detect_baseline_reset(fl_detect_baseline *bl) { memset(bl, 0, sizeof *bl); }
+int fl_detect_baseline_init(fl_detect_baseline *bl, int nch) {
+  if (!bl || nch <= 0) return FL_EINVAL;
+  memset(bl, 0, sizeof *bl);
+  bl->block = calloc(4 * (size_t)nch, sizeof(float));
+  if (!bl->block) return FL_ENOMEM;
+  bl->nch = nch;
+  bl->level = bl->block;
+  bl->var = bl->level + nch;
+  bl->peak = bl->var + nch;
+  bl->anchor = bl->peak + nch;
+  return 0;
+}
+
+void fl_detect_baseline_reset(fl_detect_baseline *bl) {
+  fl_detect_baseline keep = *bl;
+  memset(bl, 0, sizeof *bl);
+  bl->nch = keep.nch;
+  bl->block = keep.block;
+  bl->level = keep.level;
+  bl->var = keep.var;
+  bl->peak = keep.peak;
+  bl->anchor = keep.anchor;
+  if (bl->block) memset(bl->block, 0, sizeof(float) * 4 * (size_t)bl->nch);
+}
+
+void fl_detect_baseline_free(fl_detect_baseline *bl) {
+  if (!bl) return;
+  free(bl->block);
+  memset(bl, 0, sizeof *bl);
+}
+
+fl_window_score *fl_window_scores_new(int B, int M, int nch) {
+  if (B <= 0 || M < 0 || nch < 0) return NULL;
+  size_t per = (size_t)M + 5 * (size_t)nch;
+  size_t head = sizeof(fl_window_score) * (size_t)B;
+  head = (head + sizeof(float) - 1) / sizeof(float) * sizeof(float);
+  fl_window_score *sc = calloc(1, head + sizeof(float) * per * (size_t)B + 1);
+  if (!sc) return NULL;
+  float *f = (float *)((char *)sc + head);
+  for (int b = 0; b < B; b++, f += per) {
+    sc[b].modality = -1;
+    sc[b].mod_score = f;
+    sc[b].chan = f + M;
+    sc[b].resid = sc[b].chan + nch;
+    sc[b].level = sc[b].resid + nch;
+    sc[b].noise = sc[b].level + nch;
+    sc[b].shift = sc[b].noise + nch;
+  }
+  return sc;
+}
+
+int fl_calib_alloc(fl_calib *cal, int nch) {
+  if (!cal || nch < 0) return FL_EINVAL;
+  free(cal->block);
+  cal->block = NULL;
+  cal->nch = 0;
+  float **arr[FL_CALIB_ARRAYS] = {&cal->res_mu, &cal->res_sd, &cal->var_mu, &cal->var_sd,
+                                  &cal->cor_mu, &cal->cor_sd, &cal->bas_mu, &cal->bas_sd,
+                                  &cal->bas_v0, &cal->rat_mu, &cal->rat_sd};
+  for (int k = 0; k < FL_CALIB_ARRAYS; k++) *arr[k] = NULL;
+  if (!nch) return 0;
+  cal->block = calloc((size_t)FL_CALIB_ARRAYS * nch, sizeof(float));
+  if (!cal->block) return FL_ENOMEM;
+  for (int k = 0; k < FL_CALIB_ARRAYS; k++) *arr[k] = cal->block + (size_t)k * nch;
+  cal->nch = nch;
+  return 0;
+}
+
+void fl_calib_free(fl_calib *cal) {
+  if (!cal) return;
+  fl_calib_alloc(cal, 0);
+}
+
+int fl_calib_copy(fl_calib *dst, const fl_calib *src) {
+  if (!dst || !src) return FL_EINVAL;
+  if (dst == src) return 0;
+  if (dst->block && dst->nch == src->nch) { /* same size: the arrays stay where they are */
+    fl_calib keep = *dst;
+    *dst = *src;
+    float **arr[FL_CALIB_ARRAYS] = {&dst->res_mu, &dst->res_sd, &dst->var_mu, &dst->var_sd,
+                                    &dst->cor_mu, &dst->cor_sd, &dst->bas_mu, &dst->bas_sd,
+                                    &dst->bas_v0, &dst->rat_mu, &dst->rat_sd};
+    dst->block = keep.block;
+    for (int k = 0; k < FL_CALIB_ARRAYS; k++) *arr[k] = dst->block + (size_t)k * dst->nch;
+    if (src->nch) memcpy(dst->block, src->block, sizeof(float) * FL_CALIB_ARRAYS * src->nch);
+    return 0;
+  }
+  float *mine = dst->block;
+  *dst = *src;
+  dst->block = mine;
+  int err = fl_calib_alloc(dst, src->nch);
+  if (err) return err;
+  if (src->nch) memcpy(dst->block, src->block, sizeof(float) * FL_CALIB_ARRAYS * src->nch);
+  dst->nch = src->nch;
+  return 0;
+}
 
 /* The baseline learns from every window, its level's step clipped to three
  * of its standard deviations and its variance's to four times itself: slow
@@ -436,8 +534,8 @@ int fl_detect_calibrate(fl_model *m, fl_calib *cal, const fl_series *s, int ns,
   int *ends = malloc(sizeof(int) * total), nw = 0;
   int *wk = malloc(sizeof(int) * total);
   int *we = malloc(sizeof(int) * total);
-  float *rw[FL_MAX_MODALITIES] = {0};
-  if (!ends || !wk || !we) goto done;
+  float **rw = calloc((size_t)spec->n_mod, sizeof *rw);
+  if (!ends || !wk || !we || !rw) goto done;
   for (int k = 0; k < ns; k++) {
     if (s[k].rows < spec->window) continue;
     int ntr, n = fl_train_windows(&s[k], spec, cfg, ends, &ntr);
@@ -459,7 +557,8 @@ int fl_detect_calibrate(fl_model *m, fl_calib *cal, const fl_series *s, int ns,
   err = fl__calibrate(m, cal, nw, cfg->batch > 0 ? cfg->batch : 64, fl__series_load, &src,
                       dcfg, wk, we);
 done:
-  for (int i = 0; i < FL_MAX_MODALITIES; i++) free(rw[i]);
+  for (int i = 0; rw && i < spec->n_mod; i++) free(rw[i]);
+  free(rw);
   free(ends); free(wk); free(we);
   return err;
 }
@@ -483,7 +582,9 @@ static int fl__calibrate(fl_model *m, fl_calib *cal, int nw, int Bmax, fl_detect
   if (spec->emb > 256) return FL_EINVAL;
   fl_ctx *ctx = NULL;
   float *raw = NULL, *emb = NULL, *buf = NULL;
-  fl_window_score *sc = NULL;
+  fl_window_score *sc = NULL, *one = NULL;
+  fl_detect_baseline bl = {0};
+  double *v0 = NULL;
   if (nw < 2) {
     err = FL_EINVAL;
     goto done;
@@ -493,11 +594,14 @@ static int fl__calibrate(fl_model *m, fl_calib *cal, int nw, int Bmax, fl_detect
   raw = malloc(sizeof(float) * (size_t)nw * nf);
   emb = malloc(sizeof(float) * (size_t)nw * spec->emb);
   buf = malloc(sizeof(float) * nw);
-  sc = malloc(sizeof(fl_window_score) * Bmax);
-  if (!raw || !emb || !buf || !sc) goto done;
+  sc = fl_window_scores_new(Bmax, spec->n_mod, nch);
+  one = fl_window_scores_new(1, spec->n_mod, nch);
+  v0 = calloc((size_t)nch, sizeof *v0);
+  if (!raw || !emb || !buf || !sc || !one || !v0 || fl_detect_baseline_init(&bl, nch)) goto done;
 
   memset(cal, 0, sizeof *cal);
-  cal->nch = nch;
+  if ((err = fl_calib_alloc(cal, nch))) goto done;
+  err = FL_ENOMEM;
   cal->emb = spec->emb;
   cal->tail = dcfg->tail;
   cal->w_emb = dcfg->w_emb;
@@ -510,8 +614,6 @@ static int fl__calibrate(fl_model *m, fl_calib *cal, int nw, int Bmax, fl_detect
   cal->agree = dcfg->agree;
   cal->base_drift = 1;
   cal->settle = dcfg->settle;
-  fl_detect_baseline bl;
-  fl_window_score one;
   /* Pass 1: raw features and embeddings of every held-out window. */
   for (int pass = 0; pass < 2; pass++) {
     for (int j = 0; j < nw; j += Bmax) {
@@ -554,17 +656,16 @@ static int fl__calibrate(fl_model *m, fl_calib *cal, int nw, int Bmax, fl_detect
       /* The baseline feature, following each recording in order; the
        * tail means in raw make way for its statistics. */
       if (seq) {
-        double v0[FL_MAX_TOTAL_CHANNELS] = {0};
         int nv0 = 0;
         for (int j = 0; j < nw; j++) {
           float *f = raw + (size_t)j * nf;
           if (j == 0 || seq[j] != seq[j - 1]) fl_detect_baseline_reset(&bl);
           for (int c = 0; c < nch; c++) {
-            one.level[c] = f[3 * nch + c];
-            one.noise[c] = (float)(exp(f[nch + c]) - FL__LOG_EPS);
+            one->level[c] = f[3 * nch + c];
+            one->noise[c] = (float)(exp(f[nch + c]) - FL__LOG_EPS);
           }
-          one.score = 0.0f;
-          fl_detect_track(m, cal, &bl, &one, j && seq[j] == seq[j - 1] ? ends[j] - ends[j - 1] : 1,
+          one->score = 0.0f;
+          fl_detect_track(m, cal, &bl, one, j && seq[j] == seq[j - 1] ? ends[j] - ends[j - 1] : 1,
                           f + 3 * nch);
           for (int c = 0; c < nch; c++) v0[c] += bl.var[c];
           nv0++;
@@ -602,13 +703,14 @@ static int fl__calibrate(fl_model *m, fl_calib *cal, int nw, int Bmax, fl_detect
   free(chan);
   err = 0;
 done:
-  free(raw); free(emb); free(buf); free(sc);
+  free(raw); free(emb); free(buf); free(sc); free(one); free(v0);
+  fl_detect_baseline_free(&bl);
   fl_ctx_free(ctx);
   return err;
 }
 
 int fl_detect_reestimate(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
-                         float *const (*raw)[FL_MAX_MODALITIES], const unsigned char *faulty,
+                         float *const *const *raw, const unsigned char *faulty,
                          float clamp) {
   if (!m || !cal || !ctx || !raw || !faulty || B <= 0) return FL_EINVAL;
   const fl_model_spec *s = fl_model_spec_of(m);

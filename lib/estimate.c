@@ -5,11 +5,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cblas.h>
+
 #include "faultline/error.h"
 
 /* Ridge on the standardised changes' covariance, relative to its diagonal:
  * collinear neighbours (two accelerometers) share the weight. */
 #define FL__EST_RIDGE 0.05
+#define FL__EST_CHUNK 1024 /* rows of changes per BLAS call */
 /* Ticks before the window's tail whose residuals anchor a channel judged
  * faulty. */
 #define FL__EST_ANCHOR 5
@@ -41,44 +44,51 @@ float fl_estimate_fuse(float a, float va, float b, float vb, float *var) {
 
 /* Cholesky factor of the n x n symmetric positive definite A in place (its
  * lower triangle becomes L, A = L L^T). */
-static int fl__chol_factor(double *A, int n) {
+static int fl__chol(double *A, int n) {
   for (int j = 0; j < n; j++) {
-    double d = A[j * n + j];
-    for (int k = 0; k < j; k++) d -= A[j * n + k] * A[j * n + k];
+    double d = A[(size_t)j * n + j];
+    for (int k = 0; k < j; k++) d -= A[(size_t)j * n + k] * A[(size_t)j * n + k];
     if (!(d > 0)) return FL_EINVAL;
     d = sqrt(d);
-    A[j * n + j] = d;
+    A[(size_t)j * n + j] = d;
     for (int i = j + 1; i < n; i++) {
-      double s = A[i * n + j];
-      for (int k = 0; k < j; k++) s -= A[i * n + k] * A[j * n + k];
-      A[i * n + j] = s / d;
+      double s = A[(size_t)i * n + j];
+      for (int k = 0; k < j; k++) s -= A[(size_t)i * n + k] * A[(size_t)j * n + k];
+      A[(size_t)i * n + j] = s / d;
     }
   }
   return 0;
 }
 
-/* Solves L L^T x = y in place (y becomes x) with the factor of fl__chol_factor. */
-static void fl__chol_subst(const double *A, double *y, int n) {
+/* Solves L L^T x = y in place with fl__chol's factor. */
+static void fl__chol_solve(const double *A, double *y, int n) {
   for (int i = 0; i < n; i++) {
     double s = y[i];
-    for (int k = 0; k < i; k++) s -= A[i * n + k] * y[k];
-    y[i] = s / A[i * n + i];
+    for (int k = 0; k < i; k++) s -= A[(size_t)i * n + k] * y[k];
+    y[i] = s / A[(size_t)i * n + i];
   }
   for (int i = n - 1; i >= 0; i--) {
     double s = y[i];
-    for (int k = i + 1; k < n; k++) s -= A[k * n + i] * y[k];
-    y[i] = s / A[i * n + i];
+    for (int k = i + 1; k < n; k++) s -= A[(size_t)k * n + i] * y[k];
+    y[i] = s / A[(size_t)i * n + i];
   }
 }
 
 /* The rate-1 channels: their global indices, and for each the modality and
  * channel within it. */
 typedef struct {
-  int n, g[FL_MAX_TOTAL_CHANNELS], mod[FL_MAX_TOTAL_CHANNELS], ch[FL_MAX_TOTAL_CHANNELS];
+  int n, *g, *mod, *ch; /* (n) each, in one allocation at g */
 } fl__slow;
 
-static void fl__slow_of(const fl_model_spec *s, fl__slow *o) {
+/* Fills o; FL_ENOMEM when its arrays cannot be had.  fl__slow_free after. */
+static int fl__slow_of(const fl_model_spec *s, fl__slow *o) {
+  int total = 0;
+  for (int i = 0; i < s->n_mod; i++) total += s->mod[i].channels;
   o->n = 0;
+  o->g = malloc(sizeof(int) * 3 * (size_t)(total ? total : 1));
+  if (!o->g) return FL_ENOMEM;
+  o->mod = o->g + total;
+  o->ch = o->mod + total;
   for (int i = 0, off = 0; i < s->n_mod; off += s->mod[i].channels, i++)
     if (s->mod[i].rate == 1)
       for (int c = 0; c < s->mod[i].channels; c++) {
@@ -86,6 +96,12 @@ static void fl__slow_of(const fl_model_spec *s, fl__slow *o) {
         o->mod[o->n] = i;
         o->ch[o->n++] = c;
       }
+  return 0;
+}
+
+static void fl__slow_free(fl__slow *o) {
+  free(o->g);
+  o->g = o->mod = o->ch = NULL;
 }
 
 /* Standardised value of slow channel j at tick r of recording x. */
@@ -95,90 +111,100 @@ static float fl__z(const fl_series *x, const fl__slow *sl, const float *mean, co
   return (v - mean[sl->g[j]]) / std[sl->g[j]];
 }
 
+/* The standardised changes over `lag` ticks of every slow channel of
+ * recording x, from row *at on, of the rows where all of them are numbers:
+ * at most cap rows into dz (rows, n), *at moved past the rows read.
+ * Returns the rows written, 0 at the recording's end. */
+static int fl__changes(const fl_series *x, const fl__slow *sl, const float *mean,
+                       const float *std, int lag, int *at, double *dz, int cap) {
+  int n = sl->n, got = 0;
+  for (; *at + lag < x->rows && got < cap; (*at)++) {
+    double *d = dz + (size_t)got * n;
+    int ok = 1;
+    for (int j = 0; j < n && ok; j++) {
+      d[j] = (double)fl__z(x, sl, mean, std, j, *at + lag) - fl__z(x, sl, mean, std, j, *at);
+      ok = isfinite(d[j]);
+    }
+    got += ok;
+  }
+  return got;
+}
+
 static int fl__fit_regression(fl_model *m, fl_estimator *e, const fl_series *s, int ns,
                               const fl__slow *sl) {
   const fl_model_spec *spec = fl_model_spec_of(m);
   const float *mean = fl_model_mean(m), *std = fl_model_std(m);
   int n = sl->n, W = spec->window, D = W;
-  double *S = calloc((size_t)n * n, sizeof(double)), *A = malloc(sizeof(double) * n * n);
-  double *y = malloc(sizeof(double) * n), *dz = malloc(sizeof(double) * n);
-  float **Z = calloc((size_t)ns, sizeof *Z); /* per recording (rows, n): fl__z once */
+  size_t nn = (size_t)(n ? n : 1) * (n ? n : 1), nc = (size_t)FL__EST_CHUNK * (n ? n : 1);
+  double *S = calloc(nn, sizeof(double)), *A = malloc(sizeof(double) * nn);
+  double *Ws = malloc(sizeof(double) * nn), *y = malloc(sizeof(double) * (n ? n : 1));
+  double *dz = malloc(sizeof(double) * nc), *E = malloc(sizeof(double) * nc);
   int err = FL_ENOMEM;
-  if (!S || !A || !y || !dz || !Z) goto done;
-  for (int k = 0; k < ns; k++) {
-    if (!(Z[k] = malloc(sizeof(float) * ((size_t)s[k].rows * n + 1)))) goto done;
-    for (int r = 0; r < s[k].rows; r++)
-      for (int j = 0; j < n; j++) Z[k][(size_t)r * n + j] = fl__z(&s[k], sl, mean, std, j, r);
-  }
+  if (!S || !A || !Ws || !y || !dz || !E) goto done;
   /* Covariance of the changes over D ticks (uncentred: changes have no
-   * level). */
+   * level), a chunk of rows at a time. */
   size_t cnt = 0;
   for (int k = 0; k < ns; k++)
-    for (int r = 0; r + D < s[k].rows; r++) {
-      int ok = 1;
-      const float *z0 = Z[k] + (size_t)r * n, *z1 = Z[k] + (size_t)(r + D) * n;
-      for (int j = 0; j < n && ok; j++) {
-        dz[j] = (double)z1[j] - z0[j];
-        ok = isfinite(dz[j]);
-      }
-      if (!ok) continue;
-      for (int a = 0; a < n; a++)
-        for (int b = 0; b < n; b++) S[a * n + b] += dz[a] * dz[b];
-      cnt++;
+    for (int at = 0, got; (got = fl__changes(&s[k], sl, mean, std, D, &at, dz, FL__EST_CHUNK));) {
+      cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, n, got, 1.0, dz, n, 1.0, S, n);
+      cnt += (size_t)got;
     }
-  memset(e->w, 0, sizeof e->w);
+  for (int a = 0; a < n; a++)
+    for (int b = 0; b < a; b++) S[(size_t)a * n + b] = S[(size_t)b * n + a];
   int nch = e->nch;
-  /* Row k on the others solves M_{-k,-k} w = M_{-k,k}, M the covariance with
-   * the ridge on its diagonal.  With P = M^-1 that is w = -P_{-k,k} / P_{kk}:
-   * one factorisation for all rows, not one per row (n^3, not n^4: 1,000
-   * channels). */
-  if (cnt > (size_t)n) {
+  memset(e->w, 0, sizeof(float) * (size_t)nch * nch);
+  /* Row k on the others, ridge on the diagonal: with F = S + ridge and
+   * P = F^-1, the regression of k on the rest is w_kj = -P_jk / P_kk (the
+   * inverse of a partitioned matrix), so one factorisation serves every
+   * row. */
+  if (n > 1 && cnt > (size_t)n) {
+    memcpy(A, S, sizeof(double) * (size_t)n * n);
     for (int a = 0; a < n; a++)
-      for (int b = 0; b < n; b++)
-        A[a * n + b] = S[a * n + b] + (a == b ? FL__EST_RIDGE * S[a * n + a] + 1e-9 * (double)cnt : 0);
-    if (n > 1 && !fl__chol_factor(A, n))
+      A[(size_t)a * n + a] += FL__EST_RIDGE * S[(size_t)a * n + a] + 1e-9 * (double)cnt;
+    if (!fl__chol(A, n))
       for (int k = 0; k < n; k++) {
-        for (int j = 0; j < n; j++) y[j] = j == k;
-        fl__chol_subst(A, y, n);
+        memset(y, 0, sizeof(double) * n);
+        y[k] = 1.0;
+        fl__chol_solve(A, y, n); /* column k of P */
         for (int j = 0; j < n; j++)
           if (j != k) e->w[(size_t)sl->g[k] * nch + sl->g[j]] = (float)(-y[j] / y[k]);
       }
   }
-  /* The anchored regression's error at each lag: the residual's change. */
+  /* The anchored regression's error at each lag: the residual's change,
+   * d_k = sum_j w_kj dz_j - dz_k over the rows where every change is a
+   * number, as one product per chunk. */
+  for (int k = 0; k < n; k++)
+    for (int j = 0; j < n; j++)
+      Ws[(size_t)k * n + j] = j == k ? -1.0 : e->w[(size_t)sl->g[k] * nch + sl->g[j]];
+  for (int l = 0; l < FL_ESTIMATE_LAGS; l++) {
+    int lag = fl_estimate_lag(W, l);
+    size_t c2 = 0;
+    memset(y, 0, sizeof(double) * n);
+    for (int f = 0; f < ns; f++)
+      for (int at = 0, got; (got = fl__changes(&s[f], sl, mean, std, lag, &at, dz, FL__EST_CHUNK));) {
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, got, n, n, 1.0, dz, n, Ws, n, 0.0,
+                    E, n);
+        for (int r = 0; r < got; r++)
+          for (int k = 0; k < n; k++) y[k] += E[(size_t)r * n + k] * E[(size_t)r * n + k];
+        c2 += (size_t)got;
+      }
+    for (int k = 0; k < n; k++)
+      e->v[(size_t)sl->g[k] * FL_ESTIMATE_LAGS + l] = c2 ? (float)(y[k] / c2) : 1.0f;
+  }
+  /* The variance of a longer lag is never below a shorter one's. */
   for (int k = 0; k < n; k++) {
-    const float *wk = e->w + (size_t)sl->g[k] * nch;
-    for (int j = 0; j < n; j++) dz[j] = j == k ? -1.0 : wk[sl->g[j]]; /* the row's weights */
-    for (int l = 0; l < FL_ESTIMATE_LAGS; l++) {
-      int lag = fl_estimate_lag(W, l);
-      double se = 0;
-      size_t c2 = 0;
-      for (int f = 0; f < ns; f++)
-        for (int r = 0; r + lag < s[f].rows; r++) {
-          double d = 0;
-          const float *z0 = Z[f] + (size_t)r * n, *z1 = Z[f] + (size_t)(r + lag) * n;
-          for (int j = 0; j < n; j++) {
-            if (dz[j] == 0.0) continue;
-            d += dz[j] * ((double)z1[j] - z0[j]);
-          }
-          if (!isfinite(d)) continue;
-          se += d * d;
-          c2++;
-        }
-      e->v[(size_t)sl->g[k] * FL_ESTIMATE_LAGS + l] = c2 ? (float)(se / c2) : 1.0f;
-    }
-    /* The variance of a longer lag is never below a shorter one's. */
     float *v = e->v + (size_t)sl->g[k] * FL_ESTIMATE_LAGS;
     for (int l = 1; l < FL_ESTIMATE_LAGS; l++)
       if (v[l] < v[l - 1]) v[l] = v[l - 1];
   }
   err = 0;
 done:
-  for (int k = 0; Z && k < ns; k++) free(Z[k]);
-  free(Z);
   free(S);
   free(A);
+  free(Ws);
   free(y);
   free(dz);
+  free(E);
   return err;
 }
 
@@ -192,11 +218,11 @@ static int fl__fit_network(fl_model *m, fl_estimator *e, const fl_series *s, int
   if (!total) return FL_EINVAL;
   int nw = total < FL__EST_WINDOWS ? total : FL__EST_WINDOWS;
   fl_ctx *ctx = NULL;
-  float *raw[FL_MAX_MODALITIES] = {0}, *tmp = NULL;
+  float **raw = calloc((size_t)spec->n_mod, sizeof *raw), *tmp = NULL;
   double *se = calloc((size_t)nch, sizeof(double));
   size_t *cnt = calloc((size_t)nch, sizeof(size_t)), maxct = 0;
   int *wk = malloc(sizeof(int) * nw), *we = malloc(sizeof(int) * nw);
-  if (!se || !cnt || !wk || !we) goto done;
+  if (!raw || !se || !cnt || !wk || !we) goto done;
   for (int i = 0; i < spec->n_mod; i++) {
     size_t ct = (size_t)spec->mod[i].channels * W * spec->mod[i].rate;
     if (ct > maxct) maxct = ct;
@@ -249,7 +275,8 @@ static int fl__fit_network(fl_model *m, fl_estimator *e, const fl_series *s, int
   for (int c = 0; c < nch; c++) e->vm[c] = cnt[c] ? (float)(se[c] / cnt[c]) : 1.0f;
   err = 0;
 done:
-  for (int i = 0; i < FL_MAX_MODALITIES; i++) free(raw[i]);
+  for (int i = 0; raw && i < spec->n_mod; i++) free(raw[i]);
+  free(raw);
   free(tmp);
   free(se);
   free(cnt);
@@ -262,12 +289,13 @@ done:
 int fl_estimate_fit(fl_model *m, fl_estimator *e, const fl_series *s, int ns, int tail,
                     float clamp) {
   if (!m || !e || !s || ns < 1) return FL_EINVAL;
-  memset(e, 0, sizeof *e);
-  e->nch = fl_model_channels(m);
+  int err = fl_estimator_alloc(e, fl_model_channels(m));
+  if (err) return err;
   fl__slow sl;
-  fl__slow_of(fl_model_spec_of(m), &sl);
-  int err = fl__fit_regression(m, e, s, ns, &sl);
+  if ((err = fl__slow_of(fl_model_spec_of(m), &sl))) return err;
+  err = fl__fit_regression(m, e, s, ns, &sl);
   if (!err) err = fl__fit_network(m, e, s, ns, tail, clamp);
+  fl__slow_free(&sl);
   e->on = !err;
   return err;
 }
@@ -275,7 +303,7 @@ int fl_estimate_fit(fl_model *m, fl_estimator *e, const fl_series *s, int ns, in
 /* Anchored residual of slow channel k from the window's ticks [a, b): the
  * mean of z_k - w_k . o over the ticks where every term is a number. */
 static int fl__anchor(const fl_estimator *e, const fl__slow *sl, const float *mean,
-                      const float *std, float *const raw[FL_MAX_MODALITIES], int W, int k,
+                      const float *std, float *const *raw, int W, int k,
                       int a, int b, float *res, float *at) {
   double sum = 0, ts = 0;
   int n = 0;
@@ -299,18 +327,24 @@ static int fl__anchor(const fl_estimator *e, const fl__slow *sl, const float *me
 }
 
 int fl_estimate_apply(const fl_model *m, const fl_estimator *e, fl_estimate_state *st, int tail,
-                      float *const raw[FL_MAX_MODALITIES], const unsigned char *faulty,
-                      float range, int from, float *const corrected[FL_MAX_MODALITIES],
-                      float *const sigma[FL_MAX_MODALITIES]) {
+                      float *const *raw, const unsigned char *faulty,
+                      float range, int from, float *const *corrected,
+                      float *const *sigma) {
   if (!m || !st || !raw || !faulty || !corrected) return FL_EINVAL;
   fl_model *mm = (fl_model *)m;
   const fl_model_spec *spec = fl_model_spec_of(mm);
   const float *mean = fl_model_mean(mm), *std = fl_model_std(mm);
   int W = spec->window, on = e && e->on && e->nch == fl_model_channels(mm);
   if (from < 0 || from > W) return FL_EINVAL;
+  if (st->nch != fl_model_channels(mm)) return FL_EINVAL;
   if (tail < 1 || tail > W) tail = W / 4;
   fl__slow sl;
-  fl__slow_of(spec, &sl);
+  if (fl__slow_of(spec, &sl)) return FL_ENOMEM;
+  float *o = malloc(sizeof(float) * (sl.n ? sl.n : 1));
+  if (!o) {
+    fl__slow_free(&sl);
+    return FL_ENOMEM;
+  }
   /* Fast channels: the network's estimate, its measured spread. */
   for (int i = 0, off = 0; i < spec->n_mod; off += spec->mod[i].channels, i++) {
     int C = spec->mod[i].channels, rate = spec->mod[i].rate, T = W * rate;
@@ -324,7 +358,6 @@ int fl_estimate_apply(const fl_model *m, const fl_estimator *e, fl_estimate_stat
         sigma[i][q] = rep ? (on ? sqrtf(e->vm[off + c]) : NAN) * std[off + c] : 0.0f;
       }
   }
-  float o[FL_MAX_TOTAL_CHANNELS];
   for (int t = from; t < W; t++) {
     /* The others as the output carries them: the reading where trusted,
      * the network's estimate where replaced. */
@@ -372,5 +405,60 @@ int fl_estimate_apply(const fl_model *m, const fl_estimator *e, fl_estimate_stat
       if (sigma && sigma[sl.mod[k]]) sigma[sl.mod[k]][q] = sqrtf(v) * std[g];
     }
   }
+  free(o);
+  fl__slow_free(&sl);
   return 0;
+}
+
+int fl_estimator_alloc(fl_estimator *e, int nch) {
+  if (!e || nch < 0) return FL_EINVAL;
+  memset(e, 0, sizeof *e);
+  if (!nch) return 0;
+  e->w = calloc((size_t)nch * nch, sizeof(float));
+  e->v = calloc((size_t)nch * FL_ESTIMATE_LAGS, sizeof(float));
+  e->vm = calloc((size_t)nch, sizeof(float));
+  if (!e->w || !e->v || !e->vm) {
+    fl_estimator_free(e);
+    return FL_ENOMEM;
+  }
+  e->nch = nch;
+  return 0;
+}
+
+void fl_estimator_free(fl_estimator *e) {
+  if (!e) return;
+  free(e->w);
+  free(e->v);
+  free(e->vm);
+  memset(e, 0, sizeof *e);
+}
+
+int fl_estimate_state_init(fl_estimate_state *st, int nch) {
+  if (!st || nch <= 0) return FL_EINVAL;
+  memset(st, 0, sizeof *st);
+  st->res = calloc((size_t)nch, sizeof(float));
+  st->age = calloc((size_t)nch, sizeof(int));
+  st->anchored = calloc(2 * (size_t)nch, 1);
+  if (!st->res || !st->age || !st->anchored) {
+    fl_estimate_state_free(st);
+    return FL_ENOMEM;
+  }
+  st->held = st->anchored + nch;
+  st->nch = nch;
+  return 0;
+}
+
+void fl_estimate_state_reset(fl_estimate_state *st) {
+  if (!st || !st->nch) return;
+  memset(st->res, 0, sizeof(float) * st->nch);
+  memset(st->age, 0, sizeof(int) * st->nch);
+  memset(st->anchored, 0, 2 * (size_t)st->nch);
+}
+
+void fl_estimate_state_free(fl_estimate_state *st) {
+  if (!st) return;
+  free(st->res);
+  free(st->age);
+  free(st->anchored);
+  memset(st, 0, sizeof *st);
 }

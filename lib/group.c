@@ -15,6 +15,7 @@ void fl_group_defaults(fl_group_config *c) {
   c->min_corr = 0.5f;
   c->prefix_bonus = 0.2f;
   c->max_size = 8;
+  c->max_modalities = 0;
   c->drift_share = 0.5f;
   c->drift_span = 30;
   c->smooth = 0;
@@ -45,12 +46,6 @@ static int fl__sensors(const fl_table *t, const unsigned char *skip, fl_group_pl
         rate++;
       if (rate == 1) n += 2; /* a lone NAME.0 is a column like any other */
       n -= 2;
-    }
-    if (p->n_sensor == FL_GROUP_MAX_SENSORS) {
-      snprintf(why, whylen,
-               "more than %d sensors: the model holds %d modalities of %d channels at most",
-               FL_GROUP_MAX_SENSORS, FL_MAX_MODALITIES, FL_MAX_CHANNELS);
-      return FL_ERANGE;
     }
     if (n >= FL_NAME_MAX) {
       snprintf(why, whylen, "the column name \"%s\" is longer than %d characters", nm,
@@ -145,15 +140,26 @@ int fl_group_plan_table(const fl_table *t, const unsigned char *skip, const fl_g
   char dummy[8];
   if (!why) why = dummy, whylen = sizeof dummy;
   why[0] = 0;
-  if (!t || !c || !p || c->max_size < 1 || c->max_size > FL_MAX_CHANNELS) return FL_EINVAL;
-  memset(p, 0, sizeof *p);
+  if (p) memset(p, 0, sizeof *p);
+  if (!t || !c || !p || c->max_size < 1 || c->max_modalities < 0) return FL_EINVAL;
   if (t->rows < 8) {
     snprintf(why, whylen, "%d rows are too few to group the sensors", t->rows);
     return FL_EINVAL;
   }
+  /* At most one sensor per column. */
+  if (!(p->sensor = calloc((size_t)(t->cols ? t->cols : 1), sizeof *p->sensor))) return FL_ENOMEM;
   int e = fl__sensors(t, skip, p, why, whylen);
   if (e) return e;
   int N = p->n_sensor, R = t->rows;
+  int cap = c->max_modalities;
+  if (!cap) {
+    cap = 2 * ((N + c->max_size - 1) / c->max_size);
+    if (cap < 8) cap = 8;
+  }
+  p->max_mod = cap;
+  if (!(p->mod = calloc((size_t)N, sizeof *p->mod)) ||
+      !(p->member = calloc((size_t)N, sizeof *p->member)))
+    return FL_ENOMEM;
   int m = c->smooth > 0 ? c->smooth : R / 100;
   if (m < 1) m = 1;
   if (m > 10 && c->smooth <= 0) m = 10;
@@ -209,7 +215,7 @@ int fl_group_plan_table(const fl_table *t, const unsigned char *skip, const fl_g
         }
       }
       if (ba < 0) break;
-      if (forced && groups <= FL_MAX_MODALITIES) break;
+      if (forced && groups <= cap) break;
       for (int k = 0; k < N; k++) {
         if (of[k] != k) continue;
         link[(size_t)ba * N + k] += link[(size_t)bb * N + k];
@@ -223,20 +229,17 @@ int fl_group_plan_table(const fl_table *t, const unsigned char *skip, const fl_g
         for (int k = 0; k < N; k++)
           if (of[k] == ba) frc[k] = 1;
     }
-    if (forced || groups <= FL_MAX_MODALITIES) break;
+    if (forced || groups <= cap) break;
   }
-  if (groups > FL_MAX_MODALITIES) {
-    snprintf(why, whylen,
-             "%d sensors need more than %d modalities of %d (sensors of different rates "
-             "never share one): give the modalities in a config",
-             N, FL_MAX_MODALITIES, c->max_size);
-    e = FL_ERANGE;
-    goto done;
-  }
-  /* Modalities in the order of their first sensor, members in column order. */
+  /* Modalities in the order of their first sensor, members in column order.
+   * More than cap remain only where rates or drift forbid merging: the plan
+   * keeps them all. */
+  int used = 0;
   for (int a = 0; a < N; a++) {
     if (of[a] != a) continue;
     fl_group_modality *md = &p->mod[p->n_mod++];
+    md->sensor = p->member + used;
+    used += size[a];
     md->rate = p->sensor[a].rate;
     md->drifts = 1;
     for (int k = 0; k < N; k++)
@@ -293,16 +296,26 @@ done:
   return e;
 }
 
+void fl_group_plan_free(fl_group_plan *p) {
+  if (!p) return;
+  free(p->sensor);
+  free(p->mod);
+  free(p->member);
+  memset(p, 0, sizeof *p);
+}
+
 int fl_group_apply(const fl_group_plan *p, fl_model_spec *spec) {
   if (!p || !spec) return FL_EINVAL;
-  for (int i = 0; i < p->n_mod; i++) {
-    const char *names[FL_MAX_CHANNELS];
+  const char **names = malloc(sizeof *names * (size_t)(p->n_sensor ? p->n_sensor : 1));
+  if (!names) return FL_ENOMEM;
+  int e = 0;
+  for (int i = 0; i < p->n_mod && !e; i++) {
     for (int c = 0; c < p->mod[i].n; c++) names[c] = p->sensor[p->mod[i].sensor[c]].name;
-    int e = fl_model_spec_add(spec, p->mod[i].name, p->mod[i].rate, p->mod[i].n, names);
-    if (e) return e;
-    spec->mod[spec->n_mod - 1].drifts = p->mod[i].drifts;
+    e = fl_model_spec_add(spec, p->mod[i].name, p->mod[i].rate, p->mod[i].n, names);
+    if (!e) spec->mod[spec->n_mod - 1].drifts = p->mod[i].drifts;
   }
-  return 0;
+  free(names);
+  return e;
 }
 
 /* Seconds since the epoch of "YYYY-MM-DD hh:mm:ss[.fff]" ('T' allowed). */
@@ -352,9 +365,16 @@ int fl_group_window(double period, int rows) {
 
 int fl_group_hidden(int channels) { return channels <= 32 ? 256 : 512; }
 
-int fl_group_train_stride(int rows, int window) {
-  int n = rows - window + 1;
-  return n > 4000 ? (n + 3999) / 4000 : 1;
+int fl_group_latent(int n_mod, int window) {
+  int L = window / 4 > 0 ? window / 4 : 1;
+  long e = n_mod > 0 ? 8192L / ((long)n_mod * L) : 32;
+  return e > 32 ? 32 : e < 4 ? 4 : (int)e;
+}
+
+int fl_group_train_stride(int rows, int window, int channels) {
+  long n = rows - window + 1, cap = 4000;
+  if (channels > 64) cap = 4000L * 64 / channels;
+  return n > cap ? (int)((n + cap - 1) / cap) : 1;
 }
 
 void fl_group_detect_defaults(fl_detect_config *d, int rows, int window) {

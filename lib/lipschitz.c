@@ -50,17 +50,34 @@ static size_t fl__out_n(const fl_layer *l) {
   return (size_t)l->conv.cout * (size_t)t;
 }
 
+void fl_lipschitz_bound_free(fl_lipschitz_bound *b) {
+  if (!b) return;
+  free(b->block_);
+  memset(b, 0, sizeof *b);
+}
+
 int fl_lipschitz_bounds(fl_model *m, fl_lipschitz_bound *out) {
   if (!m || !out) return FL_EINVAL;
   memset(out, 0, sizeof *out);
   const fl_model_spec *s = fl_model_spec_of(m);
-  int n = fl_model_layer_count(m);
-  if (n > FL_LIPSCHITZ_MAX_LAYERS) return FL_ERANGE;
+  int n = fl_model_layer_count(m), M = s->n_mod;
+  /* sigma (n), enc, dec, the paths (M each), then lip (n) as scratch */
+  float *blk = calloc((size_t)2 * n + (size_t)(2 + FL_PATH_COUNT) * M, sizeof *blk);
+  if (!blk) return FL_ENOMEM;
+  out->block_ = blk;
   out->nlayers = n;
-  float lip[FL_LIPSCHITZ_MAX_LAYERS];
+  out->n_mod = M;
+  out->sigma = blk;
+  out->enc = blk + n;
+  out->dec = out->enc + M;
+  for (int p = 0; p < FL_PATH_COUNT; p++) out->path[p] = out->dec + (size_t)(1 + p) * M;
+  float *lip = out->path[FL_PATH_COUNT - 1] + M;
   for (int i = 0; i < n; i++) {
     int err = fl_model_layer_norm(m, i, &out->sigma[i]);
-    if (err) return err;
+    if (err) {
+      fl_lipschitz_bound_free(out);
+      return err;
+    }
     const fl_layer *l = fl_model_layer(m, i);
     lip[i] = out->sigma[i] * fl_act_lipschitz(l->act, s->leak);
   }
@@ -120,7 +137,7 @@ int fl_lipschitz_jvp(fl_model *m, fl_ctx *c, int B, fl_jvp *j) {
   }
   /* Encoders: each modality's tangent reaches its own slice of z only. */
   for (int i = 0; i < s->n_mod; i++) {
-    if (!j->dx[i]) {
+    if (!j->dx || !j->dx[i]) {
       for (int b = 0; b < B; b++) memset(dz + (size_t)b * Z + (size_t)i * seg, 0, sizeof(float) * seg);
       continue;
     }
@@ -131,7 +148,7 @@ int fl_lipschitz_jvp(fl_model *m, fl_ctx *c, int B, fl_jvp *j) {
       memcpy(dz + (size_t)b * Z + (size_t)i * seg, T2 + (size_t)b * seg, sizeof(float) * seg);
   }
   int want_dec = 0;
-  for (int i = 0; i < s->n_mod; i++) want_dec |= j->dout[i] != NULL;
+  for (int i = 0; j->dout && i < s->n_mod; i++) want_dec |= j->dout[i] != NULL;
   if (want_dec) {
     int b0 = fl__find(m, FL_MOD_BLOCK, -1, 0);
     if (fl_ctx_preact(c, m, b0)) { /* dz' = dz + J_B dz: the residual */
@@ -187,7 +204,7 @@ static double fl__norm(const float *x, size_t n) {
 }
 
 int fl_lipschitz_probe(fl_model *m, fl_ctx *c, int batch,
-                       const float *const x0[FL_MAX_MODALITIES], int modality,
+                       const float *const *x0, int modality,
                        const int *pos, int npos, float *gain) {
   if (!m || !c || batch <= 0 || !x0 || !pos || npos <= 0 || !gain) return FL_EINVAL;
   const fl_model_spec *s = fl_model_spec_of(m);
@@ -210,8 +227,10 @@ int fl_lipschitz_probe(fl_model *m, fl_ctx *c, int batch,
   float *dx = malloc(sizeof(float) * batch * CT);
   j.dz = malloc(sizeof(float) * batch * Z);
   j.dhead = malloc(sizeof(float) * batch * E);
-  int ok = dx && j.dz && j.dhead;
-  for (int i = 0; i < s->n_mod; i++) {
+  j.dx = calloc((size_t)s->n_mod, sizeof *j.dx);
+  j.dout = calloc((size_t)s->n_mod, sizeof *j.dout);
+  int ok = dx && j.dz && j.dhead && j.dx && j.dout;
+  for (int i = 0; ok && i < s->n_mod; i++) {
     j.dout[i] = malloc(sizeof(float) * batch * s->mod[i].channels * s->window * s->mod[i].rate);
     ok &= j.dout[i] != NULL;
   }
@@ -252,6 +271,8 @@ done:
   free(dx);
   free(j.dz);
   free(j.dhead);
-  for (int i = 0; i < s->n_mod; i++) free(j.dout[i]);
+  for (int i = 0; j.dout && i < s->n_mod; i++) free(j.dout[i]);
+  free(j.dout);
+  free(j.dx);
   return err;
 }

@@ -2,6 +2,7 @@
 #include "faultline/model.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,15 +11,14 @@
 
 /* Layer order in the table: per modality two encoder convolutions, then per
  * modality two decoder convolutions, then the block's three dense layers,
- * then the head's two. */
-#define FL__MAX_LAYERS (4 * FL_MAX_MODALITIES + 5)
-
+ * then the head's two: 4 M + 5 layers. */
 struct fl_model {
   fl_model_spec spec;
   int L, Z, nch;          /* latent length, |z|, sum of C_m */
   int nlayers;
-  fl_layer layer[FL__MAX_LAYERS];
-  int enc[FL_MAX_MODALITIES][2], dec[FL_MAX_MODALITIES][2], blk[3], head[2];
+  fl_layer *layer;        /* (4 M + 5) */
+  int (*enc)[2], (*dec)[2]; /* (M) layer indices */
+  int blk[3], head[2];
   size_t nparams;
   float *params, *grads, *adam_m, *adam_v; /* (nparams) each */
   float *vbuf;                             /* power-iteration vectors */
@@ -27,17 +27,23 @@ struct fl_model {
   int ngroup[FL_MOD_COUNT];
 };
 
+/* The per-modality buffers of a context, FL__CTX_PER of them for each
+ * modality, in one array of pointers (per[k * M + i]) so that they are
+ * allocated and freed as one. */
+#define FL__CTX_PER 12
+
 struct fl_ctx {
-  int maxB;
+  int maxB, n_mod;
+  float **per; /* (FL__CTX_PER M): the views below point into it */
   /* Per modality (B, C, T) input and output, encoder and decoder activations. */
-  float *x[FL_MAX_MODALITIES], *out[FL_MAX_MODALITIES], *dout[FL_MAX_MODALITIES];
-  float *mask[FL_MAX_MODALITIES];
-  float *est[FL_MAX_MODALITIES]; /* (B, C, T) the detector's corrected estimate */
-  float *level[FL_MAX_MODALITIES]; /* (B, C, 2) window trend removed from a drifting modality */
-  float *a1[FL_MAX_MODALITIES], *h1[FL_MAX_MODALITIES]; // (B, e1, 2L)
-  float *a2[FL_MAX_MODALITIES];                          // (B, e2, L)
-  float *zin[FL_MAX_MODALITIES];                         // (B, e2, L) slice of z'
-  float *d1[FL_MAX_MODALITIES], *e1[FL_MAX_MODALITIES];  // (B, e1, 2L)
+  float **x, **out, **dout;
+  float **mask;
+  float **est;   /* (B, C, T) the detector's corrected estimate */
+  float **level; /* (B, C, 2) window trend removed from a drifting modality */
+  float **a1, **h1; // (B, e1, 2L)
+  float **a2;       // (B, e2, L)
+  float **zin;      // (B, e2, L) slice of z'
+  float **d1, **e1; // (B, e1, 2L)
   float *z, *z2, *u1, *g1, *u2, *g2, *u3;                // (B, Z) and (B, H)
   float *p1, *q1, *p2, *emb, *norms;                     // head
   float *dz, *dz2, *dh, *dh2, *dhz;                      // gradient scratch
@@ -67,21 +73,70 @@ void fl_model_spec_defaults(fl_model_spec *s) {
   s->target[FL_MOD_BLOCK] = 2.0f;
 }
 
+void fl_model_spec_free(fl_model_spec *s) {
+  if (!s) return;
+  for (int i = 0; i < s->n_mod; i++) free(s->mod[i].channel);
+  free(s->mod);
+  s->mod = NULL;
+  s->n_mod = 0;
+}
+
+int fl_model_spec_copy(fl_model_spec *dst, const fl_model_spec *src) {
+  if (!dst || !src) return FL_EINVAL;
+  *dst = *src;
+  dst->mod = NULL;
+  dst->n_mod = 0;
+  if (!src->n_mod) return 0;
+  dst->mod = calloc((size_t)src->n_mod, sizeof *dst->mod);
+  if (!dst->mod) return FL_ENOMEM;
+  for (int i = 0; i < src->n_mod; i++) {
+    const fl_modality *a = &src->mod[i];
+    fl_modality *b = &dst->mod[i];
+    *b = *a;
+    b->channel = NULL;
+    dst->n_mod = i + 1;
+    if (a->channels > 0) {
+      b->channel = malloc(sizeof *b->channel * (size_t)a->channels);
+      if (!b->channel) {
+        fl_model_spec_free(dst);
+        return FL_ENOMEM;
+      }
+      memcpy(b->channel, a->channel, sizeof *b->channel * (size_t)a->channels);
+    }
+  }
+  return 0;
+}
+
 int fl_model_spec_add(fl_model_spec *s, const char *name, int rate, int channels,
                       const char *const *names) {
-  if (!s || !name || !names || s->n_mod >= FL_MAX_MODALITIES) return FL_EINVAL;
-  if (channels <= 0 || channels > FL_MAX_CHANNELS || rate <= 0) return FL_EINVAL;
+  if (!s || !name || !names || s->n_mod < 0) return FL_EINVAL;
+  if (channels <= 0 || rate <= 0) return FL_EINVAL;
   if (strlen(name) >= FL_NAME_MAX) return FL_ERANGE;
+  for (int c = 0; c < channels; c++)
+    if (!names[c] || strlen(names[c]) >= FL_NAME_MAX) return FL_ERANGE;
+  fl_modality *mods = realloc(s->mod, sizeof *mods * (size_t)(s->n_mod + 1));
+  if (!mods) return FL_ENOMEM;
+  s->mod = mods;
   fl_modality *md = &s->mod[s->n_mod];
   memset(md, 0, sizeof *md);
+  md->channel = malloc(sizeof *md->channel * (size_t)channels);
+  if (!md->channel) return FL_ENOMEM;
   snprintf(md->name, sizeof md->name, "%s", name);
   md->channels = channels;
   md->rate = rate;
-  for (int c = 0; c < channels; c++) {
-    if (!names[c] || strlen(names[c]) >= FL_NAME_MAX) return FL_ERANGE;
-    snprintf(md->channel[c], FL_NAME_MAX, "%s", names[c]);
-  }
+  for (int c = 0; c < channels; c++) snprintf(md->channel[c], FL_NAME_MAX, "%s", names[c]);
   s->n_mod++;
+  return 0;
+}
+
+int fl_model_spec_add_channel(fl_model_spec *s, int i, const char *name) {
+  if (!s || !name || i < 0 || i >= s->n_mod) return FL_EINVAL;
+  if (strlen(name) >= FL_NAME_MAX) return FL_ERANGE;
+  fl_modality *md = &s->mod[i];
+  char (*ch)[FL_NAME_MAX] = realloc(md->channel, sizeof *ch * (size_t)(md->channels + 1));
+  if (!ch) return FL_ENOMEM;
+  md->channel = ch;
+  snprintf(md->channel[md->channels++], FL_NAME_MAX, "%s", name);
   return 0;
 }
 
@@ -115,7 +170,7 @@ int fl_model_spec_compatible(const fl_model_spec *a, const fl_model_spec *b, cha
 }
 
 int fl_model_spec_check(const fl_model_spec *s) {
-  if (!s || s->n_mod <= 0 || s->n_mod > FL_MAX_MODALITIES) return FL_EINVAL;
+  if (!s || s->n_mod <= 0 || !s->mod) return FL_EINVAL;
   if (s->window < 8 || s->window % 4) return FL_EINVAL;
   if (s->enc1 <= 0 || s->enc2 <= 0 || s->hidden <= 0 || s->head_hidden <= 0 ||
       s->emb <= 0 || s->kernel < 1 || s->kernel % 2 == 0)
@@ -123,7 +178,7 @@ int fl_model_spec_check(const fl_model_spec *s) {
   if (!(s->leak >= 0.0f && s->leak <= 1.0f)) return FL_EINVAL;
   for (int m = 0; m < s->n_mod; m++) {
     const fl_modality *md = &s->mod[m];
-    if (md->channels <= 0 || md->channels > FL_MAX_CHANNELS || md->rate <= 0 ||
+    if (md->channels <= 0 || !md->channel || md->rate <= 0 ||
         md->rate > 1000 || !md->name[0])
       return FL_EINVAL;
     for (int j = 0; j < m; j++)
@@ -186,7 +241,14 @@ int fl_model_create(fl_model **out, const fl_model_spec *spec, unsigned long see
   if (err) return err;
   fl_model *m = calloc(1, sizeof *m);
   if (!m) return FL_ENOMEM;
-  m->spec = *spec;
+  int maxl = 4 * spec->n_mod + 5;
+  m->layer = calloc((size_t)maxl, sizeof *m->layer);
+  m->enc = calloc((size_t)spec->n_mod, sizeof *m->enc);
+  m->dec = calloc((size_t)spec->n_mod, sizeof *m->dec);
+  if (!m->layer || !m->enc || !m->dec || fl_model_spec_copy(&m->spec, spec)) {
+    fl_model_free(m);
+    return FL_ENOMEM;
+  }
   const fl_model_spec *s = &m->spec;
   m->L = s->window / 4;
   m->Z = s->n_mod * s->enc2 * m->L;
@@ -235,7 +297,7 @@ int fl_model_create(fl_model **out, const fl_model_spec *spec, unsigned long see
     int T = s->window * s->mod[i].rate;
     if (fl_conv1d_len(&m->layer[m->enc[i][0]].conv, T) != 2 * m->L ||
         fl_convt1d_len(&m->layer[m->dec[i][1]].conv, 2 * m->L) != T) {
-      free(m);
+      fl_model_free(m);
       return FL_ESHAPE;
     }
   }
@@ -252,10 +314,11 @@ int fl_model_create(fl_model **out, const fl_model_spec *spec, unsigned long see
   m->vbuf = calloc(nv, sizeof(float));
   m->mean = calloc(m->nch, sizeof(float));
   m->std = calloc(m->nch, sizeof(float));
+  int groups_ok = 1;
   for (int k = 0; k < FL_MOD_COUNT; k++)
-    m->groups[k] = calloc(2 * FL__MAX_LAYERS, sizeof(fl_param));
+    groups_ok &= (m->groups[k] = calloc(2 * (size_t)maxl, sizeof(fl_param))) != NULL;
   if (!m->params || !m->grads || !m->adam_m || !m->adam_v || !m->vbuf || !m->mean ||
-      !m->std || !m->groups[FL_MOD_COUNT - 1]) {
+      !m->std || !groups_ok) {
     fl_model_free(m);
     return FL_ENOMEM;
   }
@@ -306,6 +369,10 @@ void fl_model_free(fl_model *m) {
   free(m->mean);
   free(m->std);
   for (int k = 0; k < FL_MOD_COUNT; k++) free(m->groups[k]);
+  free(m->layer);
+  free(m->enc);
+  free(m->dec);
+  fl_model_spec_free(&m->spec);
   free(m);
 }
 
@@ -349,26 +416,32 @@ int fl_model_copy_params(fl_model *dst, const fl_model *src) {
 
 /* ---- context ----------------------------------------------------------- */
 
+static int fl__ptr_cmp(const void *a, const void *b) {
+  uintptr_t x = (uintptr_t) * (float *const *)a, y = (uintptr_t) * (float *const *)b;
+  return (x > y) - (x < y);
+}
+
 void fl_ctx_free(fl_ctx *c) {
   if (!c) return;
   /* A forward-only context points several fields at one buffer: free each
    * buffer once. */
-  float *p[16 * FL_MAX_MODALITIES + 32];
-  int n = 0;
-  for (int i = 0; i < FL_MAX_MODALITIES; i++) {
-    p[n++] = c->x[i]; p[n++] = c->mask[i]; p[n++] = c->est[i]; p[n++] = c->level[i];
-    p[n++] = c->out[i]; p[n++] = c->dout[i]; p[n++] = c->a1[i]; p[n++] = c->h1[i];
-    p[n++] = c->a2[i]; p[n++] = c->zin[i]; p[n++] = c->d1[i]; p[n++] = c->e1[i];
-  }
   float *g[] = {c->z,  c->z2, c->u1,  c->g1, c->u2,  c->g2,  c->u3, c->p1,
                 c->q1, c->p2, c->emb, c->norms, c->dz, c->dz2, c->dh, c->dh2,
                 c->dhz, c->gA, c->gB, c->gC, c->demb, c->work};
-  for (size_t k = 0; k < sizeof g / sizeof *g; k++) p[n++] = g[k];
-  for (int k = 0; k < n; k++) {
-    int seen = 0;
-    for (int j = 0; j < k && !seen; j++) seen = p[j] == p[k];
-    if (!seen) free(p[k]);
+  size_t ng = sizeof g / sizeof *g, np = c->per ? (size_t)FL__CTX_PER * c->n_mod : 0;
+  float **p = malloc(sizeof *p * (np + ng));
+  if (p) {
+    /* Without the list (out of memory) the shared buffers leak rather than
+     * being freed twice. */
+    size_t n = 0;
+    for (size_t k = 0; k < np; k++) p[n++] = c->per[k];
+    for (size_t k = 0; k < ng; k++) p[n++] = g[k];
+    qsort(p, n, sizeof *p, fl__ptr_cmp);
+    for (size_t k = 0; k < n; k++)
+      if (!k || p[k] != p[k - 1]) free(p[k]);
+    free(p);
   }
+  free(c->per);
   free(c);
 }
 
@@ -393,6 +466,23 @@ static int fl__ctx_alloc_io(fl_ctx *c, const fl_model *m, size_t B) {
     FL__ALLOC(c->out[i], B * C * T);
   }
   return ok;
+}
+
+/* A context with its per-modality pointer arrays and nothing else yet. */
+static fl_ctx *fl__ctx_new(const fl_model *m, int max_batch) {
+  fl_ctx *c = calloc(1, sizeof *c);
+  if (!c) return NULL;
+  c->maxB = max_batch;
+  int M = c->n_mod = m->spec.n_mod;
+  c->per = calloc((size_t)FL__CTX_PER * M, sizeof *c->per);
+  if (!c->per) {
+    free(c);
+    return NULL;
+  }
+  float ***views[FL__CTX_PER] = {&c->x, &c->out, &c->dout, &c->mask, &c->est, &c->level,
+                                 &c->a1, &c->h1, &c->a2, &c->zin, &c->d1, &c->e1};
+  for (int k = 0; k < FL__CTX_PER; k++) *views[k] = c->per + (size_t)k * M;
+  return c;
 }
 
 static int fl__ctx_create_infer(fl_ctx *c, const fl_model *m, size_t B, size_t work) {
@@ -431,9 +521,8 @@ static size_t fl__ctx_work(const fl_model *m, int max_batch) {
 
 int fl_ctx_create_infer(fl_ctx **out, const fl_model *m, int max_batch) {
   if (!out || !m || max_batch <= 0) return FL_EINVAL;
-  fl_ctx *c = calloc(1, sizeof *c);
+  fl_ctx *c = fl__ctx_new(m, max_batch);
   if (!c) return FL_ENOMEM;
-  c->maxB = max_batch;
   c->infer = 1;
   int err = fl__ctx_create_infer(c, m, (size_t)max_batch, fl__ctx_work(m, max_batch));
   if (err) {
@@ -446,9 +535,8 @@ int fl_ctx_create_infer(fl_ctx **out, const fl_model *m, int max_batch) {
 
 int fl_ctx_create(fl_ctx **out, const fl_model *m, int max_batch) {
   if (!out || !m || max_batch <= 0) return FL_EINVAL;
-  fl_ctx *c = calloc(1, sizeof *c);
+  fl_ctx *c = fl__ctx_new(m, max_batch);
   if (!c) return FL_ENOMEM;
-  c->maxB = max_batch;
   size_t B = (size_t)max_batch;
   const fl_model_spec *s = &m->spec;
   size_t big = 0, work = 0;
@@ -721,7 +809,9 @@ int fl_model_column_name(const fl_model_spec *spec, int i, int c, int k, char *b
 
 void fl_series_free(fl_series *s) {
   if (!s) return;
-  for (int i = 0; i < FL_MAX_MODALITIES; i++) free(s->x[i]);
+  if (s->x)
+    for (int i = 0; i < s->n_mod; i++) free(s->x[i]);
+  free(s->x);
   memset(s, 0, sizeof *s);
 }
 
@@ -730,6 +820,8 @@ int fl_series_from_table(fl_series *s, const fl_model_spec *spec, const fl_table
   if (!s || !spec || !t) return FL_EINVAL;
   memset(s, 0, sizeof *s);
   s->rows = t->rows;
+  s->x = calloc((size_t)spec->n_mod, sizeof *s->x);
+  if (!s->x) return FL_ENOMEM;
   s->n_mod = spec->n_mod;
   char name[2 * FL_NAME_MAX];
   for (int i = 0; i < spec->n_mod; i++) {
@@ -760,7 +852,7 @@ int fl_series_from_table(fl_series *s, const fl_model_spec *spec, const fl_table
 }
 
 int fl_series_window(const fl_series *s, const fl_model_spec *spec, int end,
-                     float *const raw[FL_MAX_MODALITIES]) {
+                     float *const *raw) {
   if (!s || !spec || end < spec->window || end > s->rows) return FL_EINVAL;
   for (int i = 0; i < spec->n_mod; i++) {
     int r = spec->mod[i].rate, T = spec->window * r;

@@ -35,11 +35,15 @@ int fl_scan(fl_bundle *b, const fl_series *s, int stride, fl_scan_result *out) {
   out->flag = calloc(rows ? rows : 1, 1);
   out->modality = malloc(rows ? rows : 1);
   out->chan = calloc((size_t)(rows ? rows : 1) * nch, sizeof(float));
+  fl_stream_state st = {0};
   out->corrected.rows = rows;
-  out->corrected.n_mod = spec->n_mod;
   out->sigma.rows = rows;
+  if (!(out->corrected.x = calloc((size_t)spec->n_mod, sizeof(float *))) ||
+      !(out->sigma.x = calloc((size_t)spec->n_mod, sizeof(float *))))
+    goto fail;
+  out->corrected.n_mod = spec->n_mod;
   out->sigma.n_mod = spec->n_mod;
-  if (!(w = calloc(FL__SCAN_BATCH, sizeof *w))) goto fail;
+  if (!(w = fl_pipeline_windows_new(spec, FL__SCAN_BATCH))) goto fail;
   for (int i = 0; i < spec->n_mod; i++) {
     size_t n = (size_t)spec->mod[i].channels * rows * spec->mod[i].rate;
     if (!(out->corrected.x[i] = malloc(sizeof(float) * (n ? n : 1)))) goto fail;
@@ -62,8 +66,7 @@ int fl_scan(fl_bundle *b, const fl_series *s, int stride, fl_scan_result *out) {
   if (!(ends = malloc(sizeof(int) * (rows / stride + 2)))) goto fail;
   int nw = 0;
   for (int e = W; e <= rows; e += stride) ends[nw++] = e;
-  fl_stream_state st;
-  fl_stream_state_reset(&st);
+  if ((err = fl_stream_state_init(&st, spec))) goto fail;
   fl_pipeline_config pc = {b->detect.on, b->detect.off, b->clamp, &b->est};
   for (int j = 0; j < nw; j += FL__SCAN_BATCH) {
     int B = nw - j < FL__SCAN_BATCH ? nw - j : FL__SCAN_BATCH;
@@ -107,13 +110,14 @@ int fl_scan(fl_bundle *b, const fl_series *s, int stride, fl_scan_result *out) {
 fail:
   if (w)
     for (int k = 0; k < FL__SCAN_BATCH; k++)
-      for (int i = 0; i < FL_MAX_MODALITIES; i++) {
+      for (int i = 0; i < spec->n_mod; i++) {
         free(w[k].raw[i]);
         free(w[k].corrected[i]);
         free(w[k].sigma[i]);
       }
   free(w);
   free(ends);
+  fl_stream_state_free(&st);
   fl_ctx_free(ctx);
   if (err) fl_scan_free(out);
   return err;

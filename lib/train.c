@@ -98,22 +98,24 @@ typedef struct {
   const fl_train_config *cfg;
   fl__win *train, *val;
   int ntrain, nval;
-  float *raw[FL_MAX_MODALITIES];    /* one window (C, T) */
-  float *target[FL_MAX_MODALITIES]; /* (B, C, T) clean standardised windows */
-  float *tmask[FL_MAX_MODALITIES];  /* (B, C, T) their masks */
-  float *sd[FL_MAX_MODALITIES];     /* (C) raw std per channel */
+  int n_mod;
+  float **raw;    /* (M) one window (C, T) */
+  float **target; /* (M) (B, C, T) clean standardised windows */
+  float **tmask;  /* (M) (B, C, T) their masks */
+  float **sd;     /* (M) (C) raw std per channel; the four share raw's allocation */
   int *label;                       /* (B) 0 clean, -1 faulted */
   float *snapshot;                  /* best parameters */
   fl_rng rng;
 } fl__trainer;
 
 static void fl__trainer_free(fl__trainer *t) {
-  for (int i = 0; i < FL_MAX_MODALITIES; i++) {
+  for (int i = 0; t->raw && i < t->n_mod; i++) {
     free(t->raw[i]);
     free(t->target[i]);
     free(t->tmask[i]);
     free(t->sd[i]);
   }
+  free(t->raw);
   free(t->train);
   free(t->val);
   free(t->label);
@@ -152,6 +154,11 @@ static int fl__trainer_init(fl__trainer *t, fl_model *m, const fl_series *s, int
   if (t->ntrain == 0) goto fail; /* every recording is shorter than a window */
   err = FL_ENOMEM;
   if (fl_ctx_create(&t->ctx, m, cfg->batch)) goto fail;
+  if (!(t->raw = calloc(4 * (size_t)spec->n_mod, sizeof *t->raw))) goto fail;
+  t->n_mod = spec->n_mod;
+  t->target = t->raw + spec->n_mod;
+  t->tmask = t->target + spec->n_mod;
+  t->sd = t->tmask + spec->n_mod;
   size_t B = cfg->batch;
   const float *std = fl_model_std(m);
   int off = 0;

@@ -32,13 +32,21 @@ void fl_tune_defaults(fl_tune_config *c) {
  * (C 2), in modality order. */
 typedef struct {
   int n_mod;
-  size_t ct[FL_MAX_MODALITIES], c2[FL_MAX_MODALITIES];
-  size_t off[FL_MAX_MODALITIES]; /* start of modality i's x */
-  size_t stride;                 /* floats per window */
+  size_t *ct, *c2; /* (M) each, in one allocation at ct */
+  size_t *off;     /* (M) start of modality i's x */
+  size_t stride;   /* floats per window */
 } fl__layout;
 
-static void fl__layout_of(fl__layout *l, const fl_model_spec *s) {
+static void fl__layout_free(fl__layout *l) {
+  free(l->ct);
   memset(l, 0, sizeof *l);
+}
+
+static int fl__layout_of(fl__layout *l, const fl_model_spec *s) {
+  memset(l, 0, sizeof *l);
+  if (!(l->ct = calloc(3 * (size_t)s->n_mod, sizeof *l->ct))) return FL_ENOMEM;
+  l->c2 = l->ct + s->n_mod;
+  l->off = l->c2 + s->n_mod;
   l->n_mod = s->n_mod;
   size_t o = 0;
   for (int i = 0; i < s->n_mod; i++) {
@@ -48,6 +56,7 @@ static void fl__layout_of(fl__layout *l, const fl_model_spec *s) {
     o += 2 * l->ct[i] + l->c2[i];
   }
   l->stride = o;
+  return 0;
 }
 
 static void fl__store(const fl__layout *l, float *dst, fl_ctx *ctx, int b) {
@@ -81,9 +90,10 @@ int fl_tune_buffer_create(fl_tune_buffer **out, const fl_model *m, int capacity)
   if (!out || !m || capacity < 2) return FL_EINVAL;
   fl_tune_buffer *b = calloc(1, sizeof *b);
   if (!b) return FL_ENOMEM;
-  fl__layout_of(&b->lay, fl_model_spec_of(m));
   b->cap = capacity;
-  if (!(b->data = malloc(sizeof(float) * b->lay.stride * capacity))) {
+  if (fl__layout_of(&b->lay, fl_model_spec_of(m)) ||
+      !(b->data = malloc(sizeof(float) * b->lay.stride * capacity))) {
+    fl__layout_free(&b->lay);
     free(b);
     return FL_ENOMEM;
   }
@@ -93,6 +103,7 @@ int fl_tune_buffer_create(fl_tune_buffer **out, const fl_model *m, int capacity)
 
 void fl_tune_buffer_free(fl_tune_buffer *b) {
   if (!b) return;
+  fl__layout_free(&b->lay);
   free(b->data);
   free(b);
 }
@@ -139,10 +150,10 @@ struct fl_tune_job {
   float *win;                       /* (cap, stride) oldest first, as buffered */
   float *winc;                      /* the same, standardised as the candidate is */
   float *lw;                        /* the windows the calibration loader serves */
-  float *target[FL_MAX_MODALITIES]; /* (B, C, T) */
-  float *tmask[FL_MAX_MODALITIES];
-  float *raw[FL_MAX_MODALITIES];    /* (C, T) one window, raw units */
-  float *sd[FL_MAX_MODALITIES];     /* (C) */
+  float **target;                   /* (M) (B, C, T) */
+  float **tmask;                    /* (M) */
+  float **raw;                      /* (M) (C, T) one window, raw units */
+  float **sd;                       /* (M) (C); the four share target's allocation */
   int *label;
   float *work;
   float *vs;                        /* (2 cap) validation scores */
@@ -169,12 +180,17 @@ void fl_tune_job_free(fl_tune_job *j) {
   fl_ctx_free(j->ctx);
   free(j->win);
   free(j->winc);
-  for (int i = 0; i < FL_MAX_MODALITIES; i++) {
+  for (int i = 0; j->target && i < j->lay.n_mod; i++) {
     free(j->target[i]);
     free(j->tmask[i]);
     free(j->raw[i]);
     free(j->sd[i]);
   }
+  free(j->target);
+  fl__layout_free(&j->lay);
+  fl_calib_free(&j->ref_cal);
+  fl_calib_free(&j->cand_cal);
+  fl_calib_free(&j->new_cal);
   free(j->label);
   free(j->work);
   free(j->vs);
@@ -192,13 +208,16 @@ int fl_tune_job_create(fl_tune_job **out, const fl_model *m, const fl_tune_confi
   if (!j) return FL_ENOMEM;
   j->cfg = *cfg;
   const fl_model_spec *spec = fl_model_spec_of(m);
-  fl__layout_of(&j->lay, spec);
   j->B = cfg->batch;
   int err;
-  if ((err = fl_model_create(&j->cand, spec, 1)) || (err = fl_model_create(&j->ref, spec, 1)) ||
-      (err = fl_ctx_create(&j->ctx, m, j->B)))
+  if ((err = fl__layout_of(&j->lay, spec)) || (err = fl_model_create(&j->cand, spec, 1)) ||
+      (err = fl_model_create(&j->ref, spec, 1)) || (err = fl_ctx_create(&j->ctx, m, j->B)))
     goto fail;
   err = FL_ENOMEM;
+  if (!(j->target = calloc(4 * (size_t)spec->n_mod, sizeof *j->target))) goto fail;
+  j->tmask = j->target + spec->n_mod;
+  j->raw = j->tmask + spec->n_mod;
+  j->sd = j->raw + spec->n_mod;
   for (int i = 0; i < spec->n_mod; i++) {
     size_t n = j->lay.ct[i];
     if (!(j->target[i] = malloc(sizeof(float) * n * j->B)) ||
@@ -209,7 +228,7 @@ int fl_tune_job_create(fl_tune_job **out, const fl_model *m, const fl_tune_confi
   }
   if (!(j->label = malloc(sizeof(int) * j->B)) ||
       !(j->work = malloc(sizeof(float) * j->B * j->B)) ||
-      !(j->sc = malloc(sizeof(fl_window_score) * j->B)))
+      !(j->sc = fl_window_scores_new(j->B, spec->n_mod, fl_model_channels(m))))
     goto fail;
   fl_rng_seed(&j->rng, cfg->seed * 0x9e3779b97f4a7c15ULL + 17);
   *out = j;
@@ -261,7 +280,7 @@ int fl_tune_job_begin(fl_tune_job *j, const fl_model *cur, const fl_calib *cal,
   j->norm_cap = j->cfg.norm_max * (float)(units > 1.0 ? units : 1.0);
   j->last_buf = buf;
   j->last_pushed = buf->pushed;
-  j->ref_cal = *cal;
+  if ((err = fl_calib_copy(&j->ref_cal, cal))) return err;
   j->prepared = 1;
   j->accepted = 0;
   return 0;
@@ -456,10 +475,14 @@ static int fl__norm_adapt(fl_tune_job *j, int ntrain, float *max_shift) {
   const fl_model_spec *spec = fl_model_spec_of(j->cand);
   int nch = fl_model_channels(j->cand), err;
   float clamp = j->cfg.train.clamp > 0.0f ? j->cfg.train.clamp : 1e30f;
-  float shift[FL_MAX_TOTAL_CHANNELS] = {0}, d[FL_MAX_TOTAL_CHANNELS];
   memcpy(j->winc, j->win, sizeof(float) * j->lay.stride * (size_t)j->n);
   *max_shift = 0.0f;
   if (!(j->cfg.norm_rate > 0.0f) || !(j->cfg.norm_max > 0.0f)) return 0;
+  float *shift = calloc(2 * (size_t)nch, sizeof(float)), *d = shift + nch;
+  double *sum = malloc(sizeof(double) * FL__NORM_PARTS * (size_t)nch);
+  long *cnt = malloc(sizeof(long) * FL__NORM_PARTS * (size_t)nch);
+  err = FL_ENOMEM;
+  if (!shift || !sum || !cnt) goto done;
   /* The training windows, oldest first, in parts of consecutive windows:
    * a part covers a stretch of the recent past, often one operating point. */
   int P = j->cfg.norm_parts > 1 ? j->cfg.norm_parts : 1;
@@ -467,15 +490,13 @@ static int fl__norm_adapt(fl_tune_job *j, int ntrain, float *max_shift) {
   if (P > ntrain) P = ntrain;
   float band = j->cfg.norm_band > 0.0f ? j->cfg.norm_band : 0.0f;
   for (int pass = 0; pass < 3; pass++) {
-    double sum[FL__NORM_PARTS][FL_MAX_TOTAL_CHANNELS];
-    long cnt[FL__NORM_PARTS][FL_MAX_TOTAL_CHANNELS];
-    memset(sum, 0, sizeof sum);
-    memset(cnt, 0, sizeof cnt);
+    memset(sum, 0, sizeof(double) * FL__NORM_PARTS * (size_t)nch);
+    memset(cnt, 0, sizeof(long) * FL__NORM_PARTS * (size_t)nch);
     for (int w = 0; w < ntrain; w += j->B) {
       int B = ntrain - w < j->B ? ntrain - w : j->B;
       for (int b = 0; b < B; b++)
         fl__restore(&j->lay, j->winc + (size_t)(w + b) * j->lay.stride, j->ctx, b);
-      if ((err = fl_model_forward(j->cand, j->ctx, B, 0, 0))) return err;
+      if ((err = fl_model_forward(j->cand, j->ctx, B, 0, 0))) goto done;
       int off = 0;
       for (int i = 0; i < spec->n_mod; i++) {
         int C = spec->mod[i].channels;
@@ -494,8 +515,8 @@ static int fl__norm_adapt(fl_tune_job *j, int ntrain, float *max_shift) {
               size_t k = (size_t)c * T + t;
               /* A clamped sample's level is not known. */
               if (mk[k] == 0.0f || fabsf(x[k]) >= clamp) continue;
-              sum[p][off + c] += (double)x[k] - y[k];
-              cnt[p][off + c]++;
+              sum[(size_t)p * nch + off + c] += (double)x[k] - y[k];
+              cnt[(size_t)p * nch + off + c]++;
             }
         }
         off += C;
@@ -512,8 +533,9 @@ static int fl__norm_adapt(fl_tune_job *j, int ntrain, float *max_shift) {
       double lo = HUGE_VAL, hi = -HUGE_VAL;
       int parts = 0;
       for (int p = 0; p < P; p++) {
-        if (!cnt[p][k]) continue;
-        double m = sum[p][k] / (double)cnt[p][k];
+        size_t q = (size_t)p * nch + k;
+        if (!cnt[q]) continue;
+        double m = sum[q] / (double)cnt[q];
         if (m < lo) lo = m;
         if (m > hi) hi = m;
         parts++;
@@ -543,7 +565,12 @@ static int fl__norm_adapt(fl_tune_job *j, int ntrain, float *max_shift) {
     mean[k] += shift[k] * sd[k];
     if (fabsf(shift[k]) > *max_shift) *max_shift = fabsf(shift[k]);
   }
-  return 0;
+  err = 0;
+done:
+  free(shift);
+  free(sum);
+  free(cnt);
+  return err;
 }
 
 int fl_tune_job_norm_delta(const fl_tune_job *j, float *d) {
@@ -559,13 +586,14 @@ int fl_tune_job_rebase(const fl_tune_job *j, fl_tune_buffer *b) {
   if (!j || !b || !j->accepted || b->lay.stride != j->lay.stride) return FL_EINVAL;
   const fl_model_spec *spec = fl_model_spec_of(j->cand);
   int nch = fl_model_channels(j->cand), any = 0;
-  float d[FL_MAX_TOTAL_CHANNELS];
+  float *d = malloc(sizeof(float) * (size_t)nch);
+  if (!d) return FL_ENOMEM;
   fl_tune_job_norm_delta(j, d);
   for (int k = 0; k < nch; k++) any |= d[k] != 0.0f;
-  if (!any) return 0;
   float clamp = j->cfg.train.clamp > 0.0f ? j->cfg.train.clamp : 1e30f;
-  for (int k = 0; k < b->count; k++)
+  for (int k = 0; any && k < b->count; k++)
     fl__shift_window(&b->lay, spec, b->data + (size_t)k * b->lay.stride, d, clamp);
+  free(d);
   return 0;
 }
 
@@ -686,12 +714,13 @@ int fl_tune_job_run(fl_tune_job *j, fl_tune_result *res) {
   j->from = 0;
   j->lw = j->winc;
   if (recal) {
+    fl_calib_free(&j->cand_cal);
     if ((err = fl_detect_calibrate_with(j->cand, &j->cand_cal, ntrain, j->B, fl__cal_load, j,
                                         &j->cfg.detect)))
       return err;
     fl__merge_calib(&j->cand_cal, &j->ref_cal);
-  } else {
-    j->cand_cal = j->ref_cal;
+  } else if ((err = fl_calib_copy(&j->cand_cal, &j->ref_cal))) {
+    return err;
   }
   int v0 = ntrain;
   if ((err = fl__validate(j, j->ref, &j->ref_cal, j->win, v0, res, 0))) return err;
@@ -706,12 +735,13 @@ int fl_tune_job_run(fl_tune_job *j, fl_tune_result *res) {
      * held-out part alone is a few dozen overlapping windows. */
     j->from = 0;
     if (recal) {
+      fl_calib_free(&j->new_cal);
       if ((err = fl_detect_calibrate_with(j->cand, &j->new_cal, j->n, j->B, fl__cal_load, j,
                                           &j->cfg.detect)))
         return err;
       fl__merge_calib(&j->new_cal, &j->ref_cal);
-    } else {
-      j->new_cal = j->ref_cal;
+    } else if ((err = fl_calib_copy(&j->new_cal, &j->ref_cal))) {
+      return err;
     }
     res->threshold = j->new_cal.threshold;
     j->accepted = 1;
@@ -759,7 +789,7 @@ int fl_tune_job_apply(fl_tune_job *j, fl_model *dst, fl_calib *cal) {
     memcpy(fl_model_mean(dst), fl_model_mean(j->cand), sizeof(float) * nch);
     memcpy(fl_model_std(dst), fl_model_std(j->cand), sizeof(float) * nch);
   }
-  *cal = j->new_cal;
+  if ((err = fl_calib_copy(cal, &j->new_cal))) return err;
   j->synced = dst;
   j->applied = 1;
   return 0;

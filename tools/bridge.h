@@ -23,7 +23,10 @@
 #include "sparkplug_b.pb-c.h"
 
 #define FLB_MAX_STREAMS 64
-#define FLB_MAX_CH (FL_MAX_MODALITIES * FL_MAX_CHANNELS)
+/* The bridge's per-stream tables (metric names, the raw ring) are sized at
+ * build time: a model wider than this is refused when the bridge starts. */
+#define FLB_MAX_CH 128
+#define FLB_MAX_MOD 64
 #define FLB_NAME 128
 #define FLB_TOPIC 256
 /* Emitted ticks kept per stream, so that a report's raw values can be

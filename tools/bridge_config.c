@@ -292,6 +292,14 @@ int flb_config_load(flb_config *c, const char *path, char *err, size_t errlen) {
     snprintf(err, errlen, "%s: model_config: %s", path, merr);
     goto out;
   }
+  int nch = 0;
+  for (int i = 0; i < c->model.spec.n_mod; i++) nch += c->model.spec.mod[i].channels;
+  if (c->model.spec.n_mod > FLB_MAX_MOD || nch > FLB_MAX_CH) {
+    snprintf(err, errlen, "%s: %s has %d modalities and %d channels; a bridge maps at most %d "
+             "and %d: run one bridge per part of the plant", path, c->model_config,
+             c->model.spec.n_mod, nch, FLB_MAX_MOD, FLB_MAX_CH);
+    goto out;
+  }
   if (c->model.spec.n_mod < 1) {
     snprintf(err, errlen, "%s: %s has no [modality.*] section", path, c->model_config);
     goto out;

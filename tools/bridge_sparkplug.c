@@ -519,7 +519,7 @@ static void spb_out_fill(flb_app *app, int s, const Faultline__Report *r, int bi
   ms[5].value_case = ORG__ECLIPSE__TAHU__PROTOBUF__PAYLOAD__METRIC__VALUE_LONG_VALUE;
   ms[5].long_value = r->seq;
   for (int k = 0; k < SPB_HEAD; k++) ms[k].has_is_null = ms[k].is_null = 0;
-  float raw[FLB_MAX_CH], corr[FLB_MAX_CH], mscore[FL_MAX_MODALITIES];
+  float raw[FLB_MAX_CH], corr[FLB_MAX_CH], mscore[FLB_MAX_MOD];
   int faulty[FLB_MAX_CH];
   flb_report_values(app, s, r, raw, corr, faulty, mscore);
   for (int mi = 0; mi < sp->n_mod; mi++) {

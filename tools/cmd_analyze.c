@@ -230,15 +230,20 @@ int cmd_analyze(int argc, char **argv) {
   fl_series ser;
   memset(&ser, 0, sizeof ser);
   fl_ctx *c = NULL;
-  float *x0[FL_MAX_MODALITIES] = {0}, *raw[FL_MAX_MODALITIES] = {0};
-  float *gain[FL_MAX_MODALITIES] = {0}, *heat[FL_MAX_MODALITIES] = {0};
-  int *pos[FL_MAX_MODALITIES] = {0}, npos = npos_req;
+  /* Per modality: x0, raw, gain, heat (floats), pos (ints), per. */
+  float **x0 = calloc(4 * (size_t)M, sizeof *x0), **raw = x0 ? x0 + M : NULL;
+  float **gain = x0 ? raw + M : NULL, **heat = x0 ? gain + M : NULL;
+  int **pos = calloc((size_t)M, sizeof *pos), npos = npos_req;
+  size_t *per = calloc((size_t)M, sizeof *per);
   int *ends = NULL;
   float *buf = NULL;
   json_t *root = NULL;
-  size_t per[FL_MAX_MODALITIES];
 
-  fl_lipschitz_bound bd;
+  fl_lipschitz_bound bd = {0};
+  if (!x0 || !pos || !per) {
+    cli_fail("analyze", "out of memory");
+    goto done;
+  }
   if ((e = fl_lipschitz_bounds(m, &bd))) {
     cli_fail("analyze", "spectral norms failed: %s", fl_strerror(e));
     goto done;
@@ -515,13 +520,17 @@ fail_e:
   cli_fail("analyze", "measurement failed: %s", fl_strerror(e));
 done:
   json_decref(root);
-  for (int i = 0; i < FL_MAX_MODALITIES; i++) {
+  for (int i = 0; x0 && pos && i < M; i++) {
     free(x0[i]);
     free(raw[i]);
     free(gain[i]);
     free(heat[i]);
     free(pos[i]);
   }
+  free(x0);
+  free(pos);
+  free(per);
+  fl_lipschitz_bound_free(&bd);
   free(ends);
   free(buf);
   fl_ctx_free(c);

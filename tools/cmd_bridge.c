@@ -93,7 +93,7 @@ void flb_report_values(const flb_app *app, int s, const Faultline__Report *r, fl
 static void flb_send_frame(flb_app *app, int s, const float *tick, uint64_t seq, int64_t ts) {
   const fl_model_spec *sp = &app->cfg.model.spec;
   flb_stream *st = &app->st[s];
-  Faultline__Block blocks[FL_MAX_MODALITIES], *bp[FL_MAX_MODALITIES];
+  Faultline__Block blocks[FLB_MAX_MOD], *bp[FLB_MAX_MOD];
   float samples[FLB_MAX_CH * 16];
   size_t used = 0;
   int ch = 0;
@@ -338,12 +338,14 @@ int cmd_bridge(int argc, char **argv) {
   char err[1024];
   flb_config_defaults(&app->cfg);
   if (flb_config_load(&app->cfg, config, err, sizeof err)) {
+    fl_config_free(&app->cfg.model);
     free(app);
     return cli_fail("bridge", "%s", err);
   }
   if (check) {
     printf("%s: %d streams, broker %s, faultlined %s / %s\n", config, app->cfg.n_map,
            app->cfg.url, app->cfg.frames, app->cfg.reports);
+    fl_config_free(&app->cfg.model);
     free(app);
     return 0;
   }
@@ -414,6 +416,7 @@ done:
   }
   free(app->st);
   free(app->buf);
+  fl_config_free(&app->cfg.model);
   free(app);
   return rc;
 }

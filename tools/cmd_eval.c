@@ -35,29 +35,60 @@ enum { EV_SPAN_MIN = 20, EV_SPAN_MAX = 120, EV_GAP = 10, EV_CONTEXT = 60 };
  * no limit on the channels of a modality, since inject without a config puts
  * every column of a wide file into one. */
 typedef struct {
-  int rows, n_mod;
-  char name[FL_MAX_MODALITIES][FL_NAME_MAX];
-  int C[FL_MAX_MODALITIES], rate[FL_MAX_MODALITIES];
-  int *col[FL_MAX_MODALITIES];  /* (C rate) table column of channel c, sub-sample k */
-  float *x[FL_MAX_MODALITIES];  /* (C, rows rate) raw, NaN = missing */
-  uint8_t *lab[FL_MAX_MODALITIES]; /* (C, rows rate) */
-  float *sd[FL_MAX_MODALITIES]; /* (C) */
+  int rows, n_mod, cap;
+  char (*name)[FL_NAME_MAX]; /* (n_mod) each of these */
+  int *C, *rate;
+  int **col;    /* (C rate) table column of channel c, sub-sample k */
+  float **x;    /* (C, rows rate) raw, NaN = missing */
+  uint8_t **lab; /* (C, rows rate) */
+  float **sd;   /* (C) */
 } ev_data;
 
 static void ev_data_free(ev_data *d) {
-  for (int i = 0; i < FL_MAX_MODALITIES; i++) {
+  for (int i = 0; i < d->n_mod; i++) {
     free(d->col[i]);
     free(d->x[i]);
     free(d->lab[i]);
     free(d->sd[i]);
   }
+  free(d->name);
+  free(d->C);
+  free(d->rate);
+  free(d->col);
+  free(d->x);
+  free(d->lab);
+  free(d->sd);
   memset(d, 0, sizeof *d);
+}
+
+/* Room for one more modality. */
+static int ev_data_grow(ev_data *d) {
+  if (d->n_mod < d->cap) return 0;
+  int cap = d->cap ? 2 * d->cap : 8;
+#define EV_GROW(f)                                                      \
+  do {                                                                  \
+    void *q = realloc(d->f, sizeof *d->f * (size_t)cap);                \
+    if (!q) return FL_ENOMEM;                                           \
+    d->f = q;                                                           \
+    memset(d->f + d->cap, 0, sizeof *d->f * (size_t)(cap - d->cap));    \
+  } while (0)
+  EV_GROW(name);
+  EV_GROW(C);
+  EV_GROW(rate);
+  EV_GROW(col);
+  EV_GROW(x);
+  EV_GROW(lab);
+  EV_GROW(sd);
+#undef EV_GROW
+  d->cap = cap;
+  return 0;
 }
 
 /* Adds modality `name` whose channel c, sub-sample k is table column
  * cols[c rate + k], copying the values and measuring each channel's std. */
 static int ev_data_add(ev_data *d, const fl_table *t, const char *name, int C, int rate,
                        const int *cols) {
+  if (ev_data_grow(d)) return FL_ENOMEM;
   int i = d->n_mod;
   size_t len = (size_t)t->rows * rate;
   snprintf(d->name[i], FL_NAME_MAX, "%s", name);
@@ -413,7 +444,10 @@ int cmd_inject(int argc, char **argv) {
   fl_config c;
   if (cli_load_config("inject", config, &c)) return 1;
   fl_table t;
-  if (cli_read_csv("inject", in, &t)) return 1;
+  if (cli_read_csv("inject", in, &t)) {
+    fl_config_free(&c);
+    return 1;
+  }
   ev_data d;
   fl_eval_episode *eps = NULL;
   char err[512];
@@ -460,6 +494,7 @@ done:
   free(eps);
   ev_data_free(&d);
   fl_table_free(&t);
+  fl_config_free(&c);
   return rc;
 }
 
@@ -486,8 +521,9 @@ typedef struct {
   fl_eval_detection det;
   double se[EST_COUNT];  /* squared errors in std units */
   size_t n[EST_COUNT];
-  double se_mod[EST_COUNT][FL_MAX_MODALITIES]; /* the same, per faulted modality */
-  size_t n_mod[EST_COUNT][FL_MAX_MODALITIES];
+  int nm;                /* modalities */
+  double *se_mod;        /* (EST_COUNT, nm) the same, per faulted modality */
+  size_t *n_mod;         /* (EST_COUNT, nm) */
   /* Clean rows, all of them and the settled ones: at least one window after
    * the end of every earlier episode, where the detector's window no longer
    * holds a faulted sample. */
@@ -495,6 +531,20 @@ typedef struct {
   double se_clean, se_settled; /* corrected vs input, std units */
   size_t n_clean, n_settled;
 } ev_result;
+
+static int ev_result_init(ev_result *r, int nm) {
+  r->nm = nm;
+  r->se_mod = calloc((size_t)EST_COUNT * (nm ? nm : 1), sizeof *r->se_mod);
+  r->n_mod = calloc((size_t)EST_COUNT * (nm ? nm : 1), sizeof *r->n_mod);
+  return r->se_mod && r->n_mod ? 0 : FL_ENOMEM;
+}
+
+static void ev_result_free(ev_result *r) {
+  free(r->se_mod);
+  free(r->n_mod);
+  r->se_mod = NULL;
+  r->n_mod = NULL;
+}
 
 static int ev_pool_stats(const fl_eval_pool *p, ev_result *r) {
   int e = fl_eval_pool_stats(p, &r->auroc, &r->st);
@@ -510,16 +560,19 @@ static int ev_pool_stats(const fl_eval_pool *p, ev_result *r) {
  * corrected estimate (block on, not gated) into est[EST_BLOCK], raw units,
  * NaN on rows with no label. */
 static int ev_estimates(fl_bundle *b, const ev_data *d, const fl_series *s,
-                        float *est1[FL_MAX_MODALITIES], float *est2[FL_MAX_MODALITIES]) {
+                        float **est1, float **est2) {
   enum { BATCH = 64 };
   fl_model *m = b->model;
   const fl_model_spec *spec = fl_model_spec_of(m);
   int W = spec->window, e = FL_ENOMEM, ends[BATCH], nb = 0;
-  int all[FL_MAX_CHANNELS];
-  float *raw[BATCH][FL_MAX_MODALITIES] = {{0}}, *buf = NULL;
+  int *all = malloc(sizeof(int) * (size_t)fl_model_channels(m));
+  float **raw[BATCH] = {0}, *buf = NULL;
   fl_ctx *ctx = NULL;
   size_t maxct = 0;
-  for (int c = 0; c < FL_MAX_CHANNELS; c++) all[c] = 1;
+  if (!all) goto done;
+  for (int c = 0; c < fl_model_channels(m); c++) all[c] = 1;
+  for (int k = 0; k < BATCH; k++)
+    if (!(raw[k] = calloc((size_t)d->n_mod, sizeof *raw[k]))) goto done;
   for (int i = 0; i < d->n_mod; i++) {
     size_t n = (size_t)d->C[i] * d->rows * d->rate[i];
     if ((size_t)d->C[i] * W * d->rate[i] > maxct) maxct = (size_t)d->C[i] * W * d->rate[i];
@@ -562,8 +615,11 @@ static int ev_estimates(fl_bundle *b, const ev_data *d, const fl_series *s,
   }
   e = 0;
 done:
-  for (int k = 0; k < BATCH; k++)
-    for (int i = 0; i < FL_MAX_MODALITIES; i++) free(raw[k][i]);
+  for (int k = 0; k < BATCH; k++) {
+    for (int i = 0; raw[k] && i < d->n_mod; i++) free(raw[k][i]);
+    free(raw[k]);
+  }
+  free(all);
   free(buf);
   fl_ctx_free(ctx);
   return e;
@@ -571,8 +627,7 @@ done:
 
 /* The interpolation and hold-last-clean baselines of every channel
  * (fl_eval_interpolate, fl_eval_hold_last). */
-static void ev_interpolate(const ev_data *d, float *out[FL_MAX_MODALITIES],
-                           float *hold[FL_MAX_MODALITIES]) {
+static void ev_interpolate(const ev_data *d, float **out, float **hold) {
   for (int i = 0; i < d->n_mod; i++) {
     size_t len = (size_t)d->rows * d->rate[i];
     for (int c = 0; c < d->C[i]; c++) {
@@ -605,7 +660,7 @@ static void ev_tick_row(const fl_bundle *b, const ev_data *d, const float *const
  * kernel regression of c on the other channels at its tick, on a memory of
  * clean training rows, given the true faulty channel. */
 static int ev_aakr(const fl_bundle *b, const ev_data *d, const float *mem, int nmem, int d_all,
-                   float *out[FL_MAX_MODALITIES]) {
+                   float **out) {
   const float *mean = fl_model_mean(b->model), *std = fl_model_std(b->model);
   float *row = malloc(sizeof(float) * d_all), *q = malloc(sizeof(float) * d_all);
   if (!row || !q) {
@@ -613,8 +668,7 @@ static int ev_aakr(const fl_bundle *b, const ev_data *d, const float *mem, int n
     free(q);
     return FL_ENOMEM;
   }
-  const float *x[FL_MAX_MODALITIES];
-  for (int i = 0; i < d->n_mod; i++) x[i] = d->x[i];
+  const float *const *x = (const float *const *)d->x;
   int e = 0;
   for (int i = 0; i < d->n_mod; i++)
     for (size_t k = 0; k < (size_t)d->C[i] * d->rows * d->rate[i]; k++) out[i][k] = NAN;
@@ -655,13 +709,12 @@ static int ev_aakr(const fl_bundle *b, const ev_data *d, const float *mem, int n
 /* The oracle mask: the corrupted copy with every labelled sample missing,
  * through the same scan as the corrected output (network, estimator and
  * stream state), so that only estimation is judged, not detection. */
-static int ev_oracle(fl_bundle *b, const ev_data *d, float *out[FL_MAX_MODALITIES]) {
-  fl_series s = {.rows = d->rows, .n_mod = d->n_mod};
+static int ev_oracle(fl_bundle *b, const ev_data *d, float **out) {
+  fl_series s = {.rows = d->rows, .n_mod = d->n_mod, .x = out};
   fl_scan_result r = {0};
   for (int i = 0; i < d->n_mod; i++) {
     size_t n = (size_t)d->C[i] * d->rows * d->rate[i];
     for (size_t k = 0; k < n; k++) out[i][k] = d->lab[i][k] ? NAN : d->x[i][k];
-    s.x[i] = out[i];
   }
   int e = fl_scan(b, &s, 1, &r);
   for (int i = 0; i < d->n_mod && !e; i++)
@@ -675,7 +728,7 @@ static int ev_oracle(fl_bundle *b, const ev_data *d, float *out[FL_MAX_MODALITIE
  * into the totals and the modality's as separate sums in the same order. */
 static int ev_score(fl_bundle *b, const ev_data *clean, const ev_data *d,
                     const fl_eval_episode *eps, int neps, const fl_scan_result *sr,
-                    float *est[EST_COUNT][FL_MAX_MODALITIES], fl_eval_pool *pool,
+                    float **est[EST_COUNT], fl_eval_pool *pool,
                     fl_eval_pool *all, ev_result *res) {
   const float *std = fl_model_std(b->model);
   int W = fl_model_spec_of(b->model)->window, e = FL_ENOMEM, maxlen = 1;
@@ -708,7 +761,8 @@ static int ev_score(fl_bundle *b, const ev_data *clean, const ev_data *d,
       for (int j = 0; j < EST_COUNT && neps > 0; j++) {
         fl_eval_sq_error(&res->se[j], &res->n[j], est[j][i] + o, clean->x[i] + o,
                          d->lab[i] + o, len, inv);
-        fl_eval_sq_error(&res->se_mod[j][i], &res->n_mod[j][i], est[j][i] + o,
+        fl_eval_sq_error(&res->se_mod[(size_t)j * res->nm + i],
+                         &res->n_mod[(size_t)j * res->nm + i], est[j][i] + o,
                          clean->x[i] + o, d->lab[i] + o, len, inv);
       }
       /* The clean rows with a score (rows before the first window are
@@ -743,9 +797,9 @@ static void ev_add(ev_result *to, const ev_result *from) {
   for (int j = 0; j < EST_COUNT; j++) {
     to->se[j] += from->se[j];
     to->n[j] += from->n[j];
-    for (int i = 0; i < FL_MAX_MODALITIES; i++) {
-      to->se_mod[j][i] += from->se_mod[j][i];
-      to->n_mod[j][i] += from->n_mod[j][i];
+    for (int i = 0; i < to->nm && i < from->nm; i++) {
+      to->se_mod[(size_t)j * to->nm + i] += from->se_mod[(size_t)j * from->nm + i];
+      to->n_mod[(size_t)j * to->nm + i] += from->n_mod[(size_t)j * from->nm + i];
     }
   }
   to->settled_rows += from->settled_rows;
@@ -835,8 +889,10 @@ static json_t *ev_json(const ev_result *r, int detection, const ev_data *d) {
     for (int i = 0; i < d->n_mod; i++) {
       json_t *mo = json_object();
       for (int j = 0; j < EST_COUNT; j++)
-        json_object_set_new(mo, est_key[j], ev_real(fl_eval_rmse(r->se_mod[j][i], r->n_mod[j][i])));
-      json_object_set_new(mo, "samples", json_integer((json_int_t)r->n_mod[EST_CORRECTED][i]));
+        json_object_set_new(mo, est_key[j], ev_real(fl_eval_rmse(r->se_mod[(size_t)j * r->nm + i],
+                                                                   r->n_mod[(size_t)j * r->nm + i])));
+      json_object_set_new(mo, "samples",
+                          json_integer((json_int_t)r->n_mod[(size_t)EST_CORRECTED * r->nm + i]));
       json_object_set_new(bm, d->name[i], mo);
     }
     json_object_set_new(o, "rmse_by_modality", bm);
@@ -935,8 +991,17 @@ int cmd_eval(int argc, char **argv) {
   fl_scan_result sr = {0};
   float *mem = NULL;
   int nmem = 0, d_all = fl_model_channels(b.model);
-  float *est[EST_COUNT][FL_MAX_MODALITIES] = {{0}};
+  float **est[EST_COUNT] = {0};
   json_t *root = NULL;
+  for (int j = 0; j < EST_COUNT; j++)
+    if (!(est[j] = calloc((size_t)spec->n_mod, sizeof *est[j]))) {
+      cli_fail("eval", "out of memory");
+      goto done;
+    }
+  if (ev_result_init(&total, spec->n_mod) || ev_result_init(&base, spec->n_mod)) {
+    cli_fail("eval", "out of memory");
+    goto done;
+  }
   if (config && cfg.spec.n_mod && !cli_same_layout(spec, &cfg.spec, err, sizeof err)) {
     cli_fail("eval", "%s does not describe %s: %s", config, model, err);
     goto done;
@@ -980,7 +1045,9 @@ int cmd_eval(int argc, char **argv) {
       }
   eps = calloc((size_t)episodes, sizeof *eps);
   res = calloc((size_t)ntypes, sizeof *res);
-  if (!eps || !res) {
+  int res_ok = eps && res;
+  for (int k = 0; res_ok && k < ntypes; k++) res_ok = !ev_result_init(&res[k], spec->n_mod);
+  if (!res_ok) {
     cli_fail("eval", "out of memory");
     goto done;
   }
@@ -994,8 +1061,7 @@ int cmd_eval(int argc, char **argv) {
                !(mem = malloc(sizeof(float) * EV_AAKR_MEMORY * (size_t)d_all))))
       e = FL_ENOMEM;
     if (!e) {
-      const float *mx[FL_MAX_MODALITIES];
-      for (int i = 0; i < md.n_mod; i++) mx[i] = md.x[i];
+      const float *const *mx = (const float *const *)md.x;
       for (int r = 0; r < md.rows; r++) ev_tick_row(&b, &md, mx, r, rows + (size_t)r * d_all);
       nmem = fl_eval_aakr_memory(mem, EV_AAKR_MEMORY, rows, md.rows, d_all);
       if (nmem < 1) e = FL_EINVAL;
@@ -1008,8 +1074,7 @@ int cmd_eval(int argc, char **argv) {
       goto done;
     }
   }
-  fl_series s = {.rows = d.rows, .n_mod = d.n_mod};
-  for (int i = 0; i < d.n_mod; i++) s.x[i] = d.x[i];
+  fl_series s = {.rows = d.rows, .n_mod = d.n_mod, .x = d.x};
 
   /* The uncorrupted recording: false alarms and the untouched pass-through. */
   if ((e = fl_scan(&b, &s, 1, &sr))) {
@@ -1106,9 +1171,14 @@ int cmd_eval(int argc, char **argv) {
 done:
   json_decref(root);
   free(mem);
-  for (int j = 0; j < EST_COUNT; j++)
+  for (int j = 0; j < EST_COUNT; j++) {
     if (j != EST_INPUT && j != EST_CORRECTED)
-      for (int i = 0; i < FL_MAX_MODALITIES; i++) free(est[j][i]);
+      for (int i = 0; est[j] && i < spec->n_mod; i++) free(est[j][i]);
+    free(est[j]);
+  }
+  for (int k = 0; res && k < ntypes; k++) ev_result_free(&res[k]);
+  ev_result_free(&total);
+  ev_result_free(&base);
   fl_scan_free(&sr);
   fl_eval_pool_free(&pool);
   fl_eval_pool_free(&all);
@@ -1118,5 +1188,6 @@ done:
   ev_data_free(&d);
   fl_table_free(&t);
   fl_bundle_free(&b);
+  fl_config_free(&cfg);
   return rc;
 }

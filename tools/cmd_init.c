@@ -26,10 +26,14 @@ static void write_plan(FILE *f, const char *data, const fl_table *t, const fl_gr
                "of the rows\n");
   fprintf(f, "window = %d\n", c->spec.window);
   fprintf(f, "; the compute block's width for %d channels\n", p->n_sensor);
-  fprintf(f, "hidden = %d\n\n", c->spec.hidden);
+  fprintf(f, "hidden = %d\n", c->spec.hidden);
+  if (c->spec.enc2 != 32)
+    fprintf(f, "; %d modalities: each encodes to %d channels, so that the fused latent stays "
+               "near 8192 values\nenc2 = %d\n", c->spec.n_mod, c->spec.enc2, c->spec.enc2);
+  fputc('\n', f);
   if (c->train.stride > 1) {
-    fprintf(f, "[train]\n; every %d-th window, so that an epoch sees at most 4000 of them\n",
-            c->train.stride);
+    fprintf(f, "[train]\n; every %d-th window, so that an epoch sees at most 4000 of them "
+               "and 4000 x 64 window-channels\n", c->train.stride);
     fprintf(f, "stride = %d\n\n", c->train.stride);
   }
   fprintf(f, "[detect]\n; a twelfth of the window each way\nhysteresis_on = %d\nhysteresis_off = "
@@ -49,7 +53,7 @@ static void write_plan(FILE *f, const char *data, const fl_table *t, const fl_gr
     else if (m->forced)
       fprintf(f, "; %d sensors joined to stay within %d modalities although they move together "
                  "little (mean |correlation| %.2f inside, %.2f with the nearest other group)\n",
-              m->n, FL_MAX_MODALITIES, (double)m->cohesion, (double)m->nearest);
+              m->n, p->max_mod, (double)m->cohesion, (double)m->nearest);
     else if (m->cohesion >= gc->min_corr)
       fprintf(f, "; %d sensors that move together: mean |correlation| of their smoothed "
                  "readings %.2f inside, %.2f with the nearest other group\n",
@@ -107,8 +111,8 @@ int cmd_init(int argc, char **argv) {
              "the window from the sampling period, the compute block's width and the\n"
              "training stride.  The choice is the same for the same data.\n\n"
              "  --min-corr X  mean |correlation| two groups need to merge (default %g)\n"
-             "  --max-size N  sensors per modality at most, 1 to %d (default %d)\n",
-             (double)gc.min_corr, FL_MAX_CHANNELS, gc.max_size);
+             "  --max-size N  sensors per modality at most (default %d)\n",
+             (double)gc.min_corr, gc.max_size);
       return 0;
     default: return 2;
     }
@@ -117,7 +121,8 @@ int cmd_init(int argc, char **argv) {
   fl_table t = {0};
   if (cli_read_csv("init", data, &t)) return 1;
   gc.drift_span = fl_group_window(fl_group_period(&t), t.rows) / 2;
-  fl_group_plan *plan = malloc(sizeof *plan);
+  fl_group_plan *plan = calloc(1, sizeof *plan);
+  fl_config c = {0};
   int rc = 1;
   if (!plan) {
     cli_fail("init", "out of memory");
@@ -130,7 +135,6 @@ int cmd_init(int argc, char **argv) {
                        "space)", plan->sensor[i].name);
       goto done;
     }
-  fl_config c;
   fl_config_defaults(&c);
   if (fl_group_apply(plan, &c.spec)) {
     cli_fail("init", "the grouped modalities do not form a valid model");
@@ -152,7 +156,9 @@ int cmd_init(int argc, char **argv) {
   }
   rc = 0;
 done:
+  fl_group_plan_free(plan);
   free(plan);
+  fl_config_free(&c);
   fl_table_free(&t);
   return rc;
 }

@@ -131,6 +131,7 @@ int cmd_train(int argc, char **argv) {
   rc = 0;
 done:
   for (int k = 0; k < nd; k++) fl_table_free(&t[k]);
+  fl_config_free(&c);
   return rc;
 }
 
@@ -247,6 +248,9 @@ int cmd_calibrate(int argc, char **argv) {
       goto done;
     }
   }
+  /* The loaded calibration and estimator make way for the new ones. */
+  fl_calib_free(&b.calib);
+  fl_estimator_free(&b.est);
   if ((e = fl_detect_calibrate(b.model, &b.calib, s, nd, &c.train, &c.detect))) {
     cli_fail("calibrate", "calibration failed: %s%s", fl_strerror(e),
              e == FL_EINVAL ? " (need at least two windows of clean data)" : "");
@@ -287,6 +291,7 @@ done:
     fl_table_free(&t[k]);
   }
   fl_bundle_free(&b);
+  fl_config_free(&c);
   return rc;
 }
 
@@ -436,5 +441,6 @@ done:
   fl_table_free(&tr);
   fl_table_free(&te);
   fl_table_free(&joined);
+  fl_config_free(&c);
   return rc;
 }

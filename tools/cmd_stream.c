@@ -66,7 +66,8 @@ static int stream_inject(const fl_model_spec *spec, fl_series *s, int mi, fl_fau
                          int ch, int at, int rows, float magnitude, uint64_t seed) {
   int C = spec->mod[mi].channels, r = spec->mod[mi].rate;
   int T = s->rows * r;
-  float sd[FL_MAX_CHANNELS];
+  float *sd = malloc(sizeof(float) * (size_t)C);
+  if (!sd) return FL_ENOMEM;
   for (int c = 0; c < C; c++) {
     double sum = 0, sq = 0;
     int n = 0;
@@ -88,7 +89,9 @@ static int stream_inject(const fl_model_spec *spec, fl_series *s, int mi, fl_fau
   if (type == FL_FAULT_TIMESHIFT) q.shift *= r;
   fl_rng rng;
   fl_rng_seed(&rng, seed);
-  return fl_fault_inject(type, &q, s->x[mi], NULL, C, T, ch, at * r, rows * r, sd, &rng);
+  int e = fl_fault_inject(type, &q, s->x[mi], NULL, C, T, ch, at * r, rows * r, sd, &rng);
+  free(sd);
+  return e;
 }
 
 int cmd_replay(int argc, char **argv) {
@@ -155,7 +158,10 @@ int cmd_replay(int argc, char **argv) {
   fl_config c;
   if (cli_load_config("replay", config, &c)) return 1;
   fl_table t;
-  if (cli_read_csv("replay", in, &t)) return 1;
+  if (cli_read_csv("replay", in, &t)) {
+    fl_config_free(&c);
+    return 1;
+  }
   fl_series s = {0};
   int rc = 1;
   void *zctx = NULL, *sock = NULL;
@@ -213,8 +219,16 @@ int cmd_replay(int argc, char **argv) {
   }
   char topic[128];
   int tl = snprintf(topic, sizeof topic, "frame/%s", stream);
-  Faultline__Block blocks[FL_MAX_MODALITIES], *bp[FL_MAX_MODALITIES];
-  float *samples[FL_MAX_MODALITIES] = {0};
+  Faultline__Block *blocks = calloc((size_t)spec->n_mod, sizeof *blocks);
+  Faultline__Block **bp = calloc((size_t)spec->n_mod, sizeof *bp);
+  float **samples = calloc((size_t)spec->n_mod, sizeof *samples);
+  if (!blocks || !bp || !samples) {
+    free(blocks);
+    free(bp);
+    free(samples);
+    cli_fail("replay", "out of memory");
+    goto done;
+  }
   for (int i = 0; i < spec->n_mod; i++) {
     faultline__block__init(&blocks[i]);
     bp[i] = &blocks[i];
@@ -268,6 +282,9 @@ int cmd_replay(int argc, char **argv) {
   }
   free(buf);
   for (int i = 0; i < spec->n_mod; i++) free(samples[i]);
+  free(samples);
+  free(bp);
+  free(blocks);
   double dt = stream_now() - start;
   fprintf(stderr, "faultline replay: %d frames of stream \"%s\" in %.2f s (%.0f frames/s)\n",
           sent, stream, dt, dt > 0 ? sent / dt : 0.0);
@@ -277,6 +294,7 @@ done:
   if (zctx) zmq_ctx_term(zctx);
   fl_series_free(&s);
   fl_table_free(&t);
+  fl_config_free(&c);
   return rc;
 }
 

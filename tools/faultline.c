@@ -81,7 +81,10 @@ int cli_read_csv(const char *cmd, const char *path, fl_table *t) {
 int cli_load_config(const char *cmd, const char *path, fl_config *c) {
   char err[512];
   fl_config_defaults(c);
-  if (path && fl_config_load(c, path, err, sizeof err)) return cli_fail(cmd, "%s", err);
+  if (path && fl_config_load(c, path, err, sizeof err)) {
+    fl_config_free(c);
+    return cli_fail(cmd, "%s", err);
+  }
   /* FAULTLINE_QUICK=1: a smoke run (the README test runs every README
    * command so): training stops after 4 + 3 epochs. */
   const char *quick = getenv("FAULTLINE_QUICK");
@@ -118,17 +121,19 @@ void cli_data_defaults(fl_config *c, const fl_table *t) {
   int nch = 0;
   for (int i = 0; i < c->spec.n_mod; i++) nch += c->spec.mod[i].channels;
   c->spec.hidden = fl_group_hidden(nch);
-  c->train.stride = fl_group_train_stride(t->rows, c->spec.window);
+  c->spec.enc2 = fl_group_latent(c->spec.n_mod, c->spec.window);
+  c->train.stride = fl_group_train_stride(t->rows, c->spec.window, nch);
   fl_group_detect_defaults(&c->detect, t->rows, c->spec.window);
 }
 
 int cli_default_modality(const char *cmd, fl_config *c, const fl_table *t, int from_file) {
   if (c->spec.n_mod > 0) return 0;
-  fl_group_plan *plan = malloc(sizeof *plan);
+  fl_group_plan *plan = calloc(1, sizeof *plan);
   if (!plan) return cli_fail(cmd, "out of memory");
   int rc = cli_group(cmd, t, NULL, plan);
   if (!rc && fl_group_apply(plan, &c->spec))
     rc = cli_fail(cmd, "the grouped modalities do not form a valid model");
+  fl_group_plan_free(plan);
   free(plan);
   if (!rc && !from_file) cli_data_defaults(c, t);
   return rc;

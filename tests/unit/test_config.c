@@ -94,8 +94,9 @@ static const char *full_config =
 
 static void test_full(void **state) {
   (void)state;
-  fl_config c;
+  fl_config c = {0};
   char err[512] = "";
+  fl_config_free(&c);
   fl_config_defaults(&c);
   int rc = fl_config_parse(&c, full_config, err, sizeof err);
   if (rc) print_error("%s\n", err);
@@ -174,12 +175,14 @@ static void test_full(void **state) {
   assert_int_equal(s->mod[1].channels, 1);
   assert_string_equal(s->mod[1].channel[0], "current");
   assert_int_equal(fl_model_spec_check(s), 0);
+  fl_config_free(&c);
 }
 
 /* Parses text and expects an error whose message holds "line <line>". */
 static void expect_error(const char *text, int line, const char *also) {
-  fl_config c;
+  fl_config c = {0};
   char err[512] = "", want[32];
+  fl_config_free(&c);
   fl_config_defaults(&c);
   int rc = fl_config_parse(&c, text, err, sizeof err);
   snprintf(want, sizeof want, "line %d", line);
@@ -189,6 +192,7 @@ static void expect_error(const char *text, int line, const char *also) {
   assert_true(rc < 0);
   assert_non_null(strstr(err, want));
   if (also) assert_non_null(strstr(err, also));
+  fl_config_free(&c);
 }
 
 static void test_errors(void **state) {
@@ -233,9 +237,10 @@ static void test_errors(void **state) {
  * hysteresis is not "given" unless the file gives it, and no model file. */
 static void test_defaults(void **state) {
   (void)state;
-  fl_config c;
+  fl_config c = {0};
   fl_tune_config t;
   char err[512] = "";
+  fl_config_free(&c);
   fl_config_defaults(&c);
   fl_tune_defaults(&t);
   assert_int_equal(fl_config_parse(&c, "[modality.m]\nchannels = x\n", err, sizeof err), 0);
@@ -246,6 +251,7 @@ static void test_defaults(void **state) {
   assert_int_equal(c.on_given, 0);
   assert_int_equal(c.off_given, 0);
   assert_string_equal(c.model_file, "");
+  fl_config_free(&c);
 }
 
 /* A program's keys: its function sees the keys of its sections the library
@@ -272,6 +278,7 @@ static void load_with(const char *text, int *seen, char *err, size_t errlen, int
   FILE *f = fdopen(fd, "w");
   fputs(text, f);
   fclose(f);
+  fl_config_free(c);
   fl_config_defaults(c);
   *seen = 0;
   *rc = fl_config_load_with(c, path, app_key, seen, err, errlen);
@@ -305,6 +312,7 @@ static void test_program_keys(void **state) {
   assert_true(rc < 0);
   assert_non_null(strstr(err, "longer than 3"));
   /* Without a function the same keys are left to the program. */
+  fl_config_free(&c);
   fl_config_defaults(&c);
   assert_int_equal(fl_config_parse(&c, "[modality.m]\nchannels = x\n[input]\nbogus = 1\n", err,
                                    sizeof err), 0);
@@ -323,8 +331,10 @@ static void test_spec_compatible(void **state) {
   static fl_config a, b;
   char err[512] = "", why[300];
   const char *base = "[model]\nwindow = 16\n[modality.m]\nrate = 2\nchannels = x, y\n";
+  fl_config_free(&a);
   fl_config_defaults(&a);
   assert_int_equal(fl_config_parse(&a, base, err, sizeof err), 0);
+  fl_config_free(&b);
   fl_config_defaults(&b);
   assert_int_equal(fl_config_parse(&b, base, err, sizeof err), 0);
   assert_int_equal(fl_model_spec_compatible(&a.spec, &b.spec, why, sizeof why), 1);
@@ -338,6 +348,7 @@ static void test_spec_compatible(void **state) {
   };
   const char *named[] = {"window", "modality 1", "modality 1", "modality 1", "modalities"};
   for (size_t i = 0; i < sizeof other / sizeof *other; i++) {
+    fl_config_free(&b);
     fl_config_defaults(&b);
     assert_int_equal(fl_config_parse(&b, other[i], err, sizeof err), 0);
     why[0] = 0;
@@ -349,8 +360,9 @@ static void test_spec_compatible(void **state) {
 
 static void test_skab(void **state) {
   (void)state;
-  fl_config c;
+  fl_config c = {0};
   char err[512] = "";
+  fl_config_free(&c);
   fl_config_defaults(&c);
   int rc = fl_config_load(&c, "config/skab.ini", err, sizeof err);
   if (rc) print_error("%s\n", err);
@@ -361,10 +373,12 @@ static void test_skab(void **state) {
   assert_int_equal(c.spec.mod[3].drifts, 1);
   assert_int_equal(fl_model_spec_check(&c.spec), 0);
   /* A missing file is an I/O error naming the file. */
+  fl_config_free(&c);
   fl_config_defaults(&c);
   err[0] = 0;
   assert_int_equal(fl_config_load(&c, "config/no-such-file.ini", err, sizeof err), FL_EIO);
   assert_non_null(strstr(err, "no-such-file.ini"));
+  fl_config_free(&c);
 }
 
 static void test_load_error_names_file_and_line(void **state) {
@@ -376,14 +390,16 @@ static void test_load_error_names_file_and_line(void **state) {
   assert_non_null(f);
   fputs("[modality.m]\nchannels = x\n\n[modality.nochan]\nrate = 1\n", f);
   fclose(f);
-  fl_config c;
+  fl_config c = {0};
   char err[512] = "";
+  fl_config_free(&c);
   fl_config_defaults(&c);
   assert_true(fl_config_load(&c, path, err, sizeof err) < 0);
   if (!strstr(err, "line 4")) print_error("%s\n", err);
   assert_non_null(strstr(err, path));
   assert_non_null(strstr(err, "line 4"));
   remove(path);
+  fl_config_free(&c);
 }
 
 int main(void) {

@@ -17,17 +17,18 @@
 #include "faultline/detect.h"
 #include "faultline/error.h"
 #include "faultline/model.h"
+#include "faultline/pipeline.h"
 
 #define W 16
 #define TAIL 4
 
 #include "small_model.h"
+#include "test_keep.h"
 
 /* A calibration with the baseline feature on and unit statistics, so that a
  * channel's baseline score is its raw distance minus one. */
 static void base_calib(const fl_model *m, fl_calib *cal) {
-  memset(cal, 0, sizeof *cal);
-  cal->nch = fl_model_channels((fl_model *)m);
+  test_calib(m, cal);
   cal->tail = TAIL;
   cal->w_base = 1.0f;
   cal->base_span = 50;
@@ -42,7 +43,10 @@ static void base_calib(const fl_model *m, fl_calib *cal) {
 /* One window's score as fl_detect_score leaves it: no feature above 0,
  * channel 0's tail at `level`, the others at 0, unit noise. */
 static void window(fl_window_score *sc, int nch, float level) {
-  memset(sc, 0, sizeof *sc);
+  float *arr[] = {sc->chan, sc->resid, sc->level, sc->noise, sc->shift};
+  for (int k = 0; k < 5; k++) memset(arr[k], 0, sizeof(float) * nch);
+  memset(sc->mod_score, 0, sizeof(float) * 2);
+  sc->score = sc->emb_score = 0.0f;
   sc->modality = -1;
   for (int c = 0; c < nch; c++) {
     sc->level[c] = c == 0 ? level : 0.0f;
@@ -60,8 +64,8 @@ static void test_baseline_follows_drift_and_keeps_a_step(void **state) {
   base_calib(m, &cal);
   int nch = fl_model_channels(m);
   fl_detect_baseline bl;
-  fl_detect_baseline_reset(&bl);
-  fl_window_score sc;
+  test_baseline(m, &bl);
+  fl_window_score sc = test_score(m);
   float raw[8];
   window(&sc, nch, 0.3f);
   fl_detect_track(m, &cal, &bl, &sc, 1, raw);
@@ -105,8 +109,8 @@ static void test_baseline_of_drifting_modalities(void **state) {
   for (int v = 0; v < 2; v++) {
     cal.base_drift = v;
     fl_detect_baseline bl;
-    fl_detect_baseline_reset(&bl);
-    fl_window_score sc;
+    test_baseline(m, &bl);
+    fl_window_score sc = test_score(m);
     float raw[8];
     window(&sc, nch, 0.0f);
     fl_detect_track(m, &cal, &bl, &sc, 1, NULL);
@@ -145,8 +149,7 @@ static void load(fl_model *m, fl_ctx *ctx, int b, const float *ra, const float *
 
 /* A calibration that scores nothing by itself: unit spreads, thresholds 1. */
 static void plain_calib(const fl_model *m, fl_calib *cal) {
-  memset(cal, 0, sizeof *cal);
-  cal->nch = fl_model_channels((fl_model *)m);
+  test_calib(m, cal);
   cal->tail = TAIL;
   cal->threshold = 1.0f;
   cal->chan_threshold = 1.0f;
@@ -163,7 +166,8 @@ static void test_reestimate_ignores_the_faulty_channel(void **state) {
   fl_ctx *ctx = NULL;
   assert_int_equal(fl_ctx_create(&ctx, m, 2), 0);
   float ra[2][2 * W], rb[2][W];
-  float *raw[2][FL_MAX_MODALITIES] = {{ra[0], rb[0]}, {ra[1], rb[1]}};
+  float *raw0[] = {ra[0], rb[0]}, *raw1[] = {ra[1], rb[1]};
+  float *const *raw[2] = {raw0, raw1};
   float est[2][2 * W];
   for (int v = 0; v < 2; v++) {
     fill(ra[0], rb[0]);
@@ -270,7 +274,7 @@ static void test_decide_passes_channels_that_agree(void **state) {
     }
     load(m, ctx, b, ra[b], rb[b], 10.0f);
   }
-  fl_window_score sc[2];
+  fl_window_score sc[2] = {test_score(m), test_score(m)};
   assert_int_equal(fl_detect_score(m, &cal, ctx, 2, sc, NULL), 0);
   assert_true(fabsf(sc[0].shift[0] - sc[0].shift[1]) < 1.0f);
   assert_true(sc[0].shift[0] > 3.0f && sc[1].shift[0] > 3.0f);
@@ -288,7 +292,7 @@ static void test_decide_passes_channels_that_agree(void **state) {
     for (int b = 0; b < 2; b++) {
       fl_hyst h = {0, 0};
       fl_detect_baseline bl;
-      fl_detect_baseline_reset(&bl);
+      test_baseline(m, &bl);
       assert_int_equal(fl_detect_decide(m, &cal, &bl, &h, 1, 1, &sc[b], 1, faulty[b], NULL), 1);
     }
     assert_int_equal(faulty[0][0], !v);
@@ -316,7 +320,7 @@ static void test_noise_rise_counts_with_w_rise(void **state) {
   fill(ra, rb);
   for (int t = W - TAIL; t < W; t++) ra[t] += (t % 2 ? 3.0f : -3.0f);
   load(m, ctx, 0, ra, rb, 10.0f);
-  fl_window_score sc[2];
+  fl_window_score sc[2] = {test_score(m), test_score(m)};
   for (int v = 0; v < 2; v++) {
     cal.w_rise = (float)v;
     for (int c = 0; c < nch; c++) {
@@ -354,7 +358,7 @@ static void test_level_of_a_drifting_modality_keeps_its_trend(void **state) {
   fill(ra, rb);
   for (int t = 0; t < W; t++) rb[t] = 2.0f + 0.5f * t; /* mean 0, std 1: standardised as is */
   load(m, ctx, 0, ra, rb, 100.0f);
-  fl_window_score sc;
+  fl_window_score sc = test_score(m);
   assert_int_equal(fl_detect_score(m, &cal, ctx, 1, &sc, NULL), 0);
   double tail = 0;
   for (int t = W - TAIL; t < W; t++) tail += rb[t];
@@ -371,7 +375,7 @@ static void test_level_of_a_drifting_modality_keeps_its_trend(void **state) {
  * tail moved by `shift` from its head; the others are quiet. */
 static int settle_step(const fl_model *m, const fl_calib *cal, fl_detect_baseline *bl, fl_hyst *h,
                        float score, float shift, float *out) {
-  fl_window_score sc;
+  fl_window_score sc = test_score(m);
   window(&sc, cal->nch, 0.0f);
   sc.score = sc.mod_score[0] = sc.chan[0] = score;
   sc.shift[0] = shift;
@@ -389,15 +393,14 @@ static void test_decide_reanchors_once_settled(void **state) {
   (void)state;
   fl_model *m = small_model(0);
   fl_calib cal;
-  memset(&cal, 0, sizeof cal);
-  cal.nch = fl_model_channels(m);
+  test_calib(m, &cal);
   cal.tail = TAIL;
   cal.threshold = 5.0f;
   cal.chan_threshold = 5.0f;
   for (int settle = 0; settle <= 20; settle += 20) {
     cal.settle = settle;
     fl_detect_baseline bl;
-    fl_detect_baseline_reset(&bl);
+    test_baseline(m, &bl);
     fl_hyst h = {0, 0};
     float sc;
     for (int t = 0; t < 20; t++) assert_int_equal(settle_step(m, &cal, &bl, &h, 1, 0, &sc), 0);

@@ -61,8 +61,7 @@ static void test_fuse(void **state) {
 static void test_var_by_age(void **state) {
   (void)state;
   fl_estimator e;
-  memset(&e, 0, sizeof e);
-  e.nch = 1;
+  assert_int_equal(fl_estimator_alloc(&e, 1), 0);
   for (int l = 0; l < FL_ESTIMATE_LAGS; l++) e.v[l] = (float)(l + 1);
   assert_int_equal(fl_estimate_lag(W, 0), 1);
   assert_int_equal(fl_estimate_lag(W, FL_ESTIMATE_LAGS - 1), 4 * W);
@@ -74,12 +73,14 @@ static void test_var_by_age(void **state) {
   /* Never shrinking with age. */
   for (int t = 1; t < 5 * W; t++)
     assert_true(fl_estimate_var(&e, W, 0, t + 1) >= fl_estimate_var(&e, W, 0, t));
+  fl_estimator_free(&e);
 }
 
 /* The small model and an estimator fitted on a recording of ROWS ticks. */
 typedef struct {
   fl_model *m;
   float *a, *b;
+  float *x[2];
   fl_series s;
   fl_estimator *e;
 } fitted;
@@ -89,12 +90,15 @@ static void fit(fitted *f) {
   f->a = malloc(sizeof(float) * 2 * ROWS);
   f->b = malloc(sizeof(float) * ROWS);
   recording(f->a, f->b, ROWS, 3);
-  f->s = (fl_series){.rows = ROWS, .n_mod = 2, .x = {f->a, f->b}};
+  f->x[0] = f->a;
+  f->x[1] = f->b;
+  f->s = (fl_series){.rows = ROWS, .n_mod = 2, .x = f->x};
   f->e = malloc(sizeof *f->e);
   assert_int_equal(fl_estimate_fit(f->m, f->e, &f->s, 1, TAIL, CLAMP), 0);
 }
 
 static void fitted_free(fitted *f) {
+  fl_estimator_free(f->e);
   free(f->e);
   free(f->a);
   free(f->b);
@@ -132,10 +136,10 @@ static float run_fault(const fl_estimator *e, int F, int rows, float *max_sigma)
   float *a = malloc(sizeof(float) * 2 * rows), *b = malloc(sizeof(float) * rows);
   recording(a, b, rows, 11);
   float ra[2 * W], rb[W], ca[2 * W], cb[W], sa[2 * W], sb[W];
-  float *raw[FL_MAX_MODALITIES] = {ra, rb}, *cor[FL_MAX_MODALITIES] = {ca, cb};
-  float *sig[FL_MAX_MODALITIES] = {sa, sb};
+  float *raw[] = {ra, rb}, *cor[] = {ca, cb};
+  float *sig[] = {sa, sb};
   fl_estimate_state st;
-  memset(&st, 0, sizeof st);
+  assert_int_equal(fl_estimate_state_init(&st, 3), 0);
   double se = 0;
   int n = 0;
   *max_sigma = 0.0f;
@@ -179,6 +183,7 @@ static float run_fault(const fl_estimator *e, int F, int rows, float *max_sigma)
   }
   free(a);
   free(b);
+  fl_estimate_state_free(&st);
   fl_model_free(m);
   return n ? (float)sqrt(se / n) : NAN;
 }
@@ -204,15 +209,16 @@ static void test_bad_arguments(void **state) {
   (void)state;
   fl_model *m = small_model(0);
   float x[2 * W] = {0}, y[W] = {0};
-  float *raw[FL_MAX_MODALITIES] = {x, y};
+  float *raw[] = {x, y};
   unsigned char faulty[3] = {0};
   fl_estimate_state st;
-  memset(&st, 0, sizeof st);
+  assert_int_equal(fl_estimate_state_init(&st, 3), 0);
   assert_int_equal(fl_estimate_apply(m, NULL, &st, TAIL, raw, faulty, 0.0f, W + 1, raw, NULL),
                    FL_EINVAL);
   assert_int_equal(fl_estimate_apply(m, NULL, NULL, TAIL, raw, faulty, 0.0f, 0, raw, NULL),
                    FL_EINVAL);
   assert_int_equal(fl_estimate_apply(m, NULL, &st, TAIL, raw, faulty, 0.0f, 0, raw, NULL), 0);
+  fl_estimate_state_free(&st);
   fl_model_free(m);
 }
 

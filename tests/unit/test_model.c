@@ -56,7 +56,7 @@ typedef struct {
   fl_ctx *c;
   fl_rng rng;
   int use_block, head;
-  float *dout[FL_MAX_MODALITIES], *demb;
+  float *dout[8], *demb; /* the test models have few modalities */
 } fixture;
 
 static size_t mod_size(const fl_model_spec *s, int i) {
@@ -94,10 +94,11 @@ static void fixture_init(fixture *f, int use_block, int head) {
   f->demb = malloc(sizeof(float) * NB * s.emb);
   assert_non_null(f->demb);
   for (int k = 0; k < NB * s.emb; k++) f->demb[k] = fl_rng_normal(&f->rng);
+  fl_model_spec_free(&s);
 }
 
 static void fixture_free(fixture *f) {
-  for (int i = 0; i < FL_MAX_MODALITIES; i++) free(f->dout[i]);
+  for (int i = 0; i < 8; i++) free(f->dout[i]);
   free(f->demb);
   fl_ctx_free(f->c);
   fl_model_free(f->m);
@@ -222,6 +223,7 @@ static void test_every_sample_covered(void **state) {
     free(dx);
     fl_ctx_free(c);
     fl_model_free(m);
+    fl_model_spec_free(&s);
   }
 }
 
@@ -299,6 +301,7 @@ static void test_project(void **state) {
     assert_true(sg <= 0.5f * 1.01f);
   }
   fl_model_free(m);
+  fl_model_spec_free(&s);
 }
 
 /* A table with columns a, b.0, b.1 (and a spare) for modality "a" at rate 1
@@ -340,7 +343,7 @@ static void test_series_from_table(void **state) {
   for (int k = 0; k < 24; k++) assert_true(ser.x[1][k] == 100.0f + k);
 
   float ra[8], rb[16];
-  float *raw[FL_MAX_MODALITIES] = {ra, rb};
+  float *raw[] = {ra, rb};
   assert_int_equal(fl_series_window(&ser, &s, 10, raw), 0);
   for (int k = 0; k < 8; k++) assert_true(ra[k] == (float)(2 + k));
   for (int k = 0; k < 16; k++) assert_true(rb[k] == 104.0f + k);
@@ -356,6 +359,8 @@ static void test_series_from_table(void **state) {
   assert_non_null(strstr(err, "zeta.0"));
   fl_series_free(&ser);
   fl_table_free(&t);
+  fl_model_spec_free(&s);
+  fl_model_spec_free(&s2);
 }
 
 static void test_normalise(void **state) {
@@ -413,6 +418,7 @@ static void test_normalise(void **state) {
   assert_int_equal(fl_model_normalise(m, c, 0, 2, ra, 10.0f), FL_EINVAL);
   fl_ctx_free(c);
   fl_model_free(m);
+  fl_model_spec_free(&s);
 }
 
 /* Largest |a - b| / (1 + |b|) over n floats. */

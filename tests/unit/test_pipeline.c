@@ -27,6 +27,7 @@
 #define CLAMP 10.0f
 
 #include "small_model.h"
+#include "test_keep.h"
 
 /* Stream `id`'s ticks, channel-major per modality: a (2, ROWS), b (ROWS).
  * Stream 0 has a step on a0 halfway, so that its later windows score high
@@ -41,8 +42,7 @@ static void stream(int id, float *a, float *b) {
 
 /* A calibration with the baseline feature on; thresholds set by the caller. */
 static void calib(const fl_model *m, fl_calib *cal) {
-  memset(cal, 0, sizeof *cal);
-  cal->nch = fl_model_channels((fl_model *)m);
+  test_calib(m, cal);
   cal->tail = TAIL;
   cal->w_base = 1.0f;
   cal->base_span = 20;
@@ -70,7 +70,6 @@ typedef struct {
 /* Sets up window x for window j of stream s in slot k of ctx. */
 static void load(fl_model *m, fl_ctx *ctx, int k, test_stream *s, int j, test_buf *buf,
                  fl_pipeline_window *x) {
-  memset(x, 0, sizeof *x);
   int e = W + STRIDE * j;
   for (int t = 0; t < W; t++) {
     buf->ra[t] = s->a[e - W + t];
@@ -96,8 +95,20 @@ typedef struct {
   test_buf buf;
 } test_out;
 
+static void *dup_of(const void *p, size_t n) {
+  void *q = test_keep(malloc(n));
+  memcpy(q, p, n);
+  return q;
+}
+
+/* The window's arrays are the batch's, overwritten by the next call: the
+ * kept copy has its own. */
 static void keep(test_out *o, const fl_pipeline_window *x, const test_buf *buf) {
   o->w = *x;
+  o->w.mflag = dup_of(x->mflag, sizeof(int) * 2);
+  o->w.faulty = dup_of(x->faulty, NCH);
+  o->w.sc.chan = dup_of(x->sc.chan, sizeof(float) * NCH);
+  o->w.sc.mod_score = dup_of(x->sc.mod_score, sizeof(float) * 2);
   o->buf = *buf;
 }
 
@@ -110,7 +121,7 @@ static void run(fl_model *m, const fl_calib *cal, const fl_pipeline_config *pc,
                 test_out out[2][NWIN], int *masked) {
   fl_ctx *ctx = NULL;
   assert_int_equal(fl_ctx_create_infer(&ctx, m, batch), 0);
-  fl_pipeline_window x[8];
+  fl_pipeline_window *x = test_keep(fl_pipeline_windows_new(fl_model_spec_of(m), 8));
   test_buf buf[8];
   int who[8], idx[8];
   size_t ct[2] = {2 * W, W};
@@ -164,9 +175,10 @@ static void same(const test_out *a, const test_out *b) {
     assert_float_equal(a->buf.cb[t], b->buf.cb[t], 1e-4 * (1.0 + fabsf(a->buf.cb[t])));
 }
 
-static void reset(test_stream *s) {
+static void reset(const fl_model *m, test_stream *s) {
   for (int i = 0; i < 2; i++) {
     stream(i, s[i].a, s[i].b);
+    if (!s[i].st.mhyst) test_stream_state(m, &s[i].st);
     fl_stream_state_reset(&s[i].st);
     s[i].next = 0;
   }
@@ -190,7 +202,7 @@ static void test_interleaved_streams_match_each_alone(void **state) {
   static test_out alone[2][NWIN], mixed[2][NWIN];
   int order[2 * NWIN], masked = 0;
   /* Thresholds from the scores themselves, so that some windows flag. */
-  reset(s);
+  reset(m, s);
   for (int j = 0; j < 2 * NWIN; j++) order[j] = j % 2;
   run(m, &cal, &pc, s, order, 2 * NWIN, 4, mixed, &masked);
   float sc[2 * NWIN], ch[2 * NWIN * NCH];
@@ -203,13 +215,13 @@ static void test_interleaved_streams_match_each_alone(void **state) {
   cal.threshold = sc[NWIN];
   cal.chan_threshold = ch[NWIN * NCH];
 
-  reset(s);
+  reset(m, s);
   masked = 0;
   run(m, &cal, &pc, s, order, 2 * NWIN, 4, mixed, &masked);
   int zeros[NWIN] = {0}, ones[NWIN];
   for (int j = 0; j < NWIN; j++) ones[j] = 1;
   int unused = 0;
-  reset(s);
+  reset(m, s);
   run(m, &cal, &pc, s, zeros, NWIN, 1, alone, &unused);
   run(m, &cal, &pc, s, ones, NWIN, 3, alone, &unused);
   int flags = 0, clear = 0;
@@ -239,7 +251,7 @@ static void test_state_carries_across_calls(void **state) {
   static test_stream s[2];
   static test_out out[2][NWIN];
   int zeros[NWIN] = {0}, masked = 0;
-  reset(s);
+  reset(m, s);
   run(m, &cal, &pc, s, zeros, 2, 1, out, &masked);
   /* Two windows above with on = 3: not yet flagged; the third call is. */
   assert_int_equal(out[0][1].w.flag, 0);
@@ -266,15 +278,14 @@ static void test_invalid_arguments(void **state) {
   fl_ctx *ctx = NULL;
   assert_int_equal(fl_ctx_create_infer(&ctx, m, 1), 0);
   fl_pipeline_config pc = {1, 1, CLAMP, NULL};
-  fl_pipeline_window x;
-  memset(&x, 0, sizeof x);
-  assert_int_equal(fl_pipeline_run(m, &cal, ctx, &pc, 1, &x), FL_EINVAL); /* no state */
+  fl_pipeline_window *x = test_keep(fl_pipeline_windows_new(fl_model_spec_of(m), 1));
+  assert_int_equal(fl_pipeline_run(m, &cal, ctx, &pc, 1, x), FL_EINVAL); /* no state */
   fl_stream_state st;
-  fl_stream_state_reset(&st);
-  x.st = &st;
-  x.from = W + 1;
-  assert_int_equal(fl_pipeline_run(m, &cal, ctx, &pc, 1, &x), FL_EINVAL);
-  assert_int_equal(fl_pipeline_run(m, &cal, ctx, &pc, 0, &x), FL_EINVAL);
+  test_stream_state(m, &st);
+  x->st = &st;
+  x->from = W + 1;
+  assert_int_equal(fl_pipeline_run(m, &cal, ctx, &pc, 1, x), FL_EINVAL);
+  assert_int_equal(fl_pipeline_run(m, &cal, ctx, &pc, 0, x), FL_EINVAL);
   fl_ctx_free(ctx);
   fl_model_free(m);
 }

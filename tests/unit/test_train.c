@@ -31,6 +31,8 @@ static void sines(fl_series *ser, const fl_model_spec *s) {
   memset(ser, 0, sizeof *ser);
   ser->rows = 300;
   ser->n_mod = s->n_mod;
+  ser->x = calloc((size_t)s->n_mod, sizeof *ser->x);
+  assert_non_null(ser->x);
   for (int i = 0; i < s->n_mod; i++) {
     int C = s->mod[i].channels;
     ser->x[i] = malloc(sizeof(float) * C * ser->rows);
@@ -79,6 +81,7 @@ static void test_stage2_starts_with_fresh_moments(void **state) {
   fl_model_free(a);
   fl_model_free(b);
   fl_series_free(&ser);
+  fl_model_spec_free(&s);
 }
 
 int main(void) {

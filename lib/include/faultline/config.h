@@ -37,8 +37,12 @@ typedef struct {
                                 written ("" when absent) */
 } fl_config;
 
-/* Defaults everywhere, no modality. */
+/* Defaults everywhere, no modality.  c must hold no modalities (fresh, or
+ * after fl_config_free). */
 void fl_config_defaults(fl_config *c);
+/* Releases what loading added (the modalities); c is then as after
+ * fl_config_defaults but without them. */
+void fl_config_free(fl_config *c);
 /* Reads path over the defaults.  An unknown section or key, a value that is
  * not a number where one is needed, or an invalid model spec is an error
  * whose text names the file, line and key. */

@@ -33,8 +33,6 @@
 #include "faultline/model.h"
 #include "faultline/train.h"
 
-#define FL_MAX_TOTAL_CHANNELS (FL_MAX_MODALITIES * FL_MAX_CHANNELS)
-
 typedef struct {
   int tail;         /* base ticks at the window's end that features measure (15) */
   float quantile;   /* threshold quantile of clean held-out scores (0.99) */
@@ -61,15 +59,20 @@ typedef struct {
 
 void fl_detect_defaults(fl_detect_config *c);
 
-/* Calibration: what "clean" looks like, stored in the model file. */
+/* Calibration: what "clean" looks like, stored in the model file.  The
+ * per-channel arrays are (nch) views into one block the calibration owns:
+ * fl_calib_alloc sizes them (nch 0 until then: uncalibrated), fl_calib_copy
+ * copies, fl_calib_free releases. */
+#define FL_CALIB_ARRAYS 11
 typedef struct {
   int nch, emb;
-  float res_mu[FL_MAX_TOTAL_CHANNELS], res_sd[FL_MAX_TOTAL_CHANNELS];
-  float var_mu[FL_MAX_TOTAL_CHANNELS], var_sd[FL_MAX_TOTAL_CHANNELS];
-  float cor_mu[FL_MAX_TOTAL_CHANNELS], cor_sd[FL_MAX_TOTAL_CHANNELS];
-  float bas_mu[FL_MAX_TOTAL_CHANNELS], bas_sd[FL_MAX_TOTAL_CHANNELS];
-  float bas_v0[FL_MAX_TOTAL_CHANNELS]; /* clean spread of the baseline, a stream's start */
-  float rat_mu[FL_MAX_TOTAL_CHANNELS], rat_sd[FL_MAX_TOTAL_CHANNELS];
+  float *res_mu, *res_sd;
+  float *var_mu, *var_sd;
+  float *cor_mu, *cor_sd;
+  float *bas_mu, *bas_sd;
+  float *bas_v0; /* clean spread of the baseline, a stream's start */
+  float *rat_mu, *rat_sd;
+  float *block;  /* (FL_CALIB_ARRAYS nch) the arrays above */
   float centroid[256];
   float emb_mu, emb_sd;
   float threshold, chan_threshold;
@@ -82,17 +85,31 @@ typedef struct {
   int settle;     /* see fl_detect_config; 0 in models written before it */
 } fl_calib;
 
+/* Sizes cal's arrays for nch channels, zeroed, keeping its other fields;
+ * sets cal->nch.  Any arrays it held are released first. */
+int fl_calib_alloc(fl_calib *cal, int nch);
+void fl_calib_free(fl_calib *cal);
+/* dst (holding no arrays, or arrays fl_calib_alloc made) becomes a deep copy
+ * of src. */
+int fl_calib_copy(fl_calib *dst, const fl_calib *src);
+
+/* One window's scores.  The arrays are views into storage that
+ * fl_window_scores_new allocates for a batch. */
 typedef struct {
   float score;
-  int modality;                           /* largest modality score, -1 if none */
-  float mod_score[FL_MAX_MODALITIES];
-  float chan[FL_MAX_TOTAL_CHANNELS];      /* channel scores, model channel order */
-  float resid[FL_MAX_TOTAL_CHANNELS];     /* RMS residual over the tail, std units */
-  float level[FL_MAX_TOTAL_CHANNELS];     /* mean of the tail, std units (detrended) */
-  float noise[FL_MAX_TOTAL_CHANNELS];     /* mean squared successive difference of the tail */
-  float shift[FL_MAX_TOTAL_CHANNELS];     /* mean of the tail minus mean of the head, std units */
+  int modality;      /* largest modality score, -1 if none */
+  float *mod_score;  /* (M) */
+  float *chan;       /* (nch) channel scores, model channel order */
+  float *resid;      /* (nch) RMS residual over the tail, std units */
+  float *level;      /* (nch) mean of the tail, std units (detrended) */
+  float *noise;      /* (nch) mean squared successive difference of the tail */
+  float *shift;      /* (nch) mean of the tail minus mean of the head, std units */
   float emb_score;
 } fl_window_score;
+
+/* B window scores for M modalities and nch channels, their arrays zeroed, in
+ * one allocation: free with free().  NULL when out of memory. */
+fl_window_score *fl_window_scores_new(int B, int M, int nch);
 
 /* Scores the B windows whose standardised inputs and masks are in the
  * context (see fl_model_normalise).  Runs the model twice (stage-1 estimate
@@ -120,16 +137,22 @@ float fl_detect_ratio(float v, float h, float var_mu);
  * level, the calibration its spread. */
 typedef struct {
   int init;
-  float level[FL_MAX_TOTAL_CHANNELS], var[FL_MAX_TOTAL_CHANNELS];
+  int nch;
+  float *level, *var; /* (nch) each */
   /* re-anchoring (fl_detect_decide): moves since the stream was last calm,
    * whether the last window moved, ticks held still, ticks calm, and the
    * scores the stream is judged against once anchored */
   int moves, moving, still, calm, anchored;
-  float peak[FL_MAX_TOTAL_CHANNELS], peak_emb;
-  float anchor[FL_MAX_TOTAL_CHANNELS], anchor_emb;
+  float *peak, peak_emb;     /* (nch) */
+  float *anchor, anchor_emb; /* (nch) */
+  float *block;              /* (4 nch) the arrays above */
 } fl_detect_baseline;
 
+/* Sizes bl for nch channels and resets it.  fl_detect_baseline_reset keeps
+ * the arrays and zeroes them; fl_detect_baseline_free releases them. */
+int fl_detect_baseline_init(fl_detect_baseline *bl, int nch);
 void fl_detect_baseline_reset(fl_detect_baseline *bl);
+void fl_detect_baseline_free(fl_detect_baseline *bl);
 
 /* The baseline feature of one scored window, in the stream's order, `ticks`
  * base ticks after the previous window: how far each channel's tail mean
@@ -148,7 +171,8 @@ void fl_detect_baseline_reset(fl_detect_baseline *bl);
 void fl_detect_track(const fl_model *m, const fl_calib *cal, fl_detect_baseline *bl,
                      fl_window_score *sc, int ticks, float *raw_z);
 
-/* Calibrates on the windows of the recordings (all of them, or with
+/* Calibrates on the windows of the recordings (cal holds no arrays on entry:
+ * zeroed, or after fl_calib_free; it owns new ones after a success)  (all of them, or with
  * dcfg->calibrate_all = 0 the held-out ones of the trainer's split, cfg) and
  * sets the thresholds from dcfg. */
 int fl_detect_calibrate(fl_model *m, fl_calib *cal, const fl_series *s, int ns,
@@ -175,7 +199,7 @@ int fl_detect_calibrate_with(fl_model *m, fl_calib *cal, int nw, int Bmax,
  * clamp.  Windows without a faulty channel are left as they are; nothing runs
  * if there is none.  Leaves slot b's input and mask as masked. */
 int fl_detect_reestimate(fl_model *m, const fl_calib *cal, fl_ctx *ctx, int B,
-                         float *const (*raw)[FL_MAX_MODALITIES], const unsigned char *faulty,
+                         float *const *const *raw, const unsigned char *faulty,
                          float clamp);
 
 /* Gated correction of one window's modality i: corrected (C_i, T_i) raw

@@ -31,19 +31,32 @@
 typedef struct {
   int on; /* 1: fitted */
   int nch;
-  float w[FL_MAX_TOTAL_CHANNELS * FL_MAX_TOTAL_CHANNELS]; /* (nch, nch) row k: k on the others */
-  float v[FL_MAX_TOTAL_CHANNELS * FL_ESTIMATE_LAGS];      /* (nch, lags) anchored error variance */
-  float vm[FL_MAX_TOTAL_CHANNELS]; /* the network's masked error variance */
+  float *w;  /* (nch, nch) row k: k on the others */
+  float *v;  /* (nch, lags) anchored error variance */
+  float *vm; /* (nch) the network's masked error variance */
 } fl_estimator;
+
+/* Sizes e's arrays for nch channels, zeroed and not fitted (on = 0); e
+ * holds no arrays on entry (whatever it holds is overwritten, not freed).
+ * fl_estimator_free releases them. */
+int fl_estimator_alloc(fl_estimator *e, int nch);
+void fl_estimator_free(fl_estimator *e);
 
 /* Per stream and channel: the residual at the last trusted tick and its
  * age.  Zero it when the stream starts (no anchor yet). */
 typedef struct {
-  float res[FL_MAX_TOTAL_CHANNELS];
-  int age[FL_MAX_TOTAL_CHANNELS];
-  unsigned char anchored[FL_MAX_TOTAL_CHANNELS]; /* res holds an anchor */
-  unsigned char held[FL_MAX_TOTAL_CHANNELS];     /* replaced at the previous tick */
+  int nch;
+  float *res;              /* (nch) */
+  int *age;                /* (nch) */
+  unsigned char *anchored; /* (nch) res holds an anchor */
+  unsigned char *held;     /* (nch) replaced at the previous tick */
 } fl_estimate_state;
+
+/* Sizes st for nch channels with no anchor; _reset keeps the arrays and
+ * forgets the anchors, _free releases them. */
+int fl_estimate_state_init(fl_estimate_state *st, int nch);
+void fl_estimate_state_reset(fl_estimate_state *st);
+void fl_estimate_state_free(fl_estimate_state *st);
 
 /* The lag (base ticks) of variance entry l for a window of W ticks. */
 int fl_estimate_lag(int W, int l);
@@ -55,7 +68,7 @@ float fl_estimate_var(const fl_estimator *e, int W, int k, int age);
 /* Fuses two estimates by inverse variance; *var receives the fused one. */
 float fl_estimate_fuse(float a, float va, float b, float vb, float *var);
 
-/* Fits e on the ns recordings s (raw units, the model's layout): the
+/* Fits e (holding no arrays: see fl_estimator_alloc) on the ns recordings s (raw units, the model's layout): the
  * regression and its error at every lag, then the network's masked error
  * on up to 64 windows spread over the recordings (tail ticks, `tail` of
  * them, each channel masked in turn as fl_detect_reestimate masks it).
@@ -76,8 +89,8 @@ int fl_estimate_fit(fl_model *m, fl_estimator *e, const fl_series *s, int ns, in
  * tick on is anchored on the ticks just before the window's tail, not on
  * the readings that raised the flag. */
 int fl_estimate_apply(const fl_model *m, const fl_estimator *e, fl_estimate_state *st, int tail,
-                      float *const raw[FL_MAX_MODALITIES], const unsigned char *faulty,
-                      float range, int from, float *const corrected[FL_MAX_MODALITIES],
-                      float *const sigma[FL_MAX_MODALITIES]);
+                      float *const *raw, const unsigned char *faulty,
+                      float range, int from, float *const *corrected,
+                      float *const *sigma);
 
 #endif

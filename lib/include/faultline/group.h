@@ -16,8 +16,11 @@
  *             is at least `min_corr` (drifting sensors merge with each other
  *             whatever it is), never above `max_size` sensors, never across
  *             rates or across drifting and steady sensors.  When more
- *             than FL_MAX_MODALITIES groups remain, the most similar
- *             allowed pairs are merged whatever their similarity.
+ *             than `max_modalities` groups remain (by default the larger
+ *             of 8 and twice the fewest that `max_size` allows, so that a
+ *             wide plant's model stays in proportion to its sensors), the
+ *             most similar allowed pairs are merged whatever their
+ *             similarity.
  *
  * The plan depends only on the table's values and names and the config, and
  * ties are broken by column order, so the same data gives the same modalities.
@@ -31,12 +34,11 @@
 #include "faultline/detect.h"
 #include "faultline/model.h"
 
-#define FL_GROUP_MAX_SENSORS (FL_MAX_MODALITIES * FL_MAX_CHANNELS)
-
 typedef struct {
   float min_corr;     /* similarity needed to merge two groups (0.5) */
   float prefix_bonus; /* added to the similarity of sensors with one prefix (0.2) */
-  int max_size;       /* sensors per modality at most, <= FL_MAX_CHANNELS (8) */
+  int max_size;       /* sensors per modality at most (8) */
+  int max_modalities; /* groups at most; 0: max(8, 2 ceil(sensors / max_size)) (0) */
   float drift_share;  /* the slow part's share of the variance for drift (0.5) */
   int drift_span;     /* ticks of the slow part's moving mean (30, half a
                          window of 60) */
@@ -57,25 +59,29 @@ typedef struct {
   char name[FL_NAME_MAX];
   int rate, drifts;
   int n;                        /* sensors */
-  int sensor[FL_MAX_CHANNELS];  /* indices into the plan's sensors */
+  int *sensor;                  /* (n) indices into the plan's sensors */
   float cohesion;               /* mean |correlation| inside (1 for one sensor) */
   float nearest;                /* largest mean |correlation| with another group */
-  int forced;                   /* merged below min_corr to fit FL_MAX_MODALITIES */
+  int forced;                   /* merged below min_corr to fit max_modalities */
 } fl_group_modality;
 
+/* The plan owns its arrays: fl_group_plan_free. */
 typedef struct {
   int n_sensor, n_mod, smooth;
-  fl_group_sensor sensor[FL_GROUP_MAX_SENSORS];
-  fl_group_modality mod[FL_MAX_MODALITIES];
+  int max_mod;               /* the cap on groups that applied */
+  fl_group_sensor *sensor;   /* (n_sensor) */
+  fl_group_modality *mod;    /* (n_mod) */
+  int *member;               /* (n_sensor) the modalities' sensor lists */
 } fl_group_plan;
 
 /* Plans the modalities of table t, skipping the columns whose skip[j] is
  * non-zero (labels; skip may be NULL).  Errors: FL_EINVAL (no sensor, fewer
- * than 8 rows, a bad config), FL_ERANGE (more sensors than
- * FL_GROUP_MAX_SENSORS, or groups that cannot fit FL_MAX_MODALITIES: why
- * says which), FL_ENOMEM. */
+ * than 8 rows, a bad config), FL_ERANGE (a column name too long: why says
+ * which), FL_ENOMEM.  plan need not be initialised; free it with
+ * fl_group_plan_free whatever the result. */
 int fl_group_plan_table(const fl_table *t, const unsigned char *skip, const fl_group_config *c,
                         fl_group_plan *plan, char *why, size_t whylen);
+void fl_group_plan_free(fl_group_plan *plan);
 
 /* Appends the plan's modalities to spec (which should have none). */
 int fl_group_apply(const fl_group_plan *plan, fl_model_spec *spec);
@@ -96,10 +102,19 @@ int fl_group_window(double period, int rows);
  * default 256 up to 32 channels, 512 above. */
 int fl_group_hidden(int channels);
 
-/* Base ticks between training windows for `rows` training rows and the
- * window: 1, or more so that an epoch sees at most 4000 windows and one core
- * trains a long recording in minutes, not hours. */
-int fl_group_train_stride(int rows, int window);
+/* The encoders' output channels (enc2) for n_mod modalities and a window of
+ * `window` ticks: the default 32 while the fused latent (n_mod enc2
+ * window/4 values) stays within 8192, fewer above (4 at least), so that the
+ * compute block and the head, dense on the latent, grow with the plant
+ * linearly rather than with its square. */
+int fl_group_latent(int n_mod, int window);
+
+/* Base ticks between training windows for `rows` training rows, the window
+ * and `channels` channels: 1, or more so that an epoch sees at most 4000
+ * windows and at most 4000 x 64 window-channels, and one core trains a long
+ * recording or a wide plant in minutes, not hours (each modality's encoder
+ * still sees its own channels in every window of the epoch). */
+int fl_group_train_stride(int rows, int window, int channels);
 
 /* The detector's defaults for `rows` training rows and the window:
  * hysteresis of a twelfth of the window each way (2 at least); and with

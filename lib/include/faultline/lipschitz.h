@@ -25,8 +25,6 @@
 
 #include "faultline/model.h"
 
-#define FL_LIPSCHITZ_MAX_LAYERS (4 * FL_MAX_MODALITIES + 5)
-
 /* Where a tangent is measured. */
 typedef enum {
   FL_PATH_LATENT = 0, /* the fused latent z (encoders only; shared by both paths) */
@@ -45,32 +43,40 @@ typedef enum {
 const char *fl_path_name(fl_path p);
 const char *fl_probe_name(fl_probe k);
 
+/* The arrays are views into one block fl_lipschitz_bounds allocates;
+ * fl_lipschitz_bound_free releases it. */
 typedef struct {
-  int nlayers;
-  float sigma[FL_LIPSCHITZ_MAX_LAYERS]; /* spectral norm of each layer of the table */
-  float enc[FL_MAX_MODALITIES];         /* x_m -> z_m: both encoder layers, activations */
-  float dec[FL_MAX_MODALITIES];         /* z'_m -> out_m */
-  float dec_max;                        /* the decoders side by side: max of dec[] */
-  float block;                          /* z -> z': 1 + prod of the block's bounds */
-  float head;                           /* z -> head output before normalisation */
-  float path[FL_PATH_COUNT][FL_MAX_MODALITIES]; /* per path, from modality m's input */
+  int nlayers, n_mod;
+  float *sigma;                /* (nlayers) spectral norm of each layer of the table */
+  float *enc;                  /* (M) x_m -> z_m: both encoder layers, activations */
+  float *dec;                  /* (M) z'_m -> out_m */
+  float dec_max;               /* the decoders side by side: max of dec[] */
+  float block;                 /* z -> z': 1 + prod of the block's bounds */
+  float head;                  /* z -> head output before normalisation */
+  float *path[FL_PATH_COUNT];  /* (M) each: per path, from modality m's input */
+  float *block_;               /* the storage */
 } fl_lipschitz_bound;
+
+void fl_lipschitz_bound_free(fl_lipschitz_bound *b);
 
 /* Which paths a layer lies on: bit (1 << 0) detection, bit (1 << 1) correction. */
 #define FL_ON_DETECTION 1
 #define FL_ON_CORRECTION 2
 int fl_lipschitz_layer_paths(const fl_layer *l);
 
-/* Spectral norms of every layer and the path bounds built from them. */
+/* Spectral norms of every layer and the path bounds built from them; out
+ * need not be initialised and is to be released with fl_lipschitz_bound_free. */
 int fl_lipschitz_bounds(fl_model *m, fl_lipschitz_bound *out);
 
 /* Tangents of one JVP batch; tangent b is taken at the primal of slot b of
  * the context's last forward pass. */
+/* The caller owns dx and dout, (M) pointers each. */
 typedef struct {
-  const float *dx[FL_MAX_MODALITIES]; /* in: (B, C_m, T_m); NULL = zero */
-  float *dz;                          /* out: (B, |z|) at z; may be NULL */
-  float *dhead;                       /* out: (B, emb) before normalisation; NULL skips the head */
-  float *dout[FL_MAX_MODALITIES];     /* out: (B, C_m, T_m) at D(z'); all NULL skips the decoders */
+  const float **dx; /* in: (M) each (B, C_m, T_m); NULL = zero */
+  float *dz;        /* out: (B, |z|) at z; may be NULL */
+  float *dhead;     /* out: (B, emb) before normalisation; NULL skips the head */
+  float **dout;     /* out: (M) each (B, C_m, T_m) at D(z'); NULL or all NULL
+                       skips the decoders */
 } fl_jvp;
 
 /* Forward-mode JVP through the layers the last fl_model_forward(m, c, B, ...)
@@ -83,13 +89,13 @@ int fl_lipschitz_jvp(fl_model *m, fl_ctx *c, int B, fl_jvp *j);
 int fl_lipschitz_positions(int T, int npos, int *pos);
 
 /* Gains ||J d|| / ||d|| of the unit faults d of one modality at one operating
- * point x0[i] (C_i, T_i) per modality, standardised (the model's input).
+ * point x0[i] (C_i, T_i) per modality (M pointers), standardised (the model's input).
  * gain is (C_mod, npos, FL_PROBE_COUNT, FL_PATH_COUNT), row-major.  The
  * context (created with max_batch >= batch; a larger batch is faster) runs
  * the forward pass on batch copies of x0, with the block and the head; its
  * inputs are overwritten. */
 int fl_lipschitz_probe(fl_model *m, fl_ctx *c, int batch,
-                       const float *const x0[FL_MAX_MODALITIES], int modality,
+                       const float *const *x0, int modality,
                        const int *pos, int npos, float *gain);
 
 #endif

@@ -23,8 +23,6 @@
 #include "faultline/csv.h"
 #include "faultline/nn.h"
 
-#define FL_MAX_MODALITIES 8
-#define FL_MAX_CHANNELS 16 /* per modality */
 #define FL_NAME_MAX 64
 
 typedef struct {
@@ -32,15 +30,19 @@ typedef struct {
   int channels; /* C_m */
   int rate;     /* samples per base tick, >= 1 */
   int drifts;   /* 1: its level drifts in normal operation; judge shape, not trend */
-  char channel[FL_MAX_CHANNELS][FL_NAME_MAX]; /* column names, see fl_model_columns */
+  char (*channel)[FL_NAME_MAX]; /* (channels) column names, see fl_model_column_name;
+                                 owned by the spec */
 } fl_modality;
 
 /* The modules, for per-module clipping and Lipschitz targets. */
 typedef enum { FL_MOD_ENC = 0, FL_MOD_DEC, FL_MOD_BLOCK, FL_MOD_HEAD, FL_MOD_COUNT } fl_module;
 
+/* A spec owns its modalities (and their channel names): there is no limit on
+ * either count but memory.  Copy it with fl_model_spec_copy, release it with
+ * fl_model_spec_free; a plain struct copy would share them. */
 typedef struct {
   int n_mod;
-  fl_modality mod[FL_MAX_MODALITIES];
+  fl_modality *mod; /* (n_mod) */
   int window;          /* base ticks per window, a multiple of 4 (60) */
   int enc1, enc2;      /* encoder channels (16, 32) */
   int kernel;          /* kernel of the rate-1 convolutions (5) */
@@ -51,11 +53,19 @@ typedef struct {
   float target[FL_MOD_COUNT]; /* Lipschitz target per layer of each module; <= 0: none */
 } fl_model_spec;
 
-/* Defaults of the design with no modality; the caller adds modalities. */
+/* Defaults of the design with no modality; the caller adds modalities.  s
+ * must not hold modalities (fresh, or after fl_model_spec_free). */
 void fl_model_spec_defaults(fl_model_spec *s);
+/* Releases the modalities and leaves s with none (the other fields kept). */
+void fl_model_spec_free(fl_model_spec *s);
+/* dst becomes a deep copy of src; dst must not hold modalities.  On error dst
+ * holds none. */
+int fl_model_spec_copy(fl_model_spec *dst, const fl_model_spec *src);
 /* Appends a modality of `channels` columns named by `names` at `rate`. */
 int fl_model_spec_add(fl_model_spec *s, const char *name, int rate, int channels,
                       const char *const *names);
+/* Appends one channel named `name` to modality i. */
+int fl_model_spec_add_channel(fl_model_spec *s, int i, const char *name);
 /* Validates the spec: sizes, window a multiple of 4, rates, names. */
 int fl_model_spec_check(const fl_model_spec *s);
 /* Do models of specs a and b take the same windows: the same window length
@@ -177,7 +187,7 @@ int fl_model_layer_norm(fl_model *m, int layer, float *sigma);
 typedef struct {
   int rows; /* base ticks */
   int n_mod;
-  float *x[FL_MAX_MODALITIES];
+  float **x; /* (n_mod) */
 } fl_series;
 
 /* Fills s from t.  A column the spec names and t lacks is an error whose
@@ -192,7 +202,7 @@ int fl_model_column_name(const fl_model_spec *spec, int i, int c, int k, char *b
 /* Copies the raw window that ends before base tick `end` (ticks end - window
  * .. end - 1) into raw[i] (C_i, T_i) for every modality. */
 int fl_series_window(const fl_series *s, const fl_model_spec *spec, int end,
-                     float *const raw[FL_MAX_MODALITIES]);
+                     float *const *raw);
 
 /* Standardises one modality's raw window (C_i, T_i) into slot b of the
  * context's input with the model's mean and std, clamped to +-clamp

@@ -26,18 +26,21 @@
 #include "faultline/detect.h"
 #include "faultline/estimate.h"
 
-/* What a stream carries from one window to the next.  Zero it (or
- * fl_stream_state_reset) when the stream starts.  State that later steps
- * need across windows belongs here, so that the scan and the daemon keep
- * it alike. */
+/* What a stream carries from one window to the next, sized for a model by
+ * fl_stream_state_init; fl_stream_state_reset when the stream starts again.
+ * State that later steps need across windows belongs here, so that the scan
+ * and the daemon keep it alike. */
 typedef struct {
-  fl_detect_baseline base;          /* the baseline feature's level per channel */
-  fl_hyst hyst;                     /* the window flag's hysteresis */
-  fl_hyst mhyst[FL_MAX_MODALITIES]; /* each modality's flag's hysteresis */
-  fl_estimate_state est;            /* each channel's last trusted anchor */
+  int n_mod;
+  fl_detect_baseline base; /* the baseline feature's level per channel */
+  fl_hyst hyst;            /* the window flag's hysteresis */
+  fl_hyst *mhyst;          /* (M) each modality's flag's hysteresis */
+  fl_estimate_state est;   /* each channel's last trusted anchor */
 } fl_stream_state;
 
+int fl_stream_state_init(fl_stream_state *s, const fl_model_spec *spec);
 void fl_stream_state_reset(fl_stream_state *s);
+void fl_stream_state_free(fl_stream_state *s);
 
 typedef struct {
   int on, off;  /* hysteresis: windows above (below) the threshold to raise
@@ -48,7 +51,9 @@ typedef struct {
 } fl_pipeline_config;
 
 /* One window of a batch: the caller fills the inputs, the pipeline the
- * outputs. */
+ * outputs.  fl_pipeline_windows_new makes a batch of them with every array
+ * sized for the model (the raw, corrected and sigma pointers NULL, for the
+ * caller to point at its buffers); free it with free(). */
 typedef struct {
   /* in */
   fl_stream_state *st;  /* the window's stream */
@@ -56,21 +61,19 @@ typedef struct {
   int from;             /* the first base tick of the window (0 to window)
                            whose corrected values are written: the ticks the
                            window decides for */
-  float *raw[FL_MAX_MODALITIES];       /* (C_i, T_i) raw units, as normalised
-                                          into the context */
-  float *corrected[FL_MAX_MODALITIES]; /* (C_i, T_i) raw units: samples
-                                          t >= from * rate_i are written, the
-                                          others left alone */
-  float *sigma[FL_MAX_MODALITIES];     /* (C_i, T_i) or NULL: each written
-                                          sample's uncertainty, raw units (0
-                                          where the input passed, NaN where
-                                          no estimator says) */
+  float **raw;       /* (M) each (C_i, T_i) raw units, as normalised into the
+                        context */
+  float **corrected; /* (M) each (C_i, T_i) raw units: samples t >= from *
+                        rate_i are written, the others left alone */
+  float **sigma;     /* (M) each (C_i, T_i) or NULL: each written sample's
+                        uncertainty, raw units (0 where the input passed, NaN
+                        where no estimator says) */
   /* out */
   fl_window_score sc;   /* scores, the baseline folded in (fl_detect_decide) */
   int flag;             /* debounced window flag */
   int above;            /* the window's own decision: score above threshold */
-  int mflag[FL_MAX_MODALITIES]; /* debounced modality flags */
-  unsigned char faulty[FL_MAX_TOTAL_CHANNELS]; /* channels the correction replaced */
+  int *mflag;             /* (M) debounced modality flags */
+  unsigned char *faulty; /* (nch) channels the correction replaced */
   int intact;           /* 1: the context slot still holds the window's input
                            and mask as normalised (no channel masked) */
   int learnable;        /* intact, not flagged and not above the threshold:
@@ -84,6 +87,8 @@ typedef struct {
  * only intact slots (in particular the learnable ones) are the window as it
  * came.  Returns 0 or the first step's error; after an error the outputs
  * are undefined and the states of windows decided before it have moved. */
+fl_pipeline_window *fl_pipeline_windows_new(const fl_model_spec *spec, int B);
+
 int fl_pipeline_run(fl_model *m, const fl_calib *cal, fl_ctx *ctx, const fl_pipeline_config *cfg,
                     int B, fl_pipeline_window *w);
 
