@@ -146,7 +146,6 @@ const char *fld_reject_name(int reason);
 const char *fld_drop_name(int reason);
 
 #define FLD_LAT_BUCKETS 14
-#define FLD_MAX_MODNAMES 32
 
 typedef struct {
   uint64_t received, processed;
@@ -158,9 +157,9 @@ typedef struct {
   uint64_t reports, reports_failed, windows_flagged;
   /* anomalies by modality name, names kept across model reloads so that a
    * counter never disappears while the process lives */
-  int n_modnames;
-  char modname[FLD_MAX_MODNAMES][FL_NAME_MAX];
-  uint64_t anomalies[FLD_MAX_MODNAMES];
+  int n_modnames, cap_modnames;
+  char (*modname)[FL_NAME_MAX]; /* (cap_modnames), grown as models name more */
+  uint64_t *anomalies;          /* (cap_modnames) */
   /* processing latency histogram, seconds */
   uint64_t lat_bucket[FLD_LAT_BUCKETS + 1];
   double lat_sum;
@@ -173,6 +172,9 @@ typedef struct {
   double start_time;
 } fld_metrics;
 
+/* The anomaly counter's index of a modality name, added at 0 when new (the
+ * table grows: a model may have any number of modalities); -1 only when
+ * memory runs out before any name is held. */
 int fld_metrics_modality(fld_metrics *m, const char *name);
 void fld_metrics_latency(fld_metrics *m, double seconds);
 

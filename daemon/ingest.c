@@ -289,7 +289,10 @@ void fld_ingest_flush(fld_app *app) {
     fld_slot *sl = &app->pending[k];
     const fl_pipeline_window *w = &e->win[k];
     for (int i = 0; i < spec->n_mod; i++)
-      if (w->mflag[i]) app->m.anomalies[fld_metrics_modality(&app->m, spec->mod[i].name)]++;
+      if (w->mflag[i]) {
+        int slot = fld_metrics_modality(&app->m, spec->mod[i].name);
+        if (slot >= 0) app->m.anomalies[slot]++;
+      }
     if (w->flag) app->m.windows_flagged++;
     fld_stream *st = sl->st;
     st->last_flag = w->flag;

@@ -398,6 +398,8 @@ out:
   if (app.zctx) fln_zterm(app.zctx);
   fld_streams_clear(&app);
   free(app.streams);
+  free(app.m.modname);
+  free(app.m.anomalies);
   fld_tune_free(&app);
   fld_engine_free(app.eng);
   if (app.loop) uv_loop_close(app.loop);

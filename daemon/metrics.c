@@ -35,7 +35,16 @@ void fld_limit_hit(fld_app *app, int limit, const char *fmt, ...) {
 int fld_metrics_modality(fld_metrics *m, const char *name) {
   for (int i = 0; i < m->n_modnames; i++)
     if (!strcmp(m->modname[i], name)) return i;
-  if (m->n_modnames == FLD_MAX_MODNAMES) return FLD_MAX_MODNAMES - 1; /* shared overflow slot */
+  if (m->n_modnames == m->cap_modnames) {
+    int cap = m->cap_modnames ? 2 * m->cap_modnames : 32;
+    char(*nm)[FL_NAME_MAX] = realloc(m->modname, sizeof *nm * cap);
+    if (nm) m->modname = nm;
+    uint64_t *na = nm ? realloc(m->anomalies, sizeof *na * cap) : NULL;
+    if (!na) return m->n_modnames - 1; /* out of memory: the last name's counter is shared */
+    m->anomalies = na;
+    memset(na + m->cap_modnames, 0, sizeof *na * (cap - m->cap_modnames));
+    m->cap_modnames = cap;
+  }
   snprintf(m->modname[m->n_modnames], FL_NAME_MAX, "%s", name);
   return m->n_modnames++;
 }

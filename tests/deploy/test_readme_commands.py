@@ -97,6 +97,9 @@ CHECK_ONLY = [
     (r"(?s)^FL_TUNE_SEED=23 FL_TUNE_MODEL=\S+ \\?\s*/usr/bin/python3 tests/daemon/test_tune\.py drift ",
      "two daemons streaming for minutes and two evaluations: the test daemon_tune_drift runs "
      "exactly this scenario"),
+    (r"^OPENBLAS_NUM_THREADS=1 /usr/bin/python3 tests/bench/wide\.py ",
+     "trains 504- and 8-sensor models on an hour of data, evaluates and serves both: tens of "
+     "minutes; the test wide_1000 runs the same path at 1,000 channels"),
     (r"^meson test -C build .*--benchmark (daemon|scale)\b",
      "the daemon and scale-out benchmarks take minutes; the tests daemon_* and scale_* run "
      "the same code"),
