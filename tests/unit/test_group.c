@@ -243,9 +243,11 @@ static void test_drift_margin_on_few_rows(void **state) {
     assert_int_equal(p->sensor[1].drifts, 0);
     if (!k) assert_true(slow >= need); /* the case the margin is for */
     if (k) assert_int_equal(p->sensor[0].drifts, 0);
+    fl_group_plan_free(p);
     c.drift_se = 0.0f;
     assert_int_equal(fl_group_plan_table(&t, NULL, &c, p, why, sizeof why), 0);
     assert_int_equal(p->sensor[0].drifts, 0);
+    fl_group_plan_free(p);
     fl_table_free(&t);
   }
   free(p);
