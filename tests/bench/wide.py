@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "daemon"))
 import zmq  # noqa: E402
 
 import fldtest as T  # noqa: E402
+from daemon_memory import status  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--build", default="build")
@@ -209,14 +210,6 @@ def weight_bytes(model):
         h = json.loads(f.read(n))
     return sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in h.items()
                if k != "__metadata__")
-
-
-def status(pid, key):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 def proc_cpu(pid):
