@@ -27,6 +27,7 @@ void fld_config_defaults(fld_config *c) {
   c->out_bind = 1;
   c->stride = 15;
   c->batch = 16;
+  c->batch_memory = 4.0;
   c->score = 1;
   c->sndhwm = 100000;
   snprintf(c->metrics_listen, sizeof c->metrics_listen, "127.0.0.1:9108");
@@ -170,6 +171,8 @@ static int fld__key(void *user, const char *section, const char *key, const char
   } else if (IS("output", "batch")) {
     if (fld__long(value, 1, FLD_MAX_BATCH, &l)) goto bad;
     c->batch = (int)l;
+  } else if (IS("output", "batch_memory")) {
+    if (fld__double(value, 0.1, 65536.0, &c->batch_memory)) goto bad;
   } else if (IS("output", "score")) {
     if (fl_config_bool(value, &c->score)) goto bad;
   } else if (IS("output", "sndhwm")) {

@@ -79,6 +79,7 @@ typedef struct {
   char out_endpoint[FLD_MAX_ENDPOINTS][FLD_ENDPOINT_MAX];
   int stride;                   /* base ticks between windows */
   int batch;                    /* windows per model call at most */
+  double batch_memory;          /* MB of scratch the batch may hold */
   int score;                    /* 0: ingest only, no window is scored */
   int sndhwm;
   /* [metrics] */

@@ -485,6 +485,18 @@ static fl_ctx *fl__ctx_new(const fl_model *m, int max_batch) {
   return c;
 }
 
+static size_t fl__ctx_work(const fl_model *m, int max_batch) {
+  size_t work = 0;
+  for (int i = 0; i < m->nlayers; i++) {
+    const fl_layer *l = &m->layer[i];
+    size_t w = l->kind == FL_LAYER_CONV    ? fl_conv1d_workspace(&l->conv, max_batch, l->tin)
+               : l->kind == FL_LAYER_CONVT ? fl_convt1d_workspace(&l->conv, max_batch, l->tin)
+                                           : 0;
+    if (w > work) work = w;
+  }
+  return work;
+}
+
 static int fl__ctx_create_infer(fl_ctx *c, const fl_model *m, size_t B, size_t work) {
   const fl_model_spec *s = &m->spec;
   int ok = fl__ctx_alloc_io(c, m, B);
@@ -507,16 +519,21 @@ static int fl__ctx_create_infer(fl_ctx *c, const fl_model *m, size_t B, size_t w
   return ok ? 0 : FL_ENOMEM;
 }
 
-static size_t fl__ctx_work(const fl_model *m, int max_batch) {
-  size_t work = 0;
-  for (int i = 0; i < m->nlayers; i++) {
-    const fl_layer *l = &m->layer[i];
-    size_t w = l->kind == FL_LAYER_CONV    ? fl_conv1d_workspace(&l->conv, max_batch, l->tin)
-               : l->kind == FL_LAYER_CONVT ? fl_convt1d_workspace(&l->conv, max_batch, l->tin)
-                                           : 0;
-    if (w > work) work = w;
+
+size_t fl_ctx_infer_bytes(const fl_model *m, int max_batch) {
+  if (!m || max_batch <= 0) return 0;
+  const fl_model_spec *s = &m->spec;
+  size_t B = (size_t)max_batch, n = 0;
+  /* fl__ctx_alloc_io and fl__ctx_create_infer, float by float. */
+  for (int i = 0; i < s->n_mod; i++) {
+    size_t T = (size_t)s->window * s->mod[i].rate, C = s->mod[i].channels;
+    n += B * C * (4 * T + 2);
   }
-  return work;
+  size_t Z = m->Z, H = s->hidden > s->head_hidden ? s->hidden : s->head_hidden;
+  n += B * ((size_t)s->enc1 * 2 * m->L + (size_t)s->enc2 * m->L + 2 * Z + 2 * H +
+            (size_t)s->head_hidden + 2 * (size_t)s->emb + 1);
+  n += fl__ctx_work(m, max_batch);
+  return n * sizeof(float);
 }
 
 int fl_ctx_create_infer(fl_ctx **out, const fl_model *m, int max_batch) {
@@ -849,6 +866,22 @@ int fl_series_from_table(fl_series *s, const fl_model_spec *spec, const fl_table
       }
   }
   return 0;
+}
+
+int fl_series_unused(const fl_model_spec *spec, const fl_table *t, unsigned char *unused) {
+  if (!spec || !t || !unused) return FL_EINVAL;
+  memset(unused, 1, (size_t)t->cols);
+  char name[2 * FL_NAME_MAX];
+  for (int i = 0; i < spec->n_mod; i++)
+    for (int c = 0; c < spec->mod[i].channels; c++)
+      for (int k = 0; k < spec->mod[i].rate; k++) {
+        fl_model_column_name(spec, i, c, k, name, sizeof name);
+        int col = fl_table_col(t, name);
+        if (col >= 0) unused[col] = 0;
+      }
+  int n = 0;
+  for (int j = 0; j < t->cols; j++) n += unused[j];
+  return n;
 }
 
 int fl_series_window(const fl_series *s, const fl_model_spec *spec, int end,

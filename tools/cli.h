@@ -40,6 +40,10 @@ int cli_same_layout(const fl_model_spec *a, const fl_model_spec *b, char *why, s
 
 /* Is this a label column (anomaly, changepoint, anomaly_kind)? */
 int cli_is_label(const char *name);
+/* fl_series_from_table with its error said as `cmd: what: ...`; a sensor
+ * column the model does not read is named on stderr, not lost silently. */
+int cli_series(const char *cmd, const char *what, const fl_model_spec *spec, const fl_table *t,
+               fl_series *s);
 
 /* Trains a bundle on the tables (both stages and calibration); progress to
  * stderr unless quiet. */

@@ -253,10 +253,7 @@ int cmd_analyze(int argc, char **argv) {
   if (npos > s->window) npos = s->window;
   if (data) {
     if (cli_read_csv("analyze", data, &t)) goto done;
-    if (fl_series_from_table(&ser, s, &t, err, sizeof err)) {
-      cli_fail("analyze", "%s: %s", data, err);
-      goto done;
-    }
+    if (cli_series("analyze", data, s, &t, &ser)) goto done;
     if (ser.rows < s->window) {
       cli_fail("analyze", "%s: %d rows, fewer than one window of %d", data, ser.rows, s->window);
       goto done;

@@ -243,10 +243,7 @@ int cmd_calibrate(int argc, char **argv) {
   c.train.clamp = b.clamp;
   for (int k = 0; k < nd; k++) {
     if (cli_read_csv("calibrate", data[k], &t[k])) goto done;
-    if (fl_series_from_table(&s[k], spec, &t[k], err, sizeof err)) {
-      cli_fail("calibrate", "%s: %s", data[k], err);
-      goto done;
-    }
+    if (cli_series("calibrate", data[k], spec, &t[k], &s[k])) goto done;
   }
   /* The loaded calibration and estimator make way for the new ones. */
   fl_calib_free(&b.calib);
@@ -329,10 +326,7 @@ int cmd_score(int argc, char **argv) {
   fl_scan_result r = {0};
   int rc = 1, e;
   if (cli_read_csv("score", in, &t)) goto done0;
-  if (fl_series_from_table(&s, fl_model_spec_of(b.model), &t, err, sizeof err)) {
-    cli_fail("score", "%s: %s", in, err);
-    goto done;
-  }
+  if (cli_series("score", in, fl_model_spec_of(b.model), &t, &s)) goto done;
   if ((e = fl_scan(&b, &s, 1, &r))) {
     cli_fail("score", "scoring failed: %s", fl_strerror(e));
     goto done;
@@ -402,7 +396,6 @@ int cmd_detect(int argc, char **argv) {
   fl_scan_result r = {0};
   fl_bundle b = {0};
   int rc = 1, e;
-  char err[512];
   if (cli_read_csv("detect", train, &tr) || cli_read_csv("detect", test, &te)) goto done;
   if (cli_default_modality("detect", &c, &tr, config != NULL)) goto done;
   if (cli_train("detect", &c, &tr, 1, &b, 1)) goto done;
@@ -411,10 +404,7 @@ int cmd_detect(int argc, char **argv) {
     cli_fail("detect", "out of memory");
     goto done;
   }
-  if (fl_series_from_table(&s, &c.spec, &joined, err, sizeof err)) {
-    cli_fail("detect", "%s: %s", test, err);
-    goto done;
-  }
+  if (cli_series("detect", test, &c.spec, &joined, &s)) goto done;
   if ((e = fl_scan(&b, &s, 1, &r))) {
     cli_fail("detect", "scoring failed: %s", fl_strerror(e));
     goto done;

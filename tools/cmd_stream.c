@@ -165,12 +165,8 @@ int cmd_replay(int argc, char **argv) {
   fl_series s = {0};
   int rc = 1;
   void *zctx = NULL, *sock = NULL;
-  char err[512];
   if (cli_default_modality("replay", &c, &t, config != NULL)) goto done;
-  if (fl_series_from_table(&s, &c.spec, &t, err, sizeof err)) {
-    cli_fail("replay", "%s: %s", in, err);
-    goto done;
-  }
+  if (cli_series("replay", in, &c.spec, &t, &s)) goto done;
   const fl_model_spec *spec = &c.spec;
   if (inject) {
     fl_fault_type ft;

@@ -101,6 +101,28 @@ int cli_is_label(const char *name) {
          !strcmp(name, "anomaly_kind") || !strcmp(name, "anomaly_unit");
 }
 
+int cli_series(const char *cmd, const char *what, const fl_model_spec *spec, const fl_table *t,
+               fl_series *s) {
+  char err[512];
+  if (fl_series_from_table(s, spec, t, err, sizeof err))
+    return cli_fail(cmd, "%s: %s", what, err);
+  unsigned char *unused = malloc(t->cols ? (size_t)t->cols : 1);
+  if (!unused) return 0;
+  int n = 0, shown = 0;
+  if (fl_series_unused(spec, t, unused) > 0)
+    for (int j = 0; j < t->cols; j++) n += unused[j] && !cli_is_label(t->names[j]);
+  if (n) {
+    fprintf(stderr, "faultline %s: %s: %d column%s not in the model, ignored:", cmd, what, n,
+            n == 1 ? "" : "s");
+    for (int j = 0; j < t->cols && shown < 5; j++)
+      if (unused[j] && !cli_is_label(t->names[j]))
+        fprintf(stderr, "%s %s", shown++ ? "," : "", t->names[j]);
+    fprintf(stderr, "%s\n", n > shown ? ", ..." : "");
+  }
+  free(unused);
+  return 0;
+}
+
 int cli_group(const char *cmd, const fl_table *t, const fl_group_config *gc,
               fl_group_plan *plan) {
   unsigned char *skip = calloc(t->cols ? t->cols : 1, 1);
@@ -170,17 +192,16 @@ static void cli_progress_cb(const fl_train_progress *p, void *user) {
 
 int cli_train(const char *cmd, fl_config *c, const fl_table *tables, int n, fl_bundle *out,
               int quiet) {
-  char err[512];
   fl_series s[16];
   if (n > 16) return cli_fail(cmd, "at most 16 data files");
   memset(out, 0, sizeof *out);
   memset(s, 0, sizeof s);
   int rc = 1, e, k;
-  for (k = 0; k < n; k++)
-    if (fl_series_from_table(&s[k], &c->spec, &tables[k], err, sizeof err)) {
-      cli_fail(cmd, "data file %d: %s", k + 1, err);
-      goto done;
-    }
+  for (k = 0; k < n; k++) {
+    char what[32];
+    snprintf(what, sizeof what, "data file %d", k + 1);
+    if (cli_series(cmd, what, &c->spec, &tables[k], &s[k])) goto done;
+  }
   if ((e = fl_model_create(&out->model, &c->spec, c->train.seed))) {
     cli_fail(cmd, "cannot build the model: %s", fl_strerror(e));
     goto done;

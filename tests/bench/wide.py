@@ -6,7 +6,7 @@
   OPENBLAS_NUM_THREADS=1 nice -n 5 /usr/bin/python3 tests/bench/wide.py \\
       --build build --out /tmp/wide [--hours 1] [--heldout-rows 1200]
       [--seeds 1,2,3] [--epochs E1,E2] [--parts train,eval,memory,cpu]
-      [--runs 3] [--episodes 6]
+      [--runs 3] [--episodes 6] [--batch 64] [--batch-memory MB] [--pace 5]
 
 Parts (each reuses what an earlier run left in --out):
   train   training wall and CPU time on one core (taskset -c 0,
@@ -20,9 +20,11 @@ Parts (each reuses what an earlier run left in --out):
           faulted modality named) and, for the wide plant, the faulted unit
           named (the named modality's channels belong to the unit)
   memory  faultlined serving each model: VmHWM and VmRSS after streaming
-          (4 streams, stride 1) against the model's weight bytes
+          (4 streams, stride 1, --pace ticks per second: a live feed, no
+          backlog) against the model's weight bytes
   cpu     faultlined's CPU seconds per window scored, both models
           interleaved in one run, medians of --runs
+Both run once per value of --batch (faultlined's [output] batch, a list).
 """
 import argparse
 import json
@@ -39,7 +41,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "daemon"))
 import zmq  # noqa: E402
 
 import fldtest as T  # noqa: E402
-from daemon_memory import status  # noqa: E402
+from daemon_memory import breakdown, fmt, status  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--build", default="build")
@@ -50,6 +52,12 @@ ap.add_argument("--seeds", default="1,2,3")
 ap.add_argument("--epochs", default=None, help="E1,E2: a shortened schedule")
 ap.add_argument("--parts", default="train,eval,memory,cpu")
 ap.add_argument("--runs", type=int, default=3)
+ap.add_argument("--pace", type=float, default=5.0,
+                help="memory: ticks per second sent to the running daemon")
+ap.add_argument("--batch-memory", default="",
+                help="memory, cpu: faultlined's [output] batch_memory in MB, a list "
+                "(default: its own)")
+ap.add_argument("--batch", default="64", help="memory, cpu: faultlined's [output] batch (a list)")
 ap.add_argument("--episodes", type=int, default=6)
 ap.add_argument("--faults", default=None, help="eval: these fault types only (default: all)")
 A = ap.parse_args()
@@ -59,6 +67,8 @@ OUT = os.path.abspath(A.out)
 os.makedirs(OUT, exist_ok=True)
 PLANTS = [("wide", 63), ("narrow", 1)]
 SEEDS = [int(s) for s in A.seeds.split(",")]
+BATCHES = [(int(b), float(m) if m else None) for b in A.batch.split(",")
+           for m in (A.batch_memory.split(",") if A.batch_memory else [""])]
 PARTS = A.parts.split(",")
 ENV = dict(os.environ, OPENBLAS_NUM_THREADS="1")
 
@@ -161,6 +171,10 @@ def part_train():
     print()
 
 
+def blabel(b):
+    return f"{b[0]}" + (f", {b[1]:g} MB" if b[1] else "")
+
+
 def unit_of(mod_channels):
     units = {c.split("_", 1)[0] for c in mod_channels}
     return units.pop() if len(units) == 1 else None
@@ -227,16 +241,19 @@ def reports(ports):
         return 0
 
 
-def serve(name, units, streams, ticks, measure):
+def serve(name, units, streams, ticks, measure, batch, pace=None):
+    batch, bmem = batch
     """A faultlined on name's model; frames of `streams` streams x `ticks`
-    queued while it is stopped, then drained at stride 1.  measure(pid,
-    before) is called before the frames go (before=True) and after every
-    window is reported."""
+    queued while it is stopped, then drained at stride 1; with pace, sent
+    at `pace` ticks per second to the running daemon instead, so that no
+    backlog builds up.  measure(pid, before) is called before the frames go
+    (before=True) and after every window is reported."""
     _, ho, ini = data(name, units)
     model = path(f"{name}_s{SEEDS[0]}.model")
     cfg, ports = T.daemon_config(OUT, f"{name}_daemon", model, config(name, ini),
                                  input={"rcvhwm": 0, "max_streams": 64},
-                                 output={"stride": 1, "batch": 64, "sndhwm": 0},
+                                 output=dict({"stride": 1, "batch": batch, "sndhwm": 0},
+                                             **({"batch_memory": bmem} if bmem else {})),
                                  log={"level": "notice"})
     d = T.Daemon(FLD, cfg, env={"OPENBLAS_NUM_THREADS": "1"})
     try:
@@ -249,12 +266,21 @@ def serve(name, units, streams, ticks, measure):
                 for i in range(streams * ticks)]
         ctx = zmq.Context()
         pub, _ = T.publisher(ctx, f"tcp://127.0.0.1:{ports['in']}")
-        os.kill(d.p.pid, signal.SIGSTOP)
-        for m in msgs:
-            pub.send_multipart(m)
-        time.sleep(0.5)
-        measure(d.p.pid, True)
-        os.kill(d.p.pid, signal.SIGCONT)
+        if pace:
+            time.sleep(0.5)
+            measure(d.p.pid, True)
+            t0 = time.monotonic()
+            for i, m in enumerate(msgs):
+                if i % streams == 0:
+                    time.sleep(max(0.0, t0 + i // streams / pace - time.monotonic()))
+                pub.send_multipart(m)
+        else:
+            os.kill(d.p.pid, signal.SIGSTOP)
+            for m in msgs:
+                pub.send_multipart(m)
+            time.sleep(0.5)
+            measure(d.p.pid, True)
+            os.kill(d.p.pid, signal.SIGCONT)
         want = streams * (ticks - 59)
         while reports(ports) < want:
             time.sleep(0.05)
@@ -266,45 +292,59 @@ def serve(name, units, streams, ticks, measure):
 
 
 def part_memory():
-    print("## faultlined's resident memory (4 streams, stride 1)\n")
-    print("| plant | sensors | weight bytes (MB) | VmRSS idle (MB) | VmHWM (MB) | "
+    print(f"## faultlined's resident memory (4 streams, stride 1, {A.pace:g} ticks/s)\n")
+    print("| plant | sensors | batch | weight bytes (MB) | VmRSS idle (MB) | VmHWM (MB) | "
           "VmHWM - weights (MB) | target: VmHWM < 20 MB + weights |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for name, units in PLANTS:
-        got = {}
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    kinds = []
+    for batch in BATCHES:
+        for name, units in PLANTS:
+            got = {}
 
-        def measure(pid, before):
-            if before:
-                got["idle"] = status(pid, "VmRSS")
-            got["hwm"] = status(pid, "VmHWM")
-        serve(name, units, 4, 600, measure)
-        wb = weight_bytes(path(f"{name}_s{SEEDS[0]}.model")) / 2**20
-        hwm = got["hwm"] / 1024
-        print(f"| {name} | {8 * units} | {wb:.1f} | {got['idle'] / 1024:.1f} | {hwm:.1f} | "
-              f"{hwm - wb:.1f} | {'met' if hwm < 20 + wb else 'missed'} |", flush=True)
+            def measure(pid, before):
+                if before:
+                    got["idle"] = status(pid, "VmRSS")
+                    got["idle_kinds"] = fmt(breakdown(pid))
+                got["hwm"] = status(pid, "VmHWM")
+                got["kinds"] = fmt(breakdown(pid))
+            serve(name, units, 4, 600, measure, batch, pace=A.pace)
+            wb = weight_bytes(path(f"{name}_s{SEEDS[0]}.model")) / 2**20
+            hwm = got["hwm"] / 1024
+            print(f"| {name} | {8 * units} | {blabel(batch)} | {wb:.1f} | {got['idle'] / 1024:.1f} | "
+                  f"{hwm:.1f} | {hwm - wb:.1f} | {'met' if hwm < 20 + wb else 'missed'} |",
+                  flush=True)
+            kinds.append(f"{name}, batch {blabel(batch)}: idle {got['idle_kinds']}; "
+                         f"after {got['kinds']}")
+    print("\nResident MB by mapping (tests/bench/daemon_memory.py's kinds):\n")
+    for k in kinds:
+        print(f"- {k}")
     print()
 
 
 def part_cpu():
-    got = {name: [] for name, _ in PLANTS}
+    got = {(name, b): [] for name, _ in PLANTS for b in BATCHES}
     for _ in range(A.runs):
-        for name, units in PLANTS:
-            c = {}
+        for batch in BATCHES:
+            for name, units in PLANTS:
+                c = {}
 
-            def measure(pid, before):
-                c["before" if before else "after"] = proc_cpu(pid)
-            n = serve(name, units, 4, 600, measure)
-            got[name].append(n / (c["after"] - c["before"]))
-    print(f"## faultlined windows per CPU-second (4 streams x 600 ticks, stride 1, batch 64; "
+                def measure(pid, before):
+                    c["before" if before else "after"] = proc_cpu(pid)
+                n = serve(name, units, 4, 600, measure, batch)
+                got[name, batch].append(n / (c["after"] - c["before"]))
+    print(f"## faultlined windows per CPU-second (4 streams x 600 ticks, stride 1; "
           f"median of {A.runs} runs, interleaved)\n")
-    print("| plant | sensors | windows per CPU-second (median) | runs |")
-    print("| --- | --- | --- | --- |")
-    for name, units in PLANTS:
-        v = sorted(got[name])
-        print(f"| {name} | {8 * units} | {v[len(v) // 2]:.0f} | "
-              f"{', '.join(f'{x:.0f}' for x in got[name])} |")
-    w, n = (sorted(got[k])[len(got[k]) // 2] for k in ("wide", "narrow"))
-    print(f"\nwide / narrow: {w / n:.3f} (channels: {504 / 8:.0f}x)\n", flush=True)
+    print("| plant | sensors | batch | windows per CPU-second (median) | runs |")
+    print("| --- | --- | --- | --- | --- |")
+    med = {k: sorted(v)[len(v) // 2] for k, v in got.items()}
+    for batch in BATCHES:
+        for name, units in PLANTS:
+            print(f"| {name} | {8 * units} | {blabel(batch)} | {med[name, batch]:.0f} | "
+                  f"{', '.join(f'{x:.0f}' for x in got[name, batch])} |")
+    for batch in BATCHES:
+        print(f"\nbatch {blabel(batch)}: wide / narrow {med['wide', batch] / med['narrow', batch]:.3f} "
+              f"(channels: {504 / 8:.0f}x)", flush=True)
+    print()
 
 
 for part in PARTS:

@@ -188,10 +188,14 @@ def scenario_stream():
     reps2 = T.collect(sub, pb, 1, timeout=30)
     check(len(reps2) == 1 and reps2[0][1].stream == "plant-2", "stream: a second burst is served")
     check(d.stop() == 0, "stream: clean exit")
-    # PULL input, the daemon connecting to a bound PUSH.
+    # PULL input, the daemon connecting to a bound PUSH; a batch_memory too
+    # small for two windows cuts the batch to one window a model call.
     push_port = T.free_port()
     d, cfg, ports = start("pull", input={"type": "pull", "bind": 0,
-                                         "endpoint": f"tcp://127.0.0.1:{push_port}"})
+                                         "endpoint": f"tcp://127.0.0.1:{push_port}"},
+                          output={"batch_memory": 0.1})
+    check("[output] batch 16 cut to 1" in d.logtext(),
+          "pull: the batch is cut to what batch_memory holds")
     sub = T.subscriber(ctx, f"tcp://127.0.0.1:{ports['out']}")
     T.wait_metric(ports["http"], "faultline_report_subscriptions", lambda v: v >= 1)
     push, _ = T.publisher(ctx, f"tcp://127.0.0.1:{push_port}", bind=True, kind=zmq.PUSH)

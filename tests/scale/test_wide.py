@@ -181,6 +181,8 @@ def main():
             h, _ = T.read_csv(out_w)
             check("extra_sensor_corrected" not in h and len(h) == len(want),
                   f"score, {what}: the extra column is not in the output")
+            check("1 column not in the model, ignored: extra_sensor" in pw.stderr,
+                  f"score, {what}: the ignored column is named ({pw.stderr.strip()!r})")
     p = run([FL, "score", "--model", model, "--in", variants(stream_csv, "wide")[0],
              "--out", os.path.join(TMP, "bad_w.csv")], ok=False)
     check(p.returncode == 1 and

@@ -131,6 +131,9 @@ int fl_ctx_create(fl_ctx **out, const fl_model *m, int max_batch);
  * With it fl_ctx_preact and the gradient views return NULL and the backward
  * passes return FL_EINVAL. */
 int fl_ctx_create_infer(fl_ctx **out, const fl_model *m, int max_batch);
+/* The bytes fl_ctx_create_infer allocates for max_batch windows, so that a
+ * caller can choose its batch by memory before creating the context. */
+size_t fl_ctx_infer_bytes(const fl_model *m, int max_batch);
 void fl_ctx_free(fl_ctx *c);
 
 /* Input of a batch: one buffer per modality, x_m (B, C_m, T_m), already
@@ -195,6 +198,10 @@ typedef struct {
 int fl_series_from_table(fl_series *s, const fl_model_spec *spec, const fl_table *t,
                          char *err, size_t errlen);
 void fl_series_free(fl_series *s);
+/* Marks in unused (t->cols) the columns of t that no channel of spec reads
+ * (fl_series_from_table ignores them) and returns their number, or a
+ * negative error. */
+int fl_series_unused(const fl_model_spec *spec, const fl_table *t, unsigned char *unused);
 /* The table column name of channel c of modality i, sub-sample k. */
 int fl_model_column_name(const fl_model_spec *spec, int i, int c, int k, char *buf,
                          size_t len);
