@@ -51,6 +51,8 @@ typedef struct {
   int drift_span;     /* ticks of the slow part's moving mean (30, half a
                          window of 60) */
   int smooth;         /* moving-mean length in ticks; 0: rows / 100, 1 to 10 */
+  int change_lag;     /* ticks over which a drifting sensor's change is taken;
+                         0: drift_span (at most a quarter of the rows) */
 } fl_group_config;
 
 void fl_group_defaults(fl_group_config *c);
@@ -75,7 +77,7 @@ typedef struct {
 
 /* The plan owns its arrays: fl_group_plan_free. */
 typedef struct {
-  int n_sensor, n_mod, smooth;
+  int n_sensor, n_mod, smooth, change_lag;
   int max_mod;               /* the cap on groups that applied */
   fl_group_sensor *sensor;   /* (n_sensor) */
   fl_group_modality *mod;    /* (n_mod) */
