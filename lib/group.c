@@ -190,8 +190,16 @@ int fl_group_plan_table(const fl_table *t, const unsigned char *skip, const fl_g
   /* A drifting sensor's level wanders over the whole recording, so the
    * levels of any two of them correlate over one recording whether or not
    * they are coupled; what coupling shows is that they change together.
-   * Pairs with a drifting sensor are judged by the correlation of their
-   * changes over `lag` ticks (the smoothed series' differences). */
+   * While all the drifting sensors of a rate fit in one modality they share
+   * it and nothing is chosen.  Beyond that, partners are chosen, by the
+   * correlation of the changes over `lag` ticks (the smoothed series'
+   * differences), and min_corr applies; so is any pair with such a sensor. */
+  for (int i = 0; i < N; i++) {
+    int nd = 0;
+    for (int j = 0; j < N && p->sensor[i].drifts; j++)
+      nd += p->sensor[j].drifts && p->sensor[j].rate == p->sensor[i].rate;
+    p->sensor[i].by_change = nd > c->max_size;
+  }
   int lag = c->change_lag > 0 ? c->change_lag : span;
   if (lag > R / 4) lag = R / 4 > 1 ? R / 4 : 1;
   int RD = R - lag;
@@ -208,7 +216,7 @@ int fl_group_plan_table(const fl_table *t, const unsigned char *skip, const fl_g
   for (int i = 0; i < N; i++)
     for (int j = i; j < N; j++) {
       double a = 0;
-      int ch = p->sensor[i].drifts || p->sensor[j].drifts, n = ch ? RD : R;
+      int ch = p->sensor[i].by_change || p->sensor[j].by_change, n = ch ? RD : R;
       const double *u = ch ? dy + (size_t)i * RD : y + (size_t)i * R;
       const double *v = ch ? dy + (size_t)j * RD : y + (size_t)j * R;
       for (int r = 0; r < n; r++) a += u[r] * v[r];
@@ -235,7 +243,10 @@ int fl_group_plan_table(const fl_table *t, const unsigned char *skip, const fl_g
           int da = p->sensor[a].drifts, db = p->sensor[b].drifts;
           if (!forced && da != db) continue;
           double s = link[(size_t)a * N + b] / ((double)size[a] * size[b]);
-          if (!forced && s < c->min_corr) continue;
+          /* Drifting sensors that all fit in one are judged by their shape
+           * alone: they share a modality whether or not they move together. */
+          int few = da && db && !p->sensor[a].by_change;
+          if (!forced && s < c->min_corr && !few) continue;
           if (s > best) best = s, ba = a, bb = b;
         }
       }

@@ -53,11 +53,14 @@ static void write_plan(FILE *f, const char *data, const fl_table *t, const fl_gr
   for (int i = 0; i < p->n_mod; i++) {
     const fl_group_modality *m = &p->mod[i];
     fprintf(f, "[modality.%s]\n", m->name);
-    /* Pairs with a drifting sensor were judged by their changes. */
-    int any = 0;
-    for (int k = 0; k < m->n; k++) any |= p->sensor[m->sensor[k]].drifts;
+    /* Pairs with a drifting sensor chosen by its changes were judged so. */
+    int any = 0, ch = 0;
+    for (int k = 0; k < m->n; k++) {
+      any |= p->sensor[m->sensor[k]].drifts;
+      ch |= p->sensor[m->sensor[k]].by_change;
+    }
     char of[64];
-    if (any)
+    if (ch)
       snprintf(of, sizeof of, "of %s changes over %d ticks", m->n > 1 ? "their" : "its",
                p->change_lag);
     else
@@ -73,6 +76,10 @@ static void write_plan(FILE *f, const char *data, const fl_table *t, const fl_gr
     else if (m->cohesion >= gc->min_corr)
       fprintf(f, "; %d sensors that move together: mean |correlation| %s %.2f inside, %.2f "
                  "with the nearest other group\n",
+              m->n, of, (double)m->cohesion, (double)m->nearest);
+    else if (m->drifts && !ch)
+      fprintf(f, "; %d drifting sensors, together because each is judged by its shape alone "
+                 "(mean |correlation| %s %.2f inside, %.2f with the nearest other group)\n",
               m->n, of, (double)m->cohesion, (double)m->nearest);
     else
       fprintf(f, "; %d sensors whose names share a prefix (worth %.2f) and that move together "

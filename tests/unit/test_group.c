@@ -254,8 +254,9 @@ static void test_drift_margin_on_few_rows(void **state) {
 }
 
 /* Three drifting sensors on a shared upward trend: ta and tb follow one
- * random walk, tc another.  Their levels all correlate through the trend;
- * only ta and tb change together, and only they share a modality. */
+ * random walk, tc another.  Their levels all correlate through the trend.
+ * All three fit in one modality and share it; with room for two only,
+ * partners are chosen by their changes: ta and tb, tc alone. */
 static void test_drifting_grouped_by_changes(void **state) {
   (void)state;
   int rows = 1200;
@@ -287,6 +288,13 @@ static void test_drifting_grouped_by_changes(void **state) {
   char why[200];
   assert_int_equal(fl_group_plan_table(&t, NULL, &c, p, why, sizeof why), 0);
   for (int i = 0; i < 3; i++) assert_int_equal(p->sensor[i].drifts, 1);
+  assert_int_equal(p->n_mod, 1);
+  assert_int_equal(p->sensor[0].by_change, 0);
+  fl_group_plan_free(p);
+  c.max_size = 2;
+  assert_int_equal(fl_group_plan_table(&t, NULL, &c, p, why, sizeof why), 0);
+  assert_int_equal(p->max_mod, 8);
+  for (int i = 0; i < 3; i++) assert_int_equal(p->sensor[i].by_change, 1);
   assert_int_equal(p->change_lag, c.drift_span);
   assert_int_equal(mod_of(p, "ta"), mod_of(p, "tb"));
   assert_int_not_equal(mod_of(p, "ta"), mod_of(p, "tc"));
