@@ -242,6 +242,9 @@ int fl_group_plan_table(const fl_table *t, const unsigned char *skip, const fl_g
           if (p->sensor[a].rate != p->sensor[b].rate) continue;
           int da = p->sensor[a].drifts, db = p->sensor[b].drifts;
           if (!forced && da != db) continue;
+          /* Nor past the cap: a held-out hour breaks what uncoupled
+           * drifting sensors did together in training. */
+          if (forced && (p->sensor[a].by_change || p->sensor[b].by_change)) continue;
           double s = link[(size_t)a * N + b] / ((double)size[a] * size[b]);
           /* Drifting sensors that all fit in one are judged by their shape
            * alone: they share a modality whether or not they move together. */

@@ -130,7 +130,7 @@ int cmd_init(int argc, char **argv) {
              "Chooses what faultline train would choose for CSV without a config and\n"
              "writes it as a commented config (to stdout without --out): the modalities\n"
              "(sensors whose smoothed readings move together, drifting ones by their\n"
-             "changes, at most 8 per modality,\n"
+             "changes where more drift than fit in one, at most 8 per modality,\n"
              "columns NAME.0 .. NAME.k as one sensor at rate k+1), which of them drift,\n"
              "the window from the sampling period, the compute block's width and the\n"
              "training stride.  The choice is the same for the same data.\n\n"

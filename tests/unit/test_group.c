@@ -301,6 +301,12 @@ static void test_drifting_grouped_by_changes(void **state) {
   assert_true(p->mod[mod_of(p, "ta")].cohesion >= c.min_corr);
   assert_true(p->mod[mod_of(p, "tc")].nearest < c.min_corr);
   fl_group_plan_free(p);
+  /* Nor are they merged to fit a cap. */
+  c.max_modalities = 1;
+  assert_int_equal(fl_group_plan_table(&t, NULL, &c, p, why, sizeof why), 0);
+  assert_int_equal(p->n_mod, 2);
+  assert_int_equal(p->mod[0].forced + p->mod[1].forced, 0);
+  fl_group_plan_free(p);
   free(p);
   fl_table_free(&t);
 }
