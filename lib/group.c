@@ -191,9 +191,10 @@ int fl_group_plan_table(const fl_table *t, const unsigned char *skip, const fl_g
    * levels of any two of them correlate over one recording whether or not
    * they are coupled; what coupling shows is that they change together.
    * While all the drifting sensors of a rate fit in one modality they share
-   * it and nothing is chosen.  Beyond that, partners are chosen, by the
+   * it and nothing is chosen.  Beyond that, partners are chosen by the
    * correlation of the changes over `lag` ticks (the smoothed series'
-   * differences), and min_corr applies; so is any pair with such a sensor. */
+   * differences), min_corr applying; any pair with such a sensor is judged
+   * by its changes. */
   for (int i = 0; i < N; i++) {
     int nd = 0;
     for (int j = 0; j < N && p->sensor[i].drifts; j++)
@@ -242,8 +243,9 @@ int fl_group_plan_table(const fl_table *t, const unsigned char *skip, const fl_g
           if (p->sensor[a].rate != p->sensor[b].rate) continue;
           int da = p->sensor[a].drifts, db = p->sensor[b].drifts;
           if (!forced && da != db) continue;
-          /* Nor past the cap: a held-out hour breaks what uncoupled
-           * drifting sensors did together in training. */
+          /* Groups paired by changes are kept out of the merges past the
+           * cap: uncoupled drifting sensors merged learn a joint pattern
+           * that the next hour breaks. */
           if (forced && (p->sensor[a].by_change || p->sensor[b].by_change)) continue;
           double s = link[(size_t)a * N + b] / ((double)size[a] * size[b]);
           /* Drifting sensors that all fit in one are judged by their shape

@@ -280,7 +280,8 @@ static void test_drifting_grouped_by_changes(void **state) {
     sa += a, sc += b, saa += a * a, scc += b * b, sac += a * b;
   }
   double cov = sac / rows - sa / rows * sc / rows;
-  double level = cov / sqrt((saa / rows - sa * sa / rows / rows) * (scc / rows - sc * sc / rows / rows));
+  double level =
+      cov / sqrt((saa / rows - sa * sa / rows / rows) * (scc / rows - sc * sc / rows / rows));
   assert_true(level > 0.5);
   fl_group_config c;
   fl_group_defaults(&c);

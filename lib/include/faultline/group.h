@@ -72,8 +72,8 @@ typedef struct {
   int col;                /* the table's column of its first sample */
   float slow;             /* the slow part's share of its variance */
   int drifts;
-  int by_change;          /* drifts, and more drift at its rate than fit in one
-                             modality: grouped by its changes */
+  int by_change;          /* drifts, with more drifting at its rate than fit
+                             in one modality: grouped by its changes */
 } fl_group_sensor;
 
 typedef struct {
