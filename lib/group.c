@@ -20,6 +20,7 @@ void fl_group_defaults(fl_group_config *c) {
   c->drift_se = 1.0f;
   c->drift_span = 30;
   c->smooth = 0;
+  c->change_lag = 0;
 }
 
 /* Is column j the k-th sample "NAME.k" of NAME (base length n)? */
@@ -166,6 +167,7 @@ int fl_group_plan_table(const fl_table *t, const unsigned char *skip, const fl_g
   if (m > 10 && c->smooth <= 0) m = 10;
   p->smooth = m;
   double *y = malloc(sizeof(double) * (size_t)N * R), *tmp = malloc(sizeof(double) * R);
+  double *dy = malloc(sizeof(double) * (size_t)N * R); /* changes, standardised */
   double *sim = malloc(sizeof(double) * (size_t)N * N);
   double *link = malloc(sizeof(double) * (size_t)N * N); /* sum of pair similarities */
   double *corr = malloc(sizeof(double) * (size_t)N * N); /* sum of |correlation| */
@@ -173,7 +175,7 @@ int fl_group_plan_table(const fl_table *t, const unsigned char *skip, const fl_g
   int *frc = calloc(N, sizeof(int));
   char (*pre)[FL_NAME_MAX] = malloc(sizeof *pre * N);
   e = FL_ENOMEM;
-  if (!y || !tmp || !sim || !link || !corr || !size || !of || !frc || !pre) goto done;
+  if (!y || !dy || !tmp || !sim || !link || !corr || !size || !of || !frc || !pre) goto done;
   int span = c->drift_span > 0 ? c->drift_span : 30;
   /* A drifting sensor judged by its level alarms for the rest of the
    * recording; a steady one judged by its shape only loses its level.  So
@@ -185,12 +187,41 @@ int fl_group_plan_table(const fl_table *t, const unsigned char *skip, const fl_g
     s->drifts = s->slow * margin >= c->drift_share;
     fl__prefix(s->name, pre[i], sizeof pre[i]);
   }
+  /* A drifting sensor's level wanders over the whole recording, so the
+   * levels of any two of them correlate over one recording whether or not
+   * they are coupled; what coupling shows is that they change together.
+   * While all the drifting sensors of a rate fit in one modality they share
+   * it and nothing is chosen.  Beyond that, partners are chosen by the
+   * correlation of the changes over `lag` ticks (the smoothed series'
+   * differences), min_corr applying; any pair with such a sensor is judged
+   * by its changes. */
+  for (int i = 0; i < N; i++) {
+    int nd = 0;
+    for (int j = 0; j < N && p->sensor[i].drifts; j++)
+      nd += p->sensor[j].drifts && p->sensor[j].rate == p->sensor[i].rate;
+    p->sensor[i].by_change = nd > c->max_size;
+  }
+  int lag = c->change_lag > 0 ? c->change_lag : span;
+  if (lag > R / 4) lag = R / 4 > 1 ? R / 4 : 1;
+  int RD = R - lag;
+  p->change_lag = lag;
+  for (int i = 0; i < N; i++) {
+    const double *u = y + (size_t)i * R;
+    double *d = dy + (size_t)i * RD, mu = 0, v = 0;
+    for (int r = 0; r < RD; r++) mu += d[r] = u[r + lag] - u[r];
+    mu /= RD;
+    for (int r = 0; r < RD; r++) v += (d[r] - mu) * (d[r] - mu);
+    double sd = sqrt(v / RD);
+    for (int r = 0; r < RD; r++) d[r] = sd > 0 ? (d[r] - mu) / sd : 0.0;
+  }
   for (int i = 0; i < N; i++)
     for (int j = i; j < N; j++) {
       double a = 0;
-      const double *u = y + (size_t)i * R, *v = y + (size_t)j * R;
-      for (int r = 0; r < R; r++) a += u[r] * v[r];
-      a = fabs(a / R);
+      int ch = p->sensor[i].by_change || p->sensor[j].by_change, n = ch ? RD : R;
+      const double *u = ch ? dy + (size_t)i * RD : y + (size_t)i * R;
+      const double *v = ch ? dy + (size_t)j * RD : y + (size_t)j * R;
+      for (int r = 0; r < n; r++) a += u[r] * v[r];
+      a = fabs(a / n);
       if (a > 1) a = 1;
       double b = a + (i != j && pre[i][0] && !strcmp(pre[i], pre[j]) ? c->prefix_bonus : 0);
       corr[(size_t)i * N + j] = corr[(size_t)j * N + i] = a;
@@ -212,10 +243,15 @@ int fl_group_plan_table(const fl_table *t, const unsigned char *skip, const fl_g
           if (p->sensor[a].rate != p->sensor[b].rate) continue;
           int da = p->sensor[a].drifts, db = p->sensor[b].drifts;
           if (!forced && da != db) continue;
+          /* Groups paired by changes are kept out of the merges past the
+           * cap: uncoupled drifting sensors merged learn a joint pattern
+           * that the next hour breaks. */
+          if (forced && (p->sensor[a].by_change || p->sensor[b].by_change)) continue;
           double s = link[(size_t)a * N + b] / ((double)size[a] * size[b]);
-          /* Drifting sensors are judged by their shape alone: they share
-           * a modality whether or not they move together. */
-          if (!forced && s < c->min_corr && !(da && db)) continue;
+          /* Drifting sensors that all fit in one are judged by their shape
+           * alone: they share a modality whether or not they move together. */
+          int few = da && db && !p->sensor[a].by_change;
+          if (!forced && s < c->min_corr && !few) continue;
           if (s > best) best = s, ba = a, bb = b;
         }
       }
@@ -290,6 +326,7 @@ int fl_group_plan_table(const fl_table *t, const unsigned char *skip, const fl_g
   e = 0;
 done:
   free(y);
+  free(dy);
   free(tmp);
   free(sim);
   free(link);

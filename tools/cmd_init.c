@@ -53,26 +53,39 @@ static void write_plan(FILE *f, const char *data, const fl_table *t, const fl_gr
   for (int i = 0; i < p->n_mod; i++) {
     const fl_group_modality *m = &p->mod[i];
     fprintf(f, "[modality.%s]\n", m->name);
+    /* Pairs with a drifting sensor chosen by its changes were judged so. */
+    int any = 0, ch = 0;
+    for (int k = 0; k < m->n; k++) {
+      any |= p->sensor[m->sensor[k]].drifts;
+      ch |= p->sensor[m->sensor[k]].by_change;
+    }
+    char of[64];
+    if (ch)
+      snprintf(of, sizeof of, "of %s changes over %d ticks", m->n > 1 ? "their" : "its",
+               p->change_lag);
+    else
+      snprintf(of, sizeof of, "of %s smoothed readings", m->n > 1 ? "their" : "its");
     if (m->n == 1)
       fprintf(f, "; a sensor of its own: it moves with no other one (largest mean |correlation| "
-                 "with another group %.2f, %.2f needed)\n",
-              (double)m->nearest, (double)gc->min_corr);
+                 "%s with another group %.2f, %.2f needed)\n",
+              of, (double)m->nearest, (double)gc->min_corr);
     else if (m->forced)
       fprintf(f, "; %d sensors joined to stay within %d modalities although they move together "
-                 "little (mean |correlation| %.2f inside, %.2f with the nearest other group)\n",
-              m->n, p->max_mod, (double)m->cohesion, (double)m->nearest);
+                 "little (mean |correlation| %s %.2f inside, %.2f with the nearest other group)\n",
+              m->n, p->max_mod, of, (double)m->cohesion, (double)m->nearest);
     else if (m->cohesion >= gc->min_corr)
-      fprintf(f, "; %d sensors that move together: mean |correlation| of their smoothed "
-                 "readings %.2f inside, %.2f with the nearest other group\n",
-              m->n, (double)m->cohesion, (double)m->nearest);
-    else if (m->drifts)
+      fprintf(f, "; %d sensors that move together: mean |correlation| %s %.2f inside, %.2f "
+                 "with the nearest other group\n",
+              m->n, of, (double)m->cohesion, (double)m->nearest);
+    else if (m->drifts && !ch)
       fprintf(f, "; %d drifting sensors, together because each is judged by its shape alone "
-                 "(mean |correlation| %.2f inside, %.2f with the nearest other group)\n",
-              m->n, (double)m->cohesion, (double)m->nearest);
+                 "(mean |correlation| %s %.2f inside, %.2f with the nearest other group)\n",
+              m->n, of, (double)m->cohesion, (double)m->nearest);
     else
       fprintf(f, "; %d sensors whose names share a prefix (worth %.2f) and that move together "
-                 "somewhat: mean |correlation| %.2f inside, %.2f with the nearest other group\n",
-              m->n, (double)gc->prefix_bonus, (double)m->cohesion, (double)m->nearest);
+                 "somewhat: mean |correlation| %s %.2f inside, %.2f with the nearest other "
+                 "group\n",
+              m->n, (double)gc->prefix_bonus, of, (double)m->cohesion, (double)m->nearest);
     if (m->rate > 1)
       fprintf(f, "; %d samples per tick: the columns NAME.0 .. NAME.%d\n", m->rate, m->rate - 1);
     fprintf(f, "rate = %d\nchannels = ", m->rate);
@@ -88,8 +101,6 @@ static void write_plan(FILE *f, const char *data, const fl_table *t, const fl_gr
                  "drifts = 1\n",
               (double)fl__drift_needed(gc, t->rows), t->rows);
     } else {
-      int any = 0;
-      for (int k = 0; k < m->n; k++) any |= p->sensor[m->sensor[k]].drifts;
       if (any)
         fprintf(f, "; some of these drift, not all: set drifts = 1 to judge only their shape\n");
     }
@@ -118,7 +129,8 @@ int cmd_init(int argc, char **argv) {
              "                      [--drift-se K]\n\n"
              "Chooses what faultline train would choose for CSV without a config and\n"
              "writes it as a commented config (to stdout without --out): the modalities\n"
-             "(sensors whose smoothed readings move together, at most 8 per modality,\n"
+             "(sensors whose smoothed readings move together, drifting ones by their\n"
+             "changes where more drift than fit in one, at most 8 per modality,\n"
              "columns NAME.0 .. NAME.k as one sensor at rate k+1), which of them drift,\n"
              "the window from the sampling period, the compute block's width and the\n"
              "training stride.  The choice is the same for the same data.\n\n"

@@ -253,6 +253,65 @@ static void test_drift_margin_on_few_rows(void **state) {
   free(p);
 }
 
+/* Three drifting sensors on a shared upward trend: ta and tb follow one
+ * random walk, tc another.  Their levels all correlate through the trend.
+ * All three fit in one modality and share it; with room for two only,
+ * partners are chosen by their changes: ta and tb, tc alone. */
+static void test_drifting_grouped_by_changes(void **state) {
+  (void)state;
+  int rows = 1200;
+  fl_table t = {0};
+  assert_int_equal(fl_table_alloc(&t, rows, 3), 0);
+  static const char *names[] = {"ta", "tb", "tc"};
+  for (int j = 0; j < 3; j++) assert_int_equal(fl_table_set_name(&t, j, names[j]), 0);
+  uint32_t s = 17;
+  double w1 = 0, w2 = 0;
+  for (int r = 0; r < rows; r++) {
+    w1 += 0.1 * noise(&s);
+    w2 += 0.1 * noise(&s);
+    t.data[(size_t)r * 3] = (float)(0.01 * r + w1 + 0.05 * noise(&s));
+    t.data[(size_t)r * 3 + 1] = (float)(0.02 * r + 2 * w1 + 0.05 * noise(&s));
+    t.data[(size_t)r * 3 + 2] = (float)(0.01 * r + w2 + 0.05 * noise(&s));
+  }
+  /* The levels of ta and tc correlate: the case the rule is for. */
+  double sa = 0, sc = 0, saa = 0, scc = 0, sac = 0;
+  for (int r = 0; r < rows; r++) {
+    double a = t.data[(size_t)r * 3], b = t.data[(size_t)r * 3 + 2];
+    sa += a, sc += b, saa += a * a, scc += b * b, sac += a * b;
+  }
+  double cov = sac / rows - sa / rows * sc / rows;
+  double level =
+      cov / sqrt((saa / rows - sa * sa / rows / rows) * (scc / rows - sc * sc / rows / rows));
+  assert_true(level > 0.5);
+  fl_group_config c;
+  fl_group_defaults(&c);
+  fl_group_plan *p = malloc(sizeof *p);
+  char why[200];
+  assert_int_equal(fl_group_plan_table(&t, NULL, &c, p, why, sizeof why), 0);
+  for (int i = 0; i < 3; i++) assert_int_equal(p->sensor[i].drifts, 1);
+  assert_int_equal(p->n_mod, 1);
+  assert_int_equal(p->sensor[0].by_change, 0);
+  fl_group_plan_free(p);
+  c.max_size = 2;
+  assert_int_equal(fl_group_plan_table(&t, NULL, &c, p, why, sizeof why), 0);
+  assert_int_equal(p->max_mod, 8);
+  for (int i = 0; i < 3; i++) assert_int_equal(p->sensor[i].by_change, 1);
+  assert_int_equal(p->change_lag, c.drift_span);
+  assert_int_equal(mod_of(p, "ta"), mod_of(p, "tb"));
+  assert_int_not_equal(mod_of(p, "ta"), mod_of(p, "tc"));
+  assert_true(p->mod[mod_of(p, "ta")].cohesion >= c.min_corr);
+  assert_true(p->mod[mod_of(p, "tc")].nearest < c.min_corr);
+  fl_group_plan_free(p);
+  /* Nor are they merged to fit a cap. */
+  c.max_modalities = 1;
+  assert_int_equal(fl_group_plan_table(&t, NULL, &c, p, why, sizeof why), 0);
+  assert_int_equal(p->n_mod, 2);
+  assert_int_equal(p->mod[0].forced + p->mod[1].forced, 0);
+  fl_group_plan_free(p);
+  free(p);
+  fl_table_free(&t);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_groups_sensors_that_move_together),
@@ -260,6 +319,7 @@ int main(void) {
       cmocka_unit_test(test_many_sensors),
       cmocka_unit_test(test_forced_to_fit),
       cmocka_unit_test(test_drift_margin_on_few_rows),
+      cmocka_unit_test(test_drifting_grouped_by_changes),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -20,14 +20,23 @@
  *             readings (a moving mean of `smooth` ticks), a bonus of
  *             `prefix_bonus` for a shared name prefix (the leading letters,
  *             three at least), merging the most similar pair first while it
- *             is at least `min_corr` (drifting sensors merge with each other
- *             whatever it is), never above `max_size` sensors, never across
- *             rates or across drifting and steady sensors.  When more
+ *             is at least `min_corr`, never above `max_size` sensors,
+ *             never across rates or across drifting and steady sensors.
+ *             When more
  *             than `max_modalities` groups remain (by default the larger
  *             of 8 and twice the fewest that `max_size` allows, so that a
  *             wide plant's model stays in proportion to its sensors), the
  *             most similar allowed pairs are merged whatever their
  *             similarity.
+ *   drifting  while a rate's drifting sensors number `max_size` or fewer
+ *             they merge with each other whatever their similarity.  With
+ *             more, levels that wander through one recording would pair
+ *             uncoupled sensors, so any pair with such a sensor is judged by
+ *             the correlation of the changes instead: the smoothed readings'
+ *             differences over `change_lag` ticks (0: `drift_span`, at most a
+ *             quarter of the rows), min_corr applies (`by_change`), and
+ *             their groups are not merged to fit `max_modalities`, so a plan
+ *             can hold more modalities than that.
  *
  * The plan depends only on the table's values and names and the config, and
  * ties are broken by column order, so the same data gives the same modalities.
@@ -51,6 +60,8 @@ typedef struct {
   int drift_span;     /* ticks of the slow part's moving mean (30, half a
                          window of 60) */
   int smooth;         /* moving-mean length in ticks; 0: rows / 100, 1 to 10 */
+  int change_lag;     /* ticks over which a drifting sensor's change is taken;
+                         0: drift_span (at most a quarter of the rows) */
 } fl_group_config;
 
 void fl_group_defaults(fl_group_config *c);
@@ -61,6 +72,8 @@ typedef struct {
   int col;                /* the table's column of its first sample */
   float slow;             /* the slow part's share of its variance */
   int drifts;
+  int by_change;          /* drifts, with more drifting at its rate than fit
+                             in one modality: grouped by its changes */
 } fl_group_sensor;
 
 typedef struct {
@@ -75,7 +88,7 @@ typedef struct {
 
 /* The plan owns its arrays: fl_group_plan_free. */
 typedef struct {
-  int n_sensor, n_mod, smooth;
+  int n_sensor, n_mod, smooth, change_lag;
   int max_mod;               /* the cap on groups that applied */
   fl_group_sensor *sensor;   /* (n_sensor) */
   fl_group_modality *mod;    /* (n_mod) */
