@@ -153,6 +153,7 @@ int fl_bundle_save(const fl_bundle *b, const char *path, char *err, size_t errle
     rc = fl_st_add(st, "estimate.w", b->est.w, ww, 2);
     if (!rc) rc = fl_st_add(st, "estimate.v", b->est.v, wv, 2);
     if (!rc) rc = fl_st_add(st, "estimate.vm", b->est.vm, nch, 1);
+    if (!rc) rc = fl_st_add(st, "estimate.vmw", b->est.vmw, nch, 1);
     if (!rc && b->est.nmem > 0) {
       int64_t wm[2] = {b->est.nmem, nch[0]};
       rc = fl_st_add(st, "estimate.mem", b->est.mem, wm, 2);
@@ -274,6 +275,11 @@ int fl_bundle_load(fl_bundle *b, const char *path, char *err, size_t errlen) {
   if (!rc) {
     b->est.on = 1;
     b->est.nch = nch;
+    /* Models from before the whole-window variance use vm for both. */
+    rc = fl__get(st, "estimate.vmw", b->est.vmw, nch, err, errlen);
+    if (rc == FL_ENOTFOUND) memcpy(b->est.vmw, b->est.vm, sizeof(float) * nch);
+    else if (rc) goto fail;
+    rc = 0;
     /* Models from before the kernel estimate fuse without it. */
     int64_t ms[FL_ST_MAX_DIMS];
     int md = 0;

@@ -35,6 +35,13 @@ float fl_estimate_var(const fl_estimator *e, int W, int k, int age) {
   return v[FL_ESTIMATE_LAGS - 1];
 }
 
+float fl_estimate_var_net(const fl_estimator *e, int W, int tail, int k, int age) {
+  float a = e->vm[k], b = e->vmw[k];
+  if (age <= tail || W <= tail) return a;
+  if (age >= W) return b;
+  return a + (b - a) * (float)(age - tail) / (float)(W - tail);
+}
+
 float fl_estimate_fuse(float a, float va, float b, float vb, float *var) {
   if (!(va > FL__EST_VAR_FLOOR)) va = FL__EST_VAR_FLOOR;
   if (!(vb > FL__EST_VAR_FLOOR)) vb = FL__EST_VAR_FLOOR;
@@ -231,8 +238,8 @@ static int fl__fit_network(fl_model *m, fl_estimator *e, const fl_series *s, int
   int nw = total < FL__EST_WINDOWS ? total : FL__EST_WINDOWS;
   fl_ctx *ctx = NULL;
   float **raw = calloc((size_t)spec->n_mod, sizeof *raw), *tmp = NULL;
-  double *se = calloc((size_t)nch, sizeof(double));
-  size_t *cnt = calloc((size_t)nch, sizeof(size_t)), maxct = 0;
+  double *se = calloc(2 * (size_t)nch, sizeof(double));
+  size_t *cnt = calloc(2 * (size_t)nch, sizeof(size_t)), maxct = 0;
   int *wk = malloc(sizeof(int) * nw), *we = malloc(sizeof(int) * nw);
   if (!raw || !se || !cnt || !wk || !we) goto done;
   for (int i = 0; i < spec->n_mod; i++) {
@@ -250,10 +257,18 @@ static int fl__fit_network(fl_model *m, fl_estimator *e, const fl_series *s, int
   }
   if ((err = fl_ctx_create_infer(&ctx, m, nw))) goto done;
   if (tail < 1 || tail > W) tail = W / 4;
+  /* Pass 0 masks a drifting channel's tail only (its level from the
+   * window's head: a fault just begun), pass 1 the whole window (a fault
+   * that has lasted a window); any other channel is masked whole in both,
+   * measured once. */
+  for (int pass = 0; pass < 2; pass++)
   for (int i = 0, off = 0; i < spec->n_mod; off += spec->mod[i].channels, i++) {
     int C = spec->mod[i].channels, T = W * spec->mod[i].rate;
-    int m0 = spec->mod[i].drifts ? (W - tail) * spec->mod[i].rate : 0;
+    if (pass == 1 && !spec->mod[i].drifts) continue;
+    int m0 = spec->mod[i].drifts && !pass ? (W - tail) * spec->mod[i].rate : 0;
     int t0 = (W - tail) * spec->mod[i].rate;
+    double *sp = se + (size_t)pass * nch;
+    size_t *cp = cnt + (size_t)pass * nch;
     for (int c = 0; c < C; c++) {
       for (int j = 0; j < nw; j++) {
         if ((err = fl_series_window(&s[wk[j]], spec, we[j], raw))) goto done;
@@ -278,13 +293,16 @@ static int fl__fit_network(fl_model *m, fl_estimator *e, const fl_series *s, int
           if (isnan(x)) continue;
           float trend = lv[2 * c] + lv[2 * c + 1] * (t - 0.5f * (T - 1));
           double d = (double)y[(size_t)c * T + t] + trend - (x - mean[off + c]) / std[off + c];
-          se[off + c] += d * d;
-          cnt[off + c]++;
+          sp[off + c] += d * d;
+          cp[off + c]++;
         }
       }
     }
   }
-  for (int c = 0; c < nch; c++) e->vm[c] = cnt[c] ? (float)(se[c] / cnt[c]) : 1.0f;
+  for (int c = 0; c < nch; c++) {
+    e->vm[c] = cnt[c] ? (float)(se[c] / cnt[c]) : 1.0f;
+    e->vmw[c] = cnt[nch + c] ? (float)(se[nch + c] / cnt[nch + c]) : e->vm[c];
+  }
   err = 0;
 done:
   for (int i = 0; raw && i < spec->n_mod; i++) free(raw[i]);
@@ -661,7 +679,7 @@ int fl_estimate_apply(const fl_model *m, const fl_estimator *e, fl_estimate_stat
        * count that evidence twice.  The surer of the two (by its measured
        * variance) stands for them, fused with the anchored regression,
        * which reads the channel's own past. */
-      float net = o[k], vm = on ? e->vm[g] : NAN, v = vm, z = net;
+      float net = o[k], vm = on ? fl_estimate_var_net(e, W, tail, g, st->anchored[g] ? st->age[g] : W) : NAN, v = vm, z = net;
       if (ker && e->va[g] < vm) {
         if (!asked) {
           asked = 1;
@@ -704,7 +722,8 @@ int fl_estimator_alloc(fl_estimator *e, int nch) {
   e->vm = calloc((size_t)nch, sizeof(float));
   e->h = calloc((size_t)nch, sizeof(float));
   e->va = calloc((size_t)nch, sizeof(float));
-  if (!e->w || !e->v || !e->vm || !e->h || !e->va) {
+  e->vmw = calloc((size_t)nch, sizeof(float));
+  if (!e->w || !e->v || !e->vm || !e->h || !e->va || !e->vmw) {
     fl_estimator_free(e);
     return FL_ENOMEM;
   }
@@ -729,6 +748,7 @@ void fl_estimator_free(fl_estimator *e) {
   free(e->mem);
   free(e->h);
   free(e->va);
+  free(e->vmw);
   memset(e, 0, sizeof *e);
 }
 

@@ -41,7 +41,10 @@ typedef struct {
   int nch;
   float *w;  /* (nch, nch) row k: k on the others */
   float *v;  /* (nch, lags) anchored error variance */
-  float *vm; /* (nch) the network's masked error variance */
+  float *vm; /* (nch) the network's masked error variance (a drifting
+              * channel: its window's tail masked) */
+  float *vmw; /* (nch) the same, the whole window masked (a model from
+               * before it: vm) */
   /* The kernel estimate (nmem 0: none, e.g. a model from before it). */
   int nmem;
   float *mem; /* (nmem, nch) clean training ticks, standardised; a rate > 1
@@ -86,6 +89,11 @@ int fl_estimate_lag(int W, int l);
 /* The anchored regression's error variance (std units^2) after `age`
  * ticks: piecewise linear between the measured lags, constant beyond. */
 float fl_estimate_var(const fl_estimator *e, int W, int k, int age);
+
+/* The network's masked error variance (std units^2) for channel k
+ * replaced for `age` ticks: vm up to the detector's tail, vmw from a whole
+ * window of W ticks on, linear between. */
+float fl_estimate_var_net(const fl_estimator *e, int W, int tail, int k, int age);
 
 /* Fuses two estimates by inverse variance; *var receives the fused one. */
 float fl_estimate_fuse(float a, float va, float b, float vb, float *var);
