@@ -154,6 +154,7 @@ int fl_bundle_save(const fl_bundle *b, const char *path, char *err, size_t errle
     if (!rc) rc = fl_st_add(st, "estimate.v", b->est.v, wv, 2);
     if (!rc) rc = fl_st_add(st, "estimate.vm", b->est.vm, nch, 1);
     if (!rc) rc = fl_st_add(st, "estimate.vmw", b->est.vmw, nch, 1);
+    if (!rc) rc = fl_st_add(st, "estimate.alpha", b->est.alpha, nch, 1);
     if (!rc && b->est.nmem > 0) {
       int64_t wm[2] = {b->est.nmem, nch[0]};
       rc = fl_st_add(st, "estimate.mem", b->est.mem, wm, 2);
@@ -279,6 +280,11 @@ int fl_bundle_load(fl_bundle *b, const char *path, char *err, size_t errlen) {
     rc = fl__get(st, "estimate.vmw", b->est.vmw, nch, err, errlen);
     if (rc == FL_ENOTFOUND) memcpy(b->est.vmw, b->est.vm, sizeof(float) * nch);
     else if (rc) goto fail;
+    /* ... and anchor on the last trusted tick. */
+    rc = fl__get(st, "estimate.alpha", b->est.alpha, nch, err, errlen);
+    if (rc && rc != FL_ENOTFOUND) goto fail;
+    for (int c = 0; c < nch; c++)
+      if (rc || !(b->est.alpha[c] > 0.0f && b->est.alpha[c] <= 1.0f)) b->est.alpha[c] = 1.0f;
     rc = 0;
     /* Models from before the kernel estimate fuse without it. */
     int64_t ms[FL_ST_MAX_DIMS];

@@ -137,6 +137,90 @@ static int fl__changes(const fl_series *x, const fl__slow *sl, const float *mean
   return got;
 }
 
+/* Smoothing factors of the anchor tried: 1, 1/2, ..., 1/64. */
+#define FL__EST_ALPHAS 7
+/* Ticks per recording at most at which the anchor's error is measured
+ * (every step-th beyond). */
+#define FL__EST_ANCHOR_ROWS 20000
+
+/* The anchored regression's error at each lag, and the anchor's smoothing:
+ * per channel k the residual r = z_k - w_k . o at every tick where it is a
+ * number, its anchor a(t) = a + alpha (r(t) - a) (alpha 1: the last tick's
+ * residual), and the error r(t + lag) - a(t).  A channel whose readings are
+ * noise around a level is better anchored on an average of its past than
+ * on one tick; alpha is the grid's value of least error summed over the
+ * lags. */
+static int fl__fit_anchor(fl_estimator *e, const fl_series *s, int ns, const fl__slow *sl,
+                          const float *mean, const float *std, int W) {
+  int n = sl->n, nch = e->nch, maxr = 0, err = FL_ENOMEM;
+  for (int f = 0; f < ns; f++)
+    if (s[f].rows > maxr) maxr = s[f].rows;
+  /* Every channel's residual at every tick of a recording (as much as the
+   * recording itself takes), by one product per chunk of ticks. */
+  size_t nn = (size_t)(n ? n : 1) * (n ? n : 1), nc = (size_t)FL__EST_CHUNK * (n ? n : 1);
+  float *R = malloc(sizeof(float) * (size_t)(maxr ? maxr : 1) * (n ? n : 1));
+  double *Ws = malloc(sizeof(double) * nn), *Z = malloc(sizeof(double) * nc);
+  double *E = malloc(sizeof(double) * nc);
+  double (*se)[FL__EST_ALPHAS][FL_ESTIMATE_LAGS] = calloc((size_t)(n ? n : 1), sizeof *se);
+  size_t (*cnt)[FL__EST_ALPHAS][FL_ESTIMATE_LAGS] = calloc((size_t)(n ? n : 1), sizeof *cnt);
+  if (!R || !Ws || !Z || !E || !se || !cnt) goto done;
+  for (int k = 0; k < n; k++)
+    for (int j = 0; j < n; j++)
+      Ws[(size_t)k * n + j] = j == k ? 1.0 : -e->w[(size_t)sl->g[k] * nch + sl->g[j]];
+  for (int f = 0; f < ns; f++) {
+    int rows = s[f].rows, step = rows > FL__EST_ANCHOR_ROWS ? rows / FL__EST_ANCHOR_ROWS : 1;
+    for (int t0 = 0; t0 < rows; t0 += FL__EST_CHUNK) {
+      int got = rows - t0 < FL__EST_CHUNK ? rows - t0 : FL__EST_CHUNK;
+      for (int t = 0; t < got; t++)
+        for (int j = 0; j < n; j++) Z[(size_t)t * n + j] = fl__z(&s[f], sl, mean, std, j, t0 + t);
+      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, got, n, n, 1.0, Z, n, Ws, n, 0.0, E,
+                  n);
+      for (size_t q = 0; q < (size_t)got * n; q++) R[(size_t)t0 * n + q] = (float)E[q];
+    }
+    for (int k = 0; k < n; k++)
+      for (int a = 0; a < FL__EST_ALPHAS; a++) {
+        double alpha = ldexp(1.0, -a), lvl = NAN;
+        for (int t = 0; t < rows; t++) {
+          double r = R[(size_t)t * n + k];
+          if (!isfinite(r)) continue;
+          lvl = isnan(lvl) ? r : lvl + alpha * (r - lvl);
+          if (t % step) continue;
+          for (int l = 0; l < FL_ESTIMATE_LAGS; l++) {
+            int u = t + fl_estimate_lag(W, l);
+            if (u >= rows) break;
+            double d = R[(size_t)u * n + k] - lvl;
+            if (!isfinite(d)) continue;
+            se[k][a][l] += d * d;
+            cnt[k][a][l]++;
+          }
+        }
+      }
+  }
+  for (int k = 0; k < n; k++) {
+    int g = sl->g[k], best = 0;
+    double bsum = INFINITY;
+    for (int a = 0; a < FL__EST_ALPHAS; a++) {
+      double sum = 0;
+      for (int l = 0; l < FL_ESTIMATE_LAGS; l++)
+        sum += cnt[k][a][l] ? se[k][a][l] / cnt[k][a][l] : INFINITY;
+      if (sum < bsum) bsum = sum, best = a;
+    }
+    e->alpha[g] = (float)ldexp(1.0, -best);
+    for (int l = 0; l < FL_ESTIMATE_LAGS; l++)
+      e->v[(size_t)g * FL_ESTIMATE_LAGS + l] =
+          cnt[k][best][l] ? (float)(se[k][best][l] / cnt[k][best][l]) : 1.0f;
+  }
+  err = 0;
+done:
+  free(R);
+  free(Ws);
+  free(Z);
+  free(E);
+  free(se);
+  free(cnt);
+  return err;
+}
+
 static int fl__fit_regression(fl_model *m, fl_estimator *e, const fl_series *s, int ns,
                               const fl__slow *sl) {
   const fl_model_spec *spec = fl_model_spec_of(m);
@@ -144,10 +228,9 @@ static int fl__fit_regression(fl_model *m, fl_estimator *e, const fl_series *s, 
   int n = sl->n, W = spec->window, D = W;
   size_t nn = (size_t)(n ? n : 1) * (n ? n : 1), nc = (size_t)FL__EST_CHUNK * (n ? n : 1);
   double *S = calloc(nn, sizeof(double)), *A = malloc(sizeof(double) * nn);
-  double *Ws = malloc(sizeof(double) * nn), *y = malloc(sizeof(double) * (n ? n : 1));
-  double *dz = malloc(sizeof(double) * nc), *E = malloc(sizeof(double) * nc);
+  double *y = malloc(sizeof(double) * (n ? n : 1)), *dz = malloc(sizeof(double) * nc);
   int err = FL_ENOMEM;
-  if (!S || !A || !Ws || !y || !dz || !E) goto done;
+  if (!S || !A || !y || !dz) goto done;
   /* Covariance of the changes over D ticks (uncentred: changes have no
    * level), a chunk of rows at a time. */
   size_t cnt = 0;
@@ -177,27 +260,7 @@ static int fl__fit_regression(fl_model *m, fl_estimator *e, const fl_series *s, 
           if (j != k) e->w[(size_t)sl->g[k] * nch + sl->g[j]] = (float)(-y[j] / y[k]);
       }
   }
-  /* The anchored regression's error at each lag: the residual's change,
-   * d_k = sum_j w_kj dz_j - dz_k over the rows where every change is a
-   * number, as one product per chunk. */
-  for (int k = 0; k < n; k++)
-    for (int j = 0; j < n; j++)
-      Ws[(size_t)k * n + j] = j == k ? -1.0 : e->w[(size_t)sl->g[k] * nch + sl->g[j]];
-  for (int l = 0; l < FL_ESTIMATE_LAGS; l++) {
-    int lag = fl_estimate_lag(W, l);
-    size_t c2 = 0;
-    memset(y, 0, sizeof(double) * n);
-    for (int f = 0; f < ns; f++)
-      for (int at = 0, got; (got = fl__changes(&s[f], sl, mean, std, lag, &at, dz, FL__EST_CHUNK));) {
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, got, n, n, 1.0, dz, n, Ws, n, 0.0,
-                    E, n);
-        for (int r = 0; r < got; r++)
-          for (int k = 0; k < n; k++) y[k] += E[(size_t)r * n + k] * E[(size_t)r * n + k];
-        c2 += (size_t)got;
-      }
-    for (int k = 0; k < n; k++)
-      e->v[(size_t)sl->g[k] * FL_ESTIMATE_LAGS + l] = c2 ? (float)(y[k] / c2) : 1.0f;
-  }
+  if ((err = fl__fit_anchor(e, s, ns, sl, mean, std, W))) goto done;
   /* The variance of a longer lag is never below a shorter one's. */
   for (int k = 0; k < n; k++) {
     float *v = e->v + (size_t)sl->g[k] * FL_ESTIMATE_LAGS;
@@ -208,10 +271,8 @@ static int fl__fit_regression(fl_model *m, fl_estimator *e, const fl_series *s, 
 done:
   free(S);
   free(A);
-  free(Ws);
   free(y);
   free(dz);
-  free(E);
   return err;
 }
 
@@ -653,7 +714,8 @@ int fl_estimate_apply(const fl_model *m, const fl_estimator *e, fl_estimate_stat
         if (j != k) pred += (double)e->w[(size_t)g * e->nch + sl.g[j]] * o[j];
       if (!rep) {
         if (isfinite(pred)) {
-          st->res[g] = (float)((x - mean[g]) / std[g] - pred);
+          float r = (float)((x - mean[g]) / std[g] - pred);
+          st->res[g] = st->anchored[g] ? st->res[g] + e->alpha[g] * (r - st->res[g]) : r;
           st->age[g] = 0;
           st->anchored[g] = 1;
         }
@@ -723,10 +785,12 @@ int fl_estimator_alloc(fl_estimator *e, int nch) {
   e->h = calloc((size_t)nch, sizeof(float));
   e->va = calloc((size_t)nch, sizeof(float));
   e->vmw = calloc((size_t)nch, sizeof(float));
-  if (!e->w || !e->v || !e->vm || !e->h || !e->va || !e->vmw) {
+  e->alpha = malloc(sizeof(float) * (size_t)nch);
+  if (!e->w || !e->v || !e->vm || !e->h || !e->va || !e->vmw || !e->alpha) {
     fl_estimator_free(e);
     return FL_ENOMEM;
   }
+  for (int c = 0; c < nch; c++) e->alpha[c] = 1.0f;
   e->nch = nch;
   return 0;
 }
@@ -749,6 +813,7 @@ void fl_estimator_free(fl_estimator *e) {
   free(e->h);
   free(e->va);
   free(e->vmw);
+  free(e->alpha);
   memset(e, 0, sizeof *e);
 }
 

@@ -45,6 +45,9 @@ typedef struct {
               * channel: its window's tail masked) */
   float *vmw; /* (nch) the same, the whole window masked (a model from
                * before it: vm) */
+  float *alpha; /* (nch) the anchor's smoothing: each trusted tick moves it
+                 * by alpha of the way to its residual (1: the last tick;
+                 * a model from before it: 1) */
   /* The kernel estimate (nmem 0: none, e.g. a model from before it). */
   int nmem;
   float *mem; /* (nmem, nch) clean training ticks, standardised; a rate > 1
