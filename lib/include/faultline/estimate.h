@@ -3,25 +3,34 @@
  *
  * The network's masked estimate knows the other channels now but not the
  * replaced channel's own recent level: a masked channel enters the model as
- * its training mean.  Next to it runs an anchored regression, per rate-1
- * channel k, in standardised units:
+ * its training mean.  Next to it run two estimates per rate-1 channel k, in
+ * standardised units.
  *
- *   g_k(t) = r_k(a) + sum_j w_kj o_j(t),   r_k(a) = z_k(a) - sum_j w_kj o_j(a)
+ * An anchored regression:
  *
- * a the channel's last trusted tick, o the other rate-1 channels (their
- * corrected values), w fitted on the training data's changes over a window
- * (ridge), so that the channel's own last level carries over and the other
- * channels move it.  Its error variance grows with the age t - a (measured
- * on training data); the network's masked error variance is measured once by
- * masking each channel of training windows.  The two are fused by inverse
- * variance; the fused standard deviation is the correction's uncertainty.
+ *   g_k(t) = r_k + sum_j w_kj o_j(t),   r_k(s) = z_k(s) - sum_j w_kj o_j(s)
  *
- * A third estimate, from memory (AAKR, the kernel regression of MSET): the
+ * o the other rate-1 channels (their corrected values), w fitted on the
+ * training data's changes over a window (ridge), r_k the anchor: r_k(s) of
+ * the trusted ticks s, averaged with a per-channel smoothing alpha (1: the
+ * last trusted tick; less for a channel that is noise around a level), so
+ * that the channel's own level carries over and the other channels move it.
+ * Its error variance grows with the age since the last trusted tick
+ * (measured on training data with the chosen alpha).
+ *
+ * A kernel estimate from memory (AAKR, the kernel regression of MSET): the
  * channel's value in the clean training ticks whose other channels lie
  * nearest to the tick's trusted channels, weighted by a Gaussian kernel.  It
- * knows the operating state, not the channel's own past, and is fused by
- * its error variance measured on training ticks held out in contiguous
- * blocks from the memory.
+ * knows the operating state, not the channel's own past; its error variance
+ * is measured on training ticks held out in contiguous blocks from the
+ * memory.
+ *
+ * The network's masked error variance is measured on training's held-out
+ * windows, the channel's tail masked (a drifting channel, whose level the
+ * network takes from the window's head) and its whole window masked.  The
+ * network and the kernel both read the other channels at the same tick, so
+ * only the surer of the two is fused, by inverse variance, with the anchored
+ * regression; the fused standard deviation is the correction's uncertainty.
  *
  * Channels of rate > 1 keep the network's estimate, with its measured
  * spread as their uncertainty. */
