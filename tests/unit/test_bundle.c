@@ -179,6 +179,8 @@ static void test_roundtrip_estimator(void **state) {
   b.est.on = 1;
   for (int k = 0; k < nch; k++) {
     b.est.vm[k] = 0.5f + k;
+    b.est.vmw[k] = 0.75f + k;
+    b.est.alpha[k] = 1.0f / (float)(1 << (k % 4));
     for (int j = 0; j < nch; j++) b.est.w[k * nch + j] = j == k ? 0.0f : 0.1f * (j - k);
     for (int l = 0; l < FL_ESTIMATE_LAGS; l++) b.est.v[k * FL_ESTIMATE_LAGS + l] = 0.01f * (l + 1);
   }
@@ -192,6 +194,8 @@ static void test_roundtrip_estimator(void **state) {
   assert_memory_equal(r.est.w, b.est.w, sizeof(float) * nch * nch);
   assert_memory_equal(r.est.v, b.est.v, sizeof(float) * nch * FL_ESTIMATE_LAGS);
   assert_memory_equal(r.est.vm, b.est.vm, sizeof(float) * nch);
+  assert_memory_equal(r.est.vmw, b.est.vmw, sizeof(float) * nch);
+  assert_memory_equal(r.est.alpha, b.est.alpha, sizeof(float) * nch);
   /* Without the kernel's tensors (a model from before it): no memory. */
   assert_int_equal(r.est.nmem, 0);
   fl_bundle_free(&r);
