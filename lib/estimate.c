@@ -473,10 +473,11 @@ static int fl__fit_kernel(fl_model *m, fl_estimator *e, const fl_series *s, int 
   float *qs = malloc(sizeof(float) * (size_t)Q * n);
   int *mfold = malloc(sizeof(int) * (size_t)M), *qfold = malloc(sizeof(int) * (size_t)Q);
   double *dd = malloc(sizeof(double) * (size_t)M * n), *d2 = malloc(sizeof(double) * (size_t)M);
+  double *tot = malloc(sizeof(double) * (size_t)M);
   double *near = malloc(sizeof(double) * (size_t)Q);
   double *se = calloc((size_t)FL__KER_GRID * sl->n, sizeof(double));
   size_t *cnt = calloc((size_t)sl->n, sizeof(size_t));
-  if (!qs || !mfold || !qfold || !dd || !d2 || !near || !se || !cnt ||
+  if (!qs || !mfold || !qfold || !dd || !d2 || !tot || !near || !se || !cnt ||
       fl_estimator_alloc_memory(e, (int)M))
     goto done;
   /* Memory tick j is the floor(j K / M)-th complete tick, query q the
@@ -539,12 +540,16 @@ static int fl__fit_kernel(fl_model *m, fl_estimator *e, const fl_series *s, int 
         if (mfold[j] < 0) mfold[j] = -1 - mfold[j];
       continue;
     }
+    for (long j = 0; j < mv; j++) {
+      double t = 0;
+      for (int c = 0; c < n; c++) t += dd[(size_t)j * n + c];
+      tot[j] = t;
+    }
     for (int k = 0; k < sl->n; k++) {
       int g = sl->g[k];
       double lo = INFINITY;
       for (long j = 0; j < mv; j++) {
-        double t = 0;
-        for (int c = 0; c < n; c++) t += c == g ? 0.0 : dd[(size_t)j * n + c];
+        double t = tot[j] - dd[(size_t)j * n + g];
         d2[j] = t;
         if (t < lo) lo = t;
       }
@@ -591,6 +596,7 @@ done:
   free(qfold);
   free(dd);
   free(d2);
+  free(tot);
   free(near);
   free(se);
   free(cnt);
