@@ -153,6 +153,14 @@ int fl_bundle_save(const fl_bundle *b, const char *path, char *err, size_t errle
     rc = fl_st_add(st, "estimate.w", b->est.w, ww, 2);
     if (!rc) rc = fl_st_add(st, "estimate.v", b->est.v, wv, 2);
     if (!rc) rc = fl_st_add(st, "estimate.vm", b->est.vm, nch, 1);
+    if (!rc) rc = fl_st_add(st, "estimate.vmw", b->est.vmw, nch, 1);
+    if (!rc) rc = fl_st_add(st, "estimate.alpha", b->est.alpha, nch, 1);
+    if (!rc && b->est.nmem > 0) {
+      int64_t wm[2] = {b->est.nmem, nch[0]};
+      rc = fl_st_add(st, "estimate.mem", b->est.mem, wm, 2);
+      if (!rc) rc = fl_st_add(st, "estimate.h", b->est.h, nch, 1);
+      if (!rc) rc = fl_st_add(st, "estimate.va", b->est.va, nch, 1);
+    }
   }
   char *spec = fl__spec_json(fl_model_spec_of(m));
   json_t *det = json_pack("{s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:i, s:i, s:i, s:i, s:f, s:f, s:i, s:i, s:f}", "tail",
@@ -268,6 +276,45 @@ int fl_bundle_load(fl_bundle *b, const char *path, char *err, size_t errlen) {
   if (!rc) {
     b->est.on = 1;
     b->est.nch = nch;
+    /* Models from before the whole-window variance use vm for both. */
+    rc = fl__get(st, "estimate.vmw", b->est.vmw, nch, err, errlen);
+    if (rc == FL_ENOTFOUND) memcpy(b->est.vmw, b->est.vm, sizeof(float) * nch);
+    else if (rc) goto fail;
+    /* ... and anchor on the last trusted tick. */
+    rc = fl__get(st, "estimate.alpha", b->est.alpha, nch, err, errlen);
+    if (rc && rc != FL_ENOTFOUND) goto fail;
+    for (int c = 0; c < nch; c++)
+      if (rc || !(b->est.alpha[c] > 0.0f && b->est.alpha[c] <= 1.0f)) b->est.alpha[c] = 1.0f;
+    rc = 0;
+    /* Models from before the kernel estimate fuse without it. */
+    int64_t ms[FL_ST_MAX_DIMS];
+    int md = 0;
+    if (!fl_st_shape(st, "estimate.mem", ms, &md)) {
+      if (md != 2 || ms[1] != nch || ms[0] < 1 || ms[0] > FL_ESTIMATE_MEM) {
+        snprintf(err, errlen, "tensor \"estimate.mem\" is not (1..%d, %d)", FL_ESTIMATE_MEM,
+                 nch);
+        rc = FL_EFORMAT;
+        goto fail;
+      }
+      if ((rc = fl_estimator_alloc_memory(&b->est, (int)ms[0]))) {
+        snprintf(err, errlen, "out of memory for the estimator's memory");
+        goto fail;
+      }
+      if ((rc = fl_st_get(st, "estimate.mem", b->est.mem, ms, 2, err, errlen)) ||
+          (rc = fl__get(st, "estimate.h", b->est.h, nch, err, errlen)) ||
+          (rc = fl__get(st, "estimate.va", b->est.va, nch, err, errlen)))
+        goto fail;
+      for (int c = 0; c < nch; c++)
+        if (!(b->est.h[c] >= 0.0f) || !(b->est.va[c] >= 0.0f)) {
+          snprintf(err, errlen, "estimate.h or estimate.va[%d] is not a number >= 0", c);
+          rc = FL_EFORMAT;
+          goto fail;
+        }
+      if ((rc = fl_check_finite(b->est.mem, (size_t)b->est.nmem * nch))) {
+        snprintf(err, errlen, "tensor \"estimate.mem\" holds a value that is not finite");
+        goto fail;
+      }
+    }
   }
   if (rc && rc != FL_ENOTFOUND) goto fail;
   rc = 0;

@@ -253,7 +253,8 @@ int cmd_calibrate(int argc, char **argv) {
              e == FL_EINVAL ? " (need at least two windows of clean data)" : "");
     goto done;
   }
-  if ((e = fl_estimate_fit(b.model, &b.est, s, nd, b.calib.tail, b.clamp))) {
+  if ((e = fl_estimate_fit(b.model, &b.est, s, nd, b.calib.tail, b.clamp,
+                              c.train.val_fraction))) {
     cli_fail("calibrate", "fitting the estimator failed: %s", fl_strerror(e));
     goto done;
   }

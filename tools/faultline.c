@@ -221,7 +221,8 @@ int cli_train(const char *cmd, fl_config *c, const fl_table *tables, int n, fl_b
     cli_fail(cmd, "calibration failed: %s", fl_strerror(e));
     goto done;
   }
-  if ((e = fl_estimate_fit(out->model, &out->est, s, n, out->calib.tail, c->train.clamp))) {
+  if ((e = fl_estimate_fit(out->model, &out->est, s, n, out->calib.tail, c->train.clamp,
+                            c->train.val_fraction))) {
     cli_fail(cmd, "fitting the estimator failed: %s", fl_strerror(e));
     goto done;
   }

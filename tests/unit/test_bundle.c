@@ -179,6 +179,8 @@ static void test_roundtrip_estimator(void **state) {
   b.est.on = 1;
   for (int k = 0; k < nch; k++) {
     b.est.vm[k] = 0.5f + k;
+    b.est.vmw[k] = 0.75f + k;
+    b.est.alpha[k] = 1.0f / (float)(1 << (k % 4));
     for (int j = 0; j < nch; j++) b.est.w[k * nch + j] = j == k ? 0.0f : 0.1f * (j - k);
     for (int l = 0; l < FL_ESTIMATE_LAGS; l++) b.est.v[k * FL_ESTIMATE_LAGS + l] = 0.01f * (l + 1);
   }
@@ -192,6 +194,26 @@ static void test_roundtrip_estimator(void **state) {
   assert_memory_equal(r.est.w, b.est.w, sizeof(float) * nch * nch);
   assert_memory_equal(r.est.v, b.est.v, sizeof(float) * nch * FL_ESTIMATE_LAGS);
   assert_memory_equal(r.est.vm, b.est.vm, sizeof(float) * nch);
+  assert_memory_equal(r.est.vmw, b.est.vmw, sizeof(float) * nch);
+  assert_memory_equal(r.est.alpha, b.est.alpha, sizeof(float) * nch);
+  /* Without the kernel's tensors (a model from before it): no memory. */
+  assert_int_equal(r.est.nmem, 0);
+  fl_bundle_free(&r);
+  /* With them: the memory, bandwidths and variances come back. */
+  assert_int_equal(fl_estimator_alloc_memory(&b.est, 3), 0);
+  for (int j = 0; j < 3 * nch; j++) b.est.mem[j] = 0.25f * (float)(j % 7) - 0.5f;
+  for (int k = 0; k < nch; k++) {
+    b.est.h[k] = 0.5f + 0.1f * k;
+    b.est.va[k] = 0.2f + 0.01f * k;
+  }
+  assert_int_equal(fl_bundle_save(&b, path, err, sizeof err), 0);
+  rc = fl_bundle_load(&r, path, err, sizeof err);
+  if (rc) print_error("%s\n", err);
+  assert_int_equal(rc, 0);
+  assert_int_equal(r.est.nmem, 3);
+  assert_memory_equal(r.est.mem, b.est.mem, sizeof(float) * 3 * nch);
+  assert_memory_equal(r.est.h, b.est.h, sizeof(float) * nch);
+  assert_memory_equal(r.est.va, b.est.va, sizeof(float) * nch);
   fl_bundle_free(&r);
   fl_bundle_free(&b);
   remove(path);

@@ -94,7 +94,7 @@ static void fit(fitted *f) {
   f->x[1] = f->b;
   f->s = (fl_series){.rows = ROWS, .n_mod = 2, .x = f->x};
   f->e = malloc(sizeof *f->e);
-  assert_int_equal(fl_estimate_fit(f->m, f->e, &f->s, 1, TAIL, CLAMP), 0);
+  assert_int_equal(fl_estimate_fit(f->m, f->e, &f->s, 1, TAIL, CLAMP, 0.2f), 0);
 }
 
 static void fitted_free(fitted *f) {
@@ -122,7 +122,7 @@ static void test_fit_learns_the_neighbour(void **state) {
   }
   /* The anchored regression of a0 is far surer than the random network. */
   assert_true(e->v[0 * FL_ESTIMATE_LAGS + FL_ESTIMATE_LAGS - 1] < 0.1f * e->vm[0]);
-  assert_int_equal(fl_estimate_fit(f.m, e, &f.s, 0, TAIL, CLAMP), FL_EINVAL);
+  assert_int_equal(fl_estimate_fit(f.m, e, &f.s, 0, TAIL, CLAMP, 0.2f), FL_EINVAL);
   fitted_free(&f);
 }
 
@@ -205,6 +205,120 @@ static void test_fault_over_windows(void **state) {
   fitted_free(&f);
 }
 
+/* b0 = f(a0, a1), nonlinear, every tick drawn afresh: nothing of b0's own
+ * past helps, only the other channels at the same tick do. */
+static void state_recording(float *a, float *b, int rows, uint32_t seed) {
+  for (int t = 0; t < rows; t++) {
+    float x = uni(&seed), y = uni(&seed);
+    a[t] = x;
+    a[rows + t] = y;
+    b[t] = sinf(3.0f * x) + y * y + 0.02f * uni(&seed);
+  }
+}
+
+static void test_kernel_recovers_a_function_of_the_others(void **state) {
+  (void)state;
+  fl_model *m = small_model(0);
+  float *a = malloc(sizeof(float) * 2 * ROWS), *b = malloc(sizeof(float) * ROWS);
+  float *x[] = {a, b};
+  state_recording(a, b, ROWS, 5);
+  fl_series s = {.rows = ROWS, .n_mod = 2, .x = x};
+  fl_estimator e;
+  assert_int_equal(fl_estimate_fit(m, &e, &s, 1, TAIL, CLAMP, 0.2f), 0);
+  assert_true(e.on && e.nmem > 100 && e.nmem <= FL_ESTIMATE_MEM);
+  for (int c = 0; c < 3; c++) assert_true(e.h[c] > 0.0f && e.va[c] >= 0.0f);
+  /* Fresh ticks: the kernel's estimate of b0 from a0 and a1 against the
+   * best constant (b0's training mean), in standardised units. */
+  const float *mean = fl_model_mean(m), *std = fl_model_std(m);
+  enum { N = 500 };
+  float *fa = malloc(sizeof(float) * 2 * N), *fb = malloc(sizeof(float) * N);
+  double *d2 = malloc(sizeof(double) * e.nmem), se = 0, sc = 0;
+  state_recording(fa, fb, N, 99);
+  for (int t = 0; t < N; t++) {
+    float q[3] = {(fa[t] - mean[0]) / std[0], (fa[N + t] - mean[1]) / std[1], NAN};
+    int have = 0;
+    float z = fl_estimate_kernel(&e, q, 2, d2, &have), truth = (fb[t] - mean[2]) / std[2];
+    assert_true(isfinite(z) && have);
+    se += (double)(z - truth) * (z - truth);
+    sc += (double)truth * truth;
+  }
+  double mse = se / N, mse_const = sc / N;
+  assert_true(mse < 0.1 * mse_const);
+  /* The variance it was fitted with describes its error on new ticks. */
+  assert_true(e.va[2] > 0.5 * mse && e.va[2] < 2.0 * mse);
+  /* No trusted channel but the target: no estimate. */
+  float none[3] = {NAN, NAN, NAN};
+  int have = 0;
+  assert_true(isnan(fl_estimate_kernel(&e, none, 2, d2, &have)));
+  free(d2);
+  free(fa);
+  free(fb);
+  fl_estimator_free(&e);
+  free(a);
+  free(b);
+  fl_model_free(m);
+}
+
+/* The same recording through fl_estimate_apply: b0 judged faulty in every
+ * window (its readings there wrong by +5), a0 and a1 trusted.  The
+ * correction follows the function of the others; without the kernel's
+ * memory (a model from before it) it does markedly worse. */
+static float run_state_fault(fl_estimator *e, int rows) {
+  fl_model *m = small_model(0);
+  float *a = malloc(sizeof(float) * 2 * rows), *b = malloc(sizeof(float) * rows);
+  state_recording(a, b, rows, 17);
+  float ra[2 * W], rb[W], ca[2 * W], cb[W], sb[W], sa[2 * W];
+  float *raw[] = {ra, rb}, *cor[] = {ca, cb}, *sig[] = {sa, sb};
+  fl_estimate_state st;
+  assert_int_equal(fl_estimate_state_init(&st, 3), 0);
+  unsigned char faulty[3] = {0, 0, 1};
+  double se = 0;
+  int n = 0;
+  for (int end = W; end <= rows; end += STRIDE) {
+    int t0 = end - W, from = end == W ? 0 : W - STRIDE;
+    for (int t = 0; t < W; t++) {
+      ra[t] = ca[t] = a[t0 + t];
+      ra[W + t] = ca[W + t] = a[rows + t0 + t];
+      rb[t] = b[t0 + t] + 5.0f;
+      cb[t] = 0.0f; /* the network's estimate stood in by the training mean */
+    }
+    assert_int_equal(fl_estimate_apply(m, e, &st, TAIL, raw, faulty, 0.0f, from, cor, sig), 0);
+    for (int t = from; t < W; t++) {
+      double d = cb[t] - b[t0 + t];
+      assert_true(sb[t] > 0.0f && isfinite(sb[t]));
+      se += d * d;
+      n++;
+    }
+  }
+  fl_estimate_state_free(&st);
+  free(a);
+  free(b);
+  fl_model_free(m);
+  return (float)sqrt(se / n);
+}
+
+static void test_kernel_in_the_correction(void **state) {
+  (void)state;
+  fl_model *m = small_model(0);
+  float *a = malloc(sizeof(float) * 2 * ROWS), *b = malloc(sizeof(float) * ROWS);
+  float *x[] = {a, b};
+  state_recording(a, b, ROWS, 5);
+  fl_series s = {.rows = ROWS, .n_mod = 2, .x = x};
+  fl_estimator e;
+  assert_int_equal(fl_estimate_fit(m, &e, &s, 1, TAIL, CLAMP, 0.2f), 0);
+  float with = run_state_fault(&e, 40 * W);
+  int nmem = e.nmem;
+  e.nmem = 0;
+  float without = run_state_fault(&e, 40 * W);
+  e.nmem = nmem;
+  assert_true(with < 0.2f);
+  assert_true(with < 0.5f * without);
+  fl_estimator_free(&e);
+  free(a);
+  free(b);
+  fl_model_free(m);
+}
+
 static void test_bad_arguments(void **state) {
   (void)state;
   fl_model *m = small_model(0);
@@ -228,6 +342,8 @@ int main(void) {
       cmocka_unit_test(test_var_by_age),
       cmocka_unit_test(test_fit_learns_the_neighbour),
       cmocka_unit_test(test_fault_over_windows),
+      cmocka_unit_test(test_kernel_recovers_a_function_of_the_others),
+      cmocka_unit_test(test_kernel_in_the_correction),
       cmocka_unit_test(test_bad_arguments),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

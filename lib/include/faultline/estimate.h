@@ -3,18 +3,35 @@
  *
  * The network's masked estimate knows the other channels now but not the
  * replaced channel's own recent level: a masked channel enters the model as
- * its training mean.  Next to it runs an anchored regression, per rate-1
- * channel k, in standardised units:
+ * its training mean.  Next to it run two estimates per rate-1 channel k, in
+ * standardised units.
  *
- *   g_k(t) = r_k(a) + sum_j w_kj o_j(t),   r_k(a) = z_k(a) - sum_j w_kj o_j(a)
+ * An anchored regression:
  *
- * a the channel's last trusted tick, o the other rate-1 channels (their
- * corrected values), w fitted on the training data's changes over a window
- * (ridge), so that the channel's own last level carries over and the other
- * channels move it.  Its error variance grows with the age t - a (measured
- * on training data); the network's masked error variance is measured once by
- * masking each channel of training windows.  The two are fused by inverse
- * variance; the fused standard deviation is the correction's uncertainty.
+ *   g_k(t) = r_k + sum_j w_kj o_j(t),   r_k(s) = z_k(s) - sum_j w_kj o_j(s)
+ *
+ * o the other rate-1 channels (their corrected values), w fitted on the
+ * training data's changes over a window (ridge), r_k the anchor: r_k(s) of
+ * the trusted ticks s, averaged with a per-channel smoothing alpha (1: the
+ * last trusted tick; less for a channel that is noise around a level), so
+ * that the channel's own level carries over and the other channels move it.
+ * Its error variance grows with the age since the last trusted tick
+ * (measured on training data with the chosen alpha).
+ *
+ * A kernel estimate from memory (AAKR, the kernel regression of MSET): the
+ * channel's value in the clean training ticks whose other channels lie
+ * nearest to the tick's trusted channels, weighted by a Gaussian kernel.  It
+ * knows the operating state, not the channel's own past; its error variance
+ * is measured on training ticks held out in contiguous blocks from the
+ * memory.
+ *
+ * The network's masked error variance is measured on training's held-out
+ * windows, the channel's tail masked (a drifting channel, whose level the
+ * network takes from the window's head) and its whole window masked.  The
+ * network and the kernel both read the other channels at the same tick, so
+ * only the surer of the two is fused, by inverse variance, with the anchored
+ * regression; the fused standard deviation is the correction's uncertainty.
+ *
  * Channels of rate > 1 keep the network's estimate, with its measured
  * spread as their uncertainty. */
 #ifndef FAULTLINE_ESTIMATE_H
@@ -33,13 +50,33 @@ typedef struct {
   int nch;
   float *w;  /* (nch, nch) row k: k on the others */
   float *v;  /* (nch, lags) anchored error variance */
-  float *vm; /* (nch) the network's masked error variance */
+  float *vm; /* (nch) the network's masked error variance (a drifting
+              * channel: its window's tail masked) */
+  float *vmw; /* (nch) the same, the whole window masked (a model from
+               * before it: vm) */
+  float *alpha; /* (nch) the anchor's smoothing: each trusted tick moves it
+                 * by alpha of the way to its residual (1: the last tick;
+                 * a model from before it: 1) */
+  /* The kernel estimate (nmem 0: none, e.g. a model from before it). */
+  int nmem;
+  float *mem; /* (nmem, nch) clean training ticks, standardised; a rate > 1
+               * channel by its tick's mean */
+  float *h;   /* (nch) bandwidth (sd) of the kernel estimating channel k */
+  float *va;  /* (nch) its error variance */
 } fl_estimator;
 
-/* Sizes e's arrays for nch channels, zeroed and not fitted (on = 0); e
- * holds no arrays on entry (whatever it holds is overwritten, not freed).
- * fl_estimator_free releases them. */
+/* The kernel's memory: at most this many training ticks, and at most
+ * FL_ESTIMATE_MEM_FLOATS numbers (a wide model keeps fewer ticks). */
+#define FL_ESTIMATE_MEM 1024
+#define FL_ESTIMATE_MEM_FLOATS (1 << 18)
+
+/* Sizes e's arrays for nch channels, zeroed and not fitted (on = 0), with
+ * no kernel memory (nmem 0); e holds no arrays on entry (whatever it holds
+ * is overwritten, not freed).  fl_estimator_alloc_memory sizes the memory
+ * for nmem ticks (nmem > 0, after fl_estimator_alloc).  fl_estimator_free
+ * releases them. */
 int fl_estimator_alloc(fl_estimator *e, int nch);
+int fl_estimator_alloc_memory(fl_estimator *e, int nmem);
 void fl_estimator_free(fl_estimator *e);
 
 /* Per stream and channel: the residual at the last trusted tick and its
@@ -65,16 +102,39 @@ int fl_estimate_lag(int W, int l);
  * ticks: piecewise linear between the measured lags, constant beyond. */
 float fl_estimate_var(const fl_estimator *e, int W, int k, int age);
 
+/* The network's masked error variance (std units^2) for channel k
+ * replaced for `age` ticks: vm up to the detector's tail, vmw from a whole
+ * window of W ticks on, linear between. */
+float fl_estimate_var_net(const fl_estimator *e, int W, int tail, int k, int age);
+
 /* Fuses two estimates by inverse variance; *var receives the fused one. */
 float fl_estimate_fuse(float a, float va, float b, float vb, float *var);
 
+/* Kernel estimate of channel k (standardised) from the query q (nch
+ * standardised values, NaN: not trusted, q[k] ignored): the kernel-weighted
+ * mean of the memory's channel k, the weights exp(-d^2 / 2 h_k^2) of each
+ * memory tick's distance d to q over q's trusted channels.  d2 (nmem) is
+ * scratch; with *have set, it holds the distances of the same query for
+ * another channel k' and is reused (valid when q[k] and q[k'] are both
+ * NaN), else it is filled and *have set.
+ * Returns NaN when q trusts no channel but k or e has no memory. */
+float fl_estimate_kernel(const fl_estimator *e, const float *q, int k, double *d2, int *have);
+
 /* Fits e (holding no arrays: see fl_estimator_alloc) on the ns recordings s (raw units, the model's layout): the
  * regression and its error at every lag, then the network's masked error
- * on up to 64 windows spread over the recordings (tail ticks, `tail` of
- * them, each channel masked in turn as fl_detect_reestimate masks it).
- * Returns 0, FL_EINVAL, FL_ENOMEM or the model's error. */
+ * on up to 64 windows spread over the last `val` share of every
+ * recording's windows (training's held-out part, the whole recording when
+ * val <= 0; tail ticks, `tail` of them, each channel masked in turn as
+ * fl_detect_reestimate masks it),
+ * then the kernel: a memory of evenly spaced complete ticks (at most
+ * FL_ESTIMATE_MEM and FL_ESTIMATE_MEM_FLOATS numbers) and, per rate-1
+ * channel, the bandwidth and its error variance by blocked cross-validation
+ * (the complete ticks in 8 contiguous blocks; a query tick is estimated from
+ * the memory outside its block; the bandwidth of least mean squared error
+ * on a grid of multiples of the queries' median distance to their nearest
+ * memory tick).  Returns 0, FL_EINVAL, FL_ENOMEM or the model's error. */
 int fl_estimate_fit(fl_model *m, fl_estimator *e, const fl_series *s, int ns, int tail,
-                    float clamp);
+                    float clamp, float val);
 
 /* Re-estimates the replaced samples of window b, ticks from..W-1, in
  * order, and advances the stream's state by those ticks.  On entry
@@ -87,7 +147,11 @@ int fl_estimate_fit(fl_model *m, fl_estimator *e, const fl_series *s, int ns, in
  * fitted) the network's estimate stands and its uncertainty is NaN.
  * `tail` is the detector's tail: a channel judged faulty from a trusted
  * tick on is anchored on the ticks just before the window's tail, not on
- * the readings that raised the flag. */
+ * the readings that raised the flag.  With a kernel memory, a replaced
+ * rate-1 channel whose kernel variance is below the network's takes the
+ * kernel's estimate (query: the channels trusted at that tick) in place
+ * of the network's before the fusion with the anchored regression; the
+ * query and distances are computed only at ticks with a replaced channel. */
 int fl_estimate_apply(const fl_model *m, const fl_estimator *e, fl_estimate_state *st, int tail,
                       float *const *raw, const unsigned char *faulty,
                       float range, int from, float *const *corrected,
