@@ -46,8 +46,14 @@ STRIDE = 1  # every window reported: the daemon's hysteresis and baselines see w
 FAULT_AT = 200  # stream row from which one channel of the last modality is noise
 
 
+# A command's limit guards against a hang; under the sanitizers (tests/run.sh
+# sets FAULTLINE_SANITIZED) code runs 2-4x slower, so it is tripled as
+# meson's own limit is.
+SLOW = 3 if os.environ.get("FAULTLINE_SANITIZED") else 1
+
+
 def run(args, ok=True, timeout=600):
-    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout * SLOW)
     if ok and p.returncode != 0:
         print(" ".join(args), "->", p.returncode, p.stderr, file=sys.stderr)
         check(False, f"{os.path.basename(args[0])} {args[1]} exits 0")
