@@ -463,10 +463,12 @@ def scenario_restart():
         probe(f"the {name} proxy restarted")
     run(90, 180, "after both proxies restarted")
     m, _ = T.metrics(http)
-    # Probes sent before a path was back are dropped whole (by the
-    # publisher's XPUB, which had no subscriber); the main stream lost nothing.
+    # Probes sent before a path was back are dropped by the publisher's XPUB,
+    # which had no subscriber; one caught while the subscription arrives is
+    # cut short. Each of the two probes that got through brought a whole
+    # window, and the main stream lost nothing.
     extra = m["faultline_frames_received_total"] - 180
-    check(extra % W == 0 and 0 < extra <= W * probes[0] and
+    check(2 * W <= extra <= W * probes[0] and
           m["faultline_sequence_gaps_total"] == 0,
           f"restart: the daemon got every frame of the main stream, without a gap "
           f"({m['faultline_frames_received_total']:.0f} frames with {probes[0]} probes)")
