@@ -159,22 +159,13 @@ int fld_engine_load(fld_engine **out, const char *path, const fld_config *cfg, c
     rc = FL_EINVAL;
     goto fail;
   }
-  /* A wide plant's window is megabytes of scratch (the model's inputs,
-   * masks, estimates and outputs, the raw, corrected and uncertainty
-   * copies), so the batch is cut to what [output] batch_memory holds. */
-  size_t ct_all = 0;
-  for (int i = 0; i < spec->n_mod; i++)
-    ct_all += (size_t)spec->mod[i].channels * spec->window * spec->mod[i].rate;
-  double budget = cfg->batch_memory * 1048576.0;
-  e->batch = cfg->batch;
-  while (e->batch > 1 && (double)(fl_ctx_infer_bytes(e->b.model, e->batch) +
-                                  (size_t)e->batch * 3 * sizeof(float) * ct_all) > budget)
-    e->batch--;
+  size_t per_window;
+  e->batch = fl_pipeline_batch_for(e->b.model, cfg->batch, cfg->batch_memory * 1048576.0,
+                                   &per_window);
   if (e->batch < cfg->batch)
     fld_log(FLD_NOTICE, "[output] batch %d cut to %d: a window of this model holds %.2f MB "
             "of scratch, [output] batch_memory is %g MB", cfg->batch, e->batch,
-            (double)(fl_ctx_infer_bytes(e->b.model, 1) + 3 * sizeof(float) * ct_all) / 1048576.0,
-            cfg->batch_memory);
+            (double)per_window / 1048576.0, cfg->batch_memory);
   rc = FL_ENOMEM;
   if (!(e->win = fl_pipeline_windows_new(spec, e->batch)) ||
       !(e->by_mod = calloc((size_t)spec->n_mod, sizeof *e->by_mod)) ||

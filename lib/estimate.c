@@ -390,15 +390,14 @@ done:
  * model cross-validates on fewer queries). */
 #define FL__KER_WORK 6e7
 
-float fl_estimate_kernel(const fl_estimator *e, const float *q, int k, double *d2, int *have) {
-  if (!e || !e->nmem || !e->mem || k < 0 || k >= e->nch || !(e->h[k] > 0.0f)) return NAN;
-  int n = e->nch;
+float fl_kernel_regress(const float *mem, int m, int n, const float *q, int k, float h,
+                        double *d2, int *have) {
   if (!*have) {
     int used = 0;
     for (int c = 0; c < n; c++) used += c != k && !isnan(q[c]);
     if (!used) return NAN;
-    for (int j = 0; j < e->nmem; j++) {
-      const float *r = e->mem + (size_t)j * n;
+    for (int j = 0; j < m; j++) {
+      const float *r = mem + (size_t)j * n;
       double s = 0;
       for (int c = 0; c < n; c++) {
         if (c == k || isnan(q[c])) continue;
@@ -410,17 +409,22 @@ float fl_estimate_kernel(const fl_estimator *e, const float *q, int k, double *d
     *have = 1;
   }
   double lo = INFINITY;
-  for (int j = 0; j < e->nmem; j++)
+  for (int j = 0; j < m; j++)
     if (d2[j] < lo) lo = d2[j];
   /* Distances relative to the nearest tick: a query far from every memory
    * tick takes the nearest ones rather than dividing by nothing. */
-  double num = 0, den = 0, g = 1.0 / (2.0 * (double)e->h[k] * e->h[k]);
-  for (int j = 0; j < e->nmem; j++) {
+  double num = 0, den = 0, g = 1.0 / (2.0 * (double)h * h);
+  for (int j = 0; j < m; j++) {
     double w = exp(-(d2[j] - lo) * g);
-    num += w * e->mem[(size_t)j * n + k];
+    num += w * mem[(size_t)j * n + k];
     den += w;
   }
   return (float)(num / den);
+}
+
+float fl_estimate_kernel(const fl_estimator *e, const float *q, int k, double *d2, int *have) {
+  if (!e || !e->nmem || !e->mem || k < 0 || k >= e->nch || !(e->h[k] > 0.0f)) return NAN;
+  return fl_kernel_regress(e->mem, e->nmem, e->nch, q, k, e->h[k], d2, have);
 }
 
 /* The standardised tick r of recording x into row (nch), a rate > 1

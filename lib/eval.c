@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "faultline/error.h"
+#include "faultline/estimate.h"
 #include "faultline/nn.h"
 
 /* ---- per channel --------------------------------------------------------- */
@@ -174,33 +175,11 @@ int fl_eval_aakr(float *est, const float *mem, int m, int d, const float *q, int
   if (!est || !mem || !q || m < 1 || d < 2 || target < 0 || target >= d || !(h > 0.0f))
     return FL_EINVAL;
   if (fl_check_finite(mem, (size_t)m * d)) return FL_ENONFINITE;
-  int used = 0;
-  for (int c = 0; c < d; c++) used += c != target && !isnan(q[c]);
-  if (!used) {
-    *est = NAN;
-    return 0;
-  }
-  double *d2 = malloc(sizeof(double) * (size_t)m), lo = INFINITY;
+  double *d2 = malloc(sizeof(double) * (size_t)m);
   if (!d2) return FL_ENOMEM;
-  for (int j = 0; j < m; j++) {
-    const float *r = mem + (size_t)j * d;
-    double s = 0;
-    for (int c = 0; c < d; c++) {
-      if (c == target || isnan(q[c])) continue;
-      double e = (double)q[c] - r[c];
-      s += e * e;
-    }
-    d2[j] = s;
-    if (s < lo) lo = s;
-  }
-  double num = 0, den = 0, k = 1.0 / (2.0 * (double)h * h);
-  for (int j = 0; j < m; j++) {
-    double w = exp(-(d2[j] - lo) * k);
-    num += w * mem[(size_t)j * d + target];
-    den += w;
-  }
+  int have = 0;
+  *est = fl_kernel_regress(mem, m, d, q, target, h, d2, &have);
   free(d2);
-  *est = (float)(num / den); /* den >= 1: the nearest row weighs 1 */
   return 0;
 }
 

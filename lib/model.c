@@ -34,6 +34,10 @@ struct fl_model {
 
 struct fl_ctx {
   int maxB, n_mod;
+  /* A dry context allocates nothing and counts the floats it would hold,
+   * so that fl_ctx_infer_bytes reads the allocator's own sizes. */
+  int dry;
+  size_t floats;
   float **per; /* (FL__CTX_PER M): the views below point into it */
   /* Per modality (B, C, T) input and output, encoder and decoder activations. */
   float **x, **out, **dout;
@@ -450,7 +454,13 @@ void fl_ctx_free(fl_ctx *c) {
  * intermediates in two shared buffers, s1 (B, e1, 2L) and s2 (B, e2, L),
  * with activations in place; the block's hidden layers in place, its last
  * layer written straight into z'; no gradient buffers. */
-#define FL__ALLOC(p, n) ok &= ((p) = malloc(sizeof(float) * (n))) != NULL
+#define FL__ALLOC(p, n) ok &= fl__take(c, &(p), (n))
+
+static int fl__take(fl_ctx *c, float **p, size_t n) {
+  c->floats += n;
+  *p = c->dry ? NULL : malloc(sizeof(float) * n);
+  return c->dry || *p;
+}
 
 /* What both layouts hold per modality: inputs, masks, estimates, trend
  * levels and outputs.  Returns 1 when every allocation succeeded. */
@@ -522,17 +532,12 @@ static int fl__ctx_create_infer(fl_ctx *c, const fl_model *m, size_t B, size_t w
 
 size_t fl_ctx_infer_bytes(const fl_model *m, int max_batch) {
   if (!m || max_batch <= 0) return 0;
-  const fl_model_spec *s = &m->spec;
-  size_t B = (size_t)max_batch, n = 0;
-  /* fl__ctx_alloc_io and fl__ctx_create_infer, float by float. */
-  for (int i = 0; i < s->n_mod; i++) {
-    size_t T = (size_t)s->window * s->mod[i].rate, C = s->mod[i].channels;
-    n += B * C * (4 * T + 2);
-  }
-  size_t Z = m->Z, H = s->hidden > s->head_hidden ? s->hidden : s->head_hidden;
-  n += B * ((size_t)s->enc1 * 2 * m->L + (size_t)s->enc2 * m->L + 2 * Z + 2 * H +
-            (size_t)s->head_hidden + 2 * (size_t)s->emb + 1);
-  n += fl__ctx_work(m, max_batch);
+  fl_ctx *c = fl__ctx_new(m, max_batch);
+  if (!c) return 0;
+  c->dry = 1;
+  fl__ctx_create_infer(c, m, (size_t)max_batch, fl__ctx_work(m, max_batch));
+  size_t n = c->floats;
+  fl_ctx_free(c);
   return n * sizeof(float);
 }
 

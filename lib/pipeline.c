@@ -76,6 +76,18 @@ static int fl__estimate(fl_model *m, const fl_calib *cal, const fl_pipeline_conf
                            x->faulty, cfg->clamp, x->from, x->corrected, x->sigma);
 }
 
+int fl_pipeline_batch_for(const fl_model *m, int max, double bytes, size_t *per_window) {
+  if (!m || max < 1) return FL_EINVAL;
+  const fl_model_spec *spec = fl_model_spec_of(m);
+  size_t copies = 0;
+  for (int i = 0; i < spec->n_mod; i++)
+    copies += 3 * sizeof(float) * (size_t)spec->mod[i].channels * spec->window * spec->mod[i].rate;
+  if (per_window) *per_window = fl_ctx_infer_bytes(m, 1) + copies;
+  int b = max;
+  while (b > 1 && (double)(fl_ctx_infer_bytes(m, b) + (size_t)b * copies) > bytes) b--;
+  return b;
+}
+
 int fl_pipeline_run(fl_model *m, const fl_calib *cal, fl_ctx *ctx, const fl_pipeline_config *cfg,
                     int B, fl_pipeline_window *w) {
   if (!m || !cal || !ctx || !cfg || !w || B <= 0) return FL_EINVAL;

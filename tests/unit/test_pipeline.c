@@ -290,11 +290,38 @@ static void test_invalid_arguments(void **state) {
   fl_model_free(m);
 }
 
+/* The batch by memory: the largest that fits, never below 1, the whole
+ * request when the budget holds it, and the sizes are the context's own
+ * (a context of the chosen batch can be made). */
+static void test_batch_for_fits_budget(void **state) {
+  (void)state;
+  fl_model *m = small_model(0);
+  size_t one = 0;
+  assert_int_equal(fl_pipeline_batch_for(m, 8, 1e12, &one), 8);
+  assert_true(one >= fl_ctx_infer_bytes(m, 1));
+  assert_int_equal(fl_pipeline_batch_for(m, 8, 0.0, NULL), 1);
+  /* The budget of exactly 3 windows' scratch gives 3, a byte less 2. */
+  size_t copies = one - fl_ctx_infer_bytes(m, 1);
+  double three = (double)(fl_ctx_infer_bytes(m, 3) + 3 * copies);
+  assert_int_equal(fl_pipeline_batch_for(m, 8, three, NULL), 3);
+  assert_int_equal(fl_pipeline_batch_for(m, 8, three - 1, NULL), 2);
+  assert_int_equal(fl_pipeline_batch_for(m, 2, three, NULL), 2);
+  assert_int_equal(fl_pipeline_batch_for(m, 0, three, NULL), FL_EINVAL);
+  assert_int_equal(fl_pipeline_batch_for(NULL, 8, three, NULL), FL_EINVAL);
+  /* More windows hold more scratch. */
+  assert_true(fl_ctx_infer_bytes(m, 4) > fl_ctx_infer_bytes(m, 3));
+  fl_ctx *ctx = NULL;
+  assert_int_equal(fl_ctx_create_infer(&ctx, m, 3), 0);
+  fl_ctx_free(ctx);
+  fl_model_free(m);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_interleaved_streams_match_each_alone),
       cmocka_unit_test(test_state_carries_across_calls),
       cmocka_unit_test(test_invalid_arguments),
+      cmocka_unit_test(test_batch_for_fits_budget),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -120,6 +120,13 @@ float fl_estimate_fuse(float a, float va, float b, float vb, float *var);
  * Returns NaN when q trusts no channel but k or e has no memory. */
 float fl_estimate_kernel(const fl_estimator *e, const float *q, int k, double *d2, int *have);
 
+/* The same kernel regression on any memory: column k of mem (m rows of n
+ * numbers) from q's numbers besides k, bandwidth h; d2 and *have as above.
+ * fl_estimate_kernel is this on the estimator's memory; the evaluation's
+ * AAKR baseline is this on its own. */
+float fl_kernel_regress(const float *mem, int m, int n, const float *q, int k, float h,
+                        double *d2, int *have);
+
 /* Fits e (holding no arrays: see fl_estimator_alloc) on the ns recordings s (raw units, the model's layout): the
  * regression and its error at every lag, then the network's masked error
  * on up to 64 windows spread over the last `val` share of every

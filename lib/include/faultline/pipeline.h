@@ -89,6 +89,14 @@ typedef struct {
  * are undefined and the states of windows decided before it have moved. */
 fl_pipeline_window *fl_pipeline_windows_new(const fl_model_spec *spec, int B);
 
+/* The largest batch, from 1 to max, whose scratch fits in `bytes`: the
+ * forward-only context (fl_ctx_infer_bytes) and, per window, the caller's
+ * raw, corrected and sigma copies of the window.  *per_window, when given,
+ * receives one window's share.  At least 1 however small `bytes` is: a
+ * window is always scored.  A wide plant's window is megabytes, so a
+ * daemon sizes its batch by memory rather than by count. */
+int fl_pipeline_batch_for(const fl_model *m, int max, double bytes, size_t *per_window);
+
 int fl_pipeline_run(fl_model *m, const fl_calib *cal, fl_ctx *ctx, const fl_pipeline_config *cfg,
                     int B, fl_pipeline_window *w);
 
