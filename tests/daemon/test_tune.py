@@ -288,16 +288,22 @@ def lineage(path):
         return None
 
 
-def scenario_crash():
-    import random
-    rows = 6000
-    csv = os.path.join(TMP, "crash.csv")
-    subprocess.run([FL, "simulate", "--rows", str(rows), "--seed", "31", "--anomalies", "0",
+def quick_updates(name, **keys):
+    """A clean run of 6000 rows (TMP/name.csv), a checkpoint path in a state
+    directory, and [tune] keys under which updates are accepted within
+    seconds, every one checkpointed (keys override them)."""
+    csv = os.path.join(TMP, name + ".csv")
+    subprocess.run([FL, "simulate", "--rows", "6000", "--seed", "31", "--anomalies", "0",
                     "--out", csv], check=True)
     ckpt = os.path.join(TMP, "state", "tuned.model")
     os.makedirs(os.path.dirname(ckpt))
-    tune = dict(TUNE_FAST, steps=5, margin=10, min_windows=32, buffer=64, checkpoint=ckpt,
-                checkpoint_every=1, span=1, gate=1.0)
+    return csv, ckpt, dict(TUNE_FAST, steps=5, margin=10, min_windows=32, buffer=64,
+                           checkpoint=ckpt, checkpoint_every=1, span=1, gate=1.0, **keys)
+
+
+def scenario_crash():
+    import random
+    csv, ckpt, tune = quick_updates("crash")
     rnd = random.Random(5)
     best = 0
     kills = torn = 0
@@ -517,29 +523,6 @@ def tensors(path):
             for k, v in head.items() if k != "__metadata__"}
 
 
-def long_faults(n):
-    """EPISODE's first n rows with an offset of 6 sd on pressure (rows
-    150-399) and flow missing (rows 200-379), as a CSV and as a Table."""
-    import csv as csvmod
-    import statistics
-    src = T.Table(EPISODE, T.modalities(CONFIG))
-    jp, jf = src.column("pressure"), src.column("flow")
-    sd = statistics.pstdev(r[jp] for r in src.rows[:n])
-    path = os.path.join(TMP, "long.csv")
-    with open(EPISODE, newline="") as f, open(path, "w", newline="") as g:
-        rd, wr = csvmod.reader(f), csvmod.writer(g)
-        wr.writerow(next(rd))
-        for i, row in enumerate(rd):
-            if i >= n:
-                break
-            if 150 <= i < 400:
-                row[jp] = repr(float(row[jp]) + 6.0 * sd)
-            if 200 <= i < 380:
-                row[jf] = ""
-            wr.writerow(row)
-    return path, T.Table(path, T.modalities(CONFIG))
-
-
 def parity_run(what, d, ports, tab, n, head, rows, version):
     """Streams tab's n rows as a new stream into d (stride 1) and checks each
     report's corrected values and uncertainties against `faultline score`'s
@@ -586,7 +569,7 @@ def parity_run(what, d, ports, tab, n, head, rows, version):
                         worst = max(worst, abs(m.corrected[k] - want_c))
                     replaced += m.uncertainty[k] > 0
     check(replaced >= 180, f"{what}: replaced samples compared ({replaced}; flow alone is "
-          f"missing in 180 windows)")
+          f"missing in 180 of the reports)")
     check(bad_c == 0, f"{what}: corrected values match faultline score --model CHECKPOINT "
           f"({bad_c} differ, worst {worst:.3g})")
     check(bad_u == 0, f"{what}: uncertainties match faultline score --model CHECKPOINT "
@@ -594,22 +577,13 @@ def parity_run(what, d, ports, tab, n, head, rows, version):
     sub.close(0)
     pub.close(0)
     ctx.term()
-    return reps
 
 
 def scenario_parity():
     import shutil
-    rows = 6000
-    csv = os.path.join(TMP, "tune.csv")
-    subprocess.run([FL, "simulate", "--rows", str(rows), "--seed", "31", "--anomalies", "0",
-                    "--out", csv], check=True)
-    ckpt = os.path.join(TMP, "state", "tuned.model")
-    os.makedirs(os.path.dirname(ckpt))
-    # Quick to accept one update (as crash's); max_updates_per_hour 1 holds
-    # the next job off for an hour, so that the model stays the swapped one
-    # while the parity stream runs.
-    tune = dict(TUNE_FAST, steps=5, margin=10, min_windows=32, buffer=64, checkpoint=ckpt,
-                checkpoint_every=1, span=1, gate=1.0, max_updates_per_hour=1)
+    # max_updates_per_hour 1 holds the job after the first off for an hour,
+    # so that the model stays the swapped one while the parity stream runs.
+    csv, ckpt, tune = quick_updates("swap", max_updates_per_hour=1)
     d, cfg, ports = start("swap", tune=tune, output={"stride": 1})
     rp = subprocess.Popen([FL, "replay", "--in", csv, "--connect",
                            f"tcp://127.0.0.1:{ports['in']}", "--config", CONFIG,
@@ -642,7 +616,8 @@ def scenario_parity():
           f"parity: the checkpoint carries the base model's estimator "
           f"({[k for k in est if tc.get(k) != tb[k]]} missing or different)")
     n = 480
-    path, tab = long_faults(n)
+    path = os.path.join(TMP, "long.csv")
+    tab = T.long_faults(EPISODE, T.modalities(CONFIG), path, n)
     scored = os.path.join(TMP, "long_scored.csv")
     subprocess.run([FL, "score", "--model", cand, "--in", path, "--out", scored], check=True)
     head, srows = T.read_csv(scored)
