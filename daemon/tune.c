@@ -72,6 +72,11 @@ static int fld__size_norms(fld_tuner *t, int nl) {
   return 0;
 }
 
+static void fld__est_free(fl_estimator *e) {
+  fl_estimator_free(e);
+  free(e);
+}
+
 int fld_tune_start(fld_app *app, char *err, size_t errlen) {
   const fld_config *c = &app->cfg;
   if (!c->tune_enabled) return 0;
@@ -110,7 +115,21 @@ int fld_tune_start(fld_app *app, char *err, size_t errlen) {
   else fl_tune_buffer_free(t->buf);
   fl_tune_buffer_free(t->inbox);
   t->buf = t->inbox = NULL;
-  int rc = fl_tune_buffer_create(&t->buf, e->b.model, c->tune_buffer);
+  /* The estimator a checkpoint carries: the engine's, copied because a
+   * reload frees the engine while a job (its checkpoint written on the
+   * worker) may run.  Tuning does not refit it: its variances were measured
+   * on the base network and stay as they were, as they do in the engine
+   * after a swap (refitting needs the training data; see tuning.md).  A job
+   * in flight keeps the copy it started with until it is done. */
+  if (t->busy && !t->est_job) t->est_job = t->est;
+  else fld__est_free(t->est);
+  t->est = NULL;
+  int rc = FL_ENOMEM;
+  if ((t->est = malloc(sizeof *t->est)) && (rc = fl_estimator_copy(t->est, &e->b.est))) {
+    free(t->est);
+    t->est = NULL;
+  }
+  if (!rc) rc = fl_tune_buffer_create(&t->buf, e->b.model, c->tune_buffer);
   int in_cap = c->tune_buffer / 4 > 2 ? c->tune_buffer / 4 : 2;
   if (!rc) rc = fl_tune_buffer_create(&t->inbox, e->b.model, in_cap);
   /* A job in flight writes the old array; it is resized once it is done. */
@@ -187,6 +206,8 @@ void fld_tune_after(fld_tuner *t) {
   t->busy = 0;
   fl_tune_buffer_free(t->retired);
   t->retired = NULL;
+  fld__est_free(t->est_job);
+  t->est_job = NULL;
   /* Windows that waited while the worker copied join the buffer before it
    * is re-standardised for an update. */
   fld__drain_inbox(t);
@@ -309,6 +330,13 @@ void fld_tune_poll(fld_app *app) {
   t->save_due = t->path[0] && app->cfg.tune_checkpoint_every > 0 &&
                 (t->updates + 1) % (uint64_t)app->cfg.tune_checkpoint_every == 0;
   t->save_updates = t->updates + 1;
+  if (t->save_due) {
+    t->save_detect = t->cfg.detect;
+    t->save_clamp = t->cfg.train.clamp;
+    t->save_est = t->est;
+    memcpy(t->save_base, t->base, sizeof t->save_base);
+    memcpy(t->save_path, t->path, sizeof t->save_path);
+  }
   atomic_store_explicit(&t->snapped, 0, memory_order_relaxed);
   atomic_store_explicit(&t->done, 0, memory_order_relaxed);
   atomic_store_explicit(&t->hurry, 0, memory_order_relaxed);
@@ -356,6 +384,8 @@ void fld_tune_free(fld_app *app) {
   fl_tune_buffer_free(t->buf);
   fl_tune_buffer_free(t->inbox);
   fl_tune_buffer_free(t->retired);
+  fld__est_free(t->est);
+  fld__est_free(t->est_job);
   free(t->cand_norm);
   free(t);
   app->tuner = NULL;

@@ -114,11 +114,16 @@ void fld_tune_ckpt_resume(fld_tuner *t) {
   fl_bundle_free(&best);
 }
 
-void fld_tune_ckpt_lineage(fld_tuner *t, uint64_t updates, char *out, size_t len) {
+static void fld__lineage(const fld_tuner *t, const char *base, uint64_t updates, char *out,
+                         size_t len) {
   snprintf(out, len,
            "{\"base\":\"%s\",\"updates\":%" PRIu64 ",\"tuned\":%.0f,"
            "\"val_loss\":%.6g,\"false_alarm_rate\":%.6g}",
-           t->base, updates, fld_now(), (double)t->res.loss_new, (double)t->res.far_new);
+           base, updates, fld_now(), (double)t->res.loss_new, (double)t->res.far_new);
+}
+
+void fld_tune_ckpt_lineage(fld_tuner *t, uint64_t updates, char *out, size_t len) {
+  fld__lineage(t, t->base, updates, out, len);
 }
 
 /* Keeps the current checkpoint as PATH.1 before a new one replaces PATH: a
@@ -153,15 +158,20 @@ int fld_tune_ckpt_now(fld_tuner *t) {
 
 void fld_tune_ckpt_candidate(fld_tuner *t) {
   /* The checkpoint is the accepted model: the job's candidate and its new
-   * calibration, which the loop is about to copy into the engine. */
-  fld_tune_ckpt_lineage(t, t->save_updates, t->save_lineage, sizeof t->save_lineage);
+   * calibration, which the loop is about to copy into the engine, with the
+   * rest of the engine's bundle as it was when the job started (the
+   * save_* fields: this runs on the worker, which must not read the
+   * engine).  Without the estimator, a daemon serving the file or
+   * `faultline score` on it would correct with the network alone. */
+  fld__lineage(t, t->save_base, t->save_updates, t->save_lineage, sizeof t->save_lineage);
   fl_bundle b;
   memset(&b, 0, sizeof b);
   b.model = fl_tune_job_model(t->job);
   b.calib = *fl_tune_job_calib(t->job);
-  b.detect = t->cfg.detect;
-  b.clamp = t->cfg.train.clamp;
+  b.detect = t->save_detect;
+  if (t->save_est) b.est = *t->save_est;
+  b.clamp = t->save_clamp;
   snprintf(b.lineage, sizeof b.lineage, "%s", t->save_lineage);
-  fld__keep_previous(t->path);
-  t->save_rc = fl_bundle_save(&b, t->path, t->save_err, sizeof t->save_err);
+  fld__keep_previous(t->save_path);
+  t->save_rc = fl_bundle_save(&b, t->save_path, t->save_err, sizeof t->save_err);
 }

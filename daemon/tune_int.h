@@ -54,6 +54,18 @@ typedef struct fld_tuner {
   int nice_failed;       /* a worker could not lower its priority (logged once) */
   int pace_failed;       /* a worker has no pacing timer (1: to log, 2: logged) */
   uint64_t save_updates;
+  /* What the checkpoint of a candidate takes besides the job's model and
+   * calibration, set on the loop when the job starts: the worker writes it,
+   * and a reload meanwhile frees the engine and rewrites cfg, base and
+   * path.  est points at the tuner's estimator of that moment (est_job
+   * keeps it alive until the job is done). */
+  fl_detect_config save_detect;
+  float save_clamp;
+  const fl_estimator *save_est;
+  char save_base[17];
+  char save_path[PATH_MAX];
+  fl_estimator *est;     /* a copy of the engine's estimator (fld_tune_start) */
+  fl_estimator *est_job; /* the one a job in flight saves, if a reload replaced est */
   char save_err[400];
   char lineage[1024];      /* of the model in service */
   char save_lineage[1024]; /* of the update the worker may checkpoint */

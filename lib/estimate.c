@@ -814,6 +814,29 @@ int fl_estimator_alloc_memory(fl_estimator *e, int nmem) {
   return 0;
 }
 
+int fl_estimator_copy(fl_estimator *dst, const fl_estimator *src) {
+  if (!dst || !src || dst == src) return FL_EINVAL;
+  int nch = src->nch, err = fl_estimator_alloc(dst, nch);
+  if (err) return err;
+  if (nch && src->nmem > 0 && (err = fl_estimator_alloc_memory(dst, src->nmem))) {
+    fl_estimator_free(dst);
+    return err;
+  }
+  if (nch) {
+    size_t n = (size_t)nch;
+    memcpy(dst->w, src->w, sizeof(float) * n * n);
+    memcpy(dst->v, src->v, sizeof(float) * n * FL_ESTIMATE_LAGS);
+    memcpy(dst->vm, src->vm, sizeof(float) * n);
+    memcpy(dst->vmw, src->vmw, sizeof(float) * n);
+    memcpy(dst->alpha, src->alpha, sizeof(float) * n);
+    memcpy(dst->h, src->h, sizeof(float) * n);
+    memcpy(dst->va, src->va, sizeof(float) * n);
+    if (dst->nmem) memcpy(dst->mem, src->mem, sizeof(float) * n * (size_t)dst->nmem);
+  }
+  dst->on = src->on;
+  return 0;
+}
+
 void fl_estimator_free(fl_estimator *e) {
   if (!e) return;
   free(e->w);

@@ -113,6 +113,29 @@ class Table:
         return f
 
 
+def long_faults(episode, mods, path, n):
+    """Writes episode's first n rows to path with faults that outlast several
+    windows: an offset of 6 sd on pressure (rows 150-399) and flow missing
+    (rows 200-379); returns them as a Table."""
+    import csv
+    import statistics
+    src = Table(episode, mods)
+    jp, jf = src.column("pressure"), src.column("flow")
+    sd = statistics.pstdev(r[jp] for r in src.rows[:n])
+    with open(episode, newline="") as f, open(path, "w", newline="") as g:
+        rd, wr = csv.reader(f), csv.writer(g)
+        wr.writerow(next(rd))
+        for i, row in enumerate(rd):
+            if i >= n:
+                break
+            if 150 <= i < 400:
+                row[jp] = repr(float(row[jp]) + 6.0 * sd)
+            if 200 <= i < 380:
+                row[jf] = ""
+            wr.writerow(row)
+    return Table(path, mods)
+
+
 def write_config(path, base, overrides):
     """base's text followed by override sections (later keys win)."""
     with open(base) as f:

@@ -26,13 +26,11 @@ SCENARIO is one of:
              report's corrected values and their uncertainty are what
              `faultline score` writes for the same rows
 """
-import csv
 import json
 import math
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -260,27 +258,13 @@ def scenario_stream():
 
 def scenario_correct():
     n, cut = 480, 260
-    src = T.Table(EPISODE, MODS)
-    jp, jf = src.column("pressure"), src.column("flow")
-    sd = statistics.pstdev(r[jp] for r in src.rows[:n])
     # The long faults, written as a CSV for `faultline score` and sent as
     # frames from the same rows.
     csv_path = os.path.join(TMP, "long.csv")
-    with open(EPISODE, newline="") as f, open(csv_path, "w", newline="") as g:
-        rd, wr = csv.reader(f), csv.writer(g)
-        wr.writerow(next(rd))
-        for i, row in enumerate(rd):
-            if i >= n:
-                break
-            if 150 <= i < 400:
-                row[jp] = repr(float(row[jp]) + 6.0 * sd)
-            if 200 <= i < 380:
-                row[jf] = ""
-            wr.writerow(row)
+    tab = T.long_faults(EPISODE, MODS, csv_path, n)
     scored = os.path.join(TMP, "long_scored.csv")
     subprocess.run([FL, "score", "--model", MODEL, "--in", csv_path, "--out", scored], check=True)
     head, rows = T.read_csv(scored)
-    tab = T.Table(csv_path, MODS)
     ctx = zmq.Context()
     d, cfg, ports = start("correct", output={"stride": 1})
     sub = T.subscriber(ctx, f"tcp://127.0.0.1:{ports['out']}")

@@ -32,6 +32,13 @@ usage: test_tune.py SCENARIO FAULTLINED FAULTLINE MODEL EPISODE CONFIG
          CPU time, so that a thread waiting behind it waits no longer; at
          nice 10 (idle 0), which a busy test machine does not starve; a
          job ends and counts its steps
+  parity after an accepted swap and its checkpoint, a stream with faults
+         lasting several windows (pressure offset, flow missing): the
+         daemon's corrected values and uncertainties are what `faultline
+         score --model CHECKPOINT` writes for the same rows, and so are a
+         daemon's restarted on the checkpoint (resumed from it, and serving
+         the file as its model); the checkpoint carries the base model's
+         estimator
 """
 import os
 import signal
@@ -281,16 +288,22 @@ def lineage(path):
         return None
 
 
-def scenario_crash():
-    import random
-    rows = 6000
-    csv = os.path.join(TMP, "crash.csv")
-    subprocess.run([FL, "simulate", "--rows", str(rows), "--seed", "31", "--anomalies", "0",
+def quick_updates(name, **keys):
+    """A clean run of 6000 rows (TMP/name.csv), a checkpoint path in a state
+    directory, and [tune] keys under which updates are accepted within
+    seconds, every one checkpointed (keys override them)."""
+    csv = os.path.join(TMP, name + ".csv")
+    subprocess.run([FL, "simulate", "--rows", "6000", "--seed", "31", "--anomalies", "0",
                     "--out", csv], check=True)
     ckpt = os.path.join(TMP, "state", "tuned.model")
     os.makedirs(os.path.dirname(ckpt))
-    tune = dict(TUNE_FAST, steps=5, margin=10, min_windows=32, buffer=64, checkpoint=ckpt,
-                checkpoint_every=1, span=1, gate=1.0)
+    return csv, ckpt, dict(TUNE_FAST, steps=5, margin=10, min_windows=32, buffer=64,
+                           checkpoint=ckpt, checkpoint_every=1, span=1, gate=1.0, **keys)
+
+
+def scenario_crash():
+    import random
+    csv, ckpt, tune = quick_updates("crash")
     rnd = random.Random(5)
     best = 0
     kills = torn = 0
@@ -498,5 +511,131 @@ def scenario_pace():
     check(d.stop() == 0, "pace: clean exit")
 
 
-{"drift": scenario_drift, "crash": scenario_crash, "pace": scenario_pace}[SCENARIO]()
+def tensors(path):
+    """{name: raw bytes} of a safetensors file's tensors."""
+    import json
+    import struct
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        head = json.loads(f.read(n))
+        data = f.read()
+    return {k: data[v["data_offsets"][0]:v["data_offsets"][1]]
+            for k, v in head.items() if k != "__metadata__"}
+
+
+def parity_run(what, d, ports, tab, n, head, rows, version):
+    """Streams tab's n rows as a new stream into d (stride 1) and checks each
+    report's corrected values and uncertainties against `faultline score`'s
+    rows (the tolerance of test_daemon.py's parity and correct)."""
+    import math
+    W = 60
+    mods = T.modalities(CONFIG)
+    ctx = zmq.Context()
+    sub = T.subscriber(ctx, f"tcp://127.0.0.1:{ports['out']}")
+    T.wait_metric(ports["http"], "faultline_report_subscriptions", lambda v: v >= 1)
+    pub, _ = T.publisher(ctx, f"tcp://127.0.0.1:{ports['in']}")
+    th_reps = []
+    th = threading.Thread(target=lambda: th_reps.extend(T.collect(sub, pb, n - W + 1,
+                                                                  timeout=60)))
+    th.start()
+    for i in range(n):
+        pub.send_multipart([b"frame/long", tab.frame(pb, "long", i, i).SerializeToString()])
+    th.join()
+    reps = [r for t, r in th_reps if t == "report/long"]
+    check(len(reps) == n - W + 1, f"{what}: {len(reps)} reports for {n - W + 1} windows")
+    if version:
+        check(all(r.model_version == version for r in reps),
+              f"{what}: every report from model {version} "
+              f"({sorted({r.model_version for r in reps})})")
+    same = lambda a, b: (math.isnan(a) and math.isnan(b)) or \
+        math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-4)
+    bad_c = bad_u = replaced = 0
+    worst = 0.0
+    for r in reps:
+        row = rows[r.end_seq]
+        for m, (name, rate, chans) in zip(r.modalities, mods):
+            if len(m.uncertainty) != len(m.corrected):
+                bad_u += 1
+                continue
+            for q in range(rate):
+                for c, ch in enumerate(chans):
+                    col = ch if rate == 1 else f"{ch}.{q}"
+                    k = q * len(chans) + c
+                    want_c = row[head.index(col + "_corrected")]
+                    want_u = row[head.index(col + "_sd")]
+                    bad_c += not same(m.corrected[k], want_c)
+                    bad_u += not same(m.uncertainty[k], want_u)
+                    if math.isfinite(want_c) and math.isfinite(m.corrected[k]):
+                        worst = max(worst, abs(m.corrected[k] - want_c))
+                    replaced += m.uncertainty[k] > 0
+    check(replaced >= 180, f"{what}: replaced samples compared ({replaced}; flow alone is "
+          f"missing in 180 of the reports)")
+    check(bad_c == 0, f"{what}: corrected values match faultline score --model CHECKPOINT "
+          f"({bad_c} differ, worst {worst:.3g})")
+    check(bad_u == 0, f"{what}: uncertainties match faultline score --model CHECKPOINT "
+          f"({bad_u} differ)")
+    sub.close(0)
+    pub.close(0)
+    ctx.term()
+
+
+def scenario_parity():
+    import shutil
+    # max_updates_per_hour 1 holds the job after the first off for an hour,
+    # so that the model stays the swapped one while the parity stream runs.
+    csv, ckpt, tune = quick_updates("swap", max_updates_per_hour=1)
+    d, cfg, ports = start("swap", tune=tune, output={"stride": 1})
+    rp = subprocess.Popen([FL, "replay", "--in", csv, "--connect",
+                           f"tcp://127.0.0.1:{ports['in']}", "--config", CONFIG,
+                           "--stream", "plant", "--rate", "3000"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ok = T.wait_metric(ports["http"], 'faultline_tune_checkpoints_total{result="ok"}',
+                       lambda v: v >= 1, timeout=60)
+    rp.kill()
+    rp.wait()
+    check(ok == 1, f"parity: one update accepted and checkpointed ({ok})")
+    if ok != 1:
+        print(d.logtext()[-2000:], file=sys.stderr)
+        d.stop()
+        return
+    # The worker's checkpoint of the candidate, kept: the one written at
+    # shutdown is another code path (the engine's bundle).
+    cand = os.path.join(TMP, "candidate.model")
+    shutil.copyfile(ckpt, cand)
+    m, text = T.metrics(ports["http"])
+    check(m.get("faultline_model_updates") == 1, "parity: the daemon serves update 1")
+    version = text.split('faultline_model_info{version="', 1)[-1].split('"', 1)[0]
+    check(version.endswith("-u1"), f"parity: the metrics name the swapped model ({version})")
+    lin = lineage(cand)
+    check(lin is not None and lin.get("updates") == 1, f"parity: the checkpoint is update 1 "
+          f"({lin})")
+    # The estimator travels with the checkpoint unchanged.
+    tb, tc = tensors(MODEL), tensors(cand)
+    est = sorted(k for k in tb if k.startswith("estimate."))
+    check(est and all(tc.get(k) == tb[k] for k in est),
+          f"parity: the checkpoint carries the base model's estimator "
+          f"({[k for k in est if tc.get(k) != tb[k]]} missing or different)")
+    n = 480
+    path = os.path.join(TMP, "long.csv")
+    tab = T.long_faults(EPISODE, T.modalities(CONFIG), path, n)
+    scored = os.path.join(TMP, "long_scored.csv")
+    subprocess.run([FL, "score", "--model", cand, "--in", path, "--out", scored], check=True)
+    head, srows = T.read_csv(scored)
+    parity_run("parity after the swap", d, ports, tab, n, head, srows, version)
+    check(d.stop() == 0, "parity: clean exit after the swap")
+    # Restarted: resumes the newest checkpoint (no job during the stream:
+    # min_windows is more than it sends).
+    d, cfg, ports = start("resume", tune=dict(tune, buffer=1024, min_windows=1024),
+                          output={"stride": 1})
+    check("resumed from checkpoint" in d.logtext(), "parity: the restart resumes the checkpoint")
+    parity_run("parity after a restart", d, ports, tab, n, head, srows, version)
+    check(d.stop() == 0, "parity: clean exit after the restart")
+    # The candidate's checkpoint served as the model itself, tuning off.
+    d, cfg, ports = start("served", output={"stride": 1}, model={"file": cand})
+    parity_run("parity serving the checkpoint", d, ports, tab, n, head, srows, None)
+    check(d.stop() == 0, "parity: clean exit serving the checkpoint")
+
+
+{"drift": scenario_drift, "crash": scenario_crash, "pace": scenario_pace,
+ "parity": scenario_parity}[SCENARIO]()
 T.finish("tune " + SCENARIO)

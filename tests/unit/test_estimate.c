@@ -336,6 +336,48 @@ static void test_bad_arguments(void **state) {
   fl_model_free(m);
 }
 
+/* A copy owns arrays of its own with the same numbers, the memory too. */
+static void test_copy(void **state) {
+  (void)state;
+  fl_estimator a, b;
+  assert_int_equal(fl_estimator_alloc(&a, 3), 0);
+  assert_int_equal(fl_estimator_alloc_memory(&a, 5), 0);
+  a.on = 1;
+  for (int i = 0; i < 9; i++) a.w[i] = (float)i;
+  for (int i = 0; i < 3 * FL_ESTIMATE_LAGS; i++) a.v[i] = 0.5f * (float)i;
+  for (int i = 0; i < 15; i++) a.mem[i] = (float)-i;
+  for (int c = 0; c < 3; c++) {
+    a.vm[c] = 1.0f + c;
+    a.vmw[c] = 2.0f + c;
+    a.alpha[c] = 0.25f * (float)(c + 1);
+    a.h[c] = 3.0f + c;
+    a.va[c] = 4.0f + c;
+  }
+  assert_int_equal(fl_estimator_copy(&b, &a), 0);
+  assert_int_equal(b.on, 1);
+  assert_int_equal(b.nch, 3);
+  assert_int_equal(b.nmem, 5);
+  assert_ptr_not_equal(b.w, a.w);
+  assert_ptr_not_equal(b.mem, a.mem);
+  assert_memory_equal(b.w, a.w, sizeof(float) * 9);
+  assert_memory_equal(b.v, a.v, sizeof(float) * 3 * FL_ESTIMATE_LAGS);
+  assert_memory_equal(b.mem, a.mem, sizeof(float) * 15);
+  assert_memory_equal(b.vm, a.vm, sizeof(float) * 3);
+  assert_memory_equal(b.vmw, a.vmw, sizeof(float) * 3);
+  assert_memory_equal(b.alpha, a.alpha, sizeof(float) * 3);
+  assert_memory_equal(b.h, a.h, sizeof(float) * 3);
+  assert_memory_equal(b.va, a.va, sizeof(float) * 3);
+  fl_estimator_free(&a);
+  assert_float_equal(b.w[8], 8.0f, 0.0f); /* b does not share a's arrays */
+  fl_estimator_free(&b);
+  /* None fitted (a model from before the estimator): copied as absent. */
+  fl_estimator none = {0};
+  assert_int_equal(fl_estimator_copy(&b, &none), 0);
+  assert_int_equal(b.on, 0);
+  assert_null(b.w);
+  assert_int_equal(fl_estimator_copy(NULL, &none), FL_EINVAL);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_fuse),
@@ -345,6 +387,7 @@ int main(void) {
       cmocka_unit_test(test_kernel_recovers_a_function_of_the_others),
       cmocka_unit_test(test_kernel_in_the_correction),
       cmocka_unit_test(test_bad_arguments),
+      cmocka_unit_test(test_copy),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -79,6 +79,11 @@ int fl_estimator_alloc(fl_estimator *e, int nch);
 int fl_estimator_alloc_memory(fl_estimator *e, int nmem);
 void fl_estimator_free(fl_estimator *e);
 
+/* Makes dst (holding no arrays, as for fl_estimator_alloc) a deep copy of
+ * src, fitted or not, its memory included.  Returns 0, FL_EINVAL or
+ * FL_ENOMEM (dst then holds no arrays). */
+int fl_estimator_copy(fl_estimator *dst, const fl_estimator *src);
+
 /* Per stream and channel: the residual at the last trusted tick and its
  * age.  Zero it when the stream starts (no anchor yet). */
 typedef struct {
