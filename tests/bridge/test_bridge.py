@@ -417,6 +417,7 @@ class BusReader:
     def __init__(self, broker, auth=None, tls=None):
         self.lock = threading.Lock()
         self.alias = {}
+        self.birth_aliases = {}  # device -> the aliases of its latest DBIRTH
         self.ddata = []      # [(device, {name: value})]
         self.births = {"NBIRTH": 0, "DBIRTH": 0}
         self.json = []       # report objects
@@ -448,6 +449,7 @@ class BusReader:
                 if kind == "DBIRTH":
                     for m in p.metrics:
                         self.alias[(t[4], m.alias)] = m.name
+                    self.birth_aliases[t[4]] = [m.alias for m in p.metrics]
                 if kind == "DDATA":
                     vals = {}
                     for m in p.metrics:
@@ -1044,6 +1046,82 @@ def scenario_wide():
           f"windows carry {key} as published; fault flagged in {last_mod} in {len(flagged)} of "
           f"{len(in_fault)}")
     teardown(b, d, broker, edge, reader)
+    wider_frames()
+
+
+def wider_frames():
+    """Wider still, with no model needed: the bridge over a configuration of
+    1,500 channels in 300 modalities and two streams, its frames read by a
+    SUB socket in faultlined's place.  Its edge node's metrics keep distinct
+    aliases across its devices, and a value published for the last channel
+    is the last sample of the frame's last block."""
+    import zmq
+    n_mod, per = 300, 5
+    cfg = os.path.join(TMP, "wider.ini")
+    with open(cfg, "w") as f:
+        for m in range(n_mod):
+            f.write(f"[modality.w{m:03d}]\nchannels = " +
+                    ", ".join(f"w{m:03d}_{k}" for k in range(per)) + "\n")
+    first, last = "w000_0", f"w{n_mod - 1:03d}_{per - 1}"
+    broker = Broker("wider")
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    port = T.free_port()
+    sub.bind(f"tcp://127.0.0.1:{port}")
+    sub.setsockopt(zmq.SUBSCRIBE, b"frame/wideB")
+    fp = {"in": port, "out": T.free_port()}  # no reports: births carry nulls
+    bcfg, http = write_bridge_config(
+        "wider", broker, fp, {}, {"map.wideA": {"source": "sparkplug", "group": "plant",
+                                                "node": "edge1", "device": "wideA"},
+                                  "map.wideB": {"source": "json",
+                                                "topic": "plant/wideB/telemetry"}},
+        {"bridge": {"delay": 0.1}}, model_config=cfg)
+    b = Bridge(bcfg, http)
+    check(b.wait("faultline_bridge_connected", lambda v: v == 1, 15 * SLOW) == 1,
+          "bridge connected with 1,500 channels")
+    reader = BusReader(broker)
+    n_metrics = 6 + n_mod + 3 * n_mod * per
+    t0 = time.time()
+    while time.time() - t0 < 10 * SLOW:
+        with reader.lock:
+            if len(reader.birth_aliases) == 2:
+                break
+        time.sleep(0.1)
+    with reader.lock:
+        births = dict(reader.birth_aliases)
+    aliases = [a for dev in ("wideA", "wideB") for a in births.get(dev, [])]
+    check(all(len(births.get(dev, [])) == n_metrics for dev in ("wideA", "wideB")),
+          f"a DBIRTH of {n_metrics} metrics per stream: "
+          f"{ {dev: len(a) for dev, a in births.items()} }")
+    check(len(set(aliases)) == len(aliases),
+          f"aliases distinct across the edge node's devices ({len(set(aliases))} of "
+          f"{len(aliases)})")
+    pub = client(broker, "json-wider")
+    pub.connect("127.0.0.1", broker.port)
+    pub.loop_start()
+    found = None
+    t0 = time.time()
+    while found is None and time.time() - t0 < 10 * SLOW:
+        pub.publish("plant/wideB/telemetry",
+                    json.dumps({"values": {first: 1.5, last: 42.25}}), qos=0)
+        while sub.poll(20):
+            _, data = sub.recv_multipart()
+            f = pb.Frame()
+            f.ParseFromString(data)
+            blk = f.blocks[-1]
+            if (len(f.blocks) == n_mod and blk.modality == f"w{n_mod - 1:03d}" and
+                    blk.channels == per and blk.samples[-1] == 42.25 and
+                    f.blocks[0].samples[0] == 1.5):
+                found = f
+    check(found is not None, f"a frame of {n_mod} blocks carries {first} and {last} as "
+                             "published over JSON")
+    pub.loop_stop()
+    pub.disconnect()
+    reader.close()
+    check(b.stop() == 0, "bridge exits 0 on SIGTERM")
+    sub.close(0)
+    ctx.term()
+    broker.stop()
 
 
 if __name__ == "__main__":
