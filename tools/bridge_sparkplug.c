@@ -303,13 +303,15 @@ static void spb_birth(flb_app *app, flb_node *n, const char *dev, int s, const s
     }
     flb_alias *a = spb_add(n, m->has_alias ? spb_alias_key(dev, m->alias) : spb_name_key(dev, m->name));
     if (!a) continue;
-    a->stream = ch >= 0 ? s : -1;
+    int stream = ch >= 0 ? s : -1;
+    a->stream = stream;
     a->ch = ch;
     a->type = type;
-    /* A name stays usable in DATA even when an alias was given. */
+    /* A name stays usable in DATA even when an alias was given.  This add
+     * may grow the table, which moves a: only locals are read after it. */
     if (m->has_alias) {
       flb_alias *b = spb_add(n, spb_name_key(dev, m->name));
-      if (b) *b = (flb_alias){spb_name_key(dev, m->name), a->stream, ch, type, 1};
+      if (b) *b = (flb_alias){spb_name_key(dev, m->name), stream, ch, type, 1};
     }
     if (ch >= 0 && (int)m->value_case == spb_case(type))
       flb_update(app, s, ch, spb_ts(p, m), spb_value(m, type));
