@@ -32,7 +32,10 @@ SCENARIO is one of:
              Sparkplug B, the last one under a name of the map's, an offset
              fault in it; its values reach faultlined (its corrected value is
              the input on healthy windows), the reports come back as DDATA and
-             JSON naming the last modality and channel, the fault flagged there
+             JSON naming the last modality and channel, the fault flagged there;
+             then a bridge of 1,500 channels in 300 modalities and two streams
+             (no model needed): distinct Sparkplug aliases across its devices,
+             a value of the last channel in the last block of its frame
 A scenario that cannot run here (no mosquitto, paho or openssl) exits 77.
 """
 import json
