@@ -23,10 +23,6 @@
 #include "sparkplug_b.pb-c.h"
 
 #define FLB_MAX_STREAMS 64
-/* The bridge's per-stream tables (metric names, the raw ring) are sized at
- * build time: a model wider than this is refused when the bridge starts. */
-#define FLB_MAX_CH 128
-#define FLB_MAX_MOD 64
 #define FLB_NAME 128
 #define FLB_TOPIC 256
 /* Emitted ticks kept per stream, so that a report's raw values can be
@@ -55,8 +51,9 @@ typedef struct {
   char group[FLB_NAME], node[FLB_NAME], device[FLB_NAME]; /* Sparkplug; device "" = node */
   char topic[FLB_TOPIC];    /* JSON: the template with {stream} filled in */
   /* The metric (Sparkplug) or JSON key feeding each channel, in model order
-   * (modality after modality); default the channel's name. */
-  char metric[FLB_MAX_CH][FLB_NAME];
+   * (modality after modality); default the channel's name.  One per channel
+   * of the model, allocated by flb_config_load. */
+  char (*metric)[FLB_NAME];
 } flb_map;
 
 typedef struct {
@@ -96,18 +93,25 @@ typedef struct {
 
 void flb_config_defaults(flb_config *c);
 /* Reads the bridge's INI file and the model config it names; err says which
- * file, line and key is wrong. */
+ * file, line and key is wrong.  Any width of model is taken: the maps' metric
+ * tables are allocated for its channels.  Whether it succeeds or not, the
+ * caller releases c with flb_config_free. */
 int flb_config_load(flb_config *c, const char *path, char *err, size_t errlen);
+/* Frees what flb_config_load allocated (the model config and the maps'
+ * tables); c may be only defaulted. */
+void flb_config_free(flb_config *c);
+/* Channels of the model: the length of every per-channel table. */
+int flb_config_channels(const flb_config *c);
 
 /* ---- the running bridge (cmd_bridge.c) -------------------------------- */
 typedef struct flb_stream {
   const flb_map *map;
   fl_ticks *ticks;
   int width;                /* floats per tick */
-  int off[FLB_MAX_CH];      /* channel -> offset in a tick */
-  int rate[FLB_MAX_CH];
+  int *off;                 /* n_ch: channel -> offset in a tick */
+  int *rate;                /* n_ch */
   int n_ch;
-  float ring[FLB_RAW_RING][FLB_MAX_CH]; /* newest sample of each channel per tick */
+  float *ring;              /* [FLB_RAW_RING][n_ch]: newest sample of each channel per tick */
   uint64_t ring_seq[FLB_RAW_RING];
   int dev_online;           /* Sparkplug: its device (or node) is born */
   /* publishing */
@@ -173,6 +177,17 @@ typedef struct flb_app {
   fln_limit bad_log[FLB_BAD_COUNT];
   uint8_t *buf;
   size_t cap;
+  /* Scratch sized once at start from the model (every stream has its
+   * layout), so that no frame or report allocates: a tick and a frame's
+   * samples (the widest tick's floats), a frame's blocks (one per
+   * modality), a report's values per channel and per modality. */
+  float *tick, *samples;
+  Faultline__Block *blocks, **bp;
+  float *raw, *corr, *mscore;
+  int *faulty;
+  /* bridge_sparkplug.c's: one stream's outgoing metrics (DBIRTH, DDATA) */
+  Org__Eclipse__Tahu__Protobuf__Payload__Metric *spb_ms, **spb_mp;
+  int spb_n;
 } flb_app;
 
 double flb_now(void);        /* monotonic seconds */

@@ -44,9 +44,10 @@ typedef struct {
   char *err;
   size_t errlen;
   const char *path;
-  /* map sections' channel keys, resolved once the model config is read */
-  int n_pending;
-  struct { int map; char key[FL_NAME_MAX]; char val[FLB_NAME]; } pending[512];
+  /* map sections' channel keys, resolved once the model config is read;
+   * as many as the file has (a wide model may rename every channel) */
+  int n_pending, cap_pending;
+  struct flb_pending { int map; char key[FL_NAME_MAX]; char val[FLB_NAME]; } *pending;
 } flb_cfg_parse;
 
 static int flb_cfg_num(const char *v, double lo, double hi, double *out) {
@@ -190,9 +191,17 @@ static int flb_cfg_key(flb_cfg_parse *p, const char *sec, const char *k, const c
     if (!strcmp(k, "device")) return flb_cfg_ident(m->device, sizeof m->device, v) ? -1 : 1;
     if (!strcmp(k, "topic")) return flb_cfg_str(m->topic, sizeof m->topic, v) ? -1 : 1;
     /* Anything else names a channel; resolved once the model is known. */
-    if (p->n_pending == (int)(sizeof p->pending / sizeof *p->pending) ||
-        strlen(k) >= FL_NAME_MAX || strlen(v) >= FLB_NAME || !*v)
-      return -1;
+    if (strlen(k) >= FL_NAME_MAX || strlen(v) >= FLB_NAME || !*v) return -1;
+    if (p->n_pending == p->cap_pending) {
+      int cap = p->cap_pending ? 2 * p->cap_pending : 64;
+      struct flb_pending *t = realloc(p->pending, sizeof *t * (size_t)cap);
+      if (!t) {
+        snprintf(p->err, p->errlen, "[%s] %s: out of memory", sec, k);
+        return -1;
+      }
+      p->pending = t;
+      p->cap_pending = cap;
+    }
     p->pending[p->n_pending].map = (int)(m - c->map);
     snprintf(p->pending[p->n_pending].key, FL_NAME_MAX, "%s", k);
     snprintf(p->pending[p->n_pending].val, FLB_NAME, "%s", v);
@@ -292,14 +301,7 @@ int flb_config_load(flb_config *c, const char *path, char *err, size_t errlen) {
     snprintf(err, errlen, "%s: model_config: %s", path, merr);
     goto out;
   }
-  int nch = 0;
-  for (int i = 0; i < c->model.spec.n_mod; i++) nch += c->model.spec.mod[i].channels;
-  if (c->model.spec.n_mod > FLB_MAX_MOD || nch > FLB_MAX_CH) {
-    snprintf(err, errlen, "%s: %s has %d modalities and %d channels; a bridge maps at most %d "
-             "and %d: run one bridge per part of the plant", path, c->model_config,
-             c->model.spec.n_mod, nch, FLB_MAX_MOD, FLB_MAX_CH);
-    goto out;
-  }
+  int nch = flb_config_channels(c);
   if (c->model.spec.n_mod < 1) {
     snprintf(err, errlen, "%s: %s has no [modality.*] section", path, c->model_config);
     goto out;
@@ -327,6 +329,12 @@ int flb_config_load(flb_config *c, const char *path, char *err, size_t errlen) {
         snprintf(err, errlen, "%s: stream %s is mapped twice", path, m->name);
         goto out;
       }
+    m->metric = calloc((size_t)(nch > 0 ? nch : 1), sizeof *m->metric);
+    if (!m->metric) {
+      snprintf(err, errlen, "%s: [map.%s]: out of memory for %d channels", path, m->sec, nch);
+      ret = -ENOMEM;
+      goto out;
+    }
     int ch = 0;
     for (int mi = 0; mi < s->n_mod; mi++)
       for (int k = 0; k < s->mod[mi].channels; k++)
@@ -359,6 +367,21 @@ int flb_config_load(flb_config *c, const char *path, char *err, size_t errlen) {
   }
   ret = 0;
 out:
+  free(p->pending);
   free(p);
   return ret;
+}
+
+int flb_config_channels(const flb_config *c) {
+  int n = 0;
+  for (int i = 0; i < c->model.spec.n_mod; i++) n += c->model.spec.mod[i].channels;
+  return n;
+}
+
+void flb_config_free(flb_config *c) {
+  for (int i = 0; i < c->n_map; i++) {
+    free(c->map[i].metric);
+    c->map[i].metric = NULL;
+  }
+  fl_config_free(&c->model);
 }

@@ -141,8 +141,8 @@ void flb_json_report(flb_app *app, int s, const Faultline__Report *r) {
   if (!app->cfg.json || !app->connected) return;
   flb_stream *st = &app->st[s];
   const fl_model_spec *sp = &app->cfg.model.spec;
-  float raw[FLB_MAX_CH], corr[FLB_MAX_CH], msc[FLB_MAX_MOD];
-  int faulty[FLB_MAX_CH];
+  float *raw = app->raw, *corr = app->corr, *msc = app->mscore;
+  int *faulty = app->faulty;
   flb_report_values(app, s, r, raw, corr, faulty, msc);
   json_t *mods = json_object(), *chans = json_object();
   int ch = 0;

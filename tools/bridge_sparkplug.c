@@ -166,9 +166,27 @@ static void spb_forget(flb_app *app, flb_node *n, const char *dev) {
 
 /* ---- in ----------------------------------------------------------------- */
 
+/* Our metrics of one stream: 6 of the window, then per modality its score,
+ * then per channel raw, corrected and faulty. */
+#define SPB_HEAD 6
+static int spb_out_count(const flb_app *app, const flb_stream *st) {
+  return SPB_HEAD + app->cfg.model.spec.n_mod + 3 * st->n_ch;
+}
+
 int flb_spb_init(flb_app *app) {
   app->nodes = calloc(FLB_MAX_STREAMS, sizeof *app->nodes);
   if (!app->nodes) return -1;
+  /* Every stream has the model's layout: one set of outgoing metrics
+   * serves them all. */
+  if (app->n_streams > 0) {
+    app->spb_n = spb_out_count(app, &app->st[0]);
+    app->spb_ms = malloc(sizeof *app->spb_ms * (size_t)app->spb_n);
+    app->spb_mp = malloc(sizeof *app->spb_mp * (size_t)app->spb_n);
+    if (!app->spb_ms || !app->spb_mp) {
+      flb_log(3, "out of memory for %d Sparkplug metrics a stream", app->spb_n);
+      return -1;
+    }
+  }
   for (int i = 0; i < app->n_streams; i++) {
     const flb_map *m = app->st[i].map;
     if (m->source != FLB_SRC_SPARKPLUG) continue;
@@ -189,6 +207,11 @@ void flb_spb_free(flb_app *app) {
   for (int i = 0; i < app->n_nodes; i++) free(app->nodes[i].tab);
   free(app->nodes);
   app->nodes = NULL;
+  free(app->spb_ms);
+  free(app->spb_mp);
+  app->spb_ms = NULL;
+  app->spb_mp = NULL;
+  app->spb_n = 0;
 }
 
 int flb_spb_subscribe(flb_app *app) {
@@ -280,13 +303,15 @@ static void spb_birth(flb_app *app, flb_node *n, const char *dev, int s, const s
     }
     flb_alias *a = spb_add(n, m->has_alias ? spb_alias_key(dev, m->alias) : spb_name_key(dev, m->name));
     if (!a) continue;
-    a->stream = ch >= 0 ? s : -1;
+    int stream = ch >= 0 ? s : -1;
+    a->stream = stream;
     a->ch = ch;
     a->type = type;
-    /* A name stays usable in DATA even when an alias was given. */
+    /* A name stays usable in DATA even when an alias was given.  This add
+     * may grow the table, which moves a: only locals are read after it. */
     if (m->has_alias) {
       flb_alias *b = spb_add(n, spb_name_key(dev, m->name));
-      if (b) *b = (flb_alias){spb_name_key(dev, m->name), a->stream, ch, type, 1};
+      if (b) *b = (flb_alias){spb_name_key(dev, m->name), stream, ch, type, 1};
     }
     if (ch >= 0 && (int)m->value_case == spb_case(type))
       flb_update(app, s, ch, spb_ts(p, m), spb_value(m, type));
@@ -446,14 +471,12 @@ int flb_spb_message(flb_app *app, const char *topic, const void *buf, size_t len
 
 /* ---- out ---------------------------------------------------------------- */
 
-/* Our metrics of one stream: 6 of the window, then per modality its score,
- * then per channel raw, corrected and faulty. */
-#define SPB_HEAD 6
-static int spb_out_count(const flb_app *app, const flb_stream *st) {
-  return SPB_HEAD + app->cfg.model.spec.n_mod + 3 * st->n_ch;
-}
 
-static uint64_t spb_out_alias(int stream, int k) { return (uint64_t)(stream + 1) * 4096 + (uint64_t)k; }
+/* A stream's metrics take aliases from (stream + 1) << 32 on: unique for
+ * any width of model. */
+static uint64_t spb_out_alias(int stream, int k) {
+  return ((uint64_t)(stream + 1) << 32) + (uint64_t)k;
+}
 
 static void spb_set_float(spb_metric *m, float v) {
   if (isfinite(v)) {
@@ -465,9 +488,11 @@ static void spb_set_float(spb_metric *m, float v) {
 }
 
 /* Fills ms (spb_out_count of them) with the stream's metrics from the report
- * r (NULL: values unknown, null); names and datatypes only in a birth. */
-static void spb_out_fill(flb_app *app, int s, const Faultline__Report *r, int birth,
+ * r (NULL: values unknown, null); a birth (names not NULL, as many) also
+ * carries the names and datatypes. */
+static void spb_out_fill(flb_app *app, int s, const Faultline__Report *r,
                          spb_metric *ms, char (*names)[2 * FLB_NAME]) {
+  int birth = names != NULL;
   const fl_model_spec *sp = &app->cfg.model.spec;
   flb_stream *st = &app->st[s];
   int n = spb_out_count(app, st);
@@ -486,20 +511,22 @@ static void spb_out_fill(flb_app *app, int s, const Faultline__Report *r, int bi
   static const uint32_t htype[SPB_HEAD] = {SPB_BOOLEAN, SPB_FLOAT, SPB_FLOAT, SPB_STRING,
                                            SPB_UINT32, SPB_UINT64};
   for (int k = 0; k < SPB_HEAD; k++) {
-    snprintf(names[k], sizeof names[k], "%s", head[k]);
+    if (birth) snprintf(names[k], sizeof names[k], "%s", head[k]);
     ms[k].datatype = htype[k];
   }
   for (int mi = 0; mi < sp->n_mod; mi++) {
-    snprintf(names[SPB_HEAD + mi], sizeof names[0], "score/%s", sp->mod[mi].name);
+    if (birth) snprintf(names[SPB_HEAD + mi], sizeof names[0], "score/%s", sp->mod[mi].name);
     ms[SPB_HEAD + mi].datatype = SPB_FLOAT;
   }
   int base = SPB_HEAD + sp->n_mod, ch = 0;
   for (int mi = 0; mi < sp->n_mod; mi++)
     for (int c = 0; c < sp->mod[mi].channels; c++, ch++) {
       const char *mn = sp->mod[mi].name, *cn = sp->mod[mi].channel[c];
-      snprintf(names[base + 3 * ch], sizeof names[0], "raw/%s/%s", mn, cn);
-      snprintf(names[base + 3 * ch + 1], sizeof names[0], "corrected/%s/%s", mn, cn);
-      snprintf(names[base + 3 * ch + 2], sizeof names[0], "faulty/%s/%s", mn, cn);
+      if (birth) {
+        snprintf(names[base + 3 * ch], sizeof names[0], "raw/%s/%s", mn, cn);
+        snprintf(names[base + 3 * ch + 1], sizeof names[0], "corrected/%s/%s", mn, cn);
+        snprintf(names[base + 3 * ch + 2], sizeof names[0], "faulty/%s/%s", mn, cn);
+      }
       ms[base + 3 * ch].datatype = ms[base + 3 * ch + 1].datatype = SPB_FLOAT;
       ms[base + 3 * ch + 2].datatype = SPB_BOOLEAN;
     }
@@ -519,8 +546,8 @@ static void spb_out_fill(flb_app *app, int s, const Faultline__Report *r, int bi
   ms[5].value_case = ORG__ECLIPSE__TAHU__PROTOBUF__PAYLOAD__METRIC__VALUE_LONG_VALUE;
   ms[5].long_value = r->seq;
   for (int k = 0; k < SPB_HEAD; k++) ms[k].has_is_null = ms[k].is_null = 0;
-  float raw[FLB_MAX_CH], corr[FLB_MAX_CH], mscore[FLB_MAX_MOD];
-  int faulty[FLB_MAX_CH];
+  float *raw = app->raw, *corr = app->corr, *mscore = app->mscore;
+  int *faulty = app->faulty;
   flb_report_values(app, s, r, raw, corr, faulty, mscore);
   for (int mi = 0; mi < sp->n_mod; mi++) {
     ms[SPB_HEAD + mi].has_is_null = ms[SPB_HEAD + mi].is_null = 0;
@@ -560,18 +587,19 @@ static void spb_out_send(flb_app *app, const char *kind, const char *dev, spb_me
   if (len) flb_mqtt_publish(app, t, b, len, 0);
 }
 
+/* A DDATA fills the metrics flb_spb_init allocated; only a birth (rare)
+ * allocates, for the names it alone carries. */
 static void spb_out_stream(flb_app *app, int s, const Faultline__Report *r, int birth) {
   int n = spb_out_count(app, &app->st[s]);
-  spb_metric *ms = malloc(sizeof *ms * (size_t)n);
-  spb_metric **mp = malloc(sizeof *mp * (size_t)n);
-  char (*names)[2 * FLB_NAME] = malloc(sizeof *names * (size_t)n);
-  if (ms && mp && names) {
-    spb_out_fill(app, s, r, birth, ms, names);
-    for (int k = 0; k < n; k++) mp[k] = &ms[k];
-    spb_out_send(app, birth ? "DBIRTH" : "DDATA", app->st[s].map->name, mp, (size_t)n, 0);
+  char (*names)[2 * FLB_NAME] = birth ? malloc(sizeof *names * (size_t)n) : NULL;
+  if (n > app->spb_n || (birth && !names)) {
+    flb_log(3, "stream %s: no room for its %d Sparkplug metrics", app->st[s].map->name, n);
+    free(names);
+    return;
   }
-  free(ms);
-  free(mp);
+  spb_out_fill(app, s, r, app->spb_ms, names);
+  for (int k = 0; k < n; k++) app->spb_mp[k] = &app->spb_ms[k];
+  spb_out_send(app, birth ? "DBIRTH" : "DDATA", app->st[s].map->name, app->spb_mp, (size_t)n, 0);
   free(names);
 }
 

@@ -79,7 +79,7 @@ void flb_report_values(const flb_app *app, int s, const Faultline__Report *r, fl
     /* corrected is (stride * rate, C): its last row is the newest sample. */
     size_t rows = mr && mr->channels == (uint32_t)C ? mr->n_corrected / (size_t)C : 0;
     for (int c = 0; c < C; c++, ch++) {
-      raw[ch] = have_raw ? st->ring[slot][ch] : NAN;
+      raw[ch] = have_raw ? st->ring[(size_t)slot * (size_t)st->n_ch + (size_t)ch] : NAN;
       corr[ch] = rows ? mr->corrected[(rows - 1) * (size_t)C + (size_t)c] : NAN;
       faulty[ch] = mr && (size_t)c < mr->n_channel_faulty ? (int)mr->channel_faulty[c] : -1;
     }
@@ -93,11 +93,12 @@ void flb_report_values(const flb_app *app, int s, const Faultline__Report *r, fl
 static void flb_send_frame(flb_app *app, int s, const float *tick, uint64_t seq, int64_t ts) {
   const fl_model_spec *sp = &app->cfg.model.spec;
   flb_stream *st = &app->st[s];
-  Faultline__Block blocks[FLB_MAX_MOD], *bp[FLB_MAX_MOD];
-  float samples[FLB_MAX_CH * 16];
+  Faultline__Block *blocks = app->blocks, **bp = app->bp;
+  float *samples = app->samples;
   size_t used = 0;
   int ch = 0;
   int slot = (int)(seq % FLB_RAW_RING);
+  float *ring = st->ring + (size_t)slot * (size_t)st->n_ch;
   st->ring_seq[slot] = seq;
   for (int mi = 0; mi < sp->n_mod; mi++) {
     int C = sp->mod[mi].channels, r = sp->mod[mi].rate;
@@ -110,7 +111,7 @@ static void flb_send_frame(flb_app *app, int s, const float *tick, uint64_t seq,
     for (int c = 0; c < C; c++) {
       const float *x = tick + st->off[ch + c];
       for (int q = 0; q < r; q++) samples[used + (size_t)q * C + c] = x[q];
-      st->ring[slot][ch + c] = x[r - 1];
+      ring[ch + c] = x[r - 1];
     }
     used += (size_t)C * r;
     ch += C;
@@ -142,7 +143,7 @@ static void flb_send_frame(flb_app *app, int s, const float *tick, uint64_t seq,
 
 static void flb_emit_due(flb_app *app) {
   int64_t now = flb_wall_ns();
-  float tick[FLB_MAX_CH * 16];
+  float *tick = app->tick;
   for (int s = 0; s < app->n_streams; s++) {
     uint64_t seq;
     int64_t ts;
@@ -239,15 +240,40 @@ static void flb_close_walk(uv_handle_t *h, void *arg) {
   if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
+/* Every stream and the scratch of frames and reports, sized from the
+ * model's layout; flb_free_streams releases them, also after a failure
+ * part way. */
 static int flb_streams(flb_app *app) {
   const flb_config *c = &app->cfg;
   const fl_model_spec *sp = &c->model.spec;
-  app->n_streams = c->n_map;
+  size_t nch = (size_t)flb_config_channels(c), nmod = (size_t)sp->n_mod, width = 0;
+  for (int mi = 0; mi < sp->n_mod; mi++)
+    width += (size_t)sp->mod[mi].channels * (size_t)sp->mod[mi].rate;
+  app->tick = malloc(sizeof *app->tick * width);
+  app->samples = malloc(sizeof *app->samples * width);
+  app->blocks = malloc(sizeof *app->blocks * nmod);
+  app->bp = malloc(sizeof *app->bp * nmod);
+  app->raw = malloc(sizeof *app->raw * nch);
+  app->corr = malloc(sizeof *app->corr * nch);
+  app->faulty = malloc(sizeof *app->faulty * nch);
+  app->mscore = malloc(sizeof *app->mscore * nmod);
   app->st = calloc((size_t)c->n_map, sizeof *app->st);
-  if (!app->st) return FL_ENOMEM;
+  if (!app->tick || !app->samples || !app->blocks || !app->bp || !app->raw || !app->corr ||
+      !app->faulty || !app->mscore || !app->st) {
+    flb_log(3, "out of memory for %zu channels in %zu modalities", nch, nmod);
+    return FL_ENOMEM;
+  }
+  app->n_streams = c->n_map;
   for (int i = 0; i < c->n_map; i++) {
     flb_stream *st = &app->st[i];
     st->map = &c->map[i];
+    st->off = malloc(sizeof *st->off * nch);
+    st->rate = malloc(sizeof *st->rate * nch);
+    st->ring = malloc(sizeof *st->ring * nch * FLB_RAW_RING);
+    if (!st->off || !st->rate || !st->ring) {
+      flb_log(3, "stream %s: out of memory for %zu channels", st->map->name, nch);
+      return FL_ENOMEM;
+    }
     int off = 0;
     for (int mi = 0; mi < sp->n_mod; mi++)
       for (int k = 0; k < sp->mod[mi].channels; k++) {
@@ -256,7 +282,6 @@ static int flb_streams(flb_app *app) {
         off += sp->mod[mi].rate;
       }
     st->width = off;
-    if (off > FLB_MAX_CH * 16) return FL_ERANGE;
     /* depth 0: room for what a channel of the fastest rate receives within
      * the allowance and the tick being filled, twice over. */
     int rmax = 1;
@@ -267,10 +292,33 @@ static int flb_streams(flb_app *app) {
                        (int64_t)llround(c->stale * 1e9), (int64_t)llround(c->delay * 1e9),
                        depth, c->max_burst};
     int e = fl_ticks_new(&st->ticks, &o);
-    if (e) return e;
+    if (e) {
+      flb_log(3, "stream %s: tick assembler: %s", st->map->name, fl_strerror(e));
+      return e;
+    }
     for (int k = 0; k < FLB_RAW_RING; k++) st->ring_seq[k] = UINT64_MAX;
   }
   return 0;
+}
+
+static void flb_free_streams(flb_app *app) {
+  for (int i = 0; app->st && i < app->n_streams; i++) {
+    flb_stream *st = &app->st[i];
+    fl_ticks_free(st->ticks);
+    if (st->last) faultline__report__free_unpacked(st->last, NULL);
+    free(st->off);
+    free(st->rate);
+    free(st->ring);
+  }
+  free(app->st);
+  free(app->tick);
+  free(app->samples);
+  free(app->blocks);
+  free(app->bp);
+  free(app->raw);
+  free(app->corr);
+  free(app->faulty);
+  free(app->mscore);
 }
 
 static int flb_zmq(flb_app *app) {
@@ -338,14 +386,14 @@ int cmd_bridge(int argc, char **argv) {
   char err[1024];
   flb_config_defaults(&app->cfg);
   if (flb_config_load(&app->cfg, config, err, sizeof err)) {
-    fl_config_free(&app->cfg.model);
+    flb_config_free(&app->cfg);
     free(app);
     return cli_fail("bridge", "%s", err);
   }
   if (check) {
     printf("%s: %d streams, broker %s, faultlined %s / %s\n", config, app->cfg.n_map,
            app->cfg.url, app->cfg.frames, app->cfg.reports);
-    fl_config_free(&app->cfg.model);
+    flb_config_free(&app->cfg);
     free(app);
     return 0;
   }
@@ -410,13 +458,9 @@ done:
   if (app->zctx) zmq_ctx_term(app->zctx);
   flb_mqtt_free(app);
   flb_spb_free(app);
-  for (int i = 0; i < app->n_streams; i++) {
-    fl_ticks_free(app->st[i].ticks);
-    if (app->st[i].last) faultline__report__free_unpacked(app->st[i].last, NULL);
-  }
-  free(app->st);
+  flb_free_streams(app);
   free(app->buf);
-  fl_config_free(&app->cfg.model);
+  flb_config_free(&app->cfg);
   free(app);
   return rc;
 }

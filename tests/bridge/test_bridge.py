@@ -27,11 +27,21 @@ SCENARIO is one of:
              (each error names its key); a wrong password is refused by the
              broker and the bridge keeps retrying, alive; READY, WATCHDOG,
              STATUS and STOPPING to a NOTIFY_SOCKET listener
+  wide       a model wider than the bridge's tables once were (130 channels
+             in 65 modalities, trained here in seconds): every channel by
+             Sparkplug B, the last one under a name of the map's, an offset
+             fault in it; its values reach faultlined (its corrected value is
+             the input on healthy windows), the reports come back as DDATA and
+             JSON naming the last modality and channel, the fault flagged there;
+             then a bridge of 1,500 channels in 300 modalities and two streams
+             (no model needed): distinct Sparkplug aliases across its devices,
+             a value of the last channel in the last block of its frame
 A scenario that cannot run here (no mosquitto, paho or openssl) exits 77.
 """
 import json
 import math
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -171,10 +181,15 @@ def client(broker, cid, auth=None, tls=None):
 class EdgeNode:
     """group/node with one device, its metrics the model's channels (aliases
     1..N in model order), pressure named as the bridge's map says and sent
-    as a Double.  Births on every connection and on a rebirth request."""
+    as a Double.  Births on every connection and on a rebirth request.
+    channels: the model's [(modality, channel, rate)], the test model's by
+    default; names: channel -> metric name where the map renames one."""
 
-    def __init__(self, broker, group, node, device, auth=None, tls=None):
+    def __init__(self, broker, group, node, device, auth=None, tls=None, channels=None,
+                 names=None):
         self.g, self.n, self.d = group, node, device
+        self.channels = channels or CHANNELS
+        self.names = names if names is not None else {"pressure": "Hydraulic/Pressure"}
         self.lock = threading.Lock()
         self.seq = 0
         self.bdseq = 0
@@ -189,7 +204,7 @@ class EdgeNode:
         self.c.loop_start()
 
     def name(self, ch):
-        return "Hydraulic/Pressure" if ch == "pressure" else ch
+        return self.names.get(ch, ch)
 
     def dtype(self, ch):
         return DOUBLE if ch == "pressure" else FLOAT
@@ -234,10 +249,12 @@ class EdgeNode:
             self.c.publish(self.topic("NBIRTH"), p.SerializeToString(), qos=1)
             p = self.payload()
             p.seq = self.next_seq()
-            for i, (mod, ch, rate) in enumerate(CHANNELS):
+            for i, (mod, ch, rate) in enumerate(self.channels):
                 m = p.metrics.add(name=self.name(ch), alias=i + 1, datatype=self.dtype(ch))
                 self.set_value(m, ch, self.last.get(ch, math.nan))
-            m = p.metrics.add(name="Motor/Serial", alias=100, datatype=STRING)
+            # An unmapped string metric, its alias clear of the channels'.
+            m = p.metrics.add(name="Motor/Serial", alias=max(100, len(self.channels) + 1),
+                              datatype=STRING)
             m.string_value = "X-1"
             self.c.publish(self.topic("DBIRTH"), p.SerializeToString(), qos=1)
             self.births += 1
@@ -266,7 +283,7 @@ class EdgeNode:
             if skip_seq:
                 self.next_seq()
             p.seq = self.next_seq()
-            idx = {ch: i + 1 for i, (_, ch, _) in enumerate(CHANNELS)}
+            idx = {ch: i + 1 for i, (_, ch, _) in enumerate(self.channels)}
             for ch, ts, v in values:
                 m = p.metrics.add(alias=idx[ch], timestamp=ts)
                 self.set_value(m, ch, v)
@@ -296,12 +313,12 @@ def episode(rows, fault=True):
     return tab, clean, sd
 
 
-def row_updates(tab, k, t_end_ms):
+def row_updates(tab, k, t_end_ms, channels=None):
     """Row k's values, each at its own time within the tick ending t_end_ms."""
     r = tab.rows[k]
     col = {n: i for i, n in enumerate(tab.head)}
     out = []
-    for mod, ch, rate in CHANNELS:
+    for mod, ch, rate in channels or CHANNELS:
         if rate == 1:
             out.append((ch, t_end_ms, r[col[ch]]))
         else:
@@ -331,11 +348,11 @@ def pace(rows, send, start_ms=None, at_row=None):
 
 # ---- faultlined and the bridge ------------------------------------------------------
 
-def start_daemon(name):
+def start_daemon(name, config=None, model=None):
     ports = {"in": T.free_port(), "out": T.free_port(), "http": T.free_port()}
     path = os.path.join(TMP, name + "-fld.ini")
-    T.write_config(path, CONFIG, {
-        "model": {"file": MODEL},
+    T.write_config(path, config or CONFIG, {
+        "model": {"file": model or MODEL},
         "input": {"endpoint": f"tcp://127.0.0.1:{ports['in']}", "bind": 1},
         "output": {"endpoint": f"tcp://127.0.0.1:{ports['out']}", "stride": STRIDE},
         "metrics": {"listen": f"127.0.0.1:{ports['http']}"},
@@ -345,11 +362,12 @@ def start_daemon(name):
     return d, ports
 
 
-def write_bridge_config(name, broker, fld_ports, mqtt_keys, maps, extra=None):
+def write_bridge_config(name, broker, fld_ports, mqtt_keys, maps, extra=None,
+                        model_config=None):
     http = T.free_port()
     path = os.path.join(TMP, name + "-bridge.ini")
     secs = {
-        "bridge": {"model_config": CONFIG, "tick": TICK_MS / 1000, "stale": 0.2,
+        "bridge": {"model_config": model_config or CONFIG, "tick": TICK_MS / 1000, "stale": 0.2,
                    "delay": 0.1, "rebirth_interval": 1},
         "mqtt": dict({"url": f"mqtt://127.0.0.1:{broker.port}", "client_id": "bridge-" + name,
                       "qos": 1, "keepalive": 5, "reconnect_min": 0.1, "reconnect_max": 0.5},
@@ -402,6 +420,7 @@ class BusReader:
     def __init__(self, broker, auth=None, tls=None):
         self.lock = threading.Lock()
         self.alias = {}
+        self.birth_aliases = {}  # device -> the aliases of its latest DBIRTH
         self.ddata = []      # [(device, {name: value})]
         self.births = {"NBIRTH": 0, "DBIRTH": 0}
         self.json = []       # report objects
@@ -433,6 +452,7 @@ class BusReader:
                 if kind == "DBIRTH":
                     for m in p.metrics:
                         self.alias[(t[4], m.alias)] = m.name
+                    self.birth_aliases[t[4]] = [m.alias for m in p.metrics]
                 if kind == "DDATA":
                     vals = {}
                     for m in p.metrics:
@@ -855,10 +875,262 @@ def scenario_config():
     ns.close()
 
 
+# The wide scenario's model: more modalities and channels than the bridge's
+# tables held when they were sized at build time (64 and 128), rate 1, in
+# pairs that follow one latent process each; a tiny model and schedule
+# (width, not accuracy, is under test).
+WIDE_MODS, WIDE_PER = 65, 2
+WIDE_TRAIN_ROWS = 600
+# Sanitized builds run 2-4x slower (tests/run.sh sets FAULTLINE_SANITIZED).
+SLOW = 3 if os.environ.get("FAULTLINE_SANITIZED") else 1
+
+
+def wide_data(path, rows, seed):
+    names = [f"m{m:02d}_{k}" for m in range(WIDE_MODS) for k in "ab"[:WIDE_PER]]
+    rng = random.Random(seed)
+    shape = random.Random(3)  # one plant: the same gains and offsets in every recording
+    lat = [0.0] * WIDE_MODS
+    ph = [shape.uniform(0, 2 * math.pi) for _ in range(WIDE_MODS)]
+    period = [shape.uniform(40, 200) for _ in range(WIDE_MODS)]
+    gain = [shape.uniform(0.5, 2.0) for _ in names]
+    off = [shape.uniform(-5, 5) for _ in names]
+    with open(path, "w") as f:
+        f.write(",".join(names) + "\n")
+        for t in range(rows):
+            for g in range(WIDE_MODS):
+                lat[g] = 0.9 * lat[g] + rng.gauss(0, 0.3)
+            sig = [lat[g] + 2 * math.sin(2 * math.pi * t / period[g] + ph[g])
+                   for g in range(WIDE_MODS)]
+            f.write(",".join(f"{off[c] + gain[c] * sig[c // WIDE_PER] + rng.gauss(0, 0.05):.4f}"
+                             for c in range(len(names))) + "\n")
+    return names
+
+
+def scenario_wide():
+    cfg = os.path.join(TMP, "wide.ini")
+    with open(cfg, "w") as f:
+        f.write(f"[model]\nwindow = {W}\nhidden = 16\nenc1 = 4\nenc2 = 4\nhead_hidden = 8\n"
+                "embedding = 4\n[train]\nepochs1 = 2\nepochs2 = 1\nstride = 5\n")
+        for m in range(WIDE_MODS):
+            chans = ", ".join(f"m{m:02d}_{k}" for k in "ab"[:WIDE_PER])
+            f.write(f"[modality.mod{m:02d}]\nchannels = {chans}\n")
+    mods = T.modalities(cfg)
+    chans = [(m, c, rate) for m, rate, cs in mods for c in cs]
+    check(len(mods) > 64 and len(chans) > 128,
+          f"the model is wider than the old tables: {len(mods)} modalities, {len(chans)} channels")
+    last_mod, last_ch, _ = chans[-1]
+    train = os.path.join(TMP, "wide_train.csv")
+    wide_data(train, WIDE_TRAIN_ROWS, 1)
+    model = os.path.join(TMP, "wide.model")
+    t0 = time.time()
+    p = subprocess.run([FL, "train", "--config", cfg, "--data", train, "--out", model, "--quiet"],
+                       capture_output=True, text=True, timeout=120 * SLOW)
+    check(p.returncode == 0, f"train the wide model: {p.stderr.strip()[-300:]}")
+    print(f"wide model: {len(chans)} channels in {len(mods)} modalities, trained in "
+          f"{time.time() - t0:.1f} s")
+
+    broker = Broker("wide")
+    d, fp = start_daemon("wide", cfg, model)
+    # The last channel under a name of the map's: the map's table reaches it.
+    last_metric = "Line7/Last"
+    wmap = {"source": "sparkplug", "group": "plant", "node": "edge1", "device": "wide1",
+            last_ch: last_metric}
+    bcfg, http = write_bridge_config("wide", broker, fp, {}, {"map.wide1": wmap},
+                                     {"bridge": {"delay": 0.5}}, model_config=cfg)
+    p = subprocess.run([FL, "bridge", "--config", bcfg, "--check"], capture_output=True,
+                       text=True)
+    check(p.returncode == 0 and "1 streams" in p.stdout,
+          f"--check takes the wide model: {p.stdout}{p.stderr}")
+    b = Bridge(bcfg, http)
+    check(b.wait("faultline_bridge_connected", lambda v: v == 1, 15 * SLOW) == 1,
+          "bridge connected with the wide model")
+    reader = BusReader(broker)
+    edge = EdgeNode(broker, "plant", "edge1", "wide1", channels=chans,
+                    names={last_ch: last_metric})
+    b.wait("faultline_bridge_births_total", lambda v: v >= 2, 10 * SLOW)
+
+    rows, fault_at, fault_rows = 420, 240, 120
+    episode_csv = os.path.join(TMP, "wide_episode.csv")
+    wide_data(episode_csv, rows, 7)
+    tab = T.Table(episode_csv, mods)
+    j = tab.column(last_ch)
+    vals = [r[j] for r in tab.rows]
+    mu = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - mu) ** 2 for v in vals) / len(vals))
+    clean = list(vals)
+    for r in range(fault_at, fault_at + fault_rows):
+        tab.rows[r][j] += 8 * sd
+    first_end = pace(rows, lambda k, t: edge.ddata(row_updates(tab, k, t, chans)))
+    time.sleep(1.0 * SLOW)
+    first_seq = seq0_of(first_end)
+    n_expect = (rows - W) // STRIDE + 1
+    key = f"{last_mod}/{last_ch}"
+
+    # JSON: every modality and channel named, the last ones included.
+    reps = [o for o in reader.json if o["stream"] == "wide1"]
+    check(len(reps) >= n_expect - 2, f"{len(reps)} JSON reports for {n_expect} windows")
+    named = [o for o in reps if len(o["modalities"]) == len(mods) and
+             len(o["channels"]) == len(chans) and key in o["channels"]]
+    check(len(named) == len(reps) and reps,
+          f"every JSON report names all {len(mods)} modalities and {len(chans)} channels, "
+          f"{key} among them ({len(named)} of {len(reps)})")
+    scored = [o for o in reps if o["modalities"].get(last_mod) is not None]
+    check(len(scored) >= len(reps) - 1, f"{last_mod} scored in {len(scored)} of {len(reps)}")
+    # Arrival in faultlined: a healthy channel's corrected value is its input.
+    inside = [o for o in reps if W <= o["end_seq"] - first_seq < rows]
+    row_of = {id(o): o["end_seq"] - first_seq for o in inside}
+    healthy = [o for o in inside if o["channels"][key]["faulty"] is False]
+    got = sum(1 for o in healthy
+              if o["channels"][key]["corrected"] is not None and
+              math.isclose(o["channels"][key]["corrected"], tab.rows[row_of[id(o)]][j],
+                           rel_tol=1e-5, abs_tol=1e-4))
+    check(len(healthy) >= 5 and got >= len(healthy) * 0.9,
+          f"faultlined received the last channel as published: corrected = input in {got} of "
+          f"{len(healthy)} healthy windows")
+    raw_ok = sum(1 for o in inside if o["channels"][key]["raw"] is not None and
+                 math.isclose(o["channels"][key]["raw"], tab.rows[row_of[id(o)]][j],
+                              rel_tol=1e-5, abs_tol=1e-4))
+    check(raw_ok >= len(inside) * 0.9,
+          f"raw {key} on the bus equals the published value ({raw_ok}/{len(inside)})")
+    full = [o for o in inside if o["missing"] == 0]
+    check(len(full) >= len(inside) * 0.9,
+          f"no value missing in {len(full)} of {len(inside)} windows: every channel arrives")
+    # The offset in the last channel flagged in the last modality.
+    in_fault = [o for o in inside if fault_at + 10 <= o["end_seq"] - first_seq < fault_at +
+                fault_rows]
+    flagged = [o for o in in_fault if o["anomaly"] and o["faulty_modality"] == last_mod]
+    check(len(in_fault) >= 4 and len(flagged) >= len(in_fault) // 2,
+          f"the fault flagged in {last_mod} in {len(flagged)} of {len(in_fault)} fault reports "
+          f"(others: {sorted(set(o['faulty_modality'] for o in in_fault))})")
+    marked = [o for o in in_fault if o["channels"][key]["faulty"]]
+    if marked:
+        e_in = sum(abs(o["channels"][key]["raw"] - clean[o["end_seq"] - first_seq])
+                   for o in marked)
+        e_out = sum(abs(o["channels"][key]["corrected"] - clean[o["end_seq"] - first_seq])
+                    for o in marked)
+        check(e_out < e_in, f"corrected {key} nearer the clean signal than the raw one "
+                            f"({e_out / len(marked) / sd:.2f} sd vs {e_in / len(marked) / sd:.2f})")
+    check(len(marked) >= 3, f"{key} marked faulty in {len(marked)} fault reports")
+
+    # Sparkplug: the DBIRTH's metrics, aliases unique, the last ones named.
+    spb_names = {f"score/{last_mod}", f"raw/{key}", f"corrected/{key}", f"faulty/{key}"}
+    with reader.lock:
+        born = [n for (dev, _), n in reader.alias.items() if dev == "wide1"]
+    n_metrics = 6 + len(mods) + 3 * len(chans)
+    check(len(born) == n_metrics and spb_names <= set(born),
+          f"DBIRTH: {len(born)} metrics by distinct aliases for {n_metrics}, the last "
+          f"modality's and channel's among them")
+    sreps = spb_reports(reader, "wide1")
+    check(len(sreps) >= n_expect - 2, f"{len(sreps)} Sparkplug reports for {n_expect} windows")
+    by_seq = {o["seq"]: o for o in reps}
+    same = sum(1 for v in sreps if int(v["report_seq"]) in by_seq and
+               v["faulty_modality"] == by_seq[int(v["report_seq"])]["faulty_modality"] and
+               math.isclose(v[f"corrected/{key}"],
+                            by_seq[int(v["report_seq"])]["channels"][key]["corrected"] or
+                            math.nan, rel_tol=1e-5) and
+               math.isclose(v[f"score/{last_mod}"],
+                            by_seq[int(v["report_seq"])]["modalities"][last_mod] or math.nan,
+                            rel_tol=1e-5))
+    check(same >= len(sreps) - 1,
+          f"DDATA and JSON agree on {last_mod} and {key} in {same} of {len(sreps)} reports")
+    sflag = [v for v in sreps if v["anomaly"] and v["faulty_modality"] == last_mod]
+    check(len(sflag) >= 3, f"DDATA: {len(sflag)} reports with {last_mod} at fault")
+
+    m, _ = T.metrics(http)
+    check(m.get("faultline_bridge_updates_total", 0) >= rows * len(chans) * 0.95,
+          f"{m.get('faultline_bridge_updates_total')} tag updates taken for "
+          f"{rows * len(chans)} sent")
+    check(all(m.get(f'faultline_bridge_bad_input_total{{reason="{r}"}}', 1) == 0
+              for r in ("undecodable", "unknown_alias", "type_changed", "unmapped_topic", "seq",
+                        "not_numeric")),
+          "no bad input counted")
+    check(m.get("faultline_bridge_unmapped_metrics_total", -1) == 0, "every metric mapped")
+    print(f"wide: {len(reps)} JSON and {len(sreps)} DDATA reports; {got}/{len(healthy)} healthy "
+          f"windows carry {key} as published; fault flagged in {last_mod} in {len(flagged)} of "
+          f"{len(in_fault)}")
+    teardown(b, d, broker, edge, reader)
+    wider_frames()
+
+
+def wider_frames():
+    """Wider still, with no model needed: the bridge over a configuration of
+    1,500 channels in 300 modalities and two streams, its frames read by a
+    SUB socket in faultlined's place.  Its edge node's metrics keep distinct
+    aliases across its devices, and a value published for the last channel
+    is the last sample of the frame's last block."""
+    import zmq
+    n_mod, per = 300, 5
+    cfg = os.path.join(TMP, "wider.ini")
+    with open(cfg, "w") as f:
+        for m in range(n_mod):
+            f.write(f"[modality.w{m:03d}]\nchannels = " +
+                    ", ".join(f"w{m:03d}_{k}" for k in range(per)) + "\n")
+    first, last = "w000_0", f"w{n_mod - 1:03d}_{per - 1}"
+    broker = Broker("wider")
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    port = T.free_port()
+    sub.bind(f"tcp://127.0.0.1:{port}")
+    sub.setsockopt(zmq.SUBSCRIBE, b"frame/wideB")
+    fp = {"in": port, "out": T.free_port()}  # no reports: births carry nulls
+    bcfg, http = write_bridge_config(
+        "wider", broker, fp, {}, {"map.wideA": {"source": "sparkplug", "group": "plant",
+                                                "node": "edge1", "device": "wideA"},
+                                  "map.wideB": {"source": "json",
+                                                "topic": "plant/wideB/telemetry"}},
+        {"bridge": {"delay": 0.1}}, model_config=cfg)
+    b = Bridge(bcfg, http)
+    check(b.wait("faultline_bridge_connected", lambda v: v == 1, 15 * SLOW) == 1,
+          "bridge connected with 1,500 channels")
+    reader = BusReader(broker)
+    n_metrics = 6 + n_mod + 3 * n_mod * per
+    t0 = time.time()
+    while time.time() - t0 < 10 * SLOW:
+        with reader.lock:
+            if len(reader.birth_aliases) == 2:
+                break
+        time.sleep(0.1)
+    with reader.lock:
+        births = dict(reader.birth_aliases)
+    aliases = [a for dev in ("wideA", "wideB") for a in births.get(dev, [])]
+    check(all(len(births.get(dev, [])) == n_metrics for dev in ("wideA", "wideB")),
+          f"a DBIRTH of {n_metrics} metrics per stream: "
+          f"{ {dev: len(a) for dev, a in births.items()} }")
+    check(len(set(aliases)) == len(aliases),
+          f"aliases distinct across the edge node's devices ({len(set(aliases))} of "
+          f"{len(aliases)})")
+    pub = client(broker, "json-wider")
+    pub.connect("127.0.0.1", broker.port)
+    pub.loop_start()
+    found = None
+    t0 = time.time()
+    while found is None and time.time() - t0 < 10 * SLOW:
+        pub.publish("plant/wideB/telemetry",
+                    json.dumps({"values": {first: 1.5, last: 42.25}}), qos=0)
+        while sub.poll(20):
+            _, data = sub.recv_multipart()
+            f = pb.Frame()
+            f.ParseFromString(data)
+            blk = f.blocks[-1]
+            if (len(f.blocks) == n_mod and blk.modality == f"w{n_mod - 1:03d}" and
+                    blk.channels == per and blk.samples[-1] == 42.25 and
+                    f.blocks[0].samples[0] == 1.5):
+                found = f
+    check(found is not None, f"a frame of {n_mod} blocks carries {first} and {last} as "
+                             "published over JSON")
+    pub.loop_stop()
+    pub.disconnect()
+    reader.close()
+    check(b.stop() == 0, "bridge exits 0 on SIGTERM")
+    sub.close(0)
+    ctx.term()
+    broker.stop()
+
+
 if __name__ == "__main__":
     try:
         {"sparkplug": scenario_sparkplug, "restart": scenario_restart, "bad": scenario_bad,
-         "tls": scenario_tls, "config": scenario_config}[SCENARIO]()
+         "tls": scenario_tls, "config": scenario_config, "wide": scenario_wide}[SCENARIO]()
     finally:
         if T.failures:
             # The logs of the processes, for the test log.
