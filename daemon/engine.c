@@ -197,7 +197,7 @@ int fld_engine_load(fld_engine **out, const char *path, const fld_config *cfg, c
   if (!e->layer_name || !e->layer_norm || !e->layer_target) goto nomem;
   for (int l = 0; l < e->n_layers; l++) {
     fl_layer *ly = fl_model_layer(e->b.model, l);
-    snprintf(e->layer_name[l], FL_NAME_MAX, "%s", ly->name);
+    snprintf(e->layer_name[l], FL_LAYER_NAME_MAX, "%s", ly->name);
     e->layer_target[l] = ly->target;
     if (fl_model_layer_norm(e->b.model, l, &e->layer_norm[l])) e->layer_norm[l] = -1.0f;
   }

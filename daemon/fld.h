@@ -211,7 +211,7 @@ typedef struct {
   char version[40];                           /* hex of a 64-bit file hash, -uN when tuned */
   double load_time;                           /* Unix seconds */
   int n_layers;
-  char (*layer_name)[FL_NAME_MAX];
+  char (*layer_name)[FL_LAYER_NAME_MAX];
   float *layer_norm, *layer_target;
   int hyst_on, hyst_off;
 } fld_engine;

@@ -123,7 +123,7 @@ int fl_bundle_save(const fl_bundle *b, const char *path, char *err, size_t errle
   fl_st *st = fl_st_new();
   if (!st) return FL_ENOMEM;
   int rc = 0;
-  char name[FL_NAME_MAX + 16];
+  char name[FL_LAYER_NAME_MAX + 16];
   for (int i = 0; i < fl_model_layer_count(m) && !rc; i++) {
     const fl_layer *l = fl_model_layer(m, i);
     int64_t shape[3], bshape[1] = {(int64_t)l->nb};
@@ -226,7 +226,7 @@ int fl_bundle_load(fl_bundle *b, const char *path, char *err, size_t errlen) {
     goto fail;
   }
   fl_model *m = b->model;
-  char name[FL_NAME_MAX + 16];
+  char name[FL_LAYER_NAME_MAX + 16];
   for (int i = 0; i < fl_model_layer_count(m); i++) {
     fl_layer *l = fl_model_layer(m, i);
     int64_t shape[3];

@@ -256,7 +256,7 @@ int fl_model_create(fl_model **out, const fl_model_spec *spec, unsigned long see
   const fl_model_spec *s = &m->spec;
   m->L = s->window / 4;
   m->Z = s->n_mod * s->enc2 * m->L;
-  char name[FL_NAME_MAX];
+  char name[FL_LAYER_NAME_MAX];
   fl_conv none = {0};
   for (int i = 0; i < s->n_mod; i++) {
     const fl_modality *md = &s->mod[i];

@@ -227,6 +227,33 @@ static void test_every_sample_covered(void **state) {
   }
 }
 
+/* Modalities whose names are as long as a name may be, alike but for the
+ * last character, get layers of distinct, whole names (a layer's name is
+ * longer than its modality's). */
+static void test_layer_names_of_long_modalities(void **state) {
+  (void)state;
+  char a[FL_NAME_MAX], b[FL_NAME_MAX];
+  memset(a, 'x', FL_NAME_MAX - 1);
+  a[FL_NAME_MAX - 1] = '\0';
+  memcpy(b, a, sizeof b);
+  b[FL_NAME_MAX - 2] = 'y';
+  fl_model_spec s;
+  fl_model_spec_defaults(&s);
+  const char *ca[] = {"c0"}, *cb[] = {"c1"};
+  assert_int_equal(fl_model_spec_add(&s, a, 1, 1, ca), 0);
+  assert_int_equal(fl_model_spec_add(&s, b, 1, 1, cb), 0);
+  fl_model *m;
+  assert_int_equal(fl_model_create(&m, &s, 1), 0);
+  int n = fl_model_layer_count(m);
+  for (int i = 0; i < n; i++) {
+    const char *x = fl_model_layer(m, i)->name;
+    if (fl_model_layer(m, i)->modality >= 0) assert_true(strstr(x, fl_model_layer(m, i)->modality ? b : a) != NULL);
+    for (int j = 0; j < i; j++) assert_string_not_equal(x, fl_model_layer(m, j)->name);
+  }
+  fl_model_free(m);
+  fl_model_spec_free(&s);
+}
+
 static void test_grad_recon_block(void **state) {
   (void)state;
   fixture f;
@@ -485,6 +512,7 @@ static void test_ctx_infer(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_every_sample_covered),
+      cmocka_unit_test(test_layer_names_of_long_modalities),
       cmocka_unit_test(test_grad_recon_block),
       cmocka_unit_test(test_grad_recon_no_block),
       cmocka_unit_test(test_grad_head),

@@ -78,8 +78,11 @@ int fl_model_spec_compatible(const fl_model_spec *a, const fl_model_spec *b, cha
 const char *fl_module_name(fl_module m);
 
 /* One layer as the analysis and the projection see it. */
+/* A layer's name: "enc." or "dec.", a modality's name and ".0" or ".1". */
+#define FL_LAYER_NAME_MAX (FL_NAME_MAX + 8)
+
 typedef struct {
-  char name[FL_NAME_MAX]; /* e.g. "enc.hydraulic.0" */
+  char name[FL_LAYER_NAME_MAX]; /* e.g. "enc.hydraulic.0" */
   enum { FL_LAYER_DENSE, FL_LAYER_CONV, FL_LAYER_CONVT } kind;
   fl_module module;
   int modality; /* -1 for block and head */
