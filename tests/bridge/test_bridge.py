@@ -120,8 +120,8 @@ class Broker:
 
     def start(self):
         self.log = open(os.path.join(self.dir, "mosquitto.log"), "a")
-        self.p = subprocess.Popen([MOSQUITTO, "-c", self.conf], stdout=self.log,
-                                  stderr=self.log)
+        self.p = T.spawn([MOSQUITTO, "-c", self.conf], stdout=self.log,
+                         stderr=self.log)
         t0 = time.time()
         import socket
         while time.time() - t0 < 10:
@@ -395,8 +395,8 @@ class Bridge(T.Daemon):
         self.exe, self.config = FL, config
         self.log = open(config + ".log", "w")
         self.logpath = self.log.name
-        self.p = subprocess.Popen([FL, "bridge", "--config", config], stdout=self.log,
-                                  stderr=self.log, env=dict(os.environ, **(env or {})))
+        self.p = T.spawn([FL, "bridge", "--config", config], stdout=self.log,
+                         stderr=self.log, env=dict(os.environ, **(env or {})))
         self.wait_http(http)
 
     def metric(self, key):
