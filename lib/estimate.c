@@ -89,8 +89,7 @@ typedef struct {
 
 /* Fills o; FL_ENOMEM when its arrays cannot be had.  fl__slow_free after. */
 static int fl__slow_of(const fl_model_spec *s, fl__slow *o) {
-  int total = 0;
-  for (int i = 0; i < s->n_mod; i++) total += s->mod[i].channels;
+  int total = fl_model_spec_channels(s);
   o->n = 0;
   o->g = malloc(sizeof(int) * 3 * (size_t)(total ? total : 1));
   if (!o->g) return FL_ENOMEM;

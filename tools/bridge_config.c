@@ -373,9 +373,7 @@ out:
 }
 
 int flb_config_channels(const flb_config *c) {
-  int n = 0;
-  for (int i = 0; i < c->model.spec.n_mod; i++) n += c->model.spec.mod[i].channels;
-  return n;
+  return fl_model_spec_channels(&c->model.spec);
 }
 
 void flb_config_free(flb_config *c) {
