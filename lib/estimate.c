@@ -87,13 +87,11 @@ typedef struct {
   int n, *g, *mod, *ch; /* (n) each, in one allocation at g */
 } fl__slow;
 
-/* Fills o; FL_ENOMEM when its arrays cannot be had.  fl__slow_free after. */
-static int fl__slow_of(const fl_model_spec *s, fl__slow *o) {
-  int total = 0;
-  for (int i = 0; i < s->n_mod; i++) total += s->mod[i].channels;
+/* Fills o with its arrays at buf (3 x the spec's channels ints). */
+static void fl__slow_in(const fl_model_spec *s, fl__slow *o, int *buf) {
+  int total = fl_model_spec_channels(s);
   o->n = 0;
-  o->g = malloc(sizeof(int) * 3 * (size_t)(total ? total : 1));
-  if (!o->g) return FL_ENOMEM;
+  o->g = buf;
   o->mod = o->g + total;
   o->ch = o->mod + total;
   for (int i = 0, off = 0; i < s->n_mod; off += s->mod[i].channels, i++)
@@ -103,6 +101,14 @@ static int fl__slow_of(const fl_model_spec *s, fl__slow *o) {
         o->mod[o->n] = i;
         o->ch[o->n++] = c;
       }
+}
+
+/* Fills o; FL_ENOMEM when its arrays cannot be had.  fl__slow_free after. */
+static int fl__slow_of(const fl_model_spec *s, fl__slow *o) {
+  int total = fl_model_spec_channels(s);
+  int *buf = malloc(sizeof(int) * 3 * (size_t)(total ? total : 1));
+  if (!buf) return FL_ENOMEM;
+  fl__slow_in(s, o, buf);
   return 0;
 }
 
@@ -682,13 +688,21 @@ int fl_estimate_apply(const fl_model *m, const fl_estimator *e, fl_estimate_stat
   if (from < 0 || from > W) return FL_EINVAL;
   if (st->nch != fl_model_channels(mm)) return FL_EINVAL;
   if (tail < 1 || tail > W) tail = W / 4;
-  fl__slow sl;
-  if (fl__slow_of(spec, &sl)) return FL_ENOMEM;
-  float *o = malloc(sizeof(float) * (sl.n ? sl.n : 1));
-  if (!o) {
-    fl__slow_free(&sl);
-    return FL_ENOMEM;
+  /* The scratch: the kernel's distances (nmem doubles), the others' values
+   * and the kernel's query (nch floats each), the slow channels' table. */
+  int nch = fl_model_channels(mm), nmem = on && e->nmem > 0 ? e->nmem : 0;
+  size_t need = sizeof(double) * (size_t)nmem + sizeof(float) * 2 * (size_t)nch +
+                sizeof(int) * 3 * (size_t)nch;
+  if (st->scratch_bytes < need) {
+    void *p = realloc(st->scratch, need);
+    if (!p) return FL_ENOMEM;
+    st->scratch = p;
+    st->scratch_bytes = need;
   }
+  double *d2 = st->scratch;
+  float *o = (float *)(d2 + nmem), *qv = o + nch;
+  fl__slow sl;
+  fl__slow_in(spec, &sl, (int *)(qv + nch));
   /* Fast channels: the network's estimate, its measured spread. */
   for (int i = 0, off = 0; i < spec->n_mod; off += spec->mod[i].channels, i++) {
     int C = spec->mod[i].channels, rate = spec->mod[i].rate, T = W * rate;
@@ -704,9 +718,7 @@ int fl_estimate_apply(const fl_model *m, const fl_estimator *e, fl_estimate_stat
   }
   /* The kernel's query and distances, had when a tick first needs them:
    * a clean window costs nothing more. */
-  int ker = on && e->nmem > 0 && e->mem, nch = fl_model_channels(mm), err = 0;
-  float *qv = NULL;
-  double *d2 = NULL;
+  int ker = on && e->nmem > 0 && e->mem;
   for (int t = from; t < W; t++) {
     int asked = 0, have = 0;
     /* The others as the output carries them: the reading where trusted,
@@ -755,11 +767,6 @@ int fl_estimate_apply(const fl_model *m, const fl_estimator *e, fl_estimate_stat
       if (ker && e->va[g] < vm) {
         if (!asked) {
           asked = 1;
-          if (!qv && (!(qv = malloc(sizeof(float) * nch)) ||
-                      !(d2 = malloc(sizeof(double) * e->nmem)))) {
-            err = FL_ENOMEM;
-            goto done;
-          }
           fl__query(spec, mean, std, raw, faulty, range, t, qv);
         }
         float a = fl_estimate_kernel(e, qv, g, d2, &have);
@@ -777,12 +784,7 @@ int fl_estimate_apply(const fl_model *m, const fl_estimator *e, fl_estimate_stat
       if (sigma && sigma[sl.mod[k]]) sigma[sl.mod[k]][q] = sqrtf(v) * std[g];
     }
   }
-done:
-  free(qv);
-  free(d2);
-  free(o);
-  fl__slow_free(&sl);
-  return err;
+  return 0;
 }
 
 int fl_estimator_alloc(fl_estimator *e, int nch) {
@@ -877,5 +879,6 @@ void fl_estimate_state_free(fl_estimate_state *st) {
   free(st->res);
   free(st->age);
   free(st->anchored);
+  free(st->scratch);
   memset(st, 0, sizeof *st);
 }

@@ -133,6 +133,13 @@ int fl_model_spec_add(fl_model_spec *s, const char *name, int rate, int channels
   return 0;
 }
 
+int fl_model_spec_channels(const fl_model_spec *s) {
+  if (!s) return FL_EINVAL;
+  int n = 0;
+  for (int i = 0; i < s->n_mod; i++) n += s->mod[i].channels;
+  return n;
+}
+
 int fl_model_spec_add_channel(fl_model_spec *s, int i, const char *name) {
   if (!s || !name || i < 0 || i >= s->n_mod) return FL_EINVAL;
   if (strlen(name) >= FL_NAME_MAX) return FL_ERANGE;

@@ -9,8 +9,7 @@
 int fl_stream_state_init(fl_stream_state *s, const fl_model_spec *spec) {
   if (!s || !spec || spec->n_mod <= 0) return FL_EINVAL;
   memset(s, 0, sizeof *s);
-  int nch = 0;
-  for (int i = 0; i < spec->n_mod; i++) nch += spec->mod[i].channels;
+  int nch = fl_model_spec_channels(spec);
   s->mhyst = calloc((size_t)spec->n_mod, sizeof *s->mhyst);
   if (!s->mhyst || fl_detect_baseline_init(&s->base, nch) ||
       fl_estimate_state_init(&s->est, nch)) {
@@ -38,8 +37,7 @@ void fl_stream_state_free(fl_stream_state *s) {
 
 fl_pipeline_window *fl_pipeline_windows_new(const fl_model_spec *spec, int B) {
   if (!spec || B <= 0) return NULL;
-  size_t M = (size_t)spec->n_mod, nch = 0;
-  for (int i = 0; i < spec->n_mod; i++) nch += (size_t)spec->mod[i].channels;
+  size_t M = (size_t)spec->n_mod, nch = (size_t)fl_model_spec_channels(spec);
   /* Per window: 3 M pointers, M ints, M + 5 nch floats, nch bytes. */
   size_t per = 3 * M * sizeof(float *) + M * sizeof(int) + (M + 5 * nch) * sizeof(float) + nch;
   per = (per + 15) / 16 * 16;

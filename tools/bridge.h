@@ -22,7 +22,6 @@
 #include "fln.h"
 #include "sparkplug_b.pb-c.h"
 
-#define FLB_MAX_STREAMS 64
 #define FLB_NAME 128
 #define FLB_TOPIC 256
 /* Emitted ticks kept per stream, so that a report's raw values can be
@@ -86,9 +85,9 @@ typedef struct {
   double log_interval;
   /* [log] */
   int log_level;
-  /* [map.*] */
-  int n_map;
-  flb_map map[FLB_MAX_STREAMS];
+  /* [map.*]: as many as the file has, the table grown while parsing */
+  int n_map, cap_map;
+  flb_map *map;
 } flb_config;
 
 void flb_config_defaults(flb_config *c);
@@ -97,7 +96,7 @@ void flb_config_defaults(flb_config *c);
  * tables are allocated for its channels.  Whether it succeeds or not, the
  * caller releases c with flb_config_free. */
 int flb_config_load(flb_config *c, const char *path, char *err, size_t errlen);
-/* Frees what flb_config_load allocated (the model config and the maps'
+/* Frees what flb_config_load allocated (the model config, the maps and their
  * tables); c may be only defaulted. */
 void flb_config_free(flb_config *c);
 /* Channels of the model: the length of every per-channel table. */

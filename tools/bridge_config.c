@@ -102,7 +102,13 @@ static flb_map *flb_cfg_map(flb_cfg_parse *p, const char *name) {
   flb_config *c = p->c;
   for (int i = 0; i < c->n_map; i++)
     if (!strcmp(c->map[i].sec, name)) return &c->map[i];
-  if (c->n_map == FLB_MAX_STREAMS) return NULL;
+  if (c->n_map == c->cap_map) {
+    int cap = c->cap_map ? 2 * c->cap_map : 16;
+    flb_map *t = realloc(c->map, sizeof *t * (size_t)cap);
+    if (!t) return NULL;
+    c->map = t;
+    c->cap_map = cap;
+  }
   flb_map *m = &c->map[c->n_map++];
   memset(m, 0, sizeof *m);
   snprintf(m->sec, sizeof m->sec, "%s", name);
@@ -172,7 +178,7 @@ static int flb_cfg_key(flb_cfg_parse *p, const char *sec, const char *k, const c
   if (!strncmp(sec, "map.", 4)) {
     flb_map *m = flb_cfg_map(p, sec + 4);
     if (!m) {
-      snprintf(p->err, p->errlen, "[%s]: more than %d [map.*] sections", sec, FLB_MAX_STREAMS);
+      snprintf(p->err, p->errlen, "[%s]: out of memory for the map", sec);
       return -1;
     }
     if (!strcmp(k, "stream")) {
@@ -373,9 +379,7 @@ out:
 }
 
 int flb_config_channels(const flb_config *c) {
-  int n = 0;
-  for (int i = 0; i < c->model.spec.n_mod; i++) n += c->model.spec.mod[i].channels;
-  return n;
+  return fl_model_spec_channels(&c->model.spec);
 }
 
 void flb_config_free(flb_config *c) {
@@ -383,5 +387,8 @@ void flb_config_free(flb_config *c) {
     free(c->map[i].metric);
     c->map[i].metric = NULL;
   }
+  free(c->map);
+  c->map = NULL;
+  c->n_map = c->cap_map = 0;
   fl_config_free(&c->model);
 }

@@ -174,7 +174,8 @@ static int spb_out_count(const flb_app *app, const flb_stream *st) {
 }
 
 int flb_spb_init(flb_app *app) {
-  app->nodes = calloc(FLB_MAX_STREAMS, sizeof *app->nodes);
+  /* A node per stream at most. */
+  app->nodes = calloc((size_t)(app->n_streams > 0 ? app->n_streams : 1), sizeof *app->nodes);
   if (!app->nodes) return -1;
   /* Every stream has the model's layout: one set of outgoing metrics
    * serves them all. */

@@ -100,8 +100,7 @@ static int an_svg(const char *path, const fl_model_spec *s, float *const heat[],
                   int *const pos[], const fl_lipschitz_bound *bd) {
   FILE *f = fopen(path, "w");
   if (!f) return -1;
-  int rows = 0;
-  for (int i = 0; i < s->n_mod; i++) rows += s->mod[i].channels;
+  int rows = fl_model_spec_channels(s);
   const int cw = 26, ch = 16, lw = 170, top = 70, gap = 40, ptitle = 34;
   int pw = npos * cw, ph = rows * ch;
   int W = lw + FL_PROBE_COUNT * (pw + gap) + 20;

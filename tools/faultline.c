@@ -140,8 +140,7 @@ int cli_group(const char *cmd, const fl_table *t, const fl_group_config *gc,
 
 void cli_data_defaults(fl_config *c, const fl_table *t) {
   c->spec.window = fl_group_window(fl_group_period(t), t->rows);
-  int nch = 0;
-  for (int i = 0; i < c->spec.n_mod; i++) nch += c->spec.mod[i].channels;
+  int nch = fl_model_spec_channels(&c->spec);
   c->spec.hidden = fl_group_hidden(nch);
   c->spec.enc2 = fl_group_latent(c->spec.n_mod, c->spec.window);
   c->train.stride = fl_group_train_stride(t->rows, c->spec.window, nch);

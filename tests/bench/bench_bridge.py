@@ -131,8 +131,8 @@ def main():
     with open(conf, "w") as f:
         f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
                 + ("user root\n" if os.geteuid() == 0 else ""))
-    broker = subprocess.Popen([MOSQUITTO, "-c", conf], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    broker = T.spawn([MOSQUITTO, "-c", conf], stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)
     time.sleep(0.5)
     fp = {"in": T.free_port(), "out": T.free_port(), "http": T.free_port()}
     fcfg = os.path.join(TMP, "fld.ini")
@@ -158,7 +158,7 @@ def main():
             f.write(f"[map.s{i}]\ngroup = bench\nnode = edge{(i // per) * per}\n"
                     f"device = d{i}\n")
     log = open(os.path.join(TMP, "bridge.log"), "w")
-    b = subprocess.Popen([a.fl, "bridge", "--config", bcfg], stdout=log, stderr=log)
+    b = T.spawn([a.fl, "bridge", "--config", bcfg], stdout=log, stderr=log)
     t0 = time.time()
     while time.time() - t0 < 15:
         if b.poll() is not None:

@@ -39,7 +39,7 @@ class Py:
     """pydaemon.py as a process with the faultlined test helpers' interface."""
 
     def __init__(self, model, ports, stride, tmp):
-        self.p = subprocess.Popen(
+        self.p = T.spawn(
             [sys.executable, os.path.join(HERE, "pydaemon.py"), "--model", model,
              "--in", f"tcp://127.0.0.1:{ports['in']}", "--out", f"tcp://127.0.0.1:{ports['out']}",
              "--stride", str(stride), "--batch", "64", "--proto-dir", tmp],

@@ -45,12 +45,11 @@ def cpu(pid):
 
 
 def proxy(name):
-    import subprocess
     front, back, http = T.free_port(), T.free_port(), T.free_port()
     log = open(os.path.join(TMP, name + ".log"), "w")
-    p = subprocess.Popen([FL, "proxy", "--frontend", f"tcp://127.0.0.1:{front}", "--backend",
-                          f"tcp://127.0.0.1:{back}", "--metrics", f"127.0.0.1:{http}",
-                          "--hwm", "0"], stdout=log, stderr=log)
+    p = T.spawn([FL, "proxy", "--frontend", f"tcp://127.0.0.1:{front}", "--backend",
+                 f"tcp://127.0.0.1:{back}", "--metrics", f"127.0.0.1:{http}",
+                 "--hwm", "0"], stdout=log, stderr=log)
     t0 = time.time()
     while time.time() - t0 < 20:
         try:

@@ -120,8 +120,8 @@ class Broker:
 
     def start(self):
         self.log = open(os.path.join(self.dir, "mosquitto.log"), "a")
-        self.p = subprocess.Popen([MOSQUITTO, "-c", self.conf], stdout=self.log,
-                                  stderr=self.log)
+        self.p = T.spawn([MOSQUITTO, "-c", self.conf], stdout=self.log,
+                         stderr=self.log)
         t0 = time.time()
         import socket
         while time.time() - t0 < 10:
@@ -395,8 +395,8 @@ class Bridge(T.Daemon):
         self.exe, self.config = FL, config
         self.log = open(config + ".log", "w")
         self.logpath = self.log.name
-        self.p = subprocess.Popen([FL, "bridge", "--config", config], stdout=self.log,
-                                  stderr=self.log, env=dict(os.environ, **(env or {})))
+        self.p = T.spawn([FL, "bridge", "--config", config], stdout=self.log,
+                         stderr=self.log, env=dict(os.environ, **(env or {})))
         self.wait_http(http)
 
     def metric(self, key):
@@ -813,6 +813,15 @@ def scenario_config():
     p = subprocess.run([FL, "bridge", "--config", os.path.join(rel, "bridge.ini"), "--check"],
                        capture_output=True, text=True)
     check(p.returncode == 0, f"config/bridge.ini passes: {p.stdout}{p.stderr}")
+    # 100 [map.*] sections beside pump1, each given in two parts: the second
+    # part, after all the others, is looked up by its name (a new entry would
+    # lack group and node, or count twice), and its channel key resolved.
+    many = (base + "".join(f"[map.s{i}]\ngroup = g\nnode = n{i % 7}\n" for i in range(100))
+            + "".join(f"[map.s{i}]\ndevice = d{i}\npressure = P{i}\n" for i in range(100)))
+    p = subprocess.run([FL, "bridge", "--config", write("many_maps", many), "--check"],
+                       capture_output=True, text=True)
+    check(p.returncode == 0 and "101 streams" in p.stdout,
+          f"101 [map.*] sections pass: {p.stdout}{p.stderr}")
     broken = {
         "url": (base + "[mqtt]\nurl = http://x\n", "url"),
         "unknown key": (base + "[mqtt]\ncolour = blue\n", "colour"),
@@ -825,8 +834,10 @@ def scenario_config():
         "qos 2": (base + "[mqtt]\nqos = 2\n", "qos"),
         "timestamps": (base.replace("[map.pump1]", "timestamps = gps\n[map.pump1]"),
                        "timestamps"),
-        "too many maps": (base + "".join(f"[map.s{i}]\ngroup = g\nnode = n\ndevice = d{i}\n"
-                                         for i in range(64)), "more than 64"),
+        "a stream twice among 100 maps": (
+            base + "".join(f"[map.s{i}]\ngroup = g\nnode = n\ndevice = d{i}\n"
+                           for i in range(100)) + "[map.s99]\nstream = s3\n",
+            "s3 is mapped twice"),
     }
     for what, (text, word) in broken.items():
         p = subprocess.run([FL, "bridge", "--config", write(what.replace(" ", "_"), text),

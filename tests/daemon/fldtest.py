@@ -2,6 +2,7 @@
 (generated from proto/faultline.proto with protoc at test time), the plant's
 modality layout, a daemon under test, publishers and subscribers on loopback.
 """
+import atexit
 import configparser
 import math
 import os
@@ -18,6 +19,67 @@ import zmq
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 failures = []
+
+# Every process the helpers start and nobody has reaped: a test that dies by
+# an exception or meson's timeout must not leave daemons behind it.
+live = set()
+
+
+def spawn(argv, **kw):
+    """subprocess.Popen(argv, **kw), the process registered in live so that
+    it is terminated when this Python process exits."""
+    p = subprocess.Popen(argv, **kw)
+    live.add(p)
+    return p
+
+
+def reap(p, timeout=20):
+    """Stops p if it still runs (SIGTERM, SIGKILL after timeout seconds),
+    drops it from live; its exit status."""
+    live.discard(p)
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    return p.returncode
+
+
+def _reap_live():
+    """At exit: SIGTERM to every live process, SIGKILL to those still up 5 s
+    later (the grace is shared, so many processes do not add up)."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        # A second signal must not cut the cleanup short.
+        if signal.getsignal(sig) is _sigterm:
+            signal.signal(sig, signal.SIG_IGN)
+    procs = [p for p in live if p.poll() is None]
+    live.clear()
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except OSError:
+            pass
+    t_end = time.time() + 5
+    for p in procs:
+        try:
+            p.wait(max(0.0, t_end - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def _sigterm(signum, frame):
+    # SystemExit unwinds like an exception, so finally blocks and atexit run.
+    raise SystemExit(128 + signum)
+
+
+atexit.register(_reap_live)
+for _sig in (signal.SIGTERM, signal.SIGHUP):
+    # Only where the script has not chosen a handler of its own.
+    if signal.getsignal(_sig) == signal.SIG_DFL:
+        signal.signal(_sig, _sigterm)
 
 
 def check(cond, what):
@@ -175,8 +237,7 @@ class Daemon:
         self.logpath = self.log.name
         e = dict(os.environ)
         e.update(env or {})
-        self.p = subprocess.Popen([exe, "--config", config], stdout=self.log, stderr=self.log,
-                                  env=e)
+        self.p = spawn([exe, "--config", config], stdout=self.log, stderr=self.log, env=e)
 
     def metrics_url(self, port):
         return f"http://127.0.0.1:{port}"
@@ -204,13 +265,7 @@ class Daemon:
         self.p.send_signal(sig)
 
     def stop(self, timeout=20):
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
+        reap(self.p, timeout)
         self.log.close()
         return self.p.returncode
 

@@ -322,9 +322,9 @@ def scenario_tools():
     d, cfg, ports = start("tools")
     k = expected_windows(n)
     out = open(os.path.join(TMP, "tail.jsonl"), "w")
-    tail = subprocess.Popen([FL, "tail", "--connect", f"tcp://127.0.0.1:{ports['out']}",
-                             "--stream", "pump", "--json", "--count", str(k), "--timeout", "30"],
-                            stdout=out)
+    tail = T.spawn([FL, "tail", "--connect", f"tcp://127.0.0.1:{ports['out']}",
+                    "--stream", "pump", "--json", "--count", str(k), "--timeout", "30"],
+                   stdout=out)
     check(T.wait_metric(ports["http"], "faultline_report_subscriptions", lambda v: v >= 1) >= 1,
           "tools: tail subscribed")
     rp = subprocess.run([FL, "replay", "--in", csv, "--connect", f"tcp://127.0.0.1:{ports['in']}",
@@ -679,10 +679,10 @@ def scenario_curve():
                 break
             g.write(line)
     out = open(os.path.join(TMP, "tail.txt"), "w")
-    tail = subprocess.Popen([FL, "tail", "--connect", f"tcp://127.0.0.1:{ports['out']}",
-                             "--stream", "tools", "--count", str(expected_windows(90)),
-                             "--timeout", "20", "--curve-key", ckey, "--curve-server-key", skey],
-                            stdout=out)
+    tail = T.spawn([FL, "tail", "--connect", f"tcp://127.0.0.1:{ports['out']}",
+                    "--stream", "tools", "--count", str(expected_windows(90)),
+                    "--timeout", "20", "--curve-key", ckey, "--curve-server-key", skey],
+                   stdout=out)
     check(T.wait_metric(ports["http"], "faultline_report_subscriptions",
                         lambda v: v >= 2, timeout=10) >= 2, "curve: tail is subscribed")
     rp = subprocess.run([FL, "replay", "--in", csv, "--connect", f"tcp://127.0.0.1:{ports['in']}",

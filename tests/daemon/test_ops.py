@@ -285,8 +285,8 @@ def scenario_config():
     # At start: refused, exit status 1.
     path = cfg("start", detect={"quantile": 0.5}, input={"endpoint": "tcp://127.0.0.1:1"},
                output={"endpoint": "tcp://127.0.0.1:2"}, metrics={"listen": ""})
-    p = subprocess.Popen([FLD, "--config", path], stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)
+    p = T.spawn([FLD, "--config", path], stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True)
     try:
         out, _ = p.communicate(timeout=30)
     except subprocess.TimeoutExpired:  # it serves: the key was ignored

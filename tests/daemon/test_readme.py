@@ -49,8 +49,8 @@ T.write_config(cfg, CONFIG, {
 d = T.Daemon(FLD, cfg)
 d.wait_http(ports["http"])
 k = (n - window) // stride + 1
-sub = subprocess.Popen([sys.executable, script, f"tcp://127.0.0.1:{ports['out']}", str(k)],
-                       cwd=TMP, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+sub = T.spawn([sys.executable, script, f"tcp://127.0.0.1:{ports['out']}", str(k)],
+              cwd=TMP, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 T.check(T.wait_metric(ports["http"], "faultline_report_subscriptions", lambda v: v >= 1) >= 1,
         "the README subscriber subscribed")
 rp = subprocess.run([FL, "replay", "--in", csv, "--connect", f"tcp://127.0.0.1:{ports['in']}",

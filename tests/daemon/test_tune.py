@@ -319,10 +319,10 @@ def scenario_crash():
         left = [n for n in os.listdir(os.path.dirname(ckpt)) if ".tmp." in n or n.endswith(".lnk")]
         check(not left, f"crash {it}: files of interrupted writes removed at start ({left})")
         # Stream and kill -9 while checkpoints are being written.
-        rp = subprocess.Popen([FL, "replay", "--in", csv, "--connect",
-                               f"tcp://127.0.0.1:{ports['in']}", "--config", CONFIG,
-                               "--stream", "plant", "--rate", "3000"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        rp = T.spawn([FL, "replay", "--in", csv, "--connect",
+                      f"tcp://127.0.0.1:{ports['in']}", "--config", CONFIG,
+                      "--stream", "plant", "--rate", "3000"],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         T.wait_metric(ports["http"], 'faultline_tune_checkpoints_total{result="ok"}',
                       lambda v: v >= 2, timeout=60)
         time.sleep(rnd.uniform(0.0, 0.3))
@@ -381,10 +381,10 @@ def scenario_crash():
     # serving the newest checkpoint and tuning goes on.
     os.unlink(ckpt + ".1")
     d, cfg, ports = start("reload", tune=tune)
-    rp = subprocess.Popen([FL, "replay", "--in", csv, "--connect",
-                           f"tcp://127.0.0.1:{ports['in']}", "--config", CONFIG,
-                           "--stream", "plant", "--rate", "3000"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rp = T.spawn([FL, "replay", "--in", csv, "--connect",
+                  f"tcp://127.0.0.1:{ports['in']}", "--config", CONFIG,
+                  "--stream", "plant", "--rate", "3000"],
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     T.wait_metric(ports["http"], 'faultline_tune_updates_total{result="accepted"}',
                   lambda v: v >= 1, timeout=60)
     for _ in range(3):
@@ -399,10 +399,10 @@ def scenario_crash():
     # streams them, however long the first took, as another stream (the
     # first's sequence numbers are behind it: its frames would be old).
     rp.wait()
-    rp = subprocess.Popen([FL, "replay", "--in", csv, "--connect",
-                           f"tcp://127.0.0.1:{ports['in']}", "--config", CONFIG,
-                           "--stream", "plant-after", "--rate", "1000"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rp = T.spawn([FL, "replay", "--in", csv, "--connect",
+                  f"tcp://127.0.0.1:{ports['in']}", "--config", CONFIG,
+                  "--stream", "plant-after", "--rate", "1000"],
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     after = T.wait_metric(ports["http"], 'faultline_tune_updates_total{result="accepted"}',
                           lambda v: v > before, timeout=120)
     check(after is not None and after > before, "crash: tuning goes on after the reloads")
@@ -411,10 +411,10 @@ def scenario_crash():
     # Tuning switched off and on by reloads, while jobs run: the worker
     # thread is let go and a new one started; the daemon keeps serving,
     # resumes the newest checkpoint and tunes again.
-    rp = subprocess.Popen([FL, "replay", "--in", csv, "--connect",
-                           f"tcp://127.0.0.1:{ports['in']}", "--config", CONFIG,
-                           "--stream", "plant-toggle", "--rate", "1000"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rp = T.spawn([FL, "replay", "--in", csv, "--connect",
+                  f"tcp://127.0.0.1:{ports['in']}", "--config", CONFIG,
+                  "--stream", "plant-toggle", "--rate", "1000"],
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     served = 0
     for k, on in enumerate([0, 1, 0, 1, 1, 0, 1]):
         time.sleep(0.4)
@@ -435,10 +435,10 @@ def scenario_crash():
     check(m.get("faultline_model_updates", 0) >= served,
           f"crash: switched on again, the newest checkpoint serves ({served} updates or more)")
     rp.wait()
-    rp = subprocess.Popen([FL, "replay", "--in", csv, "--connect",
-                           f"tcp://127.0.0.1:{ports['in']}", "--config", CONFIG,
-                           "--stream", "plant-on", "--rate", "1000"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rp = T.spawn([FL, "replay", "--in", csv, "--connect",
+                  f"tcp://127.0.0.1:{ports['in']}", "--config", CONFIG,
+                  "--stream", "plant-on", "--rate", "1000"],
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     check(T.wait_metric(ports["http"], 'faultline_tune_updates_total{result="accepted"}',
                         lambda v: v >= 1, timeout=120) is not None,
           "crash: tuning goes on after it was switched off and on")
@@ -588,10 +588,10 @@ def scenario_parity():
     # so that the model stays the swapped one while the parity stream runs.
     csv, ckpt, tune = quick_updates("swap", max_updates_per_hour=1)
     d, cfg, ports = start("swap", tune=tune, output={"stride": 1})
-    rp = subprocess.Popen([FL, "replay", "--in", csv, "--connect",
-                           f"tcp://127.0.0.1:{ports['in']}", "--config", CONFIG,
-                           "--stream", "plant", "--rate", "3000"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rp = T.spawn([FL, "replay", "--in", csv, "--connect",
+                  f"tcp://127.0.0.1:{ports['in']}", "--config", CONFIG,
+                  "--stream", "plant", "--rate", "3000"],
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ok = T.wait_metric(ports["http"], 'faultline_tune_checkpoints_total{result="ok"}',
                        lambda v: v >= 1, timeout=60)
     rp.kill()

@@ -112,14 +112,14 @@ def run_scrape(prometheus, fld, model, config, fl=None):
     try:
         d.wait_http(http)
         if fl:
-            px = subprocess.Popen([fl, "proxy", "--frontend", f"tcp://127.0.0.1:{T.free_port()}",
-                                   "--backend", f"tcp://127.0.0.1:{T.free_port()}",
-                                   "--metrics", f"127.0.0.1:{proxy_http}"],
-                                  stdout=plog, stderr=plog)
-        p = subprocess.Popen([prometheus, "--config.file=" + pcfg,
-                              "--storage.tsdb.path=" + os.path.join(tmp, "data"),
-                              f"--web.listen-address=127.0.0.1:{pport}"],
-                             stdout=plog, stderr=plog)
+            px = T.spawn([fl, "proxy", "--frontend", f"tcp://127.0.0.1:{T.free_port()}",
+                          "--backend", f"tcp://127.0.0.1:{T.free_port()}",
+                          "--metrics", f"127.0.0.1:{proxy_http}"],
+                         stdout=plog, stderr=plog)
+        p = T.spawn([prometheus, "--config.file=" + pcfg,
+                     "--storage.tsdb.path=" + os.path.join(tmp, "data"),
+                     f"--web.listen-address=127.0.0.1:{pport}"],
+                    stdout=plog, stderr=plog)
         t0, up, metric, rules = time.time(), None, None, None
         pup = None if fl else "1"
         while time.time() - t0 < 90:

@@ -150,8 +150,8 @@ class Sandboxed(T.Daemon):
         self.log = open(log, "w")
         self.logpath = log
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-        self.p = subprocess.Popen([SANDBOX, pol, "--"] + argv, stdout=self.log,
-                                  stderr=self.log, env=env)
+        self.p = T.spawn([SANDBOX, pol, "--"] + argv, stdout=self.log,
+                         stderr=self.log, env=env)
 
 
 def write_policy(name, text):
@@ -225,9 +225,9 @@ def scenario_daemon(unit):
     reps = []
     th = threading.Thread(target=lambda: reps.extend(T.collect(sub, pb, 200, timeout=120)))
     th.start()
-    rp = subprocess.Popen([FL, "replay", "--in", csv, "--connect", f"tcp://127.0.0.1:{ports['in']}",
-                           "--config", CONFIG, "--stream", "plant", "--rate", "600"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rp = T.spawn([FL, "replay", "--in", csv, "--connect", f"tcp://127.0.0.1:{ports['in']}",
+                  "--config", CONFIG, "--stream", "plant", "--rate", "600"],
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     pol_idle, t_end = None, time.time() + 60
     while pol_idle is None and time.time() < t_end and rp.poll() is None:
         time.sleep(0.1)

@@ -57,7 +57,7 @@ class Proxy:
         self.front, self.back, self.http = ports or (T.free_port(), T.free_port(), T.free_port())
         self.log = open(os.path.join(TMP, name + ".log"), "a")
         self.logpath = self.log.name
-        self.p = subprocess.Popen(
+        self.p = T.spawn(
             [FL, "proxy", "--frontend", f"tcp://127.0.0.1:{self.front}",
              "--backend", f"tcp://127.0.0.1:{self.back}",
              "--metrics", f"127.0.0.1:{self.http}", *extra],
@@ -83,13 +83,7 @@ class Proxy:
         return T.metrics(self.http)[0].get(key)
 
     def stop(self):
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(15)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
+        T.reap(self.p, 15)
         self.log.close()
         return self.p.returncode
 
@@ -205,9 +199,9 @@ def scenario_shard():
                         for s in (f"s{d}-{i:03d}" for d in range(N_D) for i in range(PER)))
     tail_out = open(os.path.join(TMP, "tail.txt"), "w")
     tail_err = open(os.path.join(TMP, "tail.err"), "w")
-    tail = subprocess.Popen([FL, "tail", "--connect", f"tcp://127.0.0.1:{rproxy.back}",
-                             "--stream", "s", "--gaps", "--count", str(total_reports),
-                             "--timeout", "60"], stdout=tail_out, stderr=tail_err)
+    tail = T.spawn([FL, "tail", "--connect", f"tcp://127.0.0.1:{rproxy.back}",
+                    "--stream", "s", "--gaps", "--count", str(total_reports),
+                    "--timeout", "60"], stdout=tail_out, stderr=tail_err)
     for d, (path, http) in enumerate(cfgs):
         check(T.wait_metric(http, "faultline_report_subscriptions", lambda v: v >= 2) == 2,
               f"shard: daemon {d} sees tail's subscription through the report proxy")

@@ -274,6 +274,8 @@ static float run_state_fault(fl_estimator *e, int rows) {
   unsigned char faulty[3] = {0, 0, 1};
   double se = 0;
   int n = 0;
+  void *scratch = NULL;
+  size_t bytes = 0;
   for (int end = W; end <= rows; end += STRIDE) {
     int t0 = end - W, from = end == W ? 0 : W - STRIDE;
     for (int t = 0; t < W; t++) {
@@ -283,6 +285,13 @@ static float run_state_fault(fl_estimator *e, int rows) {
       cb[t] = 0.0f; /* the network's estimate stood in by the training mean */
     }
     assert_int_equal(fl_estimate_apply(m, e, &st, TAIL, raw, faulty, 0.0f, from, cor, sig), 0);
+    /* The scratch sized at the first window serves every later one. */
+    if (end == W) {
+      scratch = st.scratch;
+      bytes = st.scratch_bytes;
+    }
+    assert_ptr_equal(st.scratch, scratch);
+    assert_int_equal(st.scratch_bytes, bytes);
     for (int t = from; t < W; t++) {
       double d = cb[t] - b[t0 + t];
       assert_true(sb[t] > 0.0f && isfinite(sb[t]));

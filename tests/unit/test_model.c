@@ -254,6 +254,29 @@ static void test_layer_names_of_long_modalities(void **state) {
   fl_model_spec_free(&s);
 }
 
+/* A spec's channel count sums its modalities' channels, follows added
+ * channels, and agrees with the count of the model made from it. */
+static void test_spec_channels(void **state) {
+  (void)state;
+  fl_model_spec s;
+  fl_model_spec_defaults(&s);
+  assert_int_equal(fl_model_spec_channels(&s), 0);
+  assert_int_equal(fl_model_spec_channels(NULL), FL_EINVAL);
+  small_spec(&s); /* a: 2 channels at rate 1, b: 1 at rate 2 */
+  assert_int_equal(fl_model_spec_channels(&s), 3);
+  fl_model *m;
+  assert_int_equal(fl_model_create(&m, &s, 1), 0);
+  assert_int_equal(fl_model_spec_channels(fl_model_spec_of(m)), fl_model_channels(m));
+  fl_model_free(m);
+  assert_int_equal(fl_model_spec_add_channel(&s, 1, "b1"), 0);
+  assert_int_equal(fl_model_spec_channels(&s), 4);
+  const char *c[] = {"c0", "c1", "c2", "c3", "c4"};
+  assert_int_equal(fl_model_spec_add(&s, "c", 3, 5, c), 0);
+  assert_int_equal(fl_model_spec_channels(&s), 9);
+  fl_model_spec_free(&s);
+  assert_int_equal(fl_model_spec_channels(&s), 0);
+}
+
 static void test_grad_recon_block(void **state) {
   (void)state;
   fixture f;
@@ -513,6 +536,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_every_sample_covered),
       cmocka_unit_test(test_layer_names_of_long_modalities),
+      cmocka_unit_test(test_spec_channels),
       cmocka_unit_test(test_grad_recon_block),
       cmocka_unit_test(test_grad_recon_no_block),
       cmocka_unit_test(test_grad_head),

@@ -52,11 +52,11 @@ vlog = os.path.join(TMP, "valgrind.log")
 env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
 log = open(os.path.join(TMP, "daemon.log"), "w")
 t0 = time.time()
-p = subprocess.Popen([vg, "--tool=memcheck", "--leak-check=full",
-                      "--show-leak-kinds=definite,indirect",
-                      "--errors-for-leak-kinds=definite,indirect", "--error-exitcode=99",
-                      "--log-file=" + vlog, a.faultlined, "--config", cfg],
-                     stdout=log, stderr=log, env=env)
+p = T.spawn([vg, "--tool=memcheck", "--leak-check=full",
+             "--show-leak-kinds=definite,indirect",
+             "--errors-for-leak-kinds=definite,indirect", "--error-exitcode=99",
+             "--log-file=" + vlog, a.faultlined, "--config", cfg],
+            stdout=log, stderr=log, env=env)
 
 
 def metrics():

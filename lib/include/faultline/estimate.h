@@ -92,10 +92,15 @@ typedef struct {
   int *age;                /* (nch) */
   unsigned char *anchored; /* (nch) res holds an anchor */
   unsigned char *held;     /* (nch) replaced at the previous tick */
+  /* fl_estimate_apply's scratch: sized at the stream's first window (again
+   * only if the model or its kernel memory grows), so that a window
+   * allocates nothing. */
+  void *scratch;
+  size_t scratch_bytes;
 } fl_estimate_state;
 
 /* Sizes st for nch channels with no anchor; _reset keeps the arrays and
- * forgets the anchors, _free releases them. */
+ * forgets the anchors, _free releases them (the scratch too). */
 int fl_estimate_state_init(fl_estimate_state *st, int nch);
 void fl_estimate_state_reset(fl_estimate_state *st);
 void fl_estimate_state_free(fl_estimate_state *st);
@@ -163,7 +168,9 @@ int fl_estimate_fit(fl_model *m, fl_estimator *e, const fl_series *s, int ns, in
  * rate-1 channel whose kernel variance is below the network's takes the
  * kernel's estimate (query: the channels trusted at that tick) in place
  * of the network's before the fusion with the anchored regression; the
- * query and distances are computed only at ticks with a replaced channel. */
+ * query and distances are computed only at ticks with a replaced channel.
+ * Its working arrays are st's scratch: FL_ENOMEM only when that must grow
+ * and cannot. */
 int fl_estimate_apply(const fl_model *m, const fl_estimator *e, fl_estimate_state *st, int tail,
                       float *const *raw, const unsigned char *faulty,
                       float range, int from, float *const *corrected,

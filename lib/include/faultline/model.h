@@ -64,6 +64,9 @@ int fl_model_spec_copy(fl_model_spec *dst, const fl_model_spec *src);
 /* Appends a modality of `channels` columns named by `names` at `rate`. */
 int fl_model_spec_add(fl_model_spec *s, const char *name, int rate, int channels,
                       const char *const *names);
+/* The channels of s: the sum of C_m over its modalities (0 with none);
+ * FL_EINVAL when s is NULL.  fl_model_channels gives the same of a model. */
+int fl_model_spec_channels(const fl_model_spec *s);
 /* Appends one channel named `name` to modality i. */
 int fl_model_spec_add_channel(fl_model_spec *s, int i, const char *name);
 /* Validates the spec: sizes, window a multiple of 4, rates, names. */
