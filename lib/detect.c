@@ -455,11 +455,13 @@ int fl_detect_decide(const fl_model *m, const fl_calib *cal, fl_detect_baseline 
   fl__settle(fl_model_spec_of((fl_model *)m), fl_model_channels((fl_model *)m), cal, bl, sc,
              ticks);
   int up = sc->score > cal->threshold, flag = fl_hyst_update(h, up, on, off);
-  /* Correction follows the debounced flag, so that a clean stretch that one
-   * window's score grazes passes untouched; a sensor that reads 0 V (out of
-   * range) or nothing is replaced whatever the flag says (fl_detect_correct). */
+  /* The alarm waits for `on` windows above; the correction does not: a
+   * fault's first windows are where a late gate costs most, and a clean
+   * window above the threshold still replaces only the channels above
+   * theirs.  A sensor that reads 0 V (out of range) or nothing is replaced
+   * whatever the flag says (fl_detect_correct). */
   for (int c = 0; c < fl_model_channels((fl_model *)m); c++)
-    faulty[c] = flag && sc->chan[c] > cal->chan_threshold;
+    faulty[c] = (flag || up) && sc->chan[c] > cal->chan_threshold;
   /* Sensors that agree describe the process: when every channel of a
    * modality is judged faulty and each has moved (tail against head) by at
    * least half of the largest move, itself a standard deviation or more, the

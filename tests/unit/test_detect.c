@@ -429,6 +429,44 @@ static void test_decide_reanchors_once_settled(void **state) {
   fl_model_free(m);
 }
 
+/* The correction does not wait for the alarm's hysteresis: from the first
+ * window above the threshold the channels above theirs are replaced while
+ * the flag is still down; a window below the threshold replaces nothing,
+ * whatever its channels score. */
+static void test_decide_corrects_before_the_alarm(void **state) {
+  (void)state;
+  fl_model *m = small_model(0);
+  fl_calib cal;
+  test_calib(m, &cal);
+  cal.tail = TAIL;
+  cal.threshold = 5.0f;
+  cal.chan_threshold = 3.0f;
+  fl_detect_baseline bl;
+  test_baseline(m, &bl);
+  fl_hyst h = {0, 0};
+  unsigned char faulty[3];
+  int above = -1;
+  fl_window_score sc = test_score(m);
+  /* Below the threshold: channel 0 above its own, nothing replaced. */
+  window(&sc, cal.nch, 0.0f);
+  sc.score = sc.mod_score[0] = sc.chan[0] = 4.0f;
+  assert_int_equal(fl_detect_decide(m, &cal, &bl, &h, 3, 3, &sc, 1, faulty, &above), 0);
+  assert_int_equal(above, 0);
+  assert_int_equal(faulty[0] | faulty[1] | faulty[2], 0);
+  /* Three windows above with on = 3: the first two replace channel 0 (not
+   * channel 1, under its threshold) with the flag down, the third raises it. */
+  for (int k = 0; k < 3; k++) {
+    window(&sc, cal.nch, 0.0f);
+    sc.score = sc.mod_score[0] = sc.chan[0] = 9.0f;
+    sc.chan[1] = 2.0f;
+    assert_int_equal(fl_detect_decide(m, &cal, &bl, &h, 3, 3, &sc, 1, faulty, &above), k == 2);
+    assert_int_equal(above, 1);
+    assert_int_equal(faulty[0], 1);
+    assert_int_equal(faulty[1] | faulty[2], 0);
+  }
+  fl_model_free(m);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_baseline_follows_drift_and_keeps_a_step),
@@ -440,6 +478,7 @@ int main(void) {
       cmocka_unit_test(test_noise_rise_counts_with_w_rise),
       cmocka_unit_test(test_level_of_a_drifting_modality_keeps_its_trend),
       cmocka_unit_test(test_decide_reanchors_once_settled),
+      cmocka_unit_test(test_decide_corrects_before_the_alarm),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -24,7 +24,8 @@
  *
  * Correction is gated: the corrected output equals the input on channels
  * judged healthy and the model's corrected estimate (compute block on) on
- * channels judged faulty and on every missing value.  Channels of one
+ * channels judged faulty (from the first window above the threshold, before
+ * the flag's hysteresis raises the alarm) and on every missing value.  Channels of one
  * modality that all moved together are the process, not a failed sensor:
  * they stay flagged and pass through (fl_detect_decide). */
 #ifndef FAULTLINE_DETECT_H
@@ -228,7 +229,9 @@ int fl_hyst_update(fl_hyst *h, int above, int on, int off);
  * folded in (fl_detect_track, `ticks` after the previous window), the
  * stream re-anchored when it has settled (below), the debounced flag from
  * h, and the channels the correction replaces (faulty[c] for the nch
- * channels: flagged and above the channel threshold, except, with
+ * channels: above the channel threshold in a window that is flagged or
+ * above the threshold itself, so that correction begins with the first
+ * window above, before the flag's hysteresis has run out; except, with
  * cal->agree, the channels of a modality that were all above it and all
  * moved together: see fl_detect_config.agree).  Returns the flag; *above
  * (if non-NULL) gets the window's own decision.  The offline scan and the
