@@ -115,23 +115,27 @@ def check_reports(reps, n, stream, what, clean=None, tab=None, sd=None):
           f"{what}: {false_alarms} false alarms in {len(before)} clean windows")
     if tab is None:
         return
-    # Gating: a window with no faulty channel passes its input through.
-    bad = 0
+    # Gating: a window at or below the threshold with no faulty channel
+    # passes its input through (a window above it may replace channels
+    # before the alarm is raised), and so does every sample whose
+    # uncertainty is 0, in any window.
+    bad = bad_u = 0
     for _, r in reps:
         for mi, m in enumerate(r.modalities):
-            if any(m.channel_faulty):
-                continue
+            quiet = not any(m.channel_faulty) and r.score <= r.threshold
             C, rate = m.channels, m.rate
             cols = tab.idx[mi]
             for t in range(STRIDE):
                 row = tab.rows[r.end_seq - STRIDE + 1 + t]
                 for q in range(rate):
                     for c in range(C):
-                        x = row[cols[q * C + c]]
-                        y = m.corrected[(t * rate + q) * C + c]
-                        if not math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-4):
-                            bad += 1
+                        k = (t * rate + q) * C + c
+                        same = math.isclose(row[cols[q * C + c]], m.corrected[k],
+                                            rel_tol=1e-4, abs_tol=1e-4)
+                        bad += quiet and not same
+                        bad_u += len(m.uncertainty) > k and m.uncertainty[k] == 0 and not same
     check(bad == 0, f"{what}: healthy channels pass through unchanged ({bad} samples differ)")
+    check(bad_u == 0, f"{what}: samples of uncertainty 0 are the input ({bad_u} differ)")
     # Correction: where pressure was replaced, the estimate is nearer the
     # clean signal than the faulty input was.
     j = tab.column("pressure")
@@ -303,7 +307,7 @@ def scenario_correct():
     check(bad_u == 0, f"correct: uncertainties match faultline score ({bad_u} differ)")
     check(len(missing_u) == 180 and all(math.isfinite(v) and u > 0 for v, u in missing_u),
           "correct: every missing flow sample estimated, with a positive uncertainty")
-    passed = [m.uncertainty[1] for _, r in reps if r.end_seq < 150
+    passed = [m.uncertainty[1] for _, r in reps if r.end_seq < 150 and r.score <= r.threshold
               for m in r.modalities[2:3] if not m.channel_faulty[1]]
     check(passed and all(u == 0 for u in passed),
           "correct: a reading that passes carries uncertainty 0")

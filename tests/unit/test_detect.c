@@ -385,6 +385,15 @@ static int settle_step(const fl_model *m, const fl_calib *cal, fl_detect_baselin
   return flag;
 }
 
+/* A calibration for the decision tests: unit statistics, the given window
+ * and channel thresholds. */
+static void decide_calib(const fl_model *m, fl_calib *cal, float thr, float chan_thr) {
+  test_calib(m, cal);
+  cal->tail = TAIL;
+  cal->threshold = thr;
+  cal->chan_threshold = chan_thr;
+}
+
 /* After an anomaly's start and end (two moves), a stream that holds still
  * for cal->settle ticks re-anchors and comes back down; one move alone (an
  * anomaly that lasts) never re-anchors; a move on top of the new normal
@@ -393,10 +402,7 @@ static void test_decide_reanchors_once_settled(void **state) {
   (void)state;
   fl_model *m = small_model(0);
   fl_calib cal;
-  test_calib(m, &cal);
-  cal.tail = TAIL;
-  cal.threshold = 5.0f;
-  cal.chan_threshold = 5.0f;
+  decide_calib(m, &cal, 5.0f, 5.0f);
   for (int settle = 0; settle <= 20; settle += 20) {
     cal.settle = settle;
     fl_detect_baseline bl;
@@ -437,10 +443,7 @@ static void test_decide_corrects_before_the_alarm(void **state) {
   (void)state;
   fl_model *m = small_model(0);
   fl_calib cal;
-  test_calib(m, &cal);
-  cal.tail = TAIL;
-  cal.threshold = 5.0f;
-  cal.chan_threshold = 3.0f;
+  decide_calib(m, &cal, 5.0f, 3.0f);
   fl_detect_baseline bl;
   test_baseline(m, &bl);
   fl_hyst h = {0, 0};
