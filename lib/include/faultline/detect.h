@@ -25,9 +25,9 @@
  * Correction is gated: the corrected output equals the input on channels
  * judged healthy and the model's corrected estimate (compute block on) on
  * channels judged faulty (from the first window above the threshold, before
- * the flag's hysteresis raises the alarm) and on every missing value.  Channels of one
- * modality that all moved together are the process, not a failed sensor:
- * they stay flagged and pass through (fl_detect_decide). */
+ * the flag's hysteresis raises the alarm) and on every missing value.
+ * Channels of one modality that all moved together are the process, not a
+ * failed sensor: they stay flagged and pass through (fl_detect_decide). */
 #ifndef FAULTLINE_DETECT_H
 #define FAULTLINE_DETECT_H
 
